@@ -1,0 +1,97 @@
+"""Evaluation: exact match by greedy generation, log-likelihood scoring, perplexity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .tasks import Example
+
+
+def normalise_answer(text: str) -> str:
+    """What exact match compares: the reply's first line, stripped."""
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
+    """Greedy replies to chat prompts, batched with left padding."""
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    replies: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                   add_generation_prompt=True) for p in chunk]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+    return replies
+
+
+def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> tuple[float, list[str]]:
+    """Fraction of examples whose greedy reply equals the answer exactly, and the replies."""
+    if not examples:
+        raise ValueError("exact_match needs at least one example; got an empty list.")
+    replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size)
+    hits = sum(normalise_answer(r) == e.answer for r, e in zip(replies, examples))
+    return hits / len(examples), replies
+
+
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 32) -> list[float]:
+    """Sum of log p(continuation | context) over the continuation's tokens, for each pair."""
+    if len(contexts) != len(continuations):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; they must pair up.")
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    pad_id = tokenizer.pad_token_id
+    for start in range(0, len(contexts), batch_size):
+        ids, cont_lens = [], []
+        for ctx, cont in zip(contexts[start:start + batch_size], continuations[start:start + batch_size]):
+            ctx_ids = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+            cont_ids = tokenizer(ctx + cont, add_special_tokens=False)["input_ids"][len(ctx_ids):]
+            if not cont_ids:
+                raise ValueError(f"Continuation {cont!r} adds no tokens after context {ctx[-40:]!r}.")
+            ids.append(ctx_ids + cont_ids)
+            cont_lens.append(len(cont_ids))
+        width = max(map(len, ids))
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, seq in enumerate(ids):  # right padding: positions stay 0..len-1
+            input_ids[row, :len(seq)] = torch.tensor(seq)
+            attention[row, :len(seq)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = input_ids[:, 1:].to(device)
+        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, seq in enumerate(ids):
+            end = len(seq) - 1
+            scores.append(token_lp[row, end - cont_lens[row]:end].sum().item())
+    return scores
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
+    """Perplexity of `text` in non-overlapping windows of `window` tokens."""
+    device = next(model.parameters()).device
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    if len(ids) < 2:
+        raise ValueError("perplexity needs a text of at least two tokens.")
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start:start + window + 1].unsqueeze(0).to(device)
+        if chunk.shape[1] < 2:
+            break
+        out = model(input_ids=chunk, labels=chunk)
+        n = chunk.shape[1] - 1
+        total_nll += out.loss.float().item() * n
+        total_tokens += n
+    return math.exp(total_nll / total_tokens)

