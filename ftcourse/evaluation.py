@@ -16,7 +16,7 @@ def normalise_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
+def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 12) -> list[str]:
     """Greedy replies to chat prompts, batched with left padding."""
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
@@ -47,7 +47,11 @@ def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int =
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 32) -> list[float]:
-    """Sum of log p(continuation | context) over the continuation's tokens, for each pair."""
+    """Sum of log p(continuation | context) over the continuation's tokens, for each pair.
+
+    Rows are left-padded with explicit position ids, so the continuations end every row and only the
+    last few positions need logits (`logits_to_keep`): the vocabulary projection is the costly part.
+    """
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; they must pair up.")
     device = next(model.parameters()).device
@@ -65,16 +69,18 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
         width = max(map(len, ids))
         input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
         attention = torch.zeros_like(input_ids)
-        for row, seq in enumerate(ids):  # right padding: positions stay 0..len-1
-            input_ids[row, :len(seq)] = torch.tensor(seq)
-            attention[row, :len(seq)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = input_ids[:, 1:].to(device)
-        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         for row, seq in enumerate(ids):
-            end = len(seq) - 1
-            scores.append(token_lp[row, end - cont_lens[row]:end].sum().item())
+            input_ids[row, width - len(seq):] = torch.tensor(seq)
+            attention[row, width - len(seq):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        keep = max(cont_lens) + 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                       position_ids=positions.to(device), logits_to_keep=keep).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token width - keep + 1 + j
+        targets = input_ids[:, width - keep + 1:].to(device)
+        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, n in enumerate(cont_lens):
+            scores.append(token_lp[row, token_lp.shape[1] - n:].sum().item())
     return scores
 
 

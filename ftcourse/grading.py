@@ -107,16 +107,21 @@ def _compare(measured, cmp: str, threshold) -> bool:
 
 # ---------------------------------------------------------------- inside the grading process
 
-def _base_probe(preset, model, tokenizer):
-    """The base model's probe result, cached per model and dtype (it is the same for every learner)."""
+def _base_reference(preset, model, tokenizer, split: str, examples) -> dict:
+    """The base model's probe result and exact match on the split, cached: the same for every learner."""
+    import hashlib
+
+    from .evaluation import exact_match
     from .models import cache_root
     from .probe import run_probe
 
-    cache = cache_root() / f"base_probe_{preset.model.replace('/', '_')}_{'bf16' if preset.bf16 else 'fp32'}.json"
+    key = hashlib.sha256(json.dumps([preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]]).encode())
+    cache = cache_root() / f"base_reference_{split}_{key.hexdigest()[:16]}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     with _autocast(preset):
         result = run_probe(model, tokenizer).as_dict()
+        result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
     cache.write_text(json.dumps(result))
     return result
 
@@ -146,14 +151,15 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     if not (adapter / "adapter_config.json").exists():
         return Verdict(spec.exercise, split, False, {}, [],
                        f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
-    base_model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
-    base_probe = _base_probe(preset, base_model, tokenizer)
-    del base_model
-    model, tokenizer = load_adapter_model(adapter, preset.device)
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
     if split not in splits or split == "train":
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
     from .evaluation import exact_match
+
+    base_model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+    base_probe = _base_reference(preset, base_model, tokenizer, split, splits[split])
+    del base_model
+    model, tokenizer = load_adapter_model(adapter, preset.device)
 
     with _autocast(preset):
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
@@ -161,7 +167,7 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     record_file = artifacts / "training.json"
     steps = json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
     metrics = {
-        "exact_match": em,
+        "exact_match": em, "base_exact_match": base_probe["exact_match"],
         "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base_probe["probe_accuracy"],
         "probe_accuracy_drop": base_probe["probe_accuracy"] - probe["probe_accuracy"],
         "probe_perplexity": probe["probe_perplexity"], "base_probe_perplexity": base_probe["probe_perplexity"],

@@ -44,4 +44,10 @@ def setup_notebook() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # map() bars go to stderr and bury the lesson
+    except ImportError:
+        pass
     check_versions()

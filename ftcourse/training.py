@@ -117,12 +117,13 @@ def sft_config(setup: SFTSetup, preset: Preset, output_dir: str | Path):
         num_train_epochs=setup.num_epochs or 1,
         per_device_train_batch_size=1 if packed else setup.batch_size,
         learning_rate=setup.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
+        lr_scheduler_type="cosine",
         warmup_steps=setup.warmup_steps,
         weight_decay=setup.weight_decay,
         max_length=(setup.pack_length or setup.batch_size * preset.max_length // 2) if packed else preset.max_length,
         packing=packed,
-        train_sampling_strategy="group_by_length" if setup.layout == "grouped" else "random",
+        # "grouped" data arrives already ordered in length buckets (see `length_grouped_order`)
+        train_sampling_strategy="sequential" if setup.layout == "grouped" else "random",
         bf16=preset.bf16,
         fp16=preset.fp16,
         use_cpu=preset.device == "cpu",
@@ -149,6 +150,8 @@ def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSet
 
     setup.validate()
     torch.manual_seed(setup.seed)
+    if setup.layout == "grouped":
+        train_examples = length_grouped_order(tokenizer, train_examples, setup.batch_size, setup.seed)
     dataset = to_prompt_completion(train_examples)
     step_ends: list[float] = []
     losses: list[float] = []
@@ -209,6 +212,21 @@ def save_sft_artifacts(model, tokenizer, result: TrainResult, setup: SFTSetup, a
               "seconds": result.seconds}
     (artifacts / "training.json").write_text(json.dumps(record, indent=2, default=list))
     return adapter
+
+
+def length_grouped_order(tokenizer, examples: Sequence[Example], batch_size: int, seed: int) -> list[Example]:
+    """Examples reordered so each batch holds similar lengths; the order of the batches is shuffled.
+
+    Sorting by length and cutting into batches removes most padding; shuffling whole batches keeps the
+    optimizer from seeing all the short examples first.
+    """
+    import random
+
+    lengths = chat_lengths(tokenizer, examples)
+    by_length = sorted(range(len(examples)), key=lambda i: (lengths[i], i))
+    batches = [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return [examples[i] for batch in batches for i in batch]
 
 
 def chat_lengths(tokenizer, examples: Sequence[Example]) -> list[int]:

@@ -227,7 +227,7 @@ print(f"packed row loss {packed_loss:.6f}   separate rows {separate_loss:.6f}   
 # %%
 with autocast:
     base_probe = run_probe(model, tokenizer)
-aggressive = SFTSetup(method="full", max_steps=preset.step_budget // 3, learning_rate=1e-3,
+aggressive = SFTSetup(method="full", max_steps=preset.step_budget // 4, learning_rate=1e-3,
                       batch_size=preset.batch_size, seed=SEED, layout=RECOMMENDED_LAYOUT)
 full_model, full_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"],
                                     aggressive, preset, "build/full_ft")
@@ -262,7 +262,7 @@ print("step budget:", preset.step_budget)
 
 # %% nbgrader={"grade": false, "grade_id": "sft_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-setup = SFTSetup(method="lora", max_steps=min(12, preset.step_budget), learning_rate=1e-3,
+setup = SFTSetup(method="lora", max_steps=min(12, preset.step_budget), learning_rate=2e-3,
                  batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r,
                  layout=RECOMMENDED_LAYOUT, seed=SEED)
 ### END SOLUTION

@@ -1,0 +1,96 @@
+"""`make course`: execute every solution notebook headless with papermill and print a table.
+
+Executed copies go to build/executed/; each notebook runs in its own folder build/run/NN_slug/ (its
+artifacts land there). Columns: notebook, minutes, base and tuned metric on the held-out split (from
+the grader, in its own process), and the exercise score the executed notebook earns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def score_notebook(path: Path) -> tuple[float, float]:
+    """Points earned and available in an executed notebook, as nbgrader scores its grade cells."""
+    import nbformat
+    from nbgrader.utils import determine_grade, is_grade, is_solution
+
+    nb = nbformat.read(path, as_version=4)
+    earned = total = 0.0
+    for cell in nb.cells:
+        if is_grade(cell) and not is_solution(cell):
+            score, points = determine_grade(cell)
+            earned += score or 0.0
+            total += points
+    return earned, total
+
+
+def run_notebook(notebook: Path, preset: str) -> dict:
+    """Execute one notebook with papermill; return its row of the table."""
+    import papermill
+
+    slug = notebook.stem
+    workdir = ROOT / "build" / "run" / slug
+    workdir.mkdir(parents=True, exist_ok=True)
+    executed = ROOT / "build" / "executed" / f"{slug}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["FTCOURSE_PRESET"] = preset  # the same value reaches graders and nbgrader runs
+    start = time.perf_counter()
+    error = ""
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters={"PRESET": preset}, cwd=str(workdir),
+                                   progress_bar=False, log_output=False)
+    except Exception as exc:  # papermill raises on the first failing cell; keep going, report it
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    minutes = (time.perf_counter() - start) / 60
+    row = {"notebook": slug, "minutes": minutes, "error": error}
+    results_file = workdir / "course_results.json"
+    if results_file.exists():
+        row.update(json.loads(results_file.read_text()))
+    from ftcourse.grading import EVALUATORS, artifact_dir, run_grader
+
+    if slug in EVALUATORS and (artifact_dir(slug, workdir)).exists():
+        verdict = run_grader(slug, artifact_dir(slug, workdir), split="heldout")
+        row["heldout_base"] = verdict.metrics.get("base_exact_match")
+        row["heldout_tuned"] = verdict.metrics.get("exact_match")
+        row["probe_base"] = verdict.metrics.get("base_probe_accuracy")
+        row["probe_tuned"] = verdict.metrics.get("probe_accuracy")
+    earned, total = score_notebook(executed)
+    row["score"] = f"{earned:g}/{total:g}"
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default=os.environ.get("PRESET", "cpu"))
+    parser.add_argument("notebooks", nargs="*", help="slugs to run (default: all)")
+    args = parser.parse_args()
+    from ftcourse.plots import table
+    from release import sources
+
+    notebooks = [s.with_suffix(".ipynb") for s in sources() if not args.notebooks or s.stem in args.notebooks]
+    rows = []
+    for nb in notebooks:
+        print(f"== {nb.stem} (preset {args.preset})", flush=True)
+        rows.append(run_notebook(nb, args.preset))
+        print(table([rows[-1]], ["notebook", "minutes", "heldout_base", "heldout_tuned", "probe_base", "probe_tuned",
+                                 "score"]), flush=True)
+    print("\n" + table(rows, ["notebook", "minutes", "metric", "heldout_base", "heldout_tuned", "probe_base",
+                              "probe_tuned", "score"]))
+    (ROOT / "build" / "course_table.json").write_text(json.dumps(rows, indent=2))
+    failed = [r["notebook"] + ": " + r["error"] for r in rows if r["error"]]
+    for line in failed:
+        print("FAILED", line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+import math
+
+import pytest
+import torch
+
+from ftcourse.evaluation import continuation_logprobs, exact_match, normalise_answer, perplexity
+from ftcourse.tasks import Example
+
+
+def test_normalise_answer_takes_first_line():
+    assert normalise_answer("  2021-03-05\nmore") == "2021-03-05"
+    assert normalise_answer("   ") == ""
+
+
+def test_continuation_logprobs_equal_a_direct_computation(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    ctx, cont = "Question: What is the capital of France?\nAnswer:", " Paris"
+    ids = tokenizer(ctx + cont, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n_ctx = len(tokenizer(ctx, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    direct = sum(logp[t - 1, ids[0, t]].item() for t in range(n_ctx, ids.shape[1]))
+    # batched with a longer neighbour, so padding is exercised too
+    batched = continuation_logprobs(model, tokenizer, [ctx, ctx + " I think"], [cont, " it is Paris"])
+    assert batched[0] == pytest.approx(direct, abs=1e-3)
+
+
+def test_mismatched_lengths_raise(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="2 contexts but 1 continuations"):
+        continuation_logprobs(model, tokenizer, ["a", "b"], ["c"])
+
+
+def test_exact_match_scores_replies(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    score, replies = exact_match(model, tokenizer, [Example("Reply with exactly the word: yes", "yes"),
+                                                    Example("Reply with exactly: zzzz-qqqq", "2001-01-01")])
+    assert len(replies) == 2 and 0.0 <= score <= 0.5
+    with pytest.raises(ValueError, match="at least one example"):
+        exact_match(model, tokenizer, [])
+
+
+def test_perplexity_is_finite_and_lower_on_natural_text(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    natural = perplexity(model, tokenizer, "The cat sat on the mat and looked out of the window at the rain.")
+    scrambled = perplexity(model, tokenizer, "mat window rain the of cat on looked sat the at out and the.")
+    assert math.isfinite(natural) and natural < scrambled

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from ftcourse import grading
+from ftcourse.grading import Verdict, artifact_dir, heldout_seed, run_grader
+
+
+def test_heldout_seed_default_and_override(monkeypatch):
+    monkeypatch.delenv(grading.HELDOUT_SEED_ENV, raising=False)
+    assert heldout_seed() == grading.DEFAULT_HELDOUT_SEED
+    monkeypatch.setenv(grading.HELDOUT_SEED_ENV, "123")
+    assert heldout_seed() == 123
+    monkeypatch.setenv(grading.HELDOUT_SEED_ENV, "abc")
+    with pytest.raises(ValueError, match="must be an integer, got 'abc'"):
+        heldout_seed()
+
+
+def test_artifact_dir_is_known_and_rejects_unknown(tmp_path):
+    assert artifact_dir("03_sft", tmp_path) == tmp_path / "artifacts" / "03_sft"
+    with pytest.raises(KeyError, match="Unknown exercise"):
+        artifact_dir("99_nothing", tmp_path)
+
+
+def test_missing_adapter_fails_with_a_clear_message(tmp_path):
+    verdict = run_grader("03_sft", artifact_dir("03_sft", tmp_path), split="validation")
+    assert not verdict.passed
+    assert "No trained adapter found" in verdict.message
+
+
+def test_a_fake_metrics_file_does_not_count(tmp_path):
+    """A learner's own metrics are never read: without a real adapter the grade is a fail."""
+    folder = artifact_dir("03_sft", tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"exact_match": 1.0}))
+    (folder / "training.json").write_text(json.dumps({"steps": 1}))
+    assert not run_grader("03_sft", folder, split="heldout").passed
+
+
+def test_verdict_text_lists_each_check():
+    v = Verdict("03_sft", "heldout", False, {}, [("exact_match", 0.5, ">=", 0.85, False)], "What to try: more steps")
+    text = str(v)
+    assert text.startswith("FAIL 03_sft on the heldout split")
+    assert "MISS exact_match: 0.500 (needs >= 0.850)" in text and "What to try" in text

@@ -1,0 +1,63 @@
+import pytest
+
+from ftcourse.presets import get_preset
+from ftcourse.tasks import make_date_examples
+from ftcourse.training import (SFTSetup, chat_lengths, length_grouped_order, packed_vs_separate_loss,
+                               recommend_layout, train_sft)
+
+
+def test_packing_keeps_examples_apart(model_and_tokenizer):
+    """Packed loss equals the separate losses; without restarting positions it does not (the test can fail)."""
+    model, tokenizer = model_and_tokenizer
+    examples = make_date_examples(3, 11)
+    packed, separate = packed_vs_separate_loss(model, tokenizer, examples)
+    assert packed == pytest.approx(separate, rel=1e-4)
+    leaky, separate = packed_vs_separate_loss(model, tokenizer, examples, reset_positions=False)
+    assert abs(leaky - separate) > 1e-2
+
+
+def test_length_grouping_removes_most_padding(tokenizer):
+    examples = make_date_examples(64, 5)
+    lengths = dict(zip((e.prompt for e in examples), chat_lengths(tokenizer, examples)))
+
+    def padding(order):
+        slots = real = 0
+        for i in range(0, len(order), 8):
+            batch = [lengths[e.prompt] for e in order[i:i + 8]]
+            slots += max(batch) * len(batch)
+            real += sum(batch)
+        return 1 - real / slots
+
+    grouped = length_grouped_order(tokenizer, examples, 8, seed=0)
+    assert sorted(e.prompt for e in grouped) == sorted(e.prompt for e in examples)
+    assert padding(grouped) < 0.05 < padding(examples)
+    assert grouped == length_grouped_order(tokenizer, examples, 8, seed=0)
+
+
+def test_setup_validation_names_the_problem():
+    with pytest.raises(ValueError, match="method must be 'lora' or 'full'"):
+        SFTSetup(method="qlora").validate()
+    with pytest.raises(ValueError, match="over this exercise's step budget of 24"):
+        SFTSetup(max_steps=30).validate(step_budget=24)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        SFTSetup(layout="sorted").validate()
+
+
+def test_recommend_layout_picks_the_fastest():
+    rows = [{"layout": "padded", "real_tokens_per_s": 100.0}, {"layout": "grouped", "real_tokens_per_s": 130.0},
+            {"layout": "packed", "real_tokens_per_s": 90.0}]
+    assert recommend_layout(rows) == "grouped"
+
+
+def test_a_short_lora_run_lowers_the_loss_and_counts_tokens(tmp_path, monkeypatch):
+    monkeypatch.delenv("FTCOURSE_PRESET", raising=False)
+    from ftcourse.models import load_model_and_tokenizer
+
+    preset = get_preset("cpu")
+    model, tokenizer = load_model_and_tokenizer()
+    setup = SFTSetup(max_steps=4, learning_rate=2e-3, batch_size=4, layout="grouped")
+    tuned, result = train_sft(model, tokenizer, make_date_examples(32, 2), setup, preset, tmp_path, progress=False)
+    assert result.steps == 4 and len(result.losses) == 4
+    assert result.losses[-1] < result.losses[0]
+    assert 0 <= result.padding_fraction < 0.1 and result.real_tokens > 0
+    assert sum(p.numel() for p in tuned.parameters() if p.requires_grad) < 0.1 * sum(p.numel() for p in tuned.parameters())
