@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .grading import VERDICT_MARK
 from .tasks import make_date_examples
 
 LABEL_MASK_SEED = 4242  # examples the learner never sees in the notebook
@@ -55,9 +56,9 @@ def check_label_mask(build_chat_labels, n_examples: int = 5, tokenizer=None) -> 
             raise AssertionError(f"build_chat_labels must return (input_ids, labels), got {type(out).__name__}.")
         ids, labels = (list(map(int, x)) for x in out)
         if ids != want_ids:
-            raise AssertionError(f"For prompt {prompt[-30:]!r}: input_ids {_describe_mismatch('input_ids', ids, want_ids)}.")
+            raise AssertionError(f"For prompt {prompt[-30:]!r}: {_describe_mismatch('input_ids', ids, want_ids)}.")
         if labels != want_labels:
-            raise AssertionError(f"For prompt {prompt[-30:]!r}: labels {_describe_mismatch('labels', labels, want_labels)}. "
+            raise AssertionError(f"For prompt {prompt[-30:]!r}: {_describe_mismatch('labels', labels, want_labels)}. "
                                  "Prompt tokens must be -100, completion tokens (answer, <|im_end|>, newline) kept.")
     return f"build_chat_labels matches TRL's masking on {len(pairs)} unseen examples."
 
@@ -79,7 +80,7 @@ def _main() -> int:
         message, passed = check(namespace[name]), True
     except Exception as exc:  # any failure of the learner's code is a failed check, with its message
         message, passed = f"{type(exc).__name__}: {exc}", False
-    print("FTCOURSE-VERDICT " + json.dumps({"passed": passed, "message": message}), flush=True)
+    print(VERDICT_MARK + json.dumps({"passed": passed, "message": message}), flush=True)
     return 0
 
 

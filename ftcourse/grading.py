@@ -186,6 +186,22 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
 EVALUATORS = {"03_sft": evaluate_sft}
 
 
+def warm_base_references() -> None:
+    """Compute and cache the base model's reference scores for the validation and held-out splits."""
+    import warnings
+
+    from .models import load_model_and_tokenizer
+    from .presets import get_preset
+    from .tasks import date_task_splits
+
+    warnings.filterwarnings("ignore")
+    preset = get_preset("auto")
+    model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+    splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
+    for split in ("validation", "heldout"):
+        _base_reference(preset, model, tokenizer, split, splits[split])
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Grade an exercise's saved artifacts (runs in its own process).")
     parser.add_argument("exercise", choices=sorted(EVALUATORS))
@@ -219,7 +235,8 @@ def run_grader(exercise: str, artifacts: str | Path, split: str = "validation", 
         raise KeyError(f"Unknown exercise {exercise!r}; known: {', '.join(EVALUATORS)}.")
     cmd = [python or sys.executable, "-I", "-m", "ftcourse.grading", exercise,
            "--artifacts", str(Path(artifacts).resolve()), "--split", split]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_clean_env(), cwd=str(Path(artifacts).resolve().parent))
+    workdir = next(p for p in Path(artifacts).resolve().parents if p.is_dir())  # the folder may not exist yet
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_clean_env(), cwd=str(workdir))
     for line in proc.stdout.splitlines():
         if line.startswith(VERDICT_MARK):
             raw = json.loads(line[len(VERDICT_MARK):])

@@ -61,14 +61,17 @@ class OutcomeVerdicts(NbGraderPreprocessor):
             spec = self.checks.get(grade_id)
             if not spec:
                 continue
-            if spec["kind"] == "outcome":
-                verdict = grading.run_grader(spec["exercise"], grading.artifact_dir(spec["exercise"], notebook_dir),
-                                             split="heldout", timeout_s=self.timeout_s)
-                passed, text = verdict.passed, str(verdict)
-            elif spec["kind"] == "function":
-                passed, text = run_function_check(spec["exercise"], sources.get(spec["solution"], ""), self.timeout_s)
-            else:
-                raise ValueError(f"Unknown check kind {spec['kind']!r} for grade_id {grade_id!r}.")
+            if spec.get("kind") not in ("outcome", "function"):
+                raise ValueError(f"Unknown check kind {spec.get('kind')!r} for grade_id {grade_id!r} in OutcomeVerdicts.checks.")
+            try:
+                if spec["kind"] == "outcome":
+                    verdict = grading.run_grader(spec["exercise"], grading.artifact_dir(spec["exercise"], notebook_dir),
+                                                 split="heldout", timeout_s=self.timeout_s)
+                    passed, text = verdict.passed, str(verdict)
+                else:
+                    passed, text = run_function_check(spec["exercise"], sources.get(spec["solution"], ""), self.timeout_s)
+            except Exception as exc:  # one submission's failure must not stop the class's grading
+                passed, text = False, f"The check could not run: {type(exc).__name__}: {exc}"
             self.log.info("OutcomeVerdicts %s: %s", grade_id, "pass" if passed else "fail")
             cell.outputs = _outputs_for(passed, f"[graded outside the kernel] {text}")
         return nb, resources

@@ -1,0 +1,47 @@
+# The course's entry points. Quick start on a fresh machine: `make course`, then `make test`.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftcourse-installed
+PRESET ?= cpu
+SUBMISSIONS ?= $(ROOT)/autograder/submitted
+ASSIGNMENT ?= 03_sft
+# nbgrader runs alembic from PATH: the virtual environment's bin comes first.
+export PATH := $(BIN):$(PATH)
+export FTCOURSE_PRESET ?= $(PRESET)
+
+.PHONY: setup course test lab release grade benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-embedded.txt pyproject.toml scripts/setup_env.sh
+	bash scripts/setup_env.sh
+	touch $@
+
+## Execute every solution notebook headless (papermill) and print a table per notebook.
+course: setup
+	$(BIN)/python scripts/run_course.py --preset $(PRESET)
+
+## Run every test: units, notebook execution, the nbgrader round trip, freshness of generated files.
+test: setup
+	$(BIN)/python -m pytest -ra tests
+
+## JupyterLab on the learner notebooks.
+lab: setup
+	cd course && $(BIN)/jupyter lab
+
+## Regenerate the instructor notebooks from their sources, then course/ with nbgrader.
+release: setup
+	$(BIN)/python scripts/release.py
+
+## Instructor: autograde and write feedback for a folder of submissions (SUBMISSIONS=<dir>/<student>/<assignment>/).
+grade: setup
+	FTCOURSE_SUBMISSIONS=$(SUBMISSIONS) $(BIN)/python scripts/grade.py --assignment $(ASSIGNMENT)
+
+## Padded vs length-grouped vs packed throughput and peak memory; writes build/benchmark_layouts_<preset>.md.
+benchmark: setup
+	$(BIN)/python scripts/benchmark_layouts.py --preset $(PRESET)
+
+clean:
+	rm -rf build autograder/autograded autograder/feedback autograder/gradebook.db

@@ -1,0 +1,33 @@
+import pytest
+
+from ftcourse.models import embedded_gguf_path, embedded_model_dir, embedding_model_dir, load_adapter_model
+
+
+def test_embedded_model_ships_in_its_wheel_and_is_cached():
+    assert embedded_gguf_path().stat().st_size > 50_000_000
+    cached = embedded_model_dir()
+    assert (cached / "model.safetensors").exists() and (cached / "tokenizer.json").exists()
+    assert "chat_template" in (cached / "tokenizer_config.json").read_text() or (cached / "chat_template.jinja").exists()
+
+
+def test_embedding_model_folder_exists():
+    assert (embedding_model_dir() / "config.json").exists()
+
+
+def test_tokenizer_has_chat_template(tokenizer):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_missing_adapter_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected adapter_config.json there"):
+        load_adapter_model(tmp_path / "nothing")
+
+
+def test_hub_model_falls_back_to_embedded_when_offline(monkeypatch):
+    from ftcourse.models import resolve_model_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(UserWarning, match="falling back to the embedded SmolLM2-135M-Instruct"):
+        path = resolve_model_dir("HuggingFaceTB/SmolLM2-360M-Instruct")
+    assert path == str(embedded_model_dir())

@@ -1,0 +1,114 @@
+"""The nbgrader round trip on notebook 03: release, submit, autograde (outcome verdicts outside the kernel).
+
+- the reference solution earns full marks;
+- the untouched released notebook earns zero on every exercise;
+- tampered submissions earn zero on the exercise they tamper with: a hard-coded metric, a monkeypatched
+  evaluation function, a deleted hidden-test cell, an edited hidden-test cell.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from grade import grade, nbgrader  # noqa: E402
+
+ASSIGNMENT = "03_sft"
+UNTRAINED_SETUP = "setup = SFTSetup(method='lora', max_steps=1, learning_rate=1e-6, batch_size=2)\n"
+
+
+def _cell(nb, grade_id):
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+# The lesson's demos (layout comparison, forgetting) take minutes and grade nothing; a tampered submission
+# drops them to keep the suite fast. The untouched and reference submissions run everything.
+DEMO_CELL_PREFIXES = ("layout_setup = SFTSetup(", "with autocast:\n    base_probe = run_probe(")
+
+
+def _tampered(released: nbformat.NotebookNode, kind: str) -> nbformat.NotebookNode:
+    nb = nbformat.from_dict(released)
+    nb.cells = [c for c in nb.cells if not c.source.startswith(DEMO_CELL_PREFIXES)]
+    if kind == "hardcoded_metric":
+        _cell(nb, "sft_setup").source = UNTRAINED_SETUP + (
+            "import ftcourse.evaluation as _ev\n"
+            "_ev.exact_match = lambda *a, **k: (1.0, [])  # claim a perfect score\n")
+    elif kind == "monkeypatched_eval":
+        _cell(nb, "sft_setup").source = UNTRAINED_SETUP + (
+            "import ftcourse.grading as _g\n"
+            "_g.run_grader = lambda *a, **k: _g.Verdict('03_sft', 'heldout', True, {'exact_match': 1.0}, [], '')\n")
+        # exercise 3.1: an answer hard-coded for the one example the learner can see
+        _cell(nb, "sft_label_mask").source = (
+            "_SEEN = {}\n"
+            "def build_chat_labels(tokenizer, prompt, answer):\n"
+            "    ids = tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': answer}], tokenize=True)['input_ids']\n"
+            "    return list(ids), [-100] * (len(ids) - 12) + list(ids[-12:])\n")
+    elif kind == "deleted_test":
+        _cell(nb, "sft_setup").source = UNTRAINED_SETUP
+        nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "sft_final_outcome"]
+    elif kind == "edited_test":
+        _cell(nb, "sft_setup").source = UNTRAINED_SETUP
+        _cell(nb, "sft_final_outcome").source = "print('all tests passed')\n"
+        _cell(nb, "sft_label_mask_tests").source = "print('all tests passed')\n"
+    else:
+        raise ValueError(kind)
+    return nb
+
+
+TAMPERED = {  # submission -> grade cells it tampers with
+    "hardcoded_metric": ["sft_final_outcome"],
+    "monkeypatched_eval": ["sft_final_outcome", "sft_label_mask_tests"],
+    "deleted_test": ["sft_final_outcome"],
+    "edited_test": ["sft_final_outcome", "sft_label_mask_tests"],
+}
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    (root / "solutions" / ASSIGNMENT).mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", root / "solutions" / ASSIGNMENT)
+    env = {"FTCOURSE_COURSE_ROOT": str(root), "FTCOURSE_SUBMISSIONS": str(root / "submitted"),
+           "FTCOURSE_AUTOGRADED": str(root / "autograded"), "FTCOURSE_FEEDBACK": str(root / "feedback"),
+           "FTCOURSE_GRADEBOOK": str(root / "gradebook.db"), "FTCOURSE_PRESET": "cpu"}
+    nbgrader("generate_assignment", ASSIGNMENT, "--force", env=env)
+    released = nbformat.read(root / "course" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    submissions = {"reference": nbformat.read(root / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4),
+                   "untouched": released, **{k: _tampered(released, k) for k in TAMPERED}}
+    for student, nb in submissions.items():
+        folder = root / "submitted" / student / ASSIGNMENT
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / f"{ASSIGNMENT}.ipynb")
+    result = grade(ASSIGNMENT, env=env)
+    result["_root"] = root
+    return result
+
+
+def test_reference_solution_earns_full_marks(scores):
+    ref = scores["reference"]
+    assert ref["total"] == ref["max"] == 8, ref
+
+
+def test_untouched_release_earns_zero_everywhere(scores):
+    row = scores["untouched"]
+    assert row["sft_label_mask_tests"] == 0 and row["sft_final_outcome"] == 0 and row["total"] == 0, row
+
+
+@pytest.mark.parametrize("student", sorted(TAMPERED))
+def test_tampered_submission_earns_zero_on_what_it_tampers_with(scores, student):
+    row = scores[student]
+    for grade_id in TAMPERED[student]:
+        assert row[grade_id] == 0, (student, grade_id, row)
+
+
+def test_feedback_hides_hidden_tests(scores):
+    feedback = scores["_root"] / "feedback" / "reference" / ASSIGNMENT / f"{ASSIGNMENT}.html"
+    html = feedback.read_text()
+    assert "check_label_mask(" not in html and "assert_outcome(" not in html
+    assert "graded outside the kernel" in html

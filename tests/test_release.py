@@ -1,0 +1,45 @@
+"""Generated files are fresh, and nothing of the solutions or hidden tests reaches course/."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+
+
+def test_generated_notebooks_are_fresh():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "release.py"), "--check"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_committed_notebooks_have_no_outputs():
+    for path in list(ROOT.glob("solutions/*/*.ipynb")) + list(ROOT.glob("course/*/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
+
+
+def test_course_holds_no_solution_and_no_hidden_test():
+    course_files = [p for p in (ROOT / "course").rglob("*") if p.is_file()]
+    assert course_files, "course/ is empty: run make release"
+    assert all(p.suffix == ".ipynb" for p in course_files), [p.name for p in course_files if p.suffix != ".ipynb"]
+    for source in ROOT.glob("solutions/*/*.py"):
+        released = (ROOT / "course" / source.parent.name / f"{source.stem}.ipynb").read_text()
+        for marker in MARKERS:
+            assert marker not in released
+        text = source.read_text()
+        for block in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS"):
+            end = block.replace("BEGIN", "END")
+            pos = 0
+            while (start := text.find(block, pos)) != -1:
+                stop = text.index(end, start)
+                for line in text[start:stop].splitlines()[1:]:
+                    code = line.strip()
+                    if len(code) > 12 and not code.startswith("#"):
+                        assert code not in released, f"{block.split()[1].lower()} line leaked into course/: {code}"
+                pos = stop
