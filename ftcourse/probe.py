@@ -67,7 +67,7 @@ def probe_context(item: ProbeItem) -> str:
 
 
 def run_probe(model, tokenizer, items: list[ProbeItem] | None = None, text: str | None = None,
-              batch_size: int = 32) -> ProbeResult:
+              batch_size: int = 64) -> ProbeResult:
     """Multiple-choice accuracy by log-likelihood, and perplexity on the general text."""
     items = items if items is not None else load_probe_items()
     contexts, continuations = [], []
