@@ -55,9 +55,10 @@ def test_a_short_lora_run_lowers_the_loss_and_counts_tokens(tmp_path, monkeypatc
 
     preset = get_preset("cpu")
     model, tokenizer = load_model_and_tokenizer()
-    setup = SFTSetup(max_steps=4, learning_rate=2e-3, batch_size=4, layout="grouped")
-    tuned, result = train_sft(model, tokenizer, make_date_examples(32, 2), setup, preset, tmp_path, progress=False)
-    assert result.steps == 4 and len(result.losses) == 4
-    assert result.losses[-1] < result.losses[0]
+    setup = SFTSetup(max_steps=6, learning_rate=1e-3, batch_size=4, layout="grouped")
+    tuned, result = train_sft(model, tokenizer, make_date_examples(48, 2), setup, preset, tmp_path, progress=False)
+    assert result.steps == 6 and len(result.losses) == 6
+    # single batches are noisy: compare the last two steps with the first two
+    assert sum(result.losses[-2:]) < 0.7 * sum(result.losses[:2]), result.losses
     assert 0 <= result.padding_fraction < 0.1 and result.real_tokens > 0
     assert sum(p.numel() for p in tuned.parameters() if p.requires_grad) < 0.1 * sum(p.numel() for p in tuned.parameters())

@@ -30,8 +30,8 @@
 # **Prerequisites:** 01 (when to fine-tune) and 02 (data and chat templates) help but are not required;
 # Python and basic PyTorch.
 #
-# **Time** (measured by `make course`, the whole notebook): about 3 minutes on the `cpu` preset on a
-# 2-core CPU. The README lists the latest measurements for every notebook and preset.
+# **Time** (measured by `make course`, the whole notebook): 2.9 minutes on the `cpu` preset on a
+# 2-core CPU; the GPU presets have not been measured yet. The README lists the latest measurements.
 
 # %% [markdown]
 # ## Setup
