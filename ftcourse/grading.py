@@ -107,18 +107,22 @@ def _compare(measured, cmp: str, threshold) -> bool:
 
 # ---------------------------------------------------------------- inside the grading process
 
-def _base_reference(preset, model, tokenizer, split: str, examples) -> dict:
-    """The base model's probe result and exact match on the split, cached: the same for every learner."""
+def _base_reference(preset, split: str, examples) -> dict:
+    """The base model's probe result and exact match on the split, cached: the same for every learner.
+
+    The base model is loaded only when the cache misses.
+    """
     import hashlib
 
     from .evaluation import exact_match
-    from .models import cache_root
+    from .models import cache_root, load_model_and_tokenizer
     from .probe import run_probe
 
     key = hashlib.sha256(json.dumps([preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]]).encode())
     cache = cache_root() / f"base_reference_{split}_{key.hexdigest()[:16]}.json"
     if cache.exists():
         return json.loads(cache.read_text())
+    model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
     with _autocast(preset):
         result = run_probe(model, tokenizer).as_dict()
         result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
@@ -140,7 +144,7 @@ def _autocast(preset):
 
 def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     """Grade exercise 03: exact match on the split and the general probe, adapter on the base model."""
-    from .models import load_adapter_model, load_model_and_tokenizer
+    from .models import load_adapter_model
     from .presets import get_preset
     from .probe import run_probe
     from .tasks import date_task_splits
@@ -156,9 +160,7 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
     from .evaluation import exact_match
 
-    base_model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
-    base_probe = _base_reference(preset, base_model, tokenizer, split, splits[split])
-    del base_model
+    base_probe = _base_reference(preset, split, splits[split])
     model, tokenizer = load_adapter_model(adapter, preset.device)
 
     with _autocast(preset):
@@ -190,16 +192,14 @@ def warm_base_references() -> None:
     """Compute and cache the base model's reference scores for the validation and held-out splits."""
     import warnings
 
-    from .models import load_model_and_tokenizer
     from .presets import get_preset
     from .tasks import date_task_splits
 
     warnings.filterwarnings("ignore")
     preset = get_preset("auto")
-    model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
     for split in ("validation", "heldout"):
-        _base_reference(preset, model, tokenizer, split, splits[split])
+        _base_reference(preset, split, splits[split])
 
 
 def _main(argv: list[str] | None = None) -> int:
