@@ -234,6 +234,12 @@ def chat_lengths(tokenizer, examples: Sequence[Example]) -> list[int]:
     return [len(tokenizer.apply_chat_template(e.messages(), tokenize=True)["input_ids"]) for e in examples]
 
 
+def layout_run_setup(tokenizer, examples: Sequence[Example], setup: SFTSetup, layout: str) -> SFTSetup:
+    """`setup` for one epoch in `layout`; packed rows hold `batch_size` examples' worth of tokens."""
+    mean_len = sum(chat_lengths(tokenizer, examples)) / len(examples)
+    return dataclasses.replace(setup, layout=layout, num_epochs=1, pack_length=int(round(setup.batch_size * mean_len)))
+
+
 def compare_layouts(tokenizer, examples: Sequence[Example], preset: Preset, setup: SFTSetup,
                     model_name: str = "embedded", output_dir: str | Path = "build/layouts") -> list[dict]:
     """Train the same LoRA fine-tune three ways (padded, length-grouped, packed) for one epoch each.
@@ -244,11 +250,9 @@ def compare_layouts(tokenizer, examples: Sequence[Example], preset: Preset, setu
     """
     from .models import load_model
 
-    mean_len = sum(chat_lengths(tokenizer, examples)) / len(examples)
     rows = []
     for layout in LAYOUTS:
-        run = dataclasses.replace(setup, layout=layout, num_epochs=1,
-                                  pack_length=int(round(setup.batch_size * mean_len)))
+        run = layout_run_setup(tokenizer, examples, setup, layout)
         print(f"layout={layout}")
         _, result = train_sft(load_model(model_name, preset.device, seed=setup.seed), tokenizer, examples, run,
                               preset, Path(output_dir) / layout)

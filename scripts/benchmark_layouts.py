@@ -25,15 +25,13 @@ def run_one(layout: str, preset_name: str, n_examples: int) -> dict:
     from ftcourse.models import load_model_and_tokenizer
     from ftcourse.presets import get_preset
     from ftcourse.tasks import date_task_splits
-    from ftcourse.training import SFTSetup, chat_lengths, train_sft
+    from ftcourse.training import SFTSetup, layout_run_setup, train_sft
 
     preset = get_preset(preset_name)
     examples = date_task_splits(max(preset.n_train, n_examples), preset.n_eval)["train"][:n_examples]
     model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
-    mean_len = sum(chat_lengths(tokenizer, examples)) / len(examples)
-    setup = SFTSetup(method="lora", learning_rate=1e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
-                     lora_alpha=2 * preset.lora_r, layout=layout, num_epochs=1,
-                     pack_length=int(round(preset.batch_size * mean_len)))
+    setup = layout_run_setup(tokenizer, examples, SFTSetup(method="lora", learning_rate=1e-3,
+                             batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r), layout)
     if preset.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _, result = train_sft(model, tokenizer, examples, setup, preset, ROOT / "build" / "bench" / layout, progress=False)
