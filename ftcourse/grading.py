@@ -123,23 +123,11 @@ def _base_reference(preset, split: str, examples) -> dict:
     if cache.exists():
         return json.loads(cache.read_text())
     model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
-    with _autocast(preset):
+    with preset.autocast():
         result = run_probe(model, tokenizer).as_dict()
         result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
     cache.write_text(json.dumps(result))
     return result
-
-
-def _autocast(preset):
-    import contextlib
-
-    import torch
-
-    if preset.bf16:
-        return torch.autocast(preset.device, dtype=torch.bfloat16)
-    if preset.fp16:
-        return torch.autocast(preset.device, dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def evaluate_sft(artifacts: Path, split: str) -> Verdict:
@@ -163,7 +151,7 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     base_probe = _base_reference(preset, split, splits[split])
     model, tokenizer = load_adapter_model(adapter, preset.device)
 
-    with _autocast(preset):
+    with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
         probe = run_probe(model, tokenizer).as_dict()
     record_file = artifacts / "training.json"

@@ -35,6 +35,18 @@ class Preset:
     eval_batch_size: int
     num_threads: int | None = None  # torch threads; None keeps torch's default
 
+    def autocast(self):
+        """The autocast context the preset trains and evaluates under (a no-op in fp32)."""
+        import contextlib
+
+        import torch
+
+        if self.bf16:
+            return torch.autocast(self.device, dtype=torch.bfloat16)
+        if self.fp16:
+            return torch.autocast(self.device, dtype=torch.float16)
+        return contextlib.nullcontext()
+
     def describe(self) -> str:
         """One line a learner can read: what this preset will do."""
         dtype = "bf16 autocast" if self.bf16 else "fp16 autocast" if self.fp16 else "fp32"

@@ -59,8 +59,6 @@ SEED = 0
 # %%
 import shutil
 
-import torch
-
 from ftcourse import evaluation, plots
 from ftcourse.grading import artifact_dir, assert_outcome, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer, load_tokenizer
@@ -75,8 +73,7 @@ from ftcourse.training import (SFTSetup, compare_layouts, recommend_layout, save
 preset = get_preset(PRESET)
 seed_everything(SEED)
 print(preset.describe())
-autocast = (torch.autocast(preset.device, dtype=torch.bfloat16) if preset.bf16 else
-            torch.autocast(preset.device, dtype=torch.float16) if preset.fp16 else torch.autocast("cpu", enabled=False))
+autocast = preset.autocast()
 
 # %% [markdown]
 # ## 1 · The task, and what the base model does with it
