@@ -16,8 +16,9 @@ def normalise_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 12) -> list[str]:
-    """Greedy replies to chat prompts, batched with left padding."""
+def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 12,
+                     shots: Sequence[Example] = ()) -> list[str]:
+    """Greedy replies to chat prompts, batched with left padding; `shots` are prepended as earlier turns."""
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -25,8 +26,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                   add_generation_prompt=True) for p in chunk]
+            texts = [chat_prompt(tokenizer, p, shots) for p in chunk]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -36,11 +36,21 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     return replies
 
 
-def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> tuple[float, list[str]]:
-    """Fraction of examples whose greedy reply equals the answer exactly, and the replies."""
+def chat_prompt(tokenizer, prompt: str, shots: Sequence[Example] = ()) -> str:
+    """The text the model completes: the `shots` as earlier user/assistant turns, then `prompt`."""
+    messages = [m for shot in shots for m in shot.messages()] + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int = 32,
+                shots: Sequence[Example] = ()) -> tuple[float, list[str]]:
+    """Fraction of examples whose greedy reply equals the answer exactly, and the replies.
+
+    With `shots` (few-shot prompting) each query is preceded by those solved examples as chat turns.
+    """
     if not examples:
         raise ValueError("exact_match needs at least one example; got an empty list.")
-    replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size)
+    replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size, shots=shots)
     hits = sum(normalise_answer(r) == e.answer for r, e in zip(replies, examples))
     return hits / len(examples), replies
 

@@ -120,6 +120,28 @@ def load_model(model: str = "embedded", device: str = "cpu", seed: int = 0):
     return lm.to(device).eval()
 
 
+def load_quantized_model(model: str = "embedded", compute_dtype: str = "float32", quant_block: int = 64,
+                         double_quant: bool = False, seed: int = 0):
+    """The base model with its decoder's linear weights stored as bitsandbytes 4-bit NF4 (QLoRA's base).
+
+    Embeddings, norms and the LM head stay in float32, as bitsandbytes leaves them. `compute_dtype` is
+    what the 4-bit weights are dequantised to for each matmul. Works on CPU with the pinned bitsandbytes.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if quant_block != 64:
+        raise ValueError(f"bitsandbytes' 4-bit layers use blocks of 64 weights; got quant_block={quant_block}.")
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+                                bnb_4bit_use_double_quant=double_quant)
+    lm = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model), quantization_config=config, dtype=torch.float32)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return lm.eval()
+
+
 def load_model_and_tokenizer(model: str = "embedded", device: str = "cpu", seed: int = 0):
     """Both at once, the usual first line of a notebook section."""
     return load_model(model, device, seed), load_tokenizer(model)

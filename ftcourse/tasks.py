@@ -91,3 +91,55 @@ def date_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None)
         pool = disjoint_from(make_date_examples(3 * n_eval, heldout_seed), train + splits["validation"])
         splits["heldout"] = pool[:n_eval]
     return splits
+
+
+# ---------------------------------------------------------------- phone numbers (notebook 01)
+
+PHONE_INSTRUCTION = "Write the phone number as XXX-XXX-XXXX."
+PHONE_TRAIN_SEED = 2468
+PHONE_VALIDATION_SEED = 1357
+PHONE_CONTEXTS = [
+    "{}",
+    "{}",
+    "Phone: {}",
+    "Call me at {} after six.",
+    "You can reach the front desk on {} during office hours.",
+    "If the delivery is late, the customer asked us to ring {} before noon and leave a message with the neighbour.",
+]
+
+
+def _phone_surface(area: int, exchange: int, line: int, rng: random.Random) -> str:
+    """One of the ways people write a North American number."""
+    forms = [
+        f"({area}) {exchange}-{line:04d}",
+        f"{area}.{exchange}.{line:04d}",
+        f"{area} {exchange} {line:04d}",
+        f"{area}{exchange}{line:04d}",
+        f"+1 {area} {exchange} {line:04d}",
+        f"1-{area}-{exchange}-{line:04d}",
+        f"+1 ({area}) {exchange}.{line:04d}",
+    ]
+    return rng.choice(forms)
+
+
+def make_phone_examples(n: int, seed: int) -> list[Example]:
+    """`n` distinct phone-number normalisation examples drawn with `seed`."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    examples: dict[str, Example] = {}
+    while len(examples) < n:
+        area, exchange, line = rng.randrange(201, 990), rng.randrange(201, 990), rng.randrange(0, 10000)
+        prompt = f"{PHONE_INSTRUCTION}\n{rng.choice(PHONE_CONTEXTS).format(_phone_surface(area, exchange, line, rng))}"
+        examples.setdefault(prompt, Example(prompt, f"{area}-{exchange}-{line:04d}"))
+    return list(examples.values())
+
+
+def phone_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None) -> dict[str, list[Example]]:
+    """Train and public validation splits of the phone task, plus held-out when the grader passes its seed."""
+    train = make_phone_examples(n_train, PHONE_TRAIN_SEED)
+    splits = {"train": train,
+              "validation": disjoint_from(make_phone_examples(3 * n_eval, PHONE_VALIDATION_SEED), train)[:n_eval]}
+    if heldout_seed is not None:
+        splits["heldout"] = disjoint_from(make_phone_examples(3 * n_eval, heldout_seed), train + splits["validation"])[:n_eval]
+    return splits
