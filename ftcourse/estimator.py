@@ -442,3 +442,36 @@ def compare_estimate(shape: ModelShape, plan: TrainingPlan, measured: MemoryBrea
         rows.append({"method": plan.method, "part": part, "estimate_gb": est / GB, "measured_gb": got / GB,
                      "error": (est - got) / got if got else 0.0})
     return rows
+
+
+def save_plan(path, plan: TrainingPlan, estimate: MemoryBreakdown, **record) -> None:
+    """Write the plan, its estimate and anything else measured (steps, step seconds) as JSON."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"plan": dataclasses.asdict(plan),
+               "estimate": dataclasses.asdict(estimate) | {"total": estimate.total}, **record}
+    path.write_text(json.dumps(payload, indent=2, default=list))
+
+
+def load_plan(path) -> tuple[TrainingPlan, dict]:
+    """Read what `save_plan` wrote; errors name the field that is missing or wrong."""
+    import json
+    from pathlib import Path
+
+    record = json.loads(Path(path).read_text())
+    for field in ("plan", "estimate"):
+        if field not in record:
+            raise ValueError(f"{path}: missing the field {field!r}; write the file with ftcourse.estimator.save_plan.")
+    raw = dict(record["plan"])
+    raw["lora_targets"] = tuple(raw.get("lora_targets", ALL_LINEAR))
+    try:
+        plan = TrainingPlan(**raw)
+    except TypeError as exc:
+        raise ValueError(f"{path}: the plan has a field TrainingPlan does not know ({exc}).") from None
+    plan.validate()
+    if "total" not in record["estimate"]:
+        raise ValueError(f"{path}: the estimate has no 'total'.")
+    return plan, record

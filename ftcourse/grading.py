@@ -51,7 +51,23 @@ SPECS = {
             "check that the adapter was saved with trainer.save_model(artifact_dir) after training",
         ),
     ),
+    "01_when_to_fine_tune": OutcomeSpec(
+        exercise="01_when_to_fine_tune",
+        title="Exercise 1.2: plan a fine-tune, estimate its memory, run it",
+        thresholds={
+            "memory_estimate_error": ("<=", 0.15),  # |your estimate - measured| / measured, total training bytes
+            "measured_memory_gb": ("<=", "memory_budget_gb"),  # the plan, measured by the grader
+            "margin_over_few_shot": (">=", 0.15),  # exact match of your adapter minus the few-shot prompt's
+            "steps": ("<=", "step_budget"),
+        },
+        hints=(
+            "estimate off: estimate the plan you saved (same batch, seq_len, rank, targets and autocast dtype)",
+            "over the memory budget: activations grow with batch_size x seq_len; parameters do not shrink with LoRA",
+            "exact match too low: seq_len must hold the longest example (longer ones are cut), or train more steps",
+        ),
+    ),
 }
+FEW_SHOT_K = 3  # the few-shot baseline of notebook 01: the first three training examples as earlier turns
 
 
 @dataclasses.dataclass
@@ -107,27 +123,52 @@ def _compare(measured, cmp: str, threshold) -> bool:
 
 # ---------------------------------------------------------------- inside the grading process
 
-def _base_reference(preset, split: str, examples) -> dict:
-    """The base model's probe result and exact match on the split, cached: the same for every learner.
-
-    The base model is loaded only when the cache misses.
-    """
+def _cached(name: str, key_parts: list, compute) -> dict:
+    """`compute()`'s result, cached under the hash of `key_parts`: base-model scores are the same for everyone."""
     import hashlib
 
-    from .evaluation import exact_match
-    from .models import cache_root, load_model_and_tokenizer
-    from .probe import run_probe
+    from .models import cache_root
 
-    key = hashlib.sha256(json.dumps([preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]]).encode())
-    cache = cache_root() / f"base_reference_{split}_{key.hexdigest()[:16]}.json"
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+    cache = cache_root() / f"{name}_{key}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
-    with preset.autocast():
-        result = run_probe(model, tokenizer).as_dict()
-        result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+    result = compute()
     cache.write_text(json.dumps(result))
     return result
+
+
+def _base_reference(preset, split: str, examples) -> dict:
+    """The base model's probe result and exact match on the split (the model is loaded only on a cache miss)."""
+
+    def compute():
+        from .evaluation import exact_match
+        from .models import load_model_and_tokenizer
+        from .probe import run_probe
+
+        model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+        with preset.autocast():
+            result = run_probe(model, tokenizer).as_dict()
+            result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+        return result
+
+    return _cached(f"base_reference_{split}", [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]], compute)
+
+
+def _few_shot_reference(preset, split: str, examples, shots) -> dict:
+    """The base model's exact match on the split with a few-shot prompt (cached)."""
+
+    def compute():
+        from .evaluation import exact_match
+        from .models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+        with preset.autocast():
+            em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, shots=shots)
+        return {"few_shot_exact_match": em}
+
+    key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.prompt for e in shots]]
+    return _cached(f"few_shot_reference_{split}", key, compute)
 
 
 def evaluate_sft(artifacts: Path, split: str) -> Verdict:
@@ -164,16 +205,64 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
         "probe_perplexity_ratio": probe["probe_perplexity"] / base_probe["probe_perplexity"],
         "steps": steps, "n_examples": len(splits[split]),
     }
-    checks = []
-    for name, (cmp, threshold) in spec.thresholds.items():
-        threshold = preset.step_budget if threshold == "step_budget" else threshold
-        checks.append((name, metrics[name], cmp, threshold, _compare(metrics[name], cmp, threshold)))
+    checks = _checks(spec, metrics, preset)
     passed = all(ok for *_, ok in checks)
     message = "" if passed else "What to try: " + "; ".join(spec.hints)
     return Verdict(spec.exercise, split, passed, metrics, checks, message)
 
 
-EVALUATORS = {"03_sft": evaluate_sft}
+def _checks(spec: OutcomeSpec, metrics: dict, preset) -> list:
+    checks = []
+    for name, (cmp, threshold) in spec.thresholds.items():
+        threshold = getattr(preset, threshold) if isinstance(threshold, str) else threshold
+        checks.append((name, metrics[name], cmp, threshold, _compare(metrics[name], cmp, threshold)))
+    return checks
+
+
+def evaluate_plan(artifacts: Path, split: str) -> Verdict:
+    """Grade exercise 01: the saved memory estimate against the grader's own measurement of the plan,
+    and the adapter's exact match on the phone task against the few-shot prompt's."""
+    from .estimator import build_model_for_plan, load_plan, measure_training_memory
+    from .evaluation import exact_match
+    from .models import load_adapter_model
+    from .presets import get_preset
+    from .tasks import phone_task_splits
+
+    spec = SPECS["01_when_to_fine_tune"]
+    preset = get_preset("auto")
+    adapter, plan_file = artifacts / "adapter", artifacts / "plan.json"
+    missing = [str(p) for p in (adapter / "adapter_config.json", plan_file) if not p.exists()]
+    if missing:
+        return Verdict(spec.exercise, split, False, {}, [],
+                       f"Missing {', '.join(missing)}. Run the exercise's training cell; it saves the plan and the adapter.")
+    plan, record = load_plan(plan_file)
+    if plan.method != "lora" or plan.autocast_dtype != preset.autocast_dtype:
+        return Verdict(spec.exercise, split, False, {}, [],
+                       f"The plan must be method='lora' with autocast_dtype={preset.autocast_dtype!r} (this preset's); "
+                       f"got method={plan.method!r}, autocast_dtype={plan.autocast_dtype!r}.")
+    splits = phone_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
+    if split not in ("validation", "heldout"):
+        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    measured = measure_training_memory(build_model_for_plan(plan, preset.model, preset.device), plan)
+    few_shot = _few_shot_reference(preset, split, splits[split], splits["train"][:FEW_SHOT_K])
+    model, tokenizer = load_adapter_model(adapter, preset.device)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
+    estimate_total = float(record["estimate"]["total"])
+    metrics = {
+        "memory_estimate_error": abs(estimate_total - measured.total) / measured.total,
+        "estimated_memory_gb": estimate_total / 1e9, "measured_memory_gb": measured.total / 1e9,
+        "exact_match": em, "few_shot_exact_match": few_shot["few_shot_exact_match"],
+        "margin_over_few_shot": em - few_shot["few_shot_exact_match"],
+        "steps": int(record.get("steps", 10**9)), "n_examples": len(splits[split]),
+    }
+    checks = _checks(spec, metrics, preset)
+    passed = all(ok for *_, ok in checks)
+    message = "" if passed else "What to try: " + "; ".join(spec.hints)
+    return Verdict(spec.exercise, split, passed, metrics, checks, message)
+
+
+EVALUATORS = {"01_when_to_fine_tune": evaluate_plan, "03_sft": evaluate_sft}
 
 
 def warm_base_references() -> None:
@@ -185,9 +274,13 @@ def warm_base_references() -> None:
 
     warnings.filterwarnings("ignore")
     preset = get_preset("auto")
+    from .tasks import phone_task_splits
+
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
+    phone = phone_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
     for split in ("validation", "heldout"):
         _base_reference(preset, split, splits[split])
+        _few_shot_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K])
 
 
 def _main(argv: list[str] | None = None) -> int:

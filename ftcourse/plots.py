@@ -64,3 +64,43 @@ def probe_bars(results: dict[str, dict]):
         ax.tick_params(axis="x", labelrotation=15)
     fig.tight_layout()
     return fig
+
+
+def quality_vs_cost(rows: Sequence[dict]):
+    """Exact match against prompt tokens per query (left) and one-off training seconds (right), per approach."""
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.5, 3.2))
+    colors = ["#999999", "#4c72b0", "#55a868", "#c44e52"]
+    for row, color in zip(rows, colors):
+        a1.scatter(row["prompt_tokens_per_query"], row["exact_match"], s=60, color=color, label=row["approach"])
+        a2.scatter(row["training_seconds"], row["exact_match"], s=60, color=color)
+    a1.set(xlabel="prompt tokens per query", ylabel="exact match", ylim=(-0.05, 1.05), title="Quality vs cost per query")
+    a2.set(xlabel="one-off training seconds", ylim=(-0.05, 1.05), title="Quality vs cost up front")
+    a1.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    return fig
+
+
+def memory_bars(rows: Sequence[dict]):
+    """Stacked bars of training memory per method: the estimate beside the measurement."""
+    import matplotlib.pyplot as plt
+
+    parts = ["parameters", "gradients", "optimizer_states", "activations"]
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for m, method in enumerate(methods):
+        for k, source in enumerate(("estimate_gb", "measured_gb")):
+            x, bottom = m * 3 + k, 0.0
+            for part, color in zip(parts, colors):
+                value = next(r[source] for r in rows if r["method"] == method and r["part"] == part)
+                ax.bar(x, value, bottom=bottom, color=color, hatch="" if k else "//", edgecolor="white",
+                       label=part if m == 0 and k == 1 else None)
+                bottom += value
+    ax.set_xticks([m * 3 + k for m in range(len(methods)) for k in (0, 1)],
+                  [f"{method}\n{label}" for method in methods for label in ("estimate", "measured")], fontsize=8)
+    ax.set(ylabel="GB", title="Training memory of one step: estimate (hatched) vs measured")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

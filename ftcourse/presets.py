@@ -33,7 +33,13 @@ class Preset:
     max_length: int
     efficiency_examples: int  # examples per run in the padded/grouped/packed comparison
     eval_batch_size: int
+    memory_budget_gb: float  # counted training memory a planned fine-tune may use (notebook 01's exercise)
     num_threads: int | None = None  # torch threads; None keeps torch's default
+
+    @property
+    def autocast_dtype(self) -> str | None:
+        """The dtype name autocast computes in, or None in fp32."""
+        return "bfloat16" if self.bf16 else "float16" if self.fp16 else None
 
     def autocast(self):
         """The autocast context the preset trains and evaluates under (a no-op in fp32)."""
@@ -69,7 +75,7 @@ def _cpu() -> Preset:
     return Preset(
         name="cpu", device="cpu", model="embedded", bf16=cpu_supports_bf16(), fp16=False,
         n_train=400, n_eval=64, batch_size=8, step_budget=24, lora_r=16, learning_rate=1e-3,
-        max_length=128, efficiency_examples=40, eval_batch_size=64,
+        max_length=128, efficiency_examples=40, eval_batch_size=64, memory_budget_gb=1.5,
     )
 
 
@@ -77,7 +83,7 @@ def _t4() -> Preset:
     return Preset(
         name="t4", device="cuda", model="HuggingFaceTB/SmolLM2-360M-Instruct", bf16=False, fp16=True,
         n_train=2000, n_eval=256, batch_size=16, step_budget=60, lora_r=16, learning_rate=5e-4,
-        max_length=256, efficiency_examples=256, eval_batch_size=64,
+        max_length=256, efficiency_examples=256, eval_batch_size=64, memory_budget_gb=6.0,
     )
 
 
@@ -85,7 +91,7 @@ def _a100() -> Preset:
     return Preset(
         name="a100", device="cuda", model="HuggingFaceTB/SmolLM2-1.7B-Instruct", bf16=True, fp16=False,
         n_train=4000, n_eval=512, batch_size=32, step_budget=60, lora_r=32, learning_rate=3e-4,
-        max_length=256, efficiency_examples=512, eval_batch_size=128,
+        max_length=256, efficiency_examples=512, eval_batch_size=128, memory_budget_gb=24.0,
     )
 
 

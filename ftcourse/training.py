@@ -32,6 +32,7 @@ class SFTSetup:
     target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     layout: str = "padded"  # "padded" | "grouped" | "packed"
     pack_length: int | None = None  # tokens per packed row; None = batch_size * preset.max_length // 2
+    max_length: int | None = None  # longest row in tokens (longer examples are cut); None = preset.max_length
     warmup_steps: int = 2
     weight_decay: float = 0.0
     num_epochs: float | None = None  # when set, train for epochs instead of max_steps
@@ -120,7 +121,7 @@ def sft_config(setup: SFTSetup, preset: Preset, output_dir: str | Path):
         lr_scheduler_type="cosine",
         warmup_steps=setup.warmup_steps,
         weight_decay=setup.weight_decay,
-        max_length=(setup.pack_length or setup.batch_size * preset.max_length // 2) if packed else preset.max_length,
+        max_length=(setup.pack_length or setup.batch_size * preset.max_length // 2) if packed else (setup.max_length or preset.max_length),
         packing=packed,
         # "grouped" data arrives already ordered in length buckets (see `length_grouped_order`)
         train_sampling_strategy="sequential" if setup.layout == "grouped" else "random",

