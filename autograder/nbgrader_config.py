@@ -47,6 +47,8 @@ c.Autograde.autograde_preprocessors = [
 ]
 # Keyed by grade_id, kept here on the instructor side; never read from a submission.
 c.OutcomeVerdicts.checks = {
+    "decision_rules_tests": {"kind": "function", "exercise": "01_decision", "solution": "decision_rules"},
+    "plan_final_outcome": {"kind": "outcome", "exercise": "01_when_to_fine_tune"},
     "sft_label_mask_tests": {"kind": "function", "exercise": "03_label_mask", "solution": "sft_label_mask"},
     "sft_final_outcome": {"kind": "outcome", "exercise": "03_sft"},
 }

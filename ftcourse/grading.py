@@ -155,8 +155,8 @@ def _base_reference(preset, split: str, examples) -> dict:
     return _cached(f"base_reference_{split}", [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]], compute)
 
 
-def _few_shot_reference(preset, split: str, examples, shots) -> dict:
-    """The base model's exact match on the split with a few-shot prompt (cached)."""
+def _prompting_reference(preset, split: str, examples, shots) -> dict:
+    """The base model's exact match on the split, zero-shot and with a few-shot prompt (cached)."""
 
     def compute():
         from .evaluation import exact_match
@@ -164,11 +164,12 @@ def _few_shot_reference(preset, split: str, examples, shots) -> dict:
 
         model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
         with preset.autocast():
-            em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, shots=shots)
-        return {"few_shot_exact_match": em}
+            zero, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+            few, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, shots=shots)
+        return {"zero_shot_exact_match": zero, "few_shot_exact_match": few}
 
     key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.prompt for e in shots]]
-    return _cached(f"few_shot_reference_{split}", key, compute)
+    return _cached(f"prompting_reference_{split}", key, compute)
 
 
 def evaluate_sft(artifacts: Path, split: str) -> Verdict:
@@ -244,7 +245,7 @@ def evaluate_plan(artifacts: Path, split: str) -> Verdict:
     if split not in ("validation", "heldout"):
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
     measured = measure_training_memory(build_model_for_plan(plan, preset.model, preset.device), plan)
-    few_shot = _few_shot_reference(preset, split, splits[split], splits["train"][:FEW_SHOT_K])
+    prompting = _prompting_reference(preset, split, splits[split], splits["train"][:FEW_SHOT_K])
     model, tokenizer = load_adapter_model(adapter, preset.device)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
@@ -252,8 +253,9 @@ def evaluate_plan(artifacts: Path, split: str) -> Verdict:
     metrics = {
         "memory_estimate_error": abs(estimate_total - measured.total) / measured.total,
         "estimated_memory_gb": estimate_total / 1e9, "measured_memory_gb": measured.total / 1e9,
-        "exact_match": em, "few_shot_exact_match": few_shot["few_shot_exact_match"],
-        "margin_over_few_shot": em - few_shot["few_shot_exact_match"],
+        "exact_match": em, "base_exact_match": prompting["zero_shot_exact_match"],
+        "few_shot_exact_match": prompting["few_shot_exact_match"],
+        "margin_over_few_shot": em - prompting["few_shot_exact_match"],
         "steps": int(record.get("steps", 10**9)), "n_examples": len(splits[split]),
     }
     checks = _checks(spec, metrics, preset)
@@ -280,7 +282,7 @@ def warm_base_references() -> None:
     phone = phone_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
     for split in ("validation", "heldout"):
         _base_reference(preset, split, splits[split])
-        _few_shot_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K])
+        _prompting_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K])
 
 
 def _main(argv: list[str] | None = None) -> int:

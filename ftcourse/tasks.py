@@ -143,3 +143,55 @@ def phone_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None
     if heldout_seed is not None:
         splits["heldout"] = disjoint_from(make_phone_examples(3 * n_eval, heldout_seed), train + splits["validation"])[:n_eval]
     return splits
+
+
+# ---------------------------------------------------------------- numbers in words (notebook 02)
+
+NUMBER_INSTRUCTION = "Write the number in digits."
+NUMBER_TRAIN_SEED = 3141
+NUMBER_TEST_SEED = 2718
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+NUMBER_CONTEXTS = ["{}", "{}", "The invoice total came to {} euros.", "We counted {} birds on the lake this morning."]
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n < 1,000,000 ("four thousand and twelve")."""
+    if not 0 <= n < 1_000_000:
+        raise ValueError(f"number_words covers 0..999999, got {n}")
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+    if n < 1000:
+        rest = n % 100
+        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
+    rest = n % 1000
+    tail = "" if rest == 0 else (" and " if rest < 100 else " ") + number_words(rest)
+    return number_words(n // 1000) + " thousand" + tail
+
+
+def make_number_examples(n: int, seed: int) -> list[Example]:
+    """`n` distinct words-to-digits examples drawn with `seed` (numbers below 100,000)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    examples: dict[str, Example] = {}
+    while len(examples) < n:
+        value = rng.choice([rng.randrange(20, 1000), rng.randrange(1000, 100_000)])
+        prompt = f"{NUMBER_INSTRUCTION}\n{rng.choice(NUMBER_CONTEXTS).format(number_words(value))}"
+        examples.setdefault(prompt, Example(prompt, str(value)))
+    return list(examples.values())
+
+
+def number_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None) -> dict[str, list[Example]]:
+    """Words-to-digits splits: a training pool, a public `test` split (part of it leaks into notebook 02's raw
+    dump), a public clean `validation` split, and held-out when the grader passes its seed. All disjoint."""
+    train = make_number_examples(n_train, NUMBER_TRAIN_SEED)
+    test = disjoint_from(make_number_examples(3 * n_eval, NUMBER_TEST_SEED), train)[:n_eval]
+    validation = disjoint_from(make_number_examples(3 * n_eval, NUMBER_TEST_SEED + 1), train + test)[:n_eval]
+    splits = {"train": train, "test": test, "validation": validation}
+    if heldout_seed is not None:
+        splits["heldout"] = disjoint_from(make_number_examples(3 * n_eval, heldout_seed), train + test + validation)[:n_eval]
+    return splits

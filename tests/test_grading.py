@@ -42,3 +42,23 @@ def test_verdict_text_lists_each_check():
     text = str(v)
     assert text.startswith("FAIL 03_sft on the heldout split")
     assert "MISS exact_match: 0.500 (needs >= 0.850)" in text and "What to try" in text
+
+
+def test_plan_exercise_without_artifacts_names_what_is_missing(tmp_path):
+    verdict = run_grader("01_when_to_fine_tune", artifact_dir("01_when_to_fine_tune", tmp_path), split="validation")
+    assert not verdict.passed
+    assert "plan.json" in verdict.message and "adapter_config.json" in verdict.message
+
+
+def test_plan_exercise_rejects_a_plan_that_is_not_lora(tmp_path):
+    """A full fine-tune's plan cannot pass, whatever its estimate: the exercise trains a LoRA adapter."""
+    from ftcourse.estimator import TrainingPlan, estimate_memory, known_shape, save_plan
+    from ftcourse.presets import get_preset
+
+    folder = artifact_dir("01_when_to_fine_tune", tmp_path)
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    plan = TrainingPlan(method="full", autocast_dtype=get_preset("cpu").autocast_dtype)
+    save_plan(folder / "plan.json", plan, estimate_memory(known_shape("smollm2-135m"), plan), steps=1)
+    verdict = run_grader("01_when_to_fine_tune", folder, split="validation")
+    assert not verdict.passed and "method='lora'" in verdict.message

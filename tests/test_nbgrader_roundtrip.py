@@ -1,9 +1,11 @@
-"""The nbgrader round trip on notebook 03: release, submit, autograde (outcome verdicts outside the kernel).
+"""The nbgrader round trip: release, submit, autograde (outcome verdicts outside the kernel).
 
+For every notebook:
 - the reference solution earns full marks;
-- the untouched released notebook earns zero on every exercise;
-- tampered submissions earn zero on the exercise they tamper with: a hard-coded metric, a monkeypatched
-  evaluation function, a deleted hidden-test cell, an edited hidden-test cell.
+- the untouched released notebook earns zero on every exercise.
+On notebook 03, tampered submissions earn zero on the exercise they tamper with: a hard-coded metric, a
+monkeypatched evaluation function, a deleted hidden-test cell, an edited hidden-test cell (the defence
+is the same preprocessor for every notebook, so one notebook's tampering suite covers it).
 """
 
 from __future__ import annotations
@@ -69,25 +71,31 @@ TAMPERED = {  # submission -> grade cells it tampers with
 }
 
 
-@pytest.fixture(scope="module")
-def scores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("course")
-    (root / "solutions" / ASSIGNMENT).mkdir(parents=True)
-    shutil.copy(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", root / "solutions" / ASSIGNMENT)
+def _round_trip(root: Path, assignment: str, make_submissions) -> dict:
+    """Release `assignment` in a scratch course under `root`, submit what `make_submissions(released)`
+    returns ({student: notebook}), autograde and write feedback; return the gradebook's scores."""
+    (root / "solutions" / assignment).mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / assignment / f"{assignment}.ipynb", root / "solutions" / assignment)
     env = {"FTCOURSE_COURSE_ROOT": str(root), "FTCOURSE_SUBMISSIONS": str(root / "submitted"),
            "FTCOURSE_AUTOGRADED": str(root / "autograded"), "FTCOURSE_FEEDBACK": str(root / "feedback"),
            "FTCOURSE_GRADEBOOK": str(root / "gradebook.db"), "FTCOURSE_PRESET": "cpu"}
-    nbgrader("generate_assignment", ASSIGNMENT, "--force", env=env)
-    released = nbformat.read(root / "course" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
-    submissions = {"reference": nbformat.read(root / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4),
-                   "untouched": released, **{k: _tampered(released, k) for k in TAMPERED}}
+    nbgrader("generate_assignment", assignment, "--force", env=env)
+    released = nbformat.read(root / "course" / assignment / f"{assignment}.ipynb", as_version=4)
+    reference = nbformat.read(root / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    submissions = {"reference": reference, "untouched": released, **make_submissions(released)}
     for student, nb in submissions.items():
-        folder = root / "submitted" / student / ASSIGNMENT
+        folder = root / "submitted" / student / assignment
         folder.mkdir(parents=True)
-        nbformat.write(nb, folder / f"{ASSIGNMENT}.ipynb")
-    result = grade(ASSIGNMENT, env=env)
+        nbformat.write(nb, folder / f"{assignment}.ipynb")
+    result = grade(assignment, env=env)
     result["_root"] = root
     return result
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory):
+    return _round_trip(tmp_path_factory.mktemp("course"), ASSIGNMENT,
+                       lambda released: {k: _tampered(released, k) for k in TAMPERED})
 
 
 def test_reference_solution_earns_full_marks(scores):
@@ -112,3 +120,17 @@ def test_feedback_hides_hidden_tests(scores):
     html = feedback.read_text()
     assert "check_label_mask(" not in html and "assert_outcome(" not in html
     assert "graded outside the kernel" in html
+
+
+# ---------------------------------------------------------------- notebook 01
+
+@pytest.fixture(scope="module")
+def scores_01(tmp_path_factory):
+    return _round_trip(tmp_path_factory.mktemp("course01"), "01_when_to_fine_tune", lambda released: {})
+
+
+def test_01_reference_earns_full_marks_and_untouched_zero(scores_01):
+    ref, untouched = scores_01["reference"], scores_01["untouched"]
+    assert ref["total"] == ref["max"] == 9, ref
+    assert untouched["decision_rules_tests"] == 0 and untouched["plan_final_outcome"] == 0, untouched
+    assert untouched["total"] == 0, untouched

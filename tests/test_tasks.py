@@ -28,3 +28,20 @@ def test_heldout_never_overlaps_train_or_validation():
 def test_disjoint_from_drops_shared_items():
     a = make_date_examples(5, 3)
     assert disjoint_from(a, a[:2]) == a[2:] or len(disjoint_from(a, a[:2])) <= 3
+
+
+def test_phone_splits_are_deterministic_disjoint_and_well_formed():
+    import re
+
+    from ftcourse.tasks import phone_task_splits
+
+    a, b = phone_task_splits(200, 32, heldout_seed=7), phone_task_splits(200, 32, heldout_seed=7)
+    assert a == b
+    train_answers = {e.answer for e in a["train"]}
+    for split in ("validation", "heldout"):
+        assert len(a[split]) == 32
+        assert not train_answers & {e.answer for e in a[split]}
+    assert not {e.answer for e in a["validation"]} & {e.answer for e in a["heldout"]}
+    for e in a["train"]:
+        assert re.fullmatch(r"\d{3}-\d{3}-\d{4}", e.answer)
+        assert e.answer.replace("-", "") in re.sub(r"\D", "", e.prompt)
