@@ -100,9 +100,24 @@ def _row(messages: list, row_id: str) -> str:
     return json.dumps({"id": row_id, "messages": messages}, ensure_ascii=False)
 
 
-def _near_duplicate_text(text: str, rng: random.Random) -> str:
-    """The same text written slightly differently: case, spacing, punctuation or Unicode spaces."""
-    variants = [
+def _swap_letters(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    i = max(range(len(words)), key=lambda k: len(words[k]))  # a typo in the longest word
+    w = words[i]
+    j = rng.randrange(1, len(w) - 2) if len(w) > 3 else 0
+    words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:] if len(w) > 3 else w
+    return " ".join(words)
+
+
+def _near_duplicate_text(text: str, rng: random.Random, hidden: bool = False) -> str:
+    """The same text written slightly differently: case, spacing, punctuation, Unicode spaces; the grader's
+    dumps add small edits (a typo, a polite word, a zero-width space) that normalisation alone does not undo."""
+    extra = [
+        lambda t: _swap_letters(t, rng),
+        lambda t: t.replace("\n", "\nPlease: ", 1),
+        lambda t: t.replace(" ", " \u200b", 2),
+    ] if hidden else []
+    variants = extra * 2 + [
         lambda t: t.upper(),
         lambda t: t.replace(" ", "  "),
         lambda t: t.rstrip(".") + " !",
@@ -113,7 +128,7 @@ def _near_duplicate_text(text: str, rng: random.Random) -> str:
     return rng.choice(variants)(text)
 
 
-def _malformed(example: Example, row_id: str, rng: random.Random) -> str:
+def _malformed(example: Example, row_id: str, rng: random.Random, hidden: bool = False) -> str:
     user, assistant = {"role": "user", "content": example.prompt}, {"role": "assistant", "content": example.answer}
     variants = [
         lambda: _row([user, assistant], row_id)[:-7],  # a line cut off mid-way
@@ -123,10 +138,16 @@ def _malformed(example: Example, row_id: str, rng: random.Random) -> str:
         lambda: _row([user, {"role": "assistant"}], row_id),  # no content at all
         lambda: json.dumps({"id": row_id, "messages": f"{example.prompt} -> {example.answer}"}),  # not a list
     ]
+    if hidden:
+        variants += [
+            lambda: json.dumps({"id": row_id, "messages": {"user": example.prompt, "assistant": example.answer}}),
+            lambda: _row([{"content": example.prompt}, {"role": "assistant", "content": example.answer}], row_id),
+            lambda: json.dumps([user, assistant]),  # a list where an object belongs
+        ]
     return rng.choice(variants)()
 
 
-def _wrong_role(example: Example, row_id: str, rng: random.Random) -> str:
+def _wrong_role(example: Example, row_id: str, rng: random.Random, hidden: bool = False) -> str:
     variants = [
         [{"role": "human", "content": example.prompt}, {"role": "gpt", "content": example.answer}],
         [{"role": "user", "content": example.prompt}, {"role": "bot", "content": example.answer}],
@@ -134,6 +155,12 @@ def _wrong_role(example: Example, row_id: str, rng: random.Random) -> str:
         [{"role": "user", "content": example.prompt}, {"role": "user", "content": example.answer}],
         [{"role": "system", "content": example.prompt}, {"role": "assistant", "content": example.answer}],
     ]
+    if hidden:
+        variants += [
+            [{"role": "User", "content": example.prompt}, {"role": "Assistant", "content": example.answer}],
+            [{"role": "user", "content": example.prompt}, {"role": "assistant", "content": example.answer},
+             {"role": "user", "content": "Thanks!"}],
+        ]
     return _row(rng.choice(variants), row_id)
 
 
@@ -151,11 +178,12 @@ class DumpRecipe:
 
 
 def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example], seed: int,
-                  recipe: DumpRecipe = DumpRecipe()) -> tuple[list[str], list[str]]:
+                  recipe: DumpRecipe = DumpRecipe(), hidden: bool = False) -> tuple[list[str], list[str]]:
     """JSONL lines built from `examples` with problems planted, and each line's label ("ok" or a problem).
 
     Duplicates and near-duplicates copy earlier clean rows; leaked rows are test examples (verbatim or
-    near-duplicated); too-long rows bury a clean question under a long preamble.
+    near-duplicated); too-long rows bury a clean question under a long preamble. `hidden=True` (the
+    grader's dumps) adds variants of each problem that the shipped dump does not show.
     """
     need = recipe.clean + recipe.malformed + recipe.wrong_role + recipe.too_long
     if len(examples) < need or len(test_examples) < recipe.leaked:
@@ -171,15 +199,15 @@ def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example],
             e = rest.pop()
             row_id = f"r{rng.randrange(10**6)}"
             if kind == "malformed":
-                line = _malformed(e, row_id, rng)
+                line = _malformed(e, row_id, rng, hidden)
             elif kind == "wrong_role":
-                line = _wrong_role(e, row_id, rng)
+                line = _wrong_role(e, row_id, rng, hidden)
             else:
                 prompt = e.prompt.replace("\n", "\n" + _FILLER * rng.randint(3, 5), 1)
                 line = _row(Example(prompt, e.answer).messages(), row_id)
             entries.insert(rng.randrange(len(entries) + 1), (line, kind))
     for i, e in enumerate(rng.sample(list(test_examples), recipe.leaked)):
-        prompt = e.prompt if i % 2 == 0 else _near_duplicate_text(e.prompt, rng)
+        prompt = e.prompt if i % 2 == 0 else _near_duplicate_text(e.prompt, rng, hidden)
         entries.insert(rng.randrange(len(entries) + 1), (_row(Example(prompt, e.answer).messages(), f"t{i}"), "leaked"))
     # copies go after their original, so "the first one is the original" stays true
     for kind in ("duplicate", "near_duplicate"):
@@ -189,7 +217,7 @@ def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example],
             source = json.loads(entries[j][0])
             messages = source["messages"]
             if kind == "near_duplicate":
-                messages = [dict(messages[0], content=_near_duplicate_text(messages[0]["content"], rng)), messages[1]]
+                messages = [dict(messages[0], content=_near_duplicate_text(messages[0]["content"], rng, hidden)), messages[1]]
             copy = _row(messages, f"{'d' if kind == 'duplicate' else 'n'}{i}")
             entries.insert(rng.randrange(j + 1, len(entries) + 1), (copy, kind))
     return [line for line, _ in entries], [label for _, label in entries]
@@ -224,3 +252,22 @@ def write_dump(path: str | Path, lines: Sequence[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+SHIPPED_POOL = 520  # training examples the shipped dump draws from (tasks.number_task_splits' train split)
+SHIPPED_TESTS = 64  # the public test split; part of it is planted in the dump as leakage
+
+
+def shipped_dump() -> tuple[list[str], list[str], list[Example]]:
+    """The shipped dump regenerated from its seed: lines, planted labels, and the test split it leaks."""
+    from .tasks import number_task_splits
+
+    splits = number_task_splits(SHIPPED_POOL, SHIPPED_TESTS)
+    lines, labels = make_raw_dump(splits["train"], splits["test"], DUMP_SEED)
+    return lines, labels, splits["test"]
+
+
+def write_shipped_dump() -> Path:
+    """Regenerate `assets/raw_chat_dump.jsonl` (the tests check it matches the generator)."""
+    lines, _, _ = shipped_dump()
+    return write_dump(SHIPPED_DUMP, lines)

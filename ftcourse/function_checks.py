@@ -131,8 +131,92 @@ def check_choose_approach(choose_approach) -> str:
     return f"choose_approach follows the guide on {len(scenarios)} unseen scenarios."
 
 
+CLEANING_THRESHOLDS = {"precision": 0.95, "recall": 0.95, "per_problem_recall": 0.8}
+
+
+def reference_clean_dump(lines, test_examples, tokenizer, max_tokens):
+    """Notebook 02's cleaning pipeline: parse, check roles and length, drop leaked and duplicated rows.
+
+    Returns (kept rows, flags) where flags maps a row index to the problem found.
+    """
+    from .data_quality import DataError, char_ngrams, jaccard, normalize_text, parse_chat_row, prompt_and_answer
+
+    def near(a, b):
+        return normalize_text(a) == normalize_text(b) or jaccard(char_ngrams(a), char_ngrams(b)) >= 0.7
+
+    tests_by_answer: dict[str, list[str]] = {}
+    for example in test_examples:
+        tests_by_answer.setdefault(example.answer.strip(), []).append(example.prompt)
+    kept, flags, seen_exact, kept_by_answer = [], {}, set(), {}
+    for index, line in enumerate(lines):
+        try:
+            row = parse_chat_row(line, index)
+        except DataError as error:
+            flags[index] = error.problem
+            continue
+        if len(tokenizer.apply_chat_template(row["messages"], tokenize=True)["input_ids"]) > max_tokens:
+            flags[index] = "too_long"
+            continue
+        prompt, answer = prompt_and_answer(row)
+        answer = answer.strip()
+        if any(near(prompt, test) for test in tests_by_answer.get(answer, [])):
+            flags[index] = "leaked"
+            continue
+        exact = json.dumps(row["messages"], sort_keys=True)
+        if exact in seen_exact:
+            flags[index] = "duplicate"
+            continue
+        if any(near(prompt, other) for other in kept_by_answer.get(answer, [])):
+            flags[index] = "near_duplicate"
+            continue
+        seen_exact.add(exact)
+        kept_by_answer.setdefault(answer, []).append(prompt)
+        kept.append(row)
+    return kept, flags
+
+
+def hidden_dump(seed: int | None = None):
+    """The grader's raw dump: other examples, other test items, other variants of each problem."""
+    from .data_quality import DumpRecipe, make_raw_dump
+    from .grading import heldout_seed
+    from .tasks import make_number_examples
+
+    seed = heldout_seed() if seed is None else seed
+    examples = make_number_examples(520, seed + 1)
+    tests = [e for e in make_number_examples(120, seed + 2) if e.answer not in {x.answer for x in examples}][:48]
+    lines, labels = make_raw_dump(examples, tests, seed, DumpRecipe(), hidden=True)
+    return lines, labels, tests
+
+
+def check_clean_dump(clean_dump, tokenizer=None, max_tokens: int = 128) -> str:
+    """Run a learner's `clean_dump(lines, test_examples, tokenizer, max_tokens)` on the grader's dump and score it."""
+    from .data_quality import PROBLEMS, score_cleaning
+    from .models import load_tokenizer
+
+    tokenizer = tokenizer or load_tokenizer()
+    lines, labels, tests = hidden_dump()
+    out = clean_dump(lines, tests, tokenizer, max_tokens)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+        raise AssertionError("clean_dump must return (kept_rows, flags) with flags a dict {row index: problem}.")
+    kept, flags = out
+    score = score_cleaning(flags, labels)
+    misses = [f"{name} {score[name]:.2f} < {CLEANING_THRESHOLDS[name]}" for name in ("precision", "recall")
+              if score[name] < CLEANING_THRESHOLDS[name]]
+    misses += [f"recall of {p} {score['recall_' + p]:.2f} < {CLEANING_THRESHOLDS['per_problem_recall']}"
+               for p in PROBLEMS if score["recall_" + p] < CLEANING_THRESHOLDS["per_problem_recall"]]
+    expected_kept = labels.count("ok")
+    if len(kept) != len(lines) - len(flags):
+        misses.append(f"kept {len(kept)} rows but flagged {len(flags)} of {len(lines)}: every row is kept or flagged")
+    summary = (f"precision {score['precision']:.3f}, recall {score['recall']:.3f} on a dump of {len(lines)} rows "
+               f"({len(lines) - expected_kept} planted problems)")
+    if misses:
+        raise AssertionError(f"The cleaning pipeline misses on the grader's dump: {'; '.join(misses)} ({summary}).")
+    return f"clean_dump passes on the grader's dump: {summary}."
+
+
 CHECKS = {"03_label_mask": ("build_chat_labels", check_label_mask),
-          "01_decision": ("choose_approach", check_choose_approach)}
+          "01_decision": ("choose_approach", check_choose_approach),
+          "02_cleaning": ("clean_dump", check_clean_dump)}
 
 
 def _main() -> int:

@@ -1,0 +1,108 @@
+"""Raw-dump parsing, planted problems and the cleaning check of notebook 02."""
+
+import json
+
+import pytest
+
+from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, DataError, char_ngrams, jaccard, make_raw_dump,
+                                   normalize_text, parse_chat_row, score_cleaning, shipped_dump)
+from ftcourse.function_checks import check_clean_dump, hidden_dump, reference_clean_dump
+from ftcourse.tasks import number_task_splits, number_words
+
+
+def test_shipped_dump_is_what_the_generator_writes():
+    lines, labels, _ = shipped_dump()
+    assert SHIPPED_DUMP.read_text(encoding="utf-8").splitlines() == lines
+    assert {label for label in labels} == {"ok", *PROBLEMS}
+
+
+def test_hidden_dump_differs_from_the_shipped_one():
+    shipped, _, _ = shipped_dump()
+    hidden, labels, _ = hidden_dump(123)
+    assert not set(shipped) & set(hidden)
+    assert hidden_dump(123)[0] == hidden  # deterministic for a seed
+
+
+@pytest.mark.parametrize("line,field,problem", [
+    ('{"id": 1, "messages": [{"role": "user", "content": "hi"}', "line", "malformed"),
+    ('{"id": 1, "conversation": []}', "messages", "malformed"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 7}]}', "messages[1].content", "malformed"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}', "messages[1]", "malformed"),
+    ('{"messages": [{"role": "human", "content": "q"}, {"role": "gpt", "content": "a"}]}', "messages[0].role", "wrong_role"),
+    ('{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}', "messages", "wrong_role"),
+])
+def test_parse_errors_name_the_row_and_the_field(line, field, problem):
+    with pytest.raises(DataError) as info:
+        parse_chat_row(line, 41)
+    assert info.value.field == field and info.value.problem == problem
+    assert str(info.value).startswith(f"row 41: {field}: ")
+
+
+def test_a_good_row_parses():
+    row = parse_chat_row(json.dumps({"id": "x", "messages": [{"role": "system", "content": "s"},
+                                                             {"role": "user", "content": "q"},
+                                                             {"role": "assistant", "content": "a"}]}), 0)
+    assert row["id"] == "x" and len(row["messages"]) == 3
+
+
+def test_similarity_helpers():
+    assert normalize_text("  Hello,\u00a0WORLD!\t") == "hello world"
+    a, b = char_ngrams("forty-two thousand"), char_ngrams("Forty two  thousand!")
+    assert jaccard(a, b) == 1.0
+    assert jaccard(char_ngrams("one hundred"), char_ngrams("seventy-seven")) < 0.1
+
+
+def test_number_words():
+    assert number_words(0) == "zero"
+    assert number_words(70) == "seventy"
+    assert number_words(1012) == "one thousand and twelve"
+    assert number_words(99999) == "ninety-nine thousand nine hundred and ninety-nine"
+    with pytest.raises(ValueError, match="0..999999"):
+        number_words(10**6)
+
+
+def test_number_splits_are_disjoint():
+    s = number_task_splits(200, 32, heldout_seed=5)
+    answers = [{e.answer for e in s[k]} for k in ("train", "test", "validation", "heldout")]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not answers[i] & answers[j]
+
+
+def test_reference_pipeline_passes_and_scores_perfectly_on_the_shipped_dump(tokenizer):
+    lines, labels, tests = shipped_dump()
+    kept, flags = reference_clean_dump(lines, tests, tokenizer, 128)
+    score = score_cleaning(flags, labels)
+    assert score["precision"] == score["recall"] == 1.0 and len(kept) == labels.count("ok")
+    assert "passes" in check_clean_dump(reference_clean_dump, tokenizer)
+
+
+def test_a_parse_only_pipeline_fails_and_names_what_it_missed(tokenizer):
+    from ftcourse.data_quality import DataError
+
+    def parse_only(lines, tests, tok, max_tokens):
+        kept, flags = [], {}
+        for i, line in enumerate(lines):
+            try:
+                kept.append(parse_chat_row(line, i))
+            except DataError as error:
+                flags[i] = error.problem
+        return kept, flags
+
+    with pytest.raises(AssertionError, match="recall of leaked 0.00.*recall of duplicate 0.00"):
+        check_clean_dump(parse_only, tokenizer)
+
+
+def test_flagging_everything_fails_on_precision(tokenizer):
+    with pytest.raises(AssertionError, match="precision"):
+        check_clean_dump(lambda lines, *a: ([], {i: "malformed" for i in range(len(lines))}), tokenizer)
+
+
+def test_score_rejects_rows_outside_the_dump():
+    with pytest.raises(ValueError, match="rows 0..2"):
+        score_cleaning({5: "duplicate"}, ["ok", "ok", "duplicate"])
+
+
+def test_dump_needs_enough_examples():
+    with pytest.raises(ValueError, match="make_raw_dump needs"):
+        make_raw_dump(number_task_splits(10, 4)["train"], [], 0)
