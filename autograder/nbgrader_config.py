@@ -49,6 +49,8 @@ c.Autograde.autograde_preprocessors = [
 c.OutcomeVerdicts.checks = {
     "decision_rules_tests": {"kind": "function", "exercise": "01_decision", "solution": "decision_rules"},
     "plan_final_outcome": {"kind": "outcome", "exercise": "01_when_to_fine_tune"},
+    "cleaning_tests": {"kind": "function", "exercise": "02_cleaning", "solution": "cleaning_pipeline"},
+    "cleaned_final_outcome": {"kind": "outcome", "exercise": "02_data_and_tooling"},
     "sft_label_mask_tests": {"kind": "function", "exercise": "03_label_mask", "solution": "sft_label_mask"},
     "sft_final_outcome": {"kind": "outcome", "exercise": "03_sft"},
 }

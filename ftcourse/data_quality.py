@@ -168,13 +168,14 @@ def _wrong_role(example: Example, row_id: str, rng: random.Random, hidden: bool 
 class DumpRecipe:
     """How many rows of each kind a dump gets."""
 
-    clean: int = 360
-    duplicate: int = 24
-    near_duplicate: int = 24
-    leaked: int = 16
-    malformed: int = 12
-    wrong_role: int = 12
-    too_long: int = 12
+    clean: int = 120
+    duplicate: int = 12
+    near_duplicate: int = 12
+    leaked: int = 16  # distinct test items planted ...
+    leaked_copies: int = 3  # ... this many times each (scraped repeatedly: verbatim and reformatted)
+    malformed: int = 8
+    wrong_role: int = 8
+    too_long: int = 8
 
 
 def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example], seed: int,
@@ -207,8 +208,10 @@ def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example],
                 line = _row(Example(prompt, e.answer).messages(), row_id)
             entries.insert(rng.randrange(len(entries) + 1), (line, kind))
     for i, e in enumerate(rng.sample(list(test_examples), recipe.leaked)):
-        prompt = e.prompt if i % 2 == 0 else _near_duplicate_text(e.prompt, rng, hidden)
-        entries.insert(rng.randrange(len(entries) + 1), (_row(Example(prompt, e.answer).messages(), f"t{i}"), "leaked"))
+        for copy in range(recipe.leaked_copies):
+            prompt = e.prompt if copy == 0 else _near_duplicate_text(e.prompt, rng, hidden)
+            entries.insert(rng.randrange(len(entries) + 1),
+                           (_row(Example(prompt, e.answer).messages(), f"t{i}.{copy}"), "leaked"))
     # copies go after their original, so "the first one is the original" stays true
     for kind in ("duplicate", "near_duplicate"):
         for i in range(getattr(recipe, kind)):

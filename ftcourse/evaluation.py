@@ -15,18 +15,37 @@ def normalise_answer(text: str) -> str:
     return text.strip().splitlines()[0].strip() if text.strip() else ""
 
 
+PLAIN_TEMPLATE = "Question: {}\nAnswer:"  # a format that is not the model's chat template (notebook 02)
+PROMPT_FORMATS = ("chat", "plain")
+
+
+def render_prompt(tokenizer, prompt: str, prompt_format: str = "chat", shots: Sequence[Example] = ()) -> str:
+    """The text a model completes for `prompt`: its chat template, or the plain `PLAIN_TEMPLATE`."""
+    if prompt_format == "chat":
+        return chat_prompt(tokenizer, prompt, shots)
+    if prompt_format == "plain" and not shots:
+        return PLAIN_TEMPLATE.format(prompt)
+    raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS} (no shots with 'plain'), got {prompt_format!r}.")
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 12,
-                     shots: Sequence[Example] = ()) -> list[str]:
-    """Greedy replies to chat prompts, batched with left padding; `shots` are prepended as earlier turns."""
+                     shots: Sequence[Example] = (), prompt_format: str = "chat", padding_side: str = "left") -> list[str]:
+    """Greedy replies, batched; `shots` are prepended as earlier turns.
+
+    Decoder-only models must be padded on the left for batched generation: with right padding, short
+    prompts end in pad tokens and the model continues from them (notebook 02 measures what that costs).
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = padding_side
     replies: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            texts = [chat_prompt(tokenizer, p, shots) for p in chunk]
+            texts = [render_prompt(tokenizer, p, prompt_format, shots) for p in chunk]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -43,14 +62,16 @@ def chat_prompt(tokenizer, prompt: str, shots: Sequence[Example] = ()) -> str:
 
 
 def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int = 32,
-                shots: Sequence[Example] = ()) -> tuple[float, list[str]]:
+                shots: Sequence[Example] = (), prompt_format: str = "chat",
+                padding_side: str = "left") -> tuple[float, list[str]]:
     """Fraction of examples whose greedy reply equals the answer exactly, and the replies.
 
     With `shots` (few-shot prompting) each query is preceded by those solved examples as chat turns.
     """
     if not examples:
         raise ValueError("exact_match needs at least one example; got an empty list.")
-    replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size, shots=shots)
+    replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size, shots=shots,
+                               prompt_format=prompt_format, padding_side=padding_side)
     hits = sum(normalise_answer(r) == e.answer for r, e in zip(replies, examples))
     return hits / len(examples), replies
 
@@ -92,6 +113,19 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
         for row, n in enumerate(cont_lens):
             scores.append(token_lp[row, token_lp.shape[1] - n:].sum().item())
     return scores
+
+
+def answer_loss(model, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> float:
+    """Mean negative log-likelihood per token of the answer and its end-of-turn token, given the chat prompt.
+
+    Lower means the model finds the right answer more likely: the quantity memorisation lowers first.
+    """
+    contexts = [chat_prompt(tokenizer, e.prompt) for e in examples]
+    continuations = [e.answer + tokenizer.eos_token for e in examples]
+    logprobs = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size)
+    tokens = [len(tokenizer(c + a, add_special_tokens=False)["input_ids"]) - len(tokenizer(c, add_special_tokens=False)["input_ids"])
+              for c, a in zip(contexts, continuations)]
+    return -sum(logprobs) / sum(tokens)
 
 
 @torch.no_grad()

@@ -66,6 +66,18 @@ SPECS = {
             "exact match too low: seq_len must hold the longest example (longer ones are cut), or train more steps",
         ),
     ),
+    "02_data_and_tooling": OutcomeSpec(
+        exercise="02_data_and_tooling",
+        title="Exercise 2.2: fine-tune on the cleaned data",
+        thresholds={
+            "exact_match": (">=", 0.6),  # words-to-digits exact match on the split
+            "steps": ("<=", "step_budget"),
+        },
+        hints=(
+            "exact match too low: train on clean_dump's kept rows, with the chat template, for more of the step budget",
+            "check that clean_dump keeps the good rows: a pipeline that flags too much leaves too little to learn from",
+        ),
+    ),
 }
 FEW_SHOT_K = 3  # the few-shot baseline of notebook 01: the first three training examples as earlier turns
 
@@ -264,7 +276,53 @@ def evaluate_plan(artifacts: Path, split: str) -> Verdict:
     return Verdict(spec.exercise, split, passed, metrics, checks, message)
 
 
-EVALUATORS = {"01_when_to_fine_tune": evaluate_plan, "03_sft": evaluate_sft}
+def _number_base_reference(preset, split: str, examples) -> dict:
+    """The base model's exact match on a words-to-digits split (cached)."""
+
+    def compute():
+        from .evaluation import exact_match
+        from .models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+        with preset.autocast():
+            return {"exact_match": exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)[0]}
+
+    return _cached(f"number_base_{split}", [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]], compute)
+
+
+def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
+    """Grade exercise 02: words-to-digits exact match of the adapter trained on the cleaned dump."""
+    from .data_quality import SHIPPED_POOL
+    from .evaluation import exact_match
+    from .models import load_adapter_model
+    from .presets import get_preset
+    from .tasks import number_task_splits
+
+    spec = SPECS["02_data_and_tooling"]
+    preset = get_preset("auto")
+    adapter = artifacts / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        return Verdict(spec.exercise, split, False, {}, [],
+                       f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
+    if split not in ("validation", "heldout"):
+        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    splits = number_task_splits(SHIPPED_POOL, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
+
+    base_em = _number_base_reference(preset, split, splits[split])
+    model, tokenizer = load_adapter_model(adapter, preset.device)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
+    record_file = artifacts / "training.json"
+    steps = json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
+    metrics = {"exact_match": em, "base_exact_match": base_em["exact_match"], "steps": steps,
+               "n_examples": len(splits[split])}
+    checks = _checks(spec, metrics, preset)
+    passed = all(ok for *_, ok in checks)
+    message = "" if passed else "What to try: " + "; ".join(spec.hints)
+    return Verdict(spec.exercise, split, passed, metrics, checks, message)
+
+
+EVALUATORS = {"01_when_to_fine_tune": evaluate_plan, "02_data_and_tooling": evaluate_cleaned_sft, "03_sft": evaluate_sft}
 
 
 def warm_base_references() -> None:
@@ -276,13 +334,16 @@ def warm_base_references() -> None:
 
     warnings.filterwarnings("ignore")
     preset = get_preset("auto")
-    from .tasks import phone_task_splits
+    from .data_quality import SHIPPED_POOL
+    from .tasks import number_task_splits, phone_task_splits
 
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
     phone = phone_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed())
+    numbers = number_task_splits(SHIPPED_POOL, preset.n_eval, heldout_seed=heldout_seed())
     for split in ("validation", "heldout"):
         _base_reference(preset, split, splits[split])
         _prompting_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K])
+        _number_base_reference(preset, split, numbers[split])
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -173,13 +173,13 @@ def number_words(n: int) -> str:
 
 
 def make_number_examples(n: int, seed: int) -> list[Example]:
-    """`n` distinct words-to-digits examples drawn with `seed` (numbers below 100,000)."""
+    """`n` distinct words-to-digits examples drawn with `seed` (numbers from 20 to 9,999)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
     examples: dict[str, Example] = {}
     while len(examples) < n:
-        value = rng.choice([rng.randrange(20, 1000), rng.randrange(1000, 100_000)])
+        value = rng.choice([rng.randrange(20, 1000), rng.randrange(1000, 10_000)])
         prompt = f"{NUMBER_INSTRUCTION}\n{rng.choice(NUMBER_CONTEXTS).format(number_words(value))}"
         examples.setdefault(prompt, Example(prompt, str(value)))
     return list(examples.values())

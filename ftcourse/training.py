@@ -36,6 +36,7 @@ class SFTSetup:
     warmup_steps: int = 2
     weight_decay: float = 0.0
     num_epochs: float | None = None  # when set, train for epochs instead of max_steps
+    prompt_format: str = "chat"  # "chat" (the model's template) or "plain" (notebook 02's wrong-template demo)
     seed: int = 0
 
     def validate(self, step_budget: int | None = None) -> None:
@@ -72,10 +73,20 @@ class TrainResult:
         return 1 - self.real_tokens / max(self.slot_tokens, 1)
 
 
-def to_prompt_completion(examples: Sequence[Example]):
-    """A `datasets.Dataset` in TRL's conversational prompt-completion format (completion-only loss)."""
+def to_prompt_completion(examples: Sequence[Example], prompt_format: str = "chat"):
+    """A `datasets.Dataset` in TRL's prompt-completion format (completion-only loss).
+
+    "chat": conversational, rendered by the model's chat template; "plain": `PLAIN_TEMPLATE` text, which
+    TRL trains as plain language modelling of the completion (it appends the EOS token).
+    """
     from datasets import Dataset
 
+    from .evaluation import PLAIN_TEMPLATE
+
+    if prompt_format == "plain":
+        return Dataset.from_list([{"prompt": PLAIN_TEMPLATE.format(e.prompt), "completion": " " + e.answer} for e in examples])
+    if prompt_format != "chat":
+        raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}.")
     return Dataset.from_list([
         {"prompt": [{"role": "user", "content": e.prompt}], "completion": [{"role": "assistant", "content": e.answer}]}
         for e in examples
@@ -153,7 +164,7 @@ def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSet
     torch.manual_seed(setup.seed)
     if setup.layout == "grouped":
         train_examples = length_grouped_order(tokenizer, train_examples, setup.batch_size, setup.seed)
-    dataset = to_prompt_completion(train_examples)
+    dataset = to_prompt_completion(train_examples, setup.prompt_format)
     step_ends: list[float] = []
     losses: list[float] = []
 

@@ -45,3 +45,19 @@ def test_perplexity_is_finite_and_lower_on_natural_text(model_and_tokenizer):
     natural = perplexity(model, tokenizer, "The cat sat on the mat and looked out of the window at the rain.")
     scrambled = perplexity(model, tokenizer, "mat window rain the of cat on looked sat the at out and the.")
     assert math.isfinite(natural) and natural < scrambled
+
+
+def test_prompt_formats_padding_side_and_answer_loss(model_and_tokenizer):
+    from ftcourse.evaluation import PLAIN_TEMPLATE, answer_loss, generate_answers, render_prompt
+    from ftcourse.tasks import Example
+
+    model, tokenizer = model_and_tokenizer
+    assert render_prompt(tokenizer, "Hi", "plain") == PLAIN_TEMPLATE.format("Hi")
+    assert render_prompt(tokenizer, "Hi").endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="prompt_format must be one of"):
+        render_prompt(tokenizer, "Hi", "alpaca")
+    with pytest.raises(ValueError, match="padding_side must be 'left' or 'right'"):
+        generate_answers(model, tokenizer, ["Hi"], padding_side="middle")
+    right = Example("What is the capital of France? Answer with one word.", "Paris")
+    wrong = Example("What is the capital of France? Answer with one word.", "Banana")
+    assert answer_loss(model, tokenizer, [right]) < answer_loss(model, tokenizer, [wrong])

@@ -62,3 +62,8 @@ def test_plan_exercise_rejects_a_plan_that_is_not_lora(tmp_path):
     save_plan(folder / "plan.json", plan, estimate_memory(known_shape("smollm2-135m"), plan), steps=1)
     verdict = run_grader("01_when_to_fine_tune", folder, split="validation")
     assert not verdict.passed and "method='lora'" in verdict.message
+
+
+def test_cleaned_sft_exercise_without_adapter_fails_clearly(tmp_path):
+    verdict = run_grader("02_data_and_tooling", artifact_dir("02_data_and_tooling", tmp_path), split="heldout")
+    assert not verdict.passed and "No trained adapter found" in verdict.message

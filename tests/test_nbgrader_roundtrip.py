@@ -134,3 +134,17 @@ def test_01_reference_earns_full_marks_and_untouched_zero(scores_01):
     assert ref["total"] == ref["max"] == 9, ref
     assert untouched["decision_rules_tests"] == 0 and untouched["plan_final_outcome"] == 0, untouched
     assert untouched["total"] == 0, untouched
+
+
+# ---------------------------------------------------------------- notebook 02
+
+@pytest.fixture(scope="module")
+def scores_02(tmp_path_factory):
+    return _round_trip(tmp_path_factory.mktemp("course02"), "02_data_and_tooling", lambda released: {})
+
+
+def test_02_reference_earns_full_marks_and_untouched_zero(scores_02):
+    ref, untouched = scores_02["reference"], scores_02["untouched"]
+    assert ref["total"] == ref["max"] == 9, ref
+    assert untouched["cleaning_tests"] == 0 and untouched["cleaned_final_outcome"] == 0, untouched
+    assert untouched["total"] == 0, untouched

@@ -62,3 +62,15 @@ def test_a_short_lora_run_lowers_the_loss_and_counts_tokens(tmp_path, monkeypatc
     assert sum(result.losses[-2:]) < 0.7 * sum(result.losses[:2]), result.losses
     assert 0 <= result.padding_fraction < 0.1 and result.real_tokens > 0
     assert sum(p.numel() for p in tuned.parameters() if p.requires_grad) < 0.1 * sum(p.numel() for p in tuned.parameters())
+
+
+def test_plain_prompt_format_dataset():
+    from ftcourse.tasks import Example
+    from ftcourse.training import to_prompt_completion
+
+    plain = to_prompt_completion([Example("Q?", "A")], "plain")[0]
+    assert plain == {"prompt": "Question: Q?\nAnswer:", "completion": " A"}
+    chat = to_prompt_completion([Example("Q?", "A")])[0]
+    assert chat["prompt"] == [{"role": "user", "content": "Q?"}]
+    with pytest.raises(ValueError, match="prompt_format must be 'chat' or 'plain'"):
+        to_prompt_completion([Example("Q?", "A")], "alpaca")

