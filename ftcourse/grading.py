@@ -218,18 +218,18 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
         "probe_perplexity_ratio": probe["probe_perplexity"] / base_probe["probe_perplexity"],
         "steps": steps, "n_examples": len(splits[split]),
     }
-    checks = _checks(spec, metrics, preset)
-    passed = all(ok for *_, ok in checks)
-    message = "" if passed else "What to try: " + "; ".join(spec.hints)
-    return Verdict(spec.exercise, split, passed, metrics, checks, message)
+    return _verdict(spec, split, metrics, preset)
 
 
-def _checks(spec: OutcomeSpec, metrics: dict, preset) -> list:
+def _verdict(spec: OutcomeSpec, split: str, metrics: dict, preset) -> Verdict:
+    """Compare the metrics with the spec's thresholds (named ones are read from the preset)."""
     checks = []
     for name, (cmp, threshold) in spec.thresholds.items():
         threshold = getattr(preset, threshold) if isinstance(threshold, str) else threshold
         checks.append((name, metrics[name], cmp, threshold, _compare(metrics[name], cmp, threshold)))
-    return checks
+    passed = all(ok for *_, ok in checks)
+    message = "" if passed else "What to try: " + "; ".join(spec.hints)
+    return Verdict(spec.exercise, split, passed, metrics, checks, message)
 
 
 def evaluate_plan(artifacts: Path, split: str) -> Verdict:
@@ -270,10 +270,7 @@ def evaluate_plan(artifacts: Path, split: str) -> Verdict:
         "margin_over_few_shot": em - prompting["few_shot_exact_match"],
         "steps": int(record.get("steps", 10**9)), "n_examples": len(splits[split]),
     }
-    checks = _checks(spec, metrics, preset)
-    passed = all(ok for *_, ok in checks)
-    message = "" if passed else "What to try: " + "; ".join(spec.hints)
-    return Verdict(spec.exercise, split, passed, metrics, checks, message)
+    return _verdict(spec, split, metrics, preset)
 
 
 def _number_base_reference(preset, split: str, examples) -> dict:
@@ -307,7 +304,6 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
     if split not in ("validation", "heldout"):
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
     splits = number_task_splits(SHIPPED_POOL, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
-
     base_em = _number_base_reference(preset, split, splits[split])
     model, tokenizer = load_adapter_model(adapter, preset.device)
     with preset.autocast():
@@ -316,10 +312,7 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
     steps = json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
     metrics = {"exact_match": em, "base_exact_match": base_em["exact_match"], "steps": steps,
                "n_examples": len(splits[split])}
-    checks = _checks(spec, metrics, preset)
-    passed = all(ok for *_, ok in checks)
-    message = "" if passed else "What to try: " + "; ".join(spec.hints)
-    return Verdict(spec.exercise, split, passed, metrics, checks, message)
+    return _verdict(spec, split, metrics, preset)
 
 
 EVALUATORS = {"01_when_to_fine_tune": evaluate_plan, "02_data_and_tooling": evaluate_cleaned_sft, "03_sft": evaluate_sft}

@@ -62,18 +62,27 @@ def _date_surface(date: dt.date, rng: random.Random) -> str:
     return rng.choice(forms)
 
 
-def make_date_examples(n: int, seed: int) -> list[Example]:
-    """`n` distinct date-to-ISO examples drawn with `seed` (years 1950-2049)."""
+def draw_distinct(n: int, seed: int, draw) -> list[Example]:
+    """`n` examples with distinct prompts, each from `draw(rng)`, with one `random.Random(seed)`."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
-    start, span = dt.date(1950, 1, 1).toordinal(), 365 * 100
     examples: dict[str, Example] = {}
     while len(examples) < n:
-        date = dt.date.fromordinal(start + rng.randrange(span))
-        prompt = f"{DATE_INSTRUCTION}\n{rng.choice(CONTEXTS).format(_date_surface(date, rng))}"
-        examples.setdefault(prompt, Example(prompt, date.isoformat()))
+        example = draw(rng)
+        examples.setdefault(example.prompt, example)
     return list(examples.values())
+
+
+def make_date_examples(n: int, seed: int) -> list[Example]:
+    """`n` distinct date-to-ISO examples drawn with `seed` (years 1950-2049)."""
+    start, span = dt.date(1950, 1, 1).toordinal(), 365 * 100
+
+    def draw(rng: random.Random) -> Example:
+        date = dt.date.fromordinal(start + rng.randrange(span))
+        return Example(f"{DATE_INSTRUCTION}\n{rng.choice(CONTEXTS).format(_date_surface(date, rng))}", date.isoformat())
+
+    return draw_distinct(n, seed, draw)
 
 
 def disjoint_from(candidates: list[Example], seen: list[Example]) -> list[Example]:
@@ -124,15 +133,13 @@ def _phone_surface(area: int, exchange: int, line: int, rng: random.Random) -> s
 
 def make_phone_examples(n: int, seed: int) -> list[Example]:
     """`n` distinct phone-number normalisation examples drawn with `seed`."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(seed)
-    examples: dict[str, Example] = {}
-    while len(examples) < n:
+
+    def draw(rng: random.Random) -> Example:
         area, exchange, line = rng.randrange(201, 990), rng.randrange(201, 990), rng.randrange(0, 10000)
         prompt = f"{PHONE_INSTRUCTION}\n{rng.choice(PHONE_CONTEXTS).format(_phone_surface(area, exchange, line, rng))}"
-        examples.setdefault(prompt, Example(prompt, f"{area}-{exchange}-{line:04d}"))
-    return list(examples.values())
+        return Example(prompt, f"{area}-{exchange}-{line:04d}")
+
+    return draw_distinct(n, seed, draw)
 
 
 def phone_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None) -> dict[str, list[Example]]:
@@ -174,15 +181,12 @@ def number_words(n: int) -> str:
 
 def make_number_examples(n: int, seed: int) -> list[Example]:
     """`n` distinct words-to-digits examples drawn with `seed` (numbers from 20 to 9,999)."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(seed)
-    examples: dict[str, Example] = {}
-    while len(examples) < n:
+
+    def draw(rng: random.Random) -> Example:
         value = rng.choice([rng.randrange(20, 1000), rng.randrange(1000, 10_000)])
-        prompt = f"{NUMBER_INSTRUCTION}\n{rng.choice(NUMBER_CONTEXTS).format(number_words(value))}"
-        examples.setdefault(prompt, Example(prompt, str(value)))
-    return list(examples.values())
+        return Example(f"{NUMBER_INSTRUCTION}\n{rng.choice(NUMBER_CONTEXTS).format(number_words(value))}", str(value))
+
+    return draw_distinct(n, seed, draw)
 
 
 def number_task_splits(n_train: int, n_eval: int, heldout_seed: int | None = None) -> dict[str, list[Example]]:

@@ -19,3 +19,20 @@ def model_and_tokenizer():
 @pytest.fixture(scope="session")
 def tokenizer(model_and_tokenizer):
     return model_and_tokenizer[1]
+
+
+def solution_cell(slug: str, grade_id: str) -> dict:
+    """Execute a notebook's solution cell (from its jupytext source) on its own; return its namespace.
+
+    This is how the graders run a learner's cell, so the reference solution is tested the same way.
+    """
+    from pathlib import Path
+
+    import jupytext
+
+    source = Path(__file__).resolve().parent.parent / "solutions" / slug / f"{slug}.py"
+    cell = next(c for c in jupytext.read(source).cells
+                if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    namespace: dict = {"__name__": "__solution__"}
+    exec(compile(cell.source, f"<{slug}:{grade_id}>", "exec"), namespace)
+    return namespace

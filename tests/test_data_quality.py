@@ -6,7 +6,8 @@ import pytest
 
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, DataError, char_ngrams, jaccard, make_raw_dump,
                                    normalize_text, parse_chat_row, score_cleaning, shipped_dump)
-from ftcourse.function_checks import check_clean_dump, hidden_dump, reference_clean_dump
+from conftest import solution_cell
+from ftcourse.function_checks import check_clean_dump, hidden_dump
 from ftcourse.tasks import number_task_splits, number_words
 
 
@@ -69,12 +70,13 @@ def test_number_splits_are_disjoint():
             assert not answers[i] & answers[j]
 
 
-def test_reference_pipeline_passes_and_scores_perfectly_on_the_shipped_dump(tokenizer):
+def test_the_notebook_solution_scores_perfectly_on_the_shipped_dump_and_passes_the_hidden_one(tokenizer):
+    clean_dump = solution_cell("02_data_and_tooling", "cleaning_pipeline")["clean_dump"]
     lines, labels, tests = shipped_dump()
-    kept, flags = reference_clean_dump(lines, tests, tokenizer, 128)
+    kept, flags = clean_dump(lines, tests, tokenizer, 128)
     score = score_cleaning(flags, labels)
     assert score["precision"] == score["recall"] == 1.0 and len(kept) == labels.count("ok")
-    assert "passes" in check_clean_dump(reference_clean_dump, tokenizer)
+    assert "passes" in check_clean_dump(clean_dump, tokenizer)
 
 
 def test_a_parse_only_pipeline_fails_and_names_what_it_missed(tokenizer):

@@ -1,26 +1,42 @@
-"""The decision guide of notebook 01: its reference, its hidden check, its scenarios."""
+"""The decision guide of notebook 01: its hidden scenarios, its check, and the notebook's solution."""
 
 import pytest
 
-from ftcourse.decision import APPROACHES, Scenario, check_approach, method_fits
-from ftcourse.function_checks import check_choose_approach, hidden_scenarios, reference_approach
+from conftest import solution_cell
+from ftcourse.decision import APPROACHES, MANY_DEMONSTRATIONS, Scenario, check_approach, method_fits
+from ftcourse.function_checks import check_choose_approach, hidden_scenarios
+
+
+@pytest.fixture(scope="module")
+def choose_approach():
+    return solution_cell("01_when_to_fine_tune", "decision_rules")["choose_approach"]
 
 
 def test_hidden_scenarios_cover_every_approach():
-    assert {reference_approach(s) for s in hidden_scenarios()} == set(APPROACHES)
+    assert {want for _, want in hidden_scenarios()} == set(APPROACHES)
 
 
-def test_reference_passes_and_a_shortcut_fails_with_the_scenario_named():
-    assert "unseen scenarios" in check_choose_approach(reference_approach)
+def test_hidden_answers_for_the_memory_rules_follow_the_estimator():
+    """Rules 7-10 are decided by the estimator: the stored answers must agree with it."""
+    for scenario, want in hidden_scenarios():
+        if want not in ("sft", "lora", "qlora") or scenario.wants_smaller_model or scenario.has_verifiable_reward:
+            continue
+        full = scenario.n_demonstrations >= MANY_DEMONSTRATIONS and method_fits(scenario, "full")
+        expected = "sft" if full else "lora" if method_fits(scenario, "lora") else "qlora"
+        assert want == expected, scenario.description
+
+
+def test_the_notebook_solution_passes_and_a_shortcut_fails_with_the_scenario_named(choose_approach):
+    assert "unseen scenarios" in check_choose_approach(choose_approach)
     with pytest.raises(AssertionError, match="differ from the guide") as info:
         check_choose_approach(lambda s: "lora")
     assert "Annotators ranked pairs" in str(info.value)
 
 
-def test_rule_order_matters():
-    """A checker with plenty of demonstrations is not a GRPO case; preferences come before data counts."""
+def test_rule_order_matters(choose_approach):
+    """A checker with plenty of demonstrations is not a GRPO case."""
     def grpo_first(s):
-        return "grpo" if s.has_verifiable_reward else reference_approach(s)
+        return "grpo" if s.has_verifiable_reward else choose_approach(s)
 
     with pytest.raises(AssertionError, match="30k reviewed solutions"):
         check_choose_approach(grpo_first)
