@@ -193,8 +193,18 @@ print(f"tokens carrying loss: {sum(answer_tokens) / sum(total_tokens):.1%} of al
 # %% [markdown]
 # ## 4 · The `datasets` library: map, filter, split, stream
 # `datasets` keeps tables in Apache Arrow on disk and memory-maps them, so `map` and `filter` run on data
-# larger than RAM and cache their results. We load the rows that parse, add each row's token count with
-# `map`, drop over-long rows with `filter`, and split with a seed.
+# larger than RAM and cache their results. A well-formed file the course ships loads in one call:
+
+# %%
+from ftcourse.probe import ASSETS
+
+with quiet():
+    probe_table = load_dataset("json", data_files=str(ASSETS / "general_probe.jsonl"), split="train")
+print(probe_table)
+
+# %% [markdown]
+# Our dump is not well formed, so we build the table from the rows that parse, add each row's token count
+# with `map`, drop over-long rows with `filter`, and split with a seed.
 
 # %%
 with quiet():
