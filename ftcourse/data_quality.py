@@ -183,7 +183,8 @@ def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example],
     """JSONL lines built from `examples` with problems planted, and each line's label ("ok" or a problem).
 
     Duplicates and near-duplicates copy earlier clean rows; leaked rows are test examples (verbatim or
-    near-duplicated); too-long rows bury a clean question under a long preamble. `hidden=True` (the
+    near-duplicated); too-long rows bury a clean question under a preamble of 400+ tokens, too long for
+    every preset's max_length. `hidden=True` (the
     grader's dumps) adds variants of each problem that the shipped dump does not show.
     """
     need = recipe.clean + recipe.malformed + recipe.wrong_role + recipe.too_long
@@ -204,7 +205,7 @@ def make_raw_dump(examples: Sequence[Example], test_examples: Sequence[Example],
             elif kind == "wrong_role":
                 line = _wrong_role(e, row_id, rng, hidden)
             else:
-                prompt = e.prompt.replace("\n", "\n" + _FILLER * rng.randint(3, 5), 1)
+                prompt = e.prompt.replace("\n", "\n" + _FILLER * rng.randint(6, 9), 1)
                 line = _row(Example(prompt, e.answer).messages(), row_id)
             entries.insert(rng.randrange(len(entries) + 1), (line, kind))
     for i, e in enumerate(rng.sample(list(test_examples), recipe.leaked)):
