@@ -184,6 +184,18 @@ def _prompting_reference(preset, split: str, examples, shots) -> dict:
     return _cached(f"prompting_reference_{split}", key, compute)
 
 
+def _no_adapter(spec: OutcomeSpec, split: str, adapter: Path) -> Verdict:
+    """The failing verdict of an exercise whose adapter was never saved."""
+    return Verdict(spec.exercise, split, False, {}, [],
+                   f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
+
+
+def _recorded_steps(artifacts: Path) -> int:
+    """Optimizer steps from the run's training.json; a missing record counts as over any budget."""
+    record_file = artifacts / "training.json"
+    return json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
+
+
 def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     """Grade exercise 03: exact match on the split and the general probe, adapter on the base model."""
     from .models import load_adapter_model
@@ -195,8 +207,7 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     preset = get_preset("auto")
     adapter = artifacts / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        return Verdict(spec.exercise, split, False, {}, [],
-                       f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
+        return _no_adapter(spec, split, adapter)
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
     if split not in splits or split == "train":
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
@@ -208,8 +219,7 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
         probe = run_probe(model, tokenizer).as_dict()
-    record_file = artifacts / "training.json"
-    steps = json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
+    steps = _recorded_steps(artifacts)
     metrics = {
         "exact_match": em, "base_exact_match": base_probe["exact_match"],
         "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base_probe["probe_accuracy"],
@@ -299,8 +309,7 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
     preset = get_preset("auto")
     adapter = artifacts / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        return Verdict(spec.exercise, split, False, {}, [],
-                       f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
+        return _no_adapter(spec, split, adapter)
     if split not in ("validation", "heldout"):
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
     splits = number_task_splits(SHIPPED_POOL, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
@@ -308,8 +317,7 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
     model, tokenizer = load_adapter_model(adapter, preset.device)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
-    record_file = artifacts / "training.json"
-    steps = json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
+    steps = _recorded_steps(artifacts)
     metrics = {"exact_match": em, "base_exact_match": base_em["exact_match"], "steps": steps,
                "n_examples": len(splits[split])}
     return _verdict(spec, split, metrics, preset)
