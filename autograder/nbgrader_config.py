@@ -53,6 +53,10 @@ c.OutcomeVerdicts.checks = {
     "cleaned_final_outcome": {"kind": "outcome", "exercise": "02_data_and_tooling"},
     "sft_label_mask_tests": {"kind": "function", "exercise": "03_label_mask", "solution": "sft_label_mask"},
     "sft_final_outcome": {"kind": "outcome", "exercise": "03_sft"},
+    "lora_layer_tests": {"kind": "function", "exercise": "04_lora_layer", "solution": "lora_layer"},
+    "capstone_final_outcome": {"kind": "outcome", "exercise": "04_lora"},
+    "nf4_tests": {"kind": "function", "exercise": "05_nf4", "solution": "nf4_functions"},
+    "qlora_final_outcome": {"kind": "outcome", "exercise": "05_quantization_qlora"},
 }
 
 # Feedback shows results, not the hidden tests' code.

@@ -63,7 +63,7 @@ def chat_prompt(tokenizer, prompt: str, shots: Sequence[Example] = ()) -> str:
 
 def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int = 32,
                 shots: Sequence[Example] = (), prompt_format: str = "chat",
-                padding_side: str = "left") -> tuple[float, list[str]]:
+                padding_side: str = "left", max_new_tokens: int = 12) -> tuple[float, list[str]]:
     """Fraction of examples whose greedy reply equals the answer exactly, and the replies.
 
     With `shots` (few-shot prompting) each query is preceded by those solved examples as chat turns.
@@ -71,7 +71,8 @@ def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int =
     if not examples:
         raise ValueError("exact_match needs at least one example; got an empty list.")
     replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size, shots=shots,
-                               prompt_format=prompt_format, padding_side=padding_side)
+                               prompt_format=prompt_format, padding_side=padding_side,
+                               max_new_tokens=max_new_tokens)
     hits = sum(normalise_answer(r) == e.answer for r, e in zip(replies, examples))
     return hits / len(examples), replies
 

@@ -156,7 +156,81 @@ def check_clean_dump(clean_dump, tokenizer=None, max_tokens: int = 128) -> str:
     return f"clean_dump passes on the grader's dump: {summary}."
 
 
-CHECKS = {"03_label_mask": ("build_chat_labels", check_label_mask),
+LORA_LAYER_CASES = ((64, 48, 4, 8.0, True), (96, 32, 1, 1.0, False), (40, 80, 16, 64.0, True))  # in, out, r, alpha, bias
+
+
+def check_lora_layer(layer_cls) -> str:
+    """A learner's `LoRALinear(base, r, alpha)` against PEFT's LoRA layer on shapes the notebook never uses."""
+    import torch
+
+    from .lora import compare_lora_layer
+
+    lines = []
+    for i, (d_in, d_out, r, alpha, bias) in enumerate(LORA_LAYER_CASES):
+        torch.manual_seed(100 + i)
+        base = torch.nn.Linear(d_in, d_out, bias=bias)
+        result = compare_lora_layer(layer_cls, base, r, alpha, seed=200 + i)
+        if not result.ok(atol=1e-5):
+            raise AssertionError(f"Linear({d_in}, {d_out}, bias={bias}), r={r}, alpha={alpha:g}: {result} "
+                                 "(every difference must be <= 1e-5, the count exact, the base frozen).")
+        lines.append(f"r={r}: max difference {max(result.output, result.grad_A, result.grad_B, result.grad_input):.1e}")
+    return "LoRALinear matches PEFT's layer: " + "; ".join(lines) + "."
+
+
+NF4_SEED = 5151  # tensors the learner never sees in the notebook
+
+
+def _nf4_cases():
+    import torch
+
+    g = torch.Generator().manual_seed(NF4_SEED)
+    outlier = torch.randn(48, 64, generator=g) * 0.02
+    outlier[7, 11] = 0.9  # one large weight dominates its block's scale
+    heavy = torch.distributions.StudentT(3.0).sample((40, 96)) * 0.01
+    return [("normal 64x128", torch.randn(64, 128, generator=g) * 0.02),
+            ("33x70, last block partial", torch.randn(33, 70, generator=g) * 0.05),
+            ("an outlier", outlier), ("heavy-tailed", heavy)]
+
+
+def check_nf4(nf4_quantize, nf4_dequantize, block_size: int = 64) -> str:
+    """A learner's NF4 quantize/dequantize against bitsandbytes' 4-bit round trip on fresh tensors."""
+    import torch
+
+    from .quantization import bnb_nf4_code, bnb_nf4_round_trip, rmse
+
+    code = bnb_nf4_code()
+    lines = []
+    for name, weight in _nf4_cases():
+        want_idx, want_absmax, want_weight = bnb_nf4_round_trip(weight, block_size)
+        out = nf4_quantize(weight.clone(), code, block_size)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise AssertionError(f"nf4_quantize must return (indices, absmax), got {type(out).__name__}.")
+        idx, absmax = (torch.as_tensor(x) for x in out)
+        if idx.numel() != weight.numel() or absmax.numel() != want_absmax.numel():
+            raise AssertionError(f"{name}: expected {weight.numel()} indices and {want_absmax.numel()} absmax values "
+                                 f"(one per block of {block_size}, the last one partial), got {idx.numel()} and {absmax.numel()}.")
+        if not torch.allclose(absmax.reshape(-1).float(), want_absmax, rtol=1e-6, atol=0):
+            worst = int((absmax.reshape(-1).float() - want_absmax).abs().argmax())
+            raise AssertionError(f"{name}: absmax of block {worst} is {float(absmax.reshape(-1)[worst]):.6g}, "
+                                 f"bitsandbytes has {float(want_absmax[worst]):.6g}.")
+        agree = float((idx.reshape(-1).long() == want_idx.long()).float().mean())
+        if agree < 0.999:
+            first = int((idx.reshape(-1).long() != want_idx.long()).nonzero()[0])
+            raise AssertionError(f"{name}: only {agree:.2%} of code indices equal bitsandbytes'; the first differs at "
+                                 f"weight {first}: got {int(idx.reshape(-1)[first])}, expected {int(want_idx[first])}.")
+        restored = torch.as_tensor(nf4_dequantize(want_idx.clone(), want_absmax.clone(), code, tuple(weight.shape), block_size))
+        if tuple(restored.shape) != tuple(weight.shape):
+            raise AssertionError(f"{name}: nf4_dequantize must return shape {tuple(weight.shape)}, got {tuple(restored.shape)}.")
+        diff = float((restored.float() - want_weight).abs().max())
+        if diff > 1e-6:
+            raise AssertionError(f"{name}: dequantising bitsandbytes' codes differs from its result by up to {diff:.2e}.")
+        lines.append(f"{name}: indices {agree:.2%} equal, RMSE {rmse(weight, restored):.2e}")
+    return "NF4 matches bitsandbytes: " + "; ".join(lines) + "."
+
+
+CHECKS = {"05_nf4": (("nf4_quantize", "nf4_dequantize"), check_nf4),
+          "04_lora_layer": ("LoRALinear", check_lora_layer),
+          "03_label_mask": ("build_chat_labels", check_label_mask),
           "01_decision": ("choose_approach", check_choose_approach),
           "02_cleaning": ("clean_dump", check_clean_dump)}
 
@@ -170,9 +244,11 @@ def _main() -> int:
     namespace: dict = {"__name__": "__learner__"}
     try:
         exec(compile(request["source"], "<solution cell>", "exec"), namespace)
-        if name not in namespace:
-            raise AssertionError(f"The solution cell does not define {name}().")
-        message, passed = check(namespace[name]), True
+        names = name if isinstance(name, tuple) else (name,)
+        for defined in names:
+            if defined not in namespace:
+                raise AssertionError(f"The solution cell does not define {defined}().")
+        message, passed = check(*(namespace[n] for n in names)), True
     except Exception as exc:  # any failure of the learner's code is a failed check, with its message
         message, passed = f"{type(exc).__name__}: {exc}", False
     print(VERDICT_MARK + json.dumps({"passed": passed, "message": message}), flush=True)

@@ -78,6 +78,42 @@ SPECS = {
             "check that clean_dump keeps the good rows: a pipeline that flags too much leaves too little to learn from",
         ),
     ),
+    "04_lora": OutcomeSpec(
+        exercise="04_lora",
+        title="Exercise 4.2 (capstone): a LoRA fine-tune on a task of your own design",
+        thresholds={
+            "train_examples": (">=", 1000),  # rows of the saved training set
+            "overlap_with_train": ("<=", 0.1),  # share of fresh draws that repeat a training example (exact or near)
+            "top_answer_share": ("<=", 0.5),  # the most common held-out answer: a task is more than one reply
+            "base_exact_match": ("<=", 0.3),  # don't fine-tune what the model already does
+            "margin_over_base": (">=", 0.3),  # the adapter's exact match minus the base model's
+            "probe_accuracy_drop": ("<=", 0.03),
+            "probe_perplexity_ratio": ("<=", 1.15),
+            "steps": ("<=", "step_budget"),
+        },
+        hints=(
+            "overlap too high: the task's space is too small; add values and phrasings so fresh draws are new",
+            "base too high: the base model already does this task; pick a format or mapping it gets wrong",
+            "margin too low: train more of the step budget or raise the learning rate; check the answers are "
+            "a function of the prompt (the same prompt must always have the same answer)",
+            "probe regressed: lower the learning rate or train fewer steps",
+        ),
+    ),
+    "05_quantization_qlora": OutcomeSpec(
+        exercise="05_quantization_qlora",
+        title="Exercise 5.2: QLoRA, a LoRA adapter trained on the 4-bit NF4 base",
+        thresholds={
+            "exact_match": (">=", 0.8),  # date-to-ISO exact match, adapter on the 4-bit base
+            "probe_accuracy_drop": ("<=", 0.03),  # against the 4-bit base model
+            "probe_perplexity_ratio": ("<=", 1.15),
+            "steps": ("<=", "step_budget"),
+        },
+        hints=(
+            "exact match too low: use more of the step budget or a higher learning rate (LoRA tolerates 1e-3 to 2e-3)",
+            "the grader loads your adapter onto the 4-bit NF4 base: train on load_quantized_model(...), not the float32 model",
+            "probe regressed: lower the learning rate or train fewer steps",
+        ),
+    ),
 }
 FEW_SHOT_K = 3  # the few-shot baseline of notebook 01: the first three training examples as earlier turns
 
@@ -150,21 +186,33 @@ def _cached(name: str, key_parts: list, compute) -> dict:
     return result
 
 
-def _base_reference(preset, split: str, examples) -> dict:
-    """The base model's probe result and exact match on the split (the model is loaded only on a cache miss)."""
+def _base_reference(preset, split: str, examples, max_new_tokens: int = 12, quantized: bool = False) -> dict:
+    """The base model's probe result and exact match on the split (the model is loaded only on a cache miss).
+
+    `quantized`: the base as QLoRA sees it, decoder linears in 4-bit NF4.
+    """
 
     def compute():
         from .evaluation import exact_match
-        from .models import load_model_and_tokenizer
+        from .models import load_model_and_tokenizer, load_quantized_model, load_tokenizer
         from .probe import run_probe
 
-        model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+        if quantized:
+            model, tokenizer = load_quantized_model(preset.model, qlora_compute_dtype(preset)), load_tokenizer(preset.model)
+        else:
+            model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
         with preset.autocast():
             result = run_probe(model, tokenizer).as_dict()
-            result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+            result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size,
+                                                   max_new_tokens=max_new_tokens)
         return result
 
-    return _cached(f"base_reference_{split}", [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]], compute)
+    key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples]]
+    if max_new_tokens != 12:  # the default keeps the keys that set-up has already warmed
+        key += [max_new_tokens, [e.answer for e in examples]]
+    if quantized:
+        key += ["nf4"]
+    return _cached(f"base_reference_{split}", key, compute)
 
 
 def _prompting_reference(preset, split: str, examples, shots) -> dict:
@@ -196,14 +244,20 @@ def _recorded_steps(artifacts: Path) -> int:
     return json.loads(record_file.read_text()).get("steps", 10**9) if record_file.exists() else 10**9
 
 
-def evaluate_sft(artifacts: Path, split: str) -> Verdict:
-    """Grade exercise 03: exact match on the split and the general probe, adapter on the base model."""
+def qlora_compute_dtype(preset) -> str:
+    """What a 4-bit base computes in on this preset: its autocast dtype, else float32."""
+    return preset.autocast_dtype or "float32"
+
+
+def _evaluate_date_adapter(exercise: str, artifacts: Path, split: str, quantized: bool) -> Verdict:
+    """Exact match on the date task's split and the general probe, the adapter on the (4-bit) base."""
+    from .evaluation import exact_match
     from .models import load_adapter_model
     from .presets import get_preset
     from .probe import run_probe
     from .tasks import date_task_splits
 
-    spec = SPECS["03_sft"]
+    spec = SPECS[exercise]
     preset = get_preset("auto")
     adapter = artifacts / "adapter"
     if not (adapter / "adapter_config.json").exists():
@@ -211,24 +265,31 @@ def evaluate_sft(artifacts: Path, split: str) -> Verdict:
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
     if split not in splits or split == "train":
         raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
-    from .evaluation import exact_match
-
-    base_probe = _base_reference(preset, split, splits[split])
-    model, tokenizer = load_adapter_model(adapter, preset.device)
-
+    base_probe = _base_reference(preset, split, splits[split], quantized=quantized)
+    model, tokenizer = load_adapter_model(adapter, preset.device,
+                                          base_4bit_compute_dtype=qlora_compute_dtype(preset) if quantized else None)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
         probe = run_probe(model, tokenizer).as_dict()
-    steps = _recorded_steps(artifacts)
     metrics = {
         "exact_match": em, "base_exact_match": base_probe["exact_match"],
         "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base_probe["probe_accuracy"],
         "probe_accuracy_drop": base_probe["probe_accuracy"] - probe["probe_accuracy"],
         "probe_perplexity": probe["probe_perplexity"], "base_probe_perplexity": base_probe["probe_perplexity"],
         "probe_perplexity_ratio": probe["probe_perplexity"] / base_probe["probe_perplexity"],
-        "steps": steps, "n_examples": len(splits[split]),
+        "steps": _recorded_steps(artifacts), "n_examples": len(splits[split]),
     }
     return _verdict(spec, split, metrics, preset)
+
+
+def evaluate_sft(artifacts: Path, split: str) -> Verdict:
+    """Grade exercise 03: exact match on the split and the general probe, adapter on the base model."""
+    return _evaluate_date_adapter("03_sft", artifacts, split, quantized=False)
+
+
+def evaluate_qlora(artifacts: Path, split: str) -> Verdict:
+    """Grade exercise 05: the same measures with the adapter loaded onto the 4-bit NF4 base."""
+    return _evaluate_date_adapter("05_quantization_qlora", artifacts, split, quantized=True)
 
 
 def _verdict(spec: OutcomeSpec, split: str, metrics: dict, preset) -> Verdict:
@@ -323,7 +384,63 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
     return _verdict(spec, split, metrics, preset)
 
 
-EVALUATORS = {"01_when_to_fine_tune": evaluate_plan, "02_data_and_tooling": evaluate_cleaned_sft, "03_sft": evaluate_sft}
+def evaluate_capstone(artifacts: Path, split: str) -> Verdict:
+    """Grade exercise 04: the learner's own task, held out by drawing from their generator with the grader's seed."""
+    from .capstone import (MIN_TRAIN_EXAMPLES, capstone_splits, load_generator, load_train_file,
+                           max_answer_tokens, task_report)
+    from .evaluation import exact_match
+    from .models import load_adapter_model
+    from .presets import get_preset
+    from .probe import run_probe
+
+    spec = SPECS["04_lora"]
+    preset = get_preset("auto")
+    adapter = artifacts / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        return _no_adapter(spec, split, adapter)
+    if split not in ("validation", "heldout"):
+        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    missing = [str(p) for p in (artifacts / "task.py", artifacts / "train.jsonl") if not p.exists()]
+    if missing:
+        return Verdict(spec.exercise, split, False, {}, [],
+                       f"Missing {', '.join(missing)}: save them with save_capstone(make_example, train, folder).")
+    try:
+        saved_train = load_train_file(artifacts / "train.jsonl")
+        make_example = load_generator((artifacts / "task.py").read_text())
+        splits = capstone_splits(make_example, MIN_TRAIN_EXAMPLES, preset.n_eval,
+                                 heldout_seed=heldout_seed() if split == "heldout" else None)
+    except Exception as error:  # the learner's generator: any failure is a clear failed verdict
+        return Verdict(spec.exercise, split, False, {}, [], f"Your task could not be drawn: {type(error).__name__}: {error}")
+    # held-out examples must be new to what was actually trained on: drop overlaps with the saved set too
+    from .capstone import NearDuplicateIndex
+
+    saved_index = NearDuplicateIndex(saved_train)
+    examples = [e for e in splits[split] if not saved_index.overlaps(e)]
+    overlap = max(splits[f"overlap_{split}"], 1 - len(examples) / max(len(splits[split]), 1))
+    if not examples:
+        return Verdict(spec.exercise, split, False, {"overlap_with_train": overlap}, [],
+                       "Every held-out example repeats the saved training set: " + spec.hints[0])
+    model, tokenizer = load_adapter_model(adapter, preset.device)
+    new_tokens = max_answer_tokens(tokenizer, examples)
+    base = _base_reference(preset, f"capstone_{split}", examples, max_new_tokens=new_tokens)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, max_new_tokens=new_tokens)
+        probe = run_probe(model, tokenizer).as_dict()
+    metrics = {
+        "train_examples": len(saved_train), "overlap_with_train": overlap,
+        "top_answer_share": task_report(examples)["top_answer_share"],
+        "exact_match": em, "base_exact_match": base["exact_match"], "margin_over_base": em - base["exact_match"],
+        "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base["probe_accuracy"],
+        "probe_accuracy_drop": base["probe_accuracy"] - probe["probe_accuracy"],
+        "probe_perplexity": probe["probe_perplexity"], "base_probe_perplexity": base["probe_perplexity"],
+        "probe_perplexity_ratio": probe["probe_perplexity"] / base["probe_perplexity"],
+        "steps": _recorded_steps(artifacts), "n_examples": len(examples),
+    }
+    return _verdict(spec, split, metrics, preset)
+
+
+EVALUATORS = {"01_when_to_fine_tune": evaluate_plan, "02_data_and_tooling": evaluate_cleaned_sft, "03_sft": evaluate_sft,
+              "04_lora": evaluate_capstone, "05_quantization_qlora": evaluate_qlora}
 
 
 def warm_base_references() -> None:
@@ -343,6 +460,7 @@ def warm_base_references() -> None:
     numbers = number_task_splits(SHIPPED_POOL, preset.n_eval, heldout_seed=heldout_seed())
     for split in ("validation", "heldout"):
         _base_reference(preset, split, splits[split])
+        _base_reference(preset, split, splits[split], quantized=True)
         _prompting_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K])
         _number_base_reference(preset, split, numbers[split])
 

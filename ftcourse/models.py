@@ -147,8 +147,11 @@ def load_model_and_tokenizer(model: str = "embedded", device: str = "cpu", seed:
     return load_model(model, device, seed), load_tokenizer(model)
 
 
-def load_adapter_model(adapter_dir: str | Path, device: str = "cpu"):
-    """Base model + a saved LoRA adapter, and the tokenizer saved beside it (or the base one)."""
+def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_compute_dtype: str | None = None):
+    """Base model + a saved LoRA adapter, and the tokenizer saved beside it (or the base one).
+
+    With `base_4bit_compute_dtype` the base is loaded in 4-bit NF4 (QLoRA's base), computing in that dtype.
+    """
     import json
 
     from peft import PeftModel
@@ -163,6 +166,8 @@ def load_adapter_model(adapter_dir: str | Path, device: str = "cpu"):
     base_name = json.loads(config_file.read_text()).get("base_model_name_or_path") or "embedded"
     if base_name.rstrip("/").endswith(EMBEDDED_NAME):  # a cache path, possibly from another machine
         base_name = "embedded"
-    model = load_model(base_name, device)
     tokenizer = load_tokenizer(str(adapter_dir) if (adapter_dir / "tokenizer.json").exists() else "embedded")
+    if base_4bit_compute_dtype:
+        return PeftModel.from_pretrained(load_quantized_model(base_name, base_4bit_compute_dtype), adapter_dir).eval(), tokenizer
+    model = load_model(base_name, device)
     return PeftModel.from_pretrained(model, adapter_dir).to(device).eval(), tokenizer

@@ -104,3 +104,31 @@ def memory_bars(rows: Sequence[dict]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def ablation_plot(rows: Sequence[dict]):
+    """LoRA rank/alpha ablation: exact match and seconds per step against rank; loss curves beside."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    scales = sorted({r["scale"] for r in rows}, reverse=True)
+    for scale in scales:
+        group = sorted((r for r in rows if r["scale"] == scale), key=lambda r: r["r"])
+        left.plot([r["r"] for r in group], [r["exact_match"] for r in group], marker="o",
+                  label=f"exact match, alpha/r = {scale:g}")
+    main = sorted((r for r in rows if r["scale"] == scales[0]), key=lambda r: r["r"])
+    twin = left.twinx()
+    twin.plot([r["r"] for r in main], [r["seconds_per_step"] for r in main], color="grey", linestyle="--",
+              marker="x", label="seconds / step")
+    twin.set_ylabel("seconds per step", color="grey")
+    twin.set_ylim(0, max(r["seconds_per_step"] for r in rows) * 1.3)
+    left.set(xscale="log", xlabel="rank r", ylabel="validation exact match", ylim=(-0.02, 1.02),
+             title="Quality and time against rank")
+    left.set_xticks([r["r"] for r in main], [str(r["r"]) for r in main])
+    left.legend(fontsize=8, loc="lower right")
+    for r in rows:
+        right.plot(range(1, len(r["losses"]) + 1), r["losses"], label=r["run"])
+    right.set(xlabel="step", ylabel="training loss", yscale="log", title="Loss curves")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

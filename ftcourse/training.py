@@ -201,7 +201,11 @@ def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSet
     if progress:
         print()
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]
-    trained = trainer.model
+    from accelerate.utils import extract_model_from_parallel
+
+    # accelerate wraps forward() in autocast for bf16/fp16 training; unwrap it so the returned model computes
+    # in its own dtype and callers choose autocast explicitly (a saved-and-reloaded adapter has no wrapper)
+    trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
     trained.eval()
     result = TrainResult(losses=losses, steps=len(step_seconds), seconds=sum(step_seconds),
                          real_tokens=sum(counter.real[1:]), slot_tokens=sum(counter.slots[1:]),

@@ -10,6 +10,7 @@ is the same preprocessor for every notebook, so one notebook's tampering suite c
 
 from __future__ import annotations
 
+import copy
 import shutil
 import sys
 from pathlib import Path
@@ -147,4 +148,44 @@ def test_02_reference_earns_full_marks_and_untouched_zero(scores_02):
     ref, untouched = scores_02["reference"], scores_02["untouched"]
     assert ref["total"] == ref["max"] == 9, ref
     assert untouched["cleaning_tests"] == 0 and untouched["cleaned_final_outcome"] == 0, untouched
+    assert untouched["total"] == 0, untouched
+
+
+# ---------------------------------------------------------------- notebook 04 (the capstone)
+
+def _constant_task(released: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A learner who skips the task design: one prompt, one answer. The grader must refuse to hold anything out."""
+    nb = copy.deepcopy(released)
+    _cell(nb, "capstone_task").source = ('def make_example(rng):\n'
+                                         '    return "Say OK.", "OK"\n')
+    _cell(nb, "capstone_setup").source = ('capstone_setup = SFTSetup(method="lora", max_steps=2, learning_rate=1e-3, '
+                                          'batch_size=2, seed=SEED)\n')
+    return nb
+
+
+@pytest.fixture(scope="module")
+def scores_04(tmp_path_factory):
+    return _round_trip(tmp_path_factory.mktemp("course04"), "04_lora",
+                       lambda released: {"constant_task": _constant_task(released)})
+
+
+def test_04_reference_earns_full_marks_and_untouched_zero(scores_04):
+    ref, untouched = scores_04["reference"], scores_04["untouched"]
+    assert ref["total"] == ref["max"] == 10, ref
+    assert untouched["lora_layer_tests"] == 0 and untouched["capstone_final_outcome"] == 0, untouched
+    assert untouched["total"] == 0, untouched
+    assert scores_04["constant_task"]["capstone_final_outcome"] == 0, scores_04["constant_task"]
+
+
+# ---------------------------------------------------------------- notebook 05
+
+@pytest.fixture(scope="module")
+def scores_05(tmp_path_factory):
+    return _round_trip(tmp_path_factory.mktemp("course05"), "05_quantization_qlora", lambda released: {})
+
+
+def test_05_reference_earns_full_marks_and_untouched_zero(scores_05):
+    ref, untouched = scores_05["reference"], scores_05["untouched"]
+    assert ref["total"] == ref["max"] == 9, ref
+    assert untouched["nf4_tests"] == 0 and untouched["qlora_final_outcome"] == 0, untouched
     assert untouched["total"] == 0, untouched

