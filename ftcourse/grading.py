@@ -104,14 +104,12 @@ SPECS = {
         title="Exercise 5.2: QLoRA, a LoRA adapter trained on the 4-bit NF4 base",
         thresholds={
             "exact_match": (">=", 0.8),  # date-to-ISO exact match, adapter on the 4-bit base
-            "probe_accuracy_drop": ("<=", 0.03),  # against the 4-bit base model
-            "probe_perplexity_ratio": ("<=", 1.15),
             "steps": ("<=", "step_budget"),
-        },
+        },  # forgetting is 03's and 04's lesson; on CPU the 4-bit probe would add 13 s to every grading
         hints=(
             "exact match too low: use more of the step budget or a higher learning rate (LoRA tolerates 1e-3 to 2e-3)",
             "the grader loads your adapter onto the 4-bit NF4 base: train on load_quantized_model(...), not the float32 model",
-            "probe regressed: lower the learning rate or train fewer steps",
+            "a 4-bit model that has generated text before training does not train on CPU: train a freshly loaded one",
         ),
     ),
 }
@@ -270,14 +268,16 @@ def _evaluate_date_adapter(exercise: str, artifacts: Path, split: str, quantized
                                           base_4bit_compute_dtype=qlora_compute_dtype(preset) if quantized else None)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
-        probe = run_probe(model, tokenizer).as_dict()
-    metrics = {
-        "exact_match": em, "base_exact_match": base_probe["exact_match"],
+        probe = run_probe(model, tokenizer).as_dict() if "probe_accuracy_drop" in spec.thresholds else None
+    metrics = {"exact_match": em, "base_exact_match": base_probe["exact_match"],
+               "steps": _recorded_steps(artifacts), "n_examples": len(splits[split])}
+    if probe is None:
+        return _verdict(spec, split, metrics, preset)
+    metrics |= {
         "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base_probe["probe_accuracy"],
         "probe_accuracy_drop": base_probe["probe_accuracy"] - probe["probe_accuracy"],
         "probe_perplexity": probe["probe_perplexity"], "base_probe_perplexity": base_probe["probe_perplexity"],
         "probe_perplexity_ratio": probe["probe_perplexity"] / base_probe["probe_perplexity"],
-        "steps": _recorded_steps(artifacts), "n_examples": len(splits[split]),
     }
     return _verdict(spec, split, metrics, preset)
 

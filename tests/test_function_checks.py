@@ -44,3 +44,24 @@ def test_out_of_kernel_check_runs_the_cell_source(source, passed):
                           input=json.dumps({"exercise": "03_label_mask", "source": source}), timeout=600)
     line = next(l for l in proc.stdout.splitlines() if l.startswith("FTCOURSE-VERDICT "))
     assert json.loads(line.split(" ", 1)[1])["passed"] is passed
+
+
+def _solution_source(slug, grade_id):
+    from pathlib import Path
+
+    import jupytext
+
+    source = Path(__file__).resolve().parent.parent / "solutions" / slug / f"{slug}.py"
+    return next(c.source for c in jupytext.read(source).cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+@pytest.mark.parametrize("exercise,slug,grade_id", [("04_lora_layer", "04_lora", "lora_layer"),
+                                                    ("05_nf4", "05_quantization_qlora", "nf4_functions")])
+def test_out_of_kernel_checks_of_04_and_05(exercise, slug, grade_id):
+    reference = _solution_source(slug, grade_id)
+    stub = reference.split("### BEGIN SOLUTION")[0] + "        raise NotImplementedError()\n"
+    for source, passed in ((reference, True), (stub, False)):
+        proc = subprocess.run([sys.executable, "-I", "-m", "ftcourse.function_checks"], capture_output=True, text=True,
+                              input=json.dumps({"exercise": exercise, "source": source}), timeout=600)
+        line = next(l for l in proc.stdout.splitlines() if l.startswith("FTCOURSE-VERDICT "))
+        assert json.loads(line.split(" ", 1)[1])["passed"] is passed, (exercise, passed, line)

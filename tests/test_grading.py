@@ -67,3 +67,32 @@ def test_plan_exercise_rejects_a_plan_that_is_not_lora(tmp_path):
 def test_cleaned_sft_exercise_without_adapter_fails_clearly(tmp_path):
     verdict = run_grader("02_data_and_tooling", artifact_dir("02_data_and_tooling", tmp_path), split="heldout")
     assert not verdict.passed and "No trained adapter found" in verdict.message
+
+
+def test_capstone_threshold_is_the_capstone_minimum():
+    from ftcourse.capstone import MIN_TRAIN_EXAMPLES
+
+    assert grading.SPECS["04_lora"].thresholds["train_examples"] == (">=", MIN_TRAIN_EXAMPLES)
+
+
+def test_capstone_without_its_task_names_what_is_missing(tmp_path):
+    folder = artifact_dir("04_lora", tmp_path)
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    verdict = run_grader("04_lora", folder, split="heldout")
+    assert not verdict.passed and "task.py" in verdict.message and "train.jsonl" in verdict.message
+
+
+def test_capstone_with_a_tiny_task_fails_before_any_model_runs(tmp_path):
+    folder = artifact_dir("04_lora", tmp_path)
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    (folder / "task.py").write_text("def make_example(rng):\n    n = rng.randint(1, 9)\n    return f'Double {n}', str(2 * n)\n")
+    (folder / "train.jsonl").write_text(json.dumps({"prompt": "Double 1", "answer": "2"}) + "\n")
+    verdict = run_grader("04_lora", folder, split="validation")
+    assert not verdict.passed and "could not be drawn" in verdict.message and "distinct new prompts" in verdict.message
+
+
+def test_qlora_exercise_without_adapter_fails_clearly(tmp_path):
+    verdict = run_grader("05_quantization_qlora", artifact_dir("05_quantization_qlora", tmp_path), split="heldout")
+    assert not verdict.passed and "No trained adapter found" in verdict.message

@@ -153,20 +153,9 @@ def test_02_reference_earns_full_marks_and_untouched_zero(scores_02):
 
 # ---------------------------------------------------------------- notebook 04 (the capstone)
 
-def _constant_task(released: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A learner who skips the task design: one prompt, one answer. The grader must refuse to hold anything out."""
-    nb = copy.deepcopy(released)
-    _cell(nb, "capstone_task").source = ('def make_example(rng):\n'
-                                         '    return "Say OK.", "OK"\n')
-    _cell(nb, "capstone_setup").source = ('capstone_setup = SFTSetup(method="lora", max_steps=2, learning_rate=1e-3, '
-                                          'batch_size=2, seed=SEED)\n')
-    return nb
-
-
 @pytest.fixture(scope="module")
 def scores_04(tmp_path_factory):
-    return _round_trip(tmp_path_factory.mktemp("course04"), "04_lora",
-                       lambda released: {"constant_task": _constant_task(released)})
+    return _round_trip(tmp_path_factory.mktemp("course04"), "04_lora", lambda released: {})
 
 
 def test_04_reference_earns_full_marks_and_untouched_zero(scores_04):
@@ -174,7 +163,6 @@ def test_04_reference_earns_full_marks_and_untouched_zero(scores_04):
     assert ref["total"] == ref["max"] == 10, ref
     assert untouched["lora_layer_tests"] == 0 and untouched["capstone_final_outcome"] == 0, untouched
     assert untouched["total"] == 0, untouched
-    assert scores_04["constant_task"]["capstone_final_outcome"] == 0, scores_04["constant_task"]
 
 
 # ---------------------------------------------------------------- notebook 05
