@@ -236,6 +236,18 @@ def _no_adapter(spec: OutcomeSpec, split: str, adapter: Path) -> Verdict:
                    f"No trained adapter found at {adapter}. Run the training cell; it must save the adapter there.")
 
 
+def _open_artifacts(exercise: str, artifacts: Path, split: str):
+    """(spec, preset, adapter folder, early failing verdict or None): what every adapter evaluator starts with."""
+    from .presets import get_preset
+
+    spec = SPECS[exercise]
+    if split not in ("validation", "heldout"):
+        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    adapter = artifacts / "adapter"
+    missing = None if (adapter / "adapter_config.json").exists() else _no_adapter(spec, split, adapter)
+    return spec, get_preset("auto"), adapter, missing
+
+
 def _recorded_steps(artifacts: Path) -> int:
     """Optimizer steps from the run's training.json; a missing record counts as over any budget."""
     record_file = artifacts / "training.json"
@@ -251,18 +263,13 @@ def _evaluate_date_adapter(exercise: str, artifacts: Path, split: str, quantized
     """Exact match on the date task's split and the general probe, the adapter on the (4-bit) base."""
     from .evaluation import exact_match
     from .models import load_adapter_model
-    from .presets import get_preset
     from .probe import run_probe
     from .tasks import date_task_splits
 
-    spec = SPECS[exercise]
-    preset = get_preset("auto")
-    adapter = artifacts / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        return _no_adapter(spec, split, adapter)
+    spec, preset, adapter, missing = _open_artifacts(exercise, artifacts, split)
+    if missing:
+        return missing
     splits = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
-    if split not in splits or split == "train":
-        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
     base_probe = _base_reference(preset, split, splits[split], quantized=quantized)
     model, tokenizer = load_adapter_model(adapter, preset.device,
                                           base_4bit_compute_dtype=qlora_compute_dtype(preset) if quantized else None)
@@ -363,16 +370,11 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
     from .data_quality import SHIPPED_POOL
     from .evaluation import exact_match
     from .models import load_adapter_model
-    from .presets import get_preset
     from .tasks import number_task_splits
 
-    spec = SPECS["02_data_and_tooling"]
-    preset = get_preset("auto")
-    adapter = artifacts / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        return _no_adapter(spec, split, adapter)
-    if split not in ("validation", "heldout"):
-        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    spec, preset, adapter, missing = _open_artifacts("02_data_and_tooling", artifacts, split)
+    if missing:
+        return missing
     splits = number_task_splits(SHIPPED_POOL, preset.n_eval, heldout_seed=heldout_seed() if split == "heldout" else None)
     base_em = _number_base_reference(preset, split, splits[split])
     model, tokenizer = load_adapter_model(adapter, preset.device)
@@ -390,16 +392,11 @@ def evaluate_capstone(artifacts: Path, split: str) -> Verdict:
                            max_answer_tokens, task_report)
     from .evaluation import exact_match
     from .models import load_adapter_model
-    from .presets import get_preset
     from .probe import run_probe
 
-    spec = SPECS["04_lora"]
-    preset = get_preset("auto")
-    adapter = artifacts / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        return _no_adapter(spec, split, adapter)
-    if split not in ("validation", "heldout"):
-        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    spec, preset, adapter, missing = _open_artifacts("04_lora", artifacts, split)
+    if missing:
+        return missing
     missing = [str(p) for p in (artifacts / "task.py", artifacts / "train.jsonl") if not p.exists()]
     if missing:
         return Verdict(spec.exercise, split, False, {}, [],
