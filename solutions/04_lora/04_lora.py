@@ -16,7 +16,7 @@
 #
 # Notebook 03 trained a LoRA adapter as a black box. LoRA is why fine-tuning fits on a laptop: instead
 # of updating a weight matrix $W$ it learns a low-rank correction $\Delta W = \tfrac{\alpha}{r} BA$ with a
-# few thousand parameters per layer, and leaves $W$ frozen. Knowing what is inside lets you choose the
+# small fraction of the layer's parameters, and leaves $W$ frozen. Knowing what is inside lets you choose the
 # rank, alpha and target modules on purpose, check an adapter numerically, merge it for deployment,
 # and judge when low rank is too little. The notebook ends in the course's first capstone: a task of
 # your own design, fine-tuned and graded on examples you never see.
@@ -175,8 +175,8 @@ assert all(row["formula"] == row["peft"] for row in count_rows)
 del peft_model
 
 # %% [markdown]
-# Even rank 64 on every linear layer trains a small share of the model, and attention-only adapters a
-# tenth of that. What that buys in quality is a measurement, next.
+# The share grows linearly with the rank and with the modules targeted; the MLP's three projections hold
+# most of the layer's weights, so targeting them costs most. What that buys in quality is a measurement, next.
 #
 # ## 2 · Rank and alpha: a real ablation
 # We train the date-to-ISO task of notebook 03 with LoRA adapters of rank 1 to 64, everything else equal
@@ -204,9 +204,11 @@ print(f"After {ablation_steps} steps of batch {ablation_batch}: rank {scale2[0][
 
 # %% [markdown]
 # Read the plot with two facts in mind. Time per step barely moves with rank: the frozen model's forward
-# and backward dominate, and the adapter is a small share of the work. Quality saturates early on a
-# narrow task, so rank buys little beyond it; the scale $\alpha/r$ matters as much as the rank, because it
-# sets how far each step moves $\Delta W$. When you raise $r$, raise $\alpha$ with it.
+# and backward dominate, and the adapter is a small share of the work. Quality after a *fixed, short*
+# budget depends on how fast the update grows: with $\alpha = 2r$ a larger rank moves more directions at
+# the same scale, while the same rank 64 at a smaller $\alpha$ moves them less per step. So the scale
+# $\alpha/r$ is a learning-rate knob as much as rank is a capacity knob; compare ranks at a fixed scale,
+# and on a narrow task expect the benefit of more rank to flatten once the budget is long enough.
 #
 # ## 3 · LoRA Lab: how low-rank is a fine-tune's update?
 # LoRA's premise is that the update a task needs has low *intrinsic rank*. We can look. Below, the same
@@ -317,7 +319,8 @@ del reloaded, merged, full_model
 # - the general probe of 03 within its limits (accuracy drop ≤ 0.03, perplexity ratio ≤ 1.15);
 # - at most `preset.step_budget` optimizer steps.
 #
-# Training need not see every example: a step budget of 24 steps of 8 examples sees 192 of them.
+# Training need not see every example: it sees at most the step budget times the batch size (printed after
+# training).
 
 # %% nbgrader={"grade": false, "grade_id": "capstone_task", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def make_example(rng):
@@ -375,7 +378,8 @@ tuned, capstone_result = train_sft(load_model(preset.model, preset.device, seed=
                                    capstone_setup, preset, "build/capstone")
 save_capstone(make_example, capstone["train"], artifact_dir("04_lora"))
 save_sft_artifacts(tuned, tokenizer, capstone_result, capstone_setup, artifact_dir("04_lora"))
-print(f"{capstone_result.steps} steps in {capstone_result.seconds:.0f} s, final loss {capstone_result.losses[-1]:.4f}")
+print(f"{capstone_result.steps} steps in {capstone_result.seconds:.0f} s, final loss {capstone_result.losses[-1]:.4f}; "
+      f"training saw {capstone_result.steps * capstone_setup.batch_size} of the {len(capstone['train'])} examples")
 plots.loss_curves({"capstone": capstone_result.losses}, "Your capstone fine-tune");
 
 # %% [markdown]

@@ -64,8 +64,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from ftcourse import evaluation, labs, plots, quantization
-from ftcourse.estimator import (ModelShape, TrainingPlan, build_model_for_plan, compare_estimate,
-                                measure_training_memory)
+from ftcourse.estimator import (ModelShape, TrainingPlan, build_model_for_plan, compare_estimate, estimate_memory,
+                                known_shape, measure_training_memory)
 from ftcourse.grading import SPECS, artifact_dir, assert_outcome, qlora_compute_dtype, self_check
 from ftcourse.models import load_model_and_tokenizer, load_quantized_model
 from ftcourse.notebook import quiet, seed_everything
@@ -250,9 +250,11 @@ dq_rows = [{"storage": "NF4 + float32 absmax", "bits_per_weight": quantization.b
            {"storage": "NF4 + double-quantized absmax", "bits_per_weight": quantization.bits_per_weight(4, 64, weight.numel(), double_quant=True),
             "relative_rmse": quantization.rmse(weight, double_weight) / weight_rms}]
 print(plots.table(dq_rows, ["storage", "bits_per_weight", "relative_rmse"], floatfmt=".4f"))
-saved_gb_7b = (dq_rows[0]["bits_per_weight"] - dq_rows[1]["bits_per_weight"]) * 6.5e9 / 8 / 1e9
+llama7b = known_shape("llama-2-7b")
+linear_7b = llama7b.n_layers * llama7b.linear_params_per_layer
+saved_gb_7b = (dq_rows[0]["bits_per_weight"] - dq_rows[1]["bits_per_weight"]) * linear_7b / 8 / 1e9
 print(f"Double quantization saves {dq_rows[0]['bits_per_weight'] - dq_rows[1]['bits_per_weight']:.3f} bits per weight "
-      f"({saved_gb_7b:.2f} GB on the 6.5 billion linear weights of a 7B model) and changes the error by "
+      f"({saved_gb_7b:.2f} GB on the {linear_7b / 1e9:.2f} billion linear weights of Llama-2-7B) and changes the error by "
       f"{dq_rows[1]['relative_rmse'] / dq_rows[0]['relative_rmse'] - 1:+.2%}.")
 
 # %% [markdown]
@@ -282,8 +284,8 @@ print(f"NF4 (blocks of 64) raises perplexity from {base_perplexity:.2f} to {ppl[
       f"{ppl[(4, 'tensor', 'nf')]:.3g}.")
 
 # %% [markdown]
-# Read the right-hand plot from the left: 8 bits costs nothing measurable, normal-float levels at 4 bits
-# cost a little, and below that the model degrades fast. Block size matters as much as bits: one scale
+# Read the right-hand plot from the left: 8 bits costs almost nothing, normal-float levels at 4 bits cost
+# some perplexity (less than evenly spaced ones), and below that the model degrades fast. Block size matters as much as bits: one scale
 # per matrix wastes the 4 bits on a few outliers. The lab below moves bits, block size and scheme on the
 # same matrix; "measure perplexity" quantizes the whole model at that setting (a few seconds).
 
@@ -318,12 +320,17 @@ print(f"Measured totals: full {totals['full']['measured_gb']:.2f} GB, LoRA {tota
       f"QLoRA {totals['qlora']['measured_gb']:.2f} GB. The weights alone: {params['lora']['measured_gb']:.3f} GB "
       f"-> {params['qlora']['measured_gb']:.3f} GB. The estimator is within "
       f"{max(abs(r['error']) for r in totals.values()):.1%} on the totals.")
+# the same three methods for Llama-2-7B on a 16 GB T4 (float16 weights, 4 x 512 tokens, gradient checkpointing)
+t4_gb = {method: estimate_memory(llama7b, TrainingPlan(method=method, batch_size=4, seq_len=512, weight_dtype="float16",
+                                                        gradient_checkpointing=True)).total / 1e9
+         for method in ("full", "lora", "qlora")}
+print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, gb in t4_gb.items()))
 
 # %% [markdown]
 # At 135M parameters the embedding matrix (kept in float32) and the activations are a large share, so
-# QLoRA saves less here than on a 7B model, where the decoder's linear weights are almost everything
-# (notebook 01: Llama-2-7B LoRA needs about 15 GB, QLoRA about 6 GB). The adapter's gradients and Adam
-# states are the same in both.
+# QLoRA saves less here than on a 7B model, where the decoder's linear weights are almost everything:
+# the last line above is 01's estimator for Llama-2-7B, where only QLoRA fits a 16 GB T4. The adapter's
+# gradients and Adam states are the same in both.
 #
 # ### Exercise 5.2 — QLoRA fine-tune to the held-out threshold (6 points)
 # Choose an `SFTSetup` for a LoRA adapter trained on the 4-bit NF4 base (the cell after yours loads it with
