@@ -199,8 +199,13 @@ def _base_reference(preset, split: str, examples, max_new_tokens: int = 12, quan
             model, tokenizer = load_quantized_model(preset.model, qlora_compute_dtype(preset)), load_tokenizer(preset.model)
         else:
             model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+        def probe():
+            with preset.autocast():
+                return run_probe(model, tokenizer).as_dict()
+
+        # the probe does not depend on the split: one cached result serves every split and task
+        result = dict(_cached("base_probe", [preset.model, preset.bf16, preset.fp16, quantized], probe))
         with preset.autocast():
-            result = run_probe(model, tokenizer).as_dict()
             result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size,
                                                    max_new_tokens=max_new_tokens)
         return result

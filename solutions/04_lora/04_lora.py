@@ -186,7 +186,7 @@ del peft_model
 # %%
 splits = date_task_splits(preset.n_train, preset.n_eval)
 ablation_steps, ablation_batch = preset.step_budget // 4, max(preset.batch_size // 2, 1)
-runs = [lora.AblationRun(r, 2 * r) for r in (1, 4, 16, 64)] + [lora.AblationRun(64, 16)]
+runs = [lora.AblationRun(r, 2 * r) for r in (1, 8, 64)] + [lora.AblationRun(64, 16)]
 ablation_rows, rank64_model = lora.rank_ablation(runs, splits["train"], splits["validation"][:32], preset, tokenizer,
                                                  max_steps=ablation_steps, batch_size=ablation_batch,
                                                  learning_rate=2e-3, seed=SEED, keep=64)
