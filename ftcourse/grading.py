@@ -393,8 +393,8 @@ def evaluate_cleaned_sft(artifacts: Path, split: str) -> Verdict:
 
 def evaluate_capstone(artifacts: Path, split: str) -> Verdict:
     """Grade exercise 04: the learner's own task, held out by drawing from their generator with the grader's seed."""
-    from .capstone import (MIN_TRAIN_EXAMPLES, capstone_splits, load_generator, load_train_file,
-                           max_answer_tokens, task_report)
+    from .capstone import (MIN_TRAIN_EXAMPLES, NearDuplicateIndex, capstone_splits, load_generator,
+                           load_train_file, max_answer_tokens, task_report)
     from .evaluation import exact_match
     from .models import load_adapter_model
     from .probe import run_probe
@@ -414,8 +414,6 @@ def evaluate_capstone(artifacts: Path, split: str) -> Verdict:
     except Exception as error:  # the learner's generator: any failure is a clear failed verdict
         return Verdict(spec.exercise, split, False, {}, [], f"Your task could not be drawn: {type(error).__name__}: {error}")
     # held-out examples must be new to what was actually trained on: drop overlaps with the saved set too
-    from .capstone import NearDuplicateIndex
-
     saved_index = NearDuplicateIndex(saved_train)
     examples = [e for e in splits[split] if not saved_index.overlaps(e)]
     overlap = max(splits[f"overlap_{split}"], 1 - len(examples) / max(len(splits[split]), 1))

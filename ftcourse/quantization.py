@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .estimator import ALL_LINEAR  # the decoder's linear layers, as the estimator counts them
+
 SCHEMES = ("int", "nf")
 NF4_OFFSET = 0.9677083  # QLoRA's choice: the outermost quantile, (1 - 1/(2*15) + 1 - 1/(2*16)) / 2
 
@@ -106,7 +108,6 @@ def bnb_nf4_code() -> torch.Tensor:
 
 # ---------------------------------------------------------------- the whole model, quantized
 
-LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @torch.no_grad()
@@ -117,7 +118,7 @@ def quantize_model_weights(model, bits: int, block_size: int | None = 64, scheme
     """
     originals = {}
     for name, module in model.named_modules():
-        if name.endswith(LINEAR_SUFFIXES) and hasattr(module, "weight"):
+        if name.endswith(ALL_LINEAR) and hasattr(module, "weight"):
             originals[name] = module.weight.data.clone()
             module.weight.data = quantize_dequantize(module.weight.data, bits, block_size, scheme).to(module.weight.dtype)
     return originals
@@ -135,7 +136,7 @@ def perplexity_grid(model, tokenizer, text: str, settings: Sequence[tuple[int, i
     """Perplexity of `text` with the model's linear weights quantised at each (bits, block, scheme)."""
     from .evaluation import perplexity
 
-    n_weights = sum(m.weight.numel() for n, m in model.named_modules() if n.endswith(LINEAR_SUFFIXES))
+    n_weights = sum(m.weight.numel() for n, m in model.named_modules() if n.endswith(ALL_LINEAR))
     rows = []
     for bits, block, scheme in settings:
         originals = quantize_model_weights(model, bits, block, scheme)
