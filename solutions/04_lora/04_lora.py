@@ -185,7 +185,7 @@ del peft_model
 
 # %%
 splits = date_task_splits(preset.n_train, preset.n_eval)
-ablation_steps, ablation_batch = preset.step_budget // 4, max(preset.batch_size // 2, 1)
+ablation_steps, ablation_batch = round(preset.step_budget / 5), max(preset.batch_size // 2, 1)
 runs = [lora.AblationRun(r, 2 * r) for r in (1, 8, 64)] + [lora.AblationRun(64, 16)]
 ablation_rows, rank64_model = lora.rank_ablation(runs, splits["train"], splits["validation"][:32], preset, tokenizer,
                                                  max_steps=ablation_steps, batch_size=ablation_batch,
@@ -367,7 +367,7 @@ print(f"\nbase exact match on your validation split: {capstone_base_em:.3f} (the
 
 # %% nbgrader={"grade": false, "grade_id": "capstone_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-capstone_setup = SFTSetup(method="lora", max_steps=min(10, preset.step_budget), learning_rate=2e-3,
+capstone_setup = SFTSetup(method="lora", max_steps=min(8, preset.step_budget), learning_rate=2e-3,
                           batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r, seed=SEED)
 ### END SOLUTION
 
