@@ -1,6 +1,6 @@
 """The nbgrader round trip: release, submit, autograde (outcome verdicts outside the kernel).
 
-For every notebook:
+For every notebook with exercises:
 - the reference solution earns full marks;
 - the untouched released notebook earns zero on every exercise.
 On notebook 03, tampered submissions earn zero on the exercise they tamper with: a hard-coded metric, a
@@ -123,57 +123,21 @@ def test_feedback_hides_hidden_tests(scores):
     assert "graded outside the kernel" in html
 
 
-# ---------------------------------------------------------------- notebook 01
+# ---------------------------------------------------------------- the other notebooks
 
-@pytest.fixture(scope="module")
-def scores_01(tmp_path_factory):
-    return _round_trip(tmp_path_factory.mktemp("course01"), "01_when_to_fine_tune", lambda released: {})
-
-
-def test_01_reference_earns_full_marks_and_untouched_zero(scores_01):
-    ref, untouched = scores_01["reference"], scores_01["untouched"]
-    assert ref["total"] == ref["max"] == 9, ref
-    assert untouched["decision_rules_tests"] == 0 and untouched["plan_final_outcome"] == 0, untouched
-    assert untouched["total"] == 0, untouched
+ROUND_TRIPS = {  # assignment -> (max points, grade cells that must score zero when untouched)
+    "01_when_to_fine_tune": (9, ["decision_rules_tests", "plan_final_outcome"]),
+    "02_data_and_tooling": (9, ["cleaning_tests", "cleaned_final_outcome"]),
+    "04_lora": (10, ["lora_layer_tests", "capstone_final_outcome"]),
+    "05_quantization_qlora": (9, ["nf4_tests", "qlora_final_outcome"]),
+}
 
 
-# ---------------------------------------------------------------- notebook 02
-
-@pytest.fixture(scope="module")
-def scores_02(tmp_path_factory):
-    return _round_trip(tmp_path_factory.mktemp("course02"), "02_data_and_tooling", lambda released: {})
-
-
-def test_02_reference_earns_full_marks_and_untouched_zero(scores_02):
-    ref, untouched = scores_02["reference"], scores_02["untouched"]
-    assert ref["total"] == ref["max"] == 9, ref
-    assert untouched["cleaning_tests"] == 0 and untouched["cleaned_final_outcome"] == 0, untouched
-    assert untouched["total"] == 0, untouched
-
-
-# ---------------------------------------------------------------- notebook 04 (the capstone)
-
-@pytest.fixture(scope="module")
-def scores_04(tmp_path_factory):
-    return _round_trip(tmp_path_factory.mktemp("course04"), "04_lora", lambda released: {})
-
-
-def test_04_reference_earns_full_marks_and_untouched_zero(scores_04):
-    ref, untouched = scores_04["reference"], scores_04["untouched"]
-    assert ref["total"] == ref["max"] == 10, ref
-    assert untouched["lora_layer_tests"] == 0 and untouched["capstone_final_outcome"] == 0, untouched
-    assert untouched["total"] == 0, untouched
-
-
-# ---------------------------------------------------------------- notebook 05
-
-@pytest.fixture(scope="module")
-def scores_05(tmp_path_factory):
-    return _round_trip(tmp_path_factory.mktemp("course05"), "05_quantization_qlora", lambda released: {})
-
-
-def test_05_reference_earns_full_marks_and_untouched_zero(scores_05):
-    ref, untouched = scores_05["reference"], scores_05["untouched"]
-    assert ref["total"] == ref["max"] == 9, ref
-    assert untouched["nf4_tests"] == 0 and untouched["qlora_final_outcome"] == 0, untouched
-    assert untouched["total"] == 0, untouched
+@pytest.mark.parametrize("assignment", sorted(ROUND_TRIPS))
+def test_reference_earns_full_marks_and_untouched_zero(tmp_path, assignment):
+    max_points, grade_ids = ROUND_TRIPS[assignment]
+    scores = _round_trip(tmp_path, assignment, lambda released: {})
+    ref, untouched = scores["reference"], scores["untouched"]
+    assert ref["total"] == ref["max"] == max_points, (assignment, ref)
+    assert all(untouched[grade_id] == 0 for grade_id in grade_ids), (assignment, untouched)
+    assert untouched["total"] == 0, (assignment, untouched)
