@@ -241,8 +241,8 @@ labs.lora_lab_figure(spectra, errors, r=preset.lora_r, title=f"ΔW of {module}")
 lora_row, full_row = spectrum_rows
 print(f"The LoRA update keeps 90% of its energy in {lora_row['rank_90']} of its 64 directions; the full "
       f"fine-tune's update needs {full_row['rank_90']} of {min(full_delta.shape)}. A rank-16 adapter could hold "
-      f"{1 - full_row['error_at_r16']:.0%} of the full update (relative error {full_row['error_at_r16']:.2f}), "
-      f"and both runs reach {lora_row['exact_match']:.2f} vs {full_row['exact_match']:.2f} exact match.")
+      f"{1 - full_row['error_at_r16']:.0%} of the full update (relative error {full_row['error_at_r16']:.2f}). "
+      f"Exact match after the same steps: LoRA {lora_row['exact_match']:.2f}, full fine-tune {full_row['exact_match']:.2f}.")
 
 # %% [markdown]
 # The full update is spread over many directions: Adam's per-weight steps add small changes everywhere,
