@@ -108,8 +108,6 @@ def bnb_nf4_code() -> torch.Tensor:
 
 # ---------------------------------------------------------------- the whole model, quantized
 
-
-
 @torch.no_grad()
 def quantize_model_weights(model, bits: int, block_size: int | None = 64, scheme: str = "nf") -> dict:
     """Replace every decoder linear weight by its quantised-and-read-back copy, in place.

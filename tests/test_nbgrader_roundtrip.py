@@ -93,20 +93,31 @@ def _round_trip(root: Path, assignment: str, make_submissions) -> dict:
     return result
 
 
+ROUND_TRIPS = {  # assignment -> (max points, grade cells that must score zero when untouched)
+    "01_when_to_fine_tune": (9, ["decision_rules_tests", "plan_final_outcome"]),
+    "02_data_and_tooling": (9, ["cleaning_tests", "cleaned_final_outcome"]),
+    "03_sft": (8, ["sft_label_mask_tests", "sft_final_outcome"]),
+    "04_lora": (10, ["lora_layer_tests", "capstone_final_outcome"]),
+    "05_quantization_qlora": (9, ["nf4_tests", "qlora_final_outcome"]),
+}
+
+
+def _assert_full_marks_and_zero(scores: dict, assignment: str) -> None:
+    max_points, grade_ids = ROUND_TRIPS[assignment]
+    ref, untouched = scores["reference"], scores["untouched"]
+    assert ref["total"] == ref["max"] == max_points, (assignment, ref)
+    assert all(untouched[grade_id] == 0 for grade_id in grade_ids), (assignment, untouched)
+    assert untouched["total"] == 0, (assignment, untouched)
+
+
 @pytest.fixture(scope="module")
 def scores(tmp_path_factory):
     return _round_trip(tmp_path_factory.mktemp("course"), ASSIGNMENT,
                        lambda released: {k: _tampered(released, k) for k in TAMPERED})
 
 
-def test_reference_solution_earns_full_marks(scores):
-    ref = scores["reference"]
-    assert ref["total"] == ref["max"] == 8, ref
-
-
-def test_untouched_release_earns_zero_everywhere(scores):
-    row = scores["untouched"]
-    assert row["sft_label_mask_tests"] == 0 and row["sft_final_outcome"] == 0 and row["total"] == 0, row
+def test_reference_earns_full_marks_and_untouched_zero_03(scores):
+    _assert_full_marks_and_zero(scores, ASSIGNMENT)
 
 
 @pytest.mark.parametrize("student", sorted(TAMPERED))
@@ -123,21 +134,8 @@ def test_feedback_hides_hidden_tests(scores):
     assert "graded outside the kernel" in html
 
 
-# ---------------------------------------------------------------- the other notebooks
+# ---------------------------------------------------------------- the other notebooks (03's round trip is above)
 
-ROUND_TRIPS = {  # assignment -> (max points, grade cells that must score zero when untouched)
-    "01_when_to_fine_tune": (9, ["decision_rules_tests", "plan_final_outcome"]),
-    "02_data_and_tooling": (9, ["cleaning_tests", "cleaned_final_outcome"]),
-    "04_lora": (10, ["lora_layer_tests", "capstone_final_outcome"]),
-    "05_quantization_qlora": (9, ["nf4_tests", "qlora_final_outcome"]),
-}
-
-
-@pytest.mark.parametrize("assignment", sorted(ROUND_TRIPS))
+@pytest.mark.parametrize("assignment", sorted(set(ROUND_TRIPS) - {ASSIGNMENT}))
 def test_reference_earns_full_marks_and_untouched_zero(tmp_path, assignment):
-    max_points, grade_ids = ROUND_TRIPS[assignment]
-    scores = _round_trip(tmp_path, assignment, lambda released: {})
-    ref, untouched = scores["reference"], scores["untouched"]
-    assert ref["total"] == ref["max"] == max_points, (assignment, ref)
-    assert all(untouched[grade_id] == 0 for grade_id in grade_ids), (assignment, untouched)
-    assert untouched["total"] == 0, (assignment, untouched)
+    _assert_full_marks_and_zero(_round_trip(tmp_path, assignment, lambda released: {}), assignment)
