@@ -102,10 +102,29 @@ ROUND_TRIPS = {  # assignment -> (max points, grade cells that must score zero w
 }
 
 
+def _graded_outputs(scores: dict, student: str, assignment: str, grade_ids) -> str:
+    """What the autograded copy of `student`'s notebook shows in the given grade cells (the verdicts)."""
+    path = scores["_root"] / "autograded" / student / assignment / f"{assignment}.ipynb"
+    if not path.exists():
+        return f"(no autograded notebook at {path})"
+    nb = nbformat.read(path, as_version=4)
+    parts = []
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in grade_ids:
+            text = "\n".join(o.get("text") or "\n".join(o.get("traceback") or []) or str(o.get("data", ""))
+                             for o in cell.get("outputs", []))
+            parts.append(f"--- {grade_id}:\n{text[-3000:]}")
+    return "\n".join(parts)
+
+
 def _assert_full_marks_and_zero(scores: dict, assignment: str) -> None:
     max_points, grade_ids = ROUND_TRIPS[assignment]
     ref, untouched = scores["reference"], scores["untouched"]
-    assert ref["total"] == ref["max"] == max_points, (assignment, ref)
+    failing = [g for g in grade_ids if not ref.get(g)] or grade_ids  # the cells that scored zero
+    assert ref["total"] == ref["max"] == max_points, (
+        f"{assignment}: the reference scored {ref}; what the grade cells say:\n"
+        + _graded_outputs(scores, "reference", assignment, failing))
     assert all(untouched[grade_id] == 0 for grade_id in grade_ids), (assignment, untouched)
     assert untouched["total"] == 0, (assignment, untouched)
 
