@@ -53,6 +53,13 @@ class OutcomeVerdicts(NbGraderPreprocessor):
     checks = Dict(help="grade_id -> check spec; see the module docstring").tag(config=True)
     timeout_s = Integer(1200, help="seconds one check may take").tag(config=True)
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # nbgrader builds its preprocessors before it starts the kernel, which inherits this environment:
+        # the hidden tests of these exercises skip their in-kernel run, whose outputs would be replaced unread
+        outcome = sorted(spec["exercise"] for spec in self.checks.values() if spec.get("kind") == "outcome")
+        os.environ[grading.OUTSIDE_KERNEL_ENV] = ",".join(outcome)
+
     def preprocess(self, nb, resources):
         notebook_dir = Path(resources.get("metadata", {}).get("path") or os.getcwd())
         sources = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in nb.cells}

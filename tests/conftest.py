@@ -36,3 +36,10 @@ def solution_cell(slug: str, grade_id: str) -> dict:
     namespace: dict = {"__name__": "__solution__"}
     exec(compile(cell.source, f"<{slug}:{grade_id}>", "exec"), namespace)
     return namespace
+
+
+def check_stated_outcome(results: dict, slug: str) -> None:
+    """The outcome every notebook states in its course_results.json: a task the base model fails, fixed."""
+    assert results["notebook"] == slug, results
+    assert results["base_metric"] <= 0.2, results  # the task is one the base model fails ...
+    assert results["tuned_metric"] >= results["base_metric"] + 0.4, results  # ... and the fine-tune fixes it

@@ -96,3 +96,21 @@ def test_capstone_with_a_tiny_task_fails_before_any_model_runs(tmp_path):
 def test_qlora_exercise_without_adapter_fails_clearly(tmp_path):
     verdict = run_grader("05_quantization_qlora", artifact_dir("05_quantization_qlora", tmp_path), split="heldout")
     assert not verdict.passed and "No trained adapter found" in verdict.message
+
+
+def test_hidden_test_skips_its_kernel_run_only_where_nbgrader_regrades_it(tmp_path, monkeypatch, capsys):
+    from ftcourse.nbgrader_outcome import OutcomeVerdicts
+
+    monkeypatch.delenv(grading.OUTSIDE_KERNEL_ENV, raising=False)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    # no OutcomeVerdicts in this process: the hidden test grades in the kernel and fails on missing artifacts
+    with pytest.raises(AssertionError, match="No trained adapter"):
+        grading.assert_outcome("03_sft", tmp_path)
+    OutcomeVerdicts(checks={"sft_final_outcome": {"kind": "outcome", "exercise": "03_sft"},
+                            "sft_label_mask_tests": {"kind": "function", "exercise": "03_label_mask", "solution": "x"}})
+    assert grading.graded_outside_kernel("03_sft") and not grading.graded_outside_kernel("04_lora")
+    grading.assert_outcome("03_sft", tmp_path)  # re-graded after execution: no run in the kernel
+    assert "outside the kernel" in capsys.readouterr().out
+    monkeypatch.setenv("NBGRADER_EXECUTION", "validate")  # nbgrader validate has no OutcomeVerdicts step
+    with pytest.raises(AssertionError, match="No trained adapter"):
+        grading.assert_outcome("03_sft", tmp_path)

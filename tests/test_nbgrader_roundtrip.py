@@ -1,7 +1,8 @@
 """The nbgrader round trip: release, submit, autograde (outcome verdicts outside the kernel).
 
 For every notebook with exercises:
-- the reference solution earns full marks;
+- the reference solution earns full marks, and its run (the suite's one full execution of the notebook)
+  reaches the outcome the notebook states: the base model fails the task, the fine-tune fixes it;
 - the untouched released notebook earns zero on every exercise.
 On notebook 03, tampered submissions earn zero on the exercise they tamper with: a hard-coded metric, a
 monkeypatched evaluation function, a deleted hidden-test cell, an edited hidden-test cell (the defence
@@ -10,13 +11,14 @@ is the same preprocessor for every notebook, so one notebook's tampering suite c
 
 from __future__ import annotations
 
-import copy
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import check_stated_outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -102,6 +104,12 @@ ROUND_TRIPS = {  # assignment -> (max points, grade cells that must score zero w
 }
 
 
+def test_every_notebook_has_a_round_trip():
+    """The round trip is where every notebook runs in full: none may be left out of the table."""
+    notebooks = {p.stem for p in ROOT.glob("solutions/[0-9][0-9]_*/*.ipynb") if p.stem == p.parent.name}
+    assert set(ROUND_TRIPS) == notebooks, sorted(notebooks ^ set(ROUND_TRIPS))
+
+
 def _graded_outputs(scores: dict, student: str, assignment: str, grade_ids) -> str:
     """What the autograded copy of `student`'s notebook shows in the given grade cells (the verdicts)."""
     path = scores["_root"] / "autograded" / student / assignment / f"{assignment}.ipynb"
@@ -127,6 +135,9 @@ def _assert_full_marks_and_zero(scores: dict, assignment: str) -> None:
         + _graded_outputs(scores, "reference", assignment, failing))
     assert all(untouched[grade_id] == 0 for grade_id in grade_ids), (assignment, untouched)
     assert untouched["total"] == 0, (assignment, untouched)
+    # the reference's run is the suite's one full execution of the notebook: it must reach the outcome it states
+    results = scores["_root"] / "autograded" / "reference" / assignment / "course_results.json"
+    check_stated_outcome(json.loads(results.read_text()), assignment)
 
 
 @pytest.fixture(scope="module")
