@@ -31,8 +31,8 @@
 # **Prerequisites:** 01 (when to fine-tune) and 02 (data and chat templates) help but are not required;
 # Python and basic PyTorch.
 #
-# **Time** (measured by `make course`, the whole notebook): 2.9 minutes on the `cpu` preset on a
-# 2-core CPU; the GPU presets have not been measured yet. The README lists the latest measurements.
+# **Time** (measured by `make course`, the whole notebook): see the README's table for the `cpu` preset
+# on a 2-core CPU; the GPU presets have not been measured yet.
 
 # %% [markdown]
 # ## Setup
