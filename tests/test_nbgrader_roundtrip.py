@@ -23,6 +23,7 @@ from conftest import check_stated_outcome
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from grade import grade, nbgrader  # noqa: E402
+from release import sources  # noqa: E402
 
 ASSIGNMENT = "03_sft"
 UNTRAINED_SETUP = "setup = SFTSetup(method='lora', max_steps=1, learning_rate=1e-6, batch_size=2)\n"
@@ -106,7 +107,7 @@ ROUND_TRIPS = {  # assignment -> (max points, grade cells that must score zero w
 
 def test_every_notebook_has_a_round_trip():
     """The round trip is where every notebook runs in full: none may be left out of the table."""
-    notebooks = {p.stem for p in ROOT.glob("solutions/[0-9][0-9]_*/*.ipynb") if p.stem == p.parent.name}
+    notebooks = {source.stem for source in sources()}
     assert set(ROUND_TRIPS) == notebooks, sorted(notebooks ^ set(ROUND_TRIPS))
 
 

@@ -16,10 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from conftest import check_stated_outcome  # noqa: E402
+from release import sources  # noqa: E402
 from run_course import score_notebook  # noqa: E402
 
-NOTEBOOKS = sorted(p for p in ROOT.glob("solutions/[0-9][0-9]_*/*.ipynb") if p.stem == p.parent.name)
-RELEASED = sorted(p for p in ROOT.glob("course/[0-9][0-9]_*/*.ipynb") if p.stem == p.parent.name)
+NOTEBOOKS = [source.with_suffix(".ipynb") for source in sources()]
+RELEASED = [ROOT / "course" / source.stem / f"{source.stem}.ipynb" for source in sources()]
 PAPERMILL_RUN = "01_when_to_fine_tune"
 
 
