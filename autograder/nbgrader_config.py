@@ -3,6 +3,8 @@
 Source notebooks are `solutions/NN_slug/NN_slug.ipynb`, releases go to `course/`. Paths can be
 redirected with environment variables so tests and `make grade` can work on other folders:
 FTCOURSE_COURSE_ROOT, FTCOURSE_SUBMISSIONS, FTCOURSE_AUTOGRADED, FTCOURSE_FEEDBACK, FTCOURSE_GRADEBOOK.
+Run it through `make grade` (scripts/grade.py): it checks the secret, sets up the isolation, stages each
+submission's notebook alone and grades each learner in a process of their own.
 """
 
 import os
@@ -27,37 +29,28 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Exercises train real models: cells may take minutes on a CPU.
+# `nbgrader validate` executes notebooks (autograde does not): cells may take minutes on a CPU.
 c.Execute.timeout = 900
 c.Execute.interrupt_on_timeout = True
 
 # A deleted or edited grade cell is restored from the gradebook.
 c.OverwriteCells.add_missing_cells = True
 
-# Outcome cells are decided outside the learner's kernel, after execution and before scores are saved.
+# Autograde does not execute the learner's notebook: no `Execute` step. Every graded cell's output is the
+# verdict of the course's grader process (ftcourse.grading), which reads the solution cells' sources, runs them
+# in child processes that return data only (as an unprivileged user when grading runs as root), trains the
+# outcome exercises itself from the learner's choices and evaluates what it trained on held-out data. The
+# exercises, their points and thresholds come from ftcourse/grading/registry.py.
 c.Autograde.autograde_preprocessors = [
-    "nbgrader.preprocessors.Execute",
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
-    "ftcourse.nbgrader_outcome.OutcomeVerdicts",
+    "ftcourse.grading.preprocessor.GraderVerdicts",
     "nbgrader.preprocessors.SaveAutoGrades",
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
-# Keyed by grade_id, kept here on the instructor side; never read from a submission.
-c.OutcomeVerdicts.checks = {
-    "decision_rules_tests": {"kind": "function", "exercise": "01_decision", "solution": "decision_rules"},
-    "plan_final_outcome": {"kind": "outcome", "exercise": "01_when_to_fine_tune"},
-    "cleaning_tests": {"kind": "function", "exercise": "02_cleaning", "solution": "cleaning_pipeline"},
-    "cleaned_final_outcome": {"kind": "outcome", "exercise": "02_data_and_tooling"},
-    "sft_label_mask_tests": {"kind": "function", "exercise": "03_label_mask", "solution": "sft_label_mask"},
-    "sft_final_outcome": {"kind": "outcome", "exercise": "03_sft"},
-    "lora_layer_tests": {"kind": "function", "exercise": "04_lora_layer", "solution": "lora_layer"},
-    "capstone_final_outcome": {"kind": "outcome", "exercise": "04_lora"},
-    "nf4_tests": {"kind": "function", "exercise": "05_nf4", "solution": "nf4_functions"},
-    "qlora_final_outcome": {"kind": "outcome", "exercise": "05_quantization_qlora"},
-}
+c.GraderVerdicts.timeout_s = int(os.environ.get("FTCOURSE_SUBMISSION_SECONDS", "3600"))
 
 # Feedback shows results, not the hidden tests' code.
 c.GenerateFeedback.preprocessors = [

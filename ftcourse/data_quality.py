@@ -3,7 +3,7 @@
 A raw dump is a JSONL file, one conversation per line: {"id": ..., "messages": [{"role", "content"}, ...]}.
 `make_raw_dump` writes one from clean examples and plants problems of six kinds (`PROBLEMS`), returning
 the label of every line, so a cleaning pipeline can be scored (`score_cleaning`). The course ships one
-dump (`assets/raw_chat_dump.jsonl`, public seed); the grader generates another from its own seed.
+dump (`ftcourse/data/raw_chat_dump.jsonl`, public seed); the grader generates another from its own seed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .tasks import Example
 PROBLEMS = ("malformed", "wrong_role", "too_long", "leaked", "duplicate", "near_duplicate")
 ROLES = ("system", "user", "assistant")
 DUMP_SEED = 77  # the shipped dump's seed; the grader's comes from $FTCOURSE_HELDOUT_SEED
-SHIPPED_DUMP = Path(__file__).resolve().parent.parent / "assets" / "raw_chat_dump.jsonl"
+SHIPPED_DUMP = Path(__file__).resolve().parent / "data" / "raw_chat_dump.jsonl"  # package data
 
 
 class DataError(ValueError):
@@ -272,6 +272,6 @@ def shipped_dump() -> tuple[list[str], list[str], list[Example]]:
 
 
 def write_shipped_dump() -> Path:
-    """Regenerate `assets/raw_chat_dump.jsonl` (the tests check it matches the generator)."""
+    """Regenerate `ftcourse/data/raw_chat_dump.jsonl` (the tests check it matches the generator)."""
     lines, _, _ = shipped_dump()
     return write_dump(SHIPPED_DUMP, lines)

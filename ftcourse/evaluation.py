@@ -15,6 +15,7 @@ def normalise_answer(text: str) -> str:
     return text.strip().splitlines()[0].strip() if text.strip() else ""
 
 
+FEW_SHOT_K = 3  # notebook 01's few-shot baseline: the first three training examples as earlier turns
 PLAIN_TEMPLATE = "Question: {}\nAnswer:"  # a format that is not the model's chat template (notebook 02)
 PROMPT_FORMATS = ("chat", "plain")
 

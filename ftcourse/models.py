@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -57,11 +58,46 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def embedded_model_dir() -> Path:
-    """Safetensors copy of the embedded model, converted from GGUF on first use (~15 s, then cached)."""
+# sha256 of every file the conversion writes (deterministic with the pinned versions; measured, and checked
+# by tests/test_models.py). The grader verifies them before it trusts a cached copy.
+EMBEDDED_SHA256 = {
+    "chat_template.jinja": "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788",
+    "config.json": "bbda0e24e550cdd5f51afeca3a19f3369b5ae76b784d139550b308654cd46502",
+    "generation_config.json": "371bbd21a2e8c8a48325aeaabfe0acff6e76c8fd7c08152c40fe956c96253965",
+    "model.safetensors": "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd",
+    "tokenizer.json": "bf346d64f6f0fbcefb4c1b6928a98241467dff36c6fbae5fe1785c4ff90667f4",
+    "tokenizer_config.json": "156c41a2e14e6e6bd4286c506c38ee883a78e0f5ce165ad9bf63fe73ebf9e974",
+}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def embedded_model_intact(folder: Path) -> bool:
+    """True when every converted file is present, a plain file, and has its pinned hash."""
+    return all((folder / name).is_file() and not (folder / name).is_symlink() and _sha256(folder / name) == digest
+               for name, digest in EMBEDDED_SHA256.items())
+
+
+def embedded_model_dir(verify: bool = False) -> Path:
+    """Safetensors copy of the embedded model, converted from GGUF on first use (~15 s, then cached).
+
+    `verify=True` (the grader) checks the cached files against their pinned hashes and converts again
+    when any differs: a cache somebody rewrote is replaced, never trusted.
+    """
     target = cache_root() / EMBEDDED_NAME
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        return target
+        if not verify or embedded_model_intact(target):
+            return target
+        print(f"The cached model in {target} does not match its pinned hashes: converting it again.", flush=True)
+        shutil.rmtree(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
@@ -71,10 +107,13 @@ def embedded_model_dir() -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF loader attaches a quantizer; the weights are already dequantised to fp32.
     model.hf_quantizer.remove_quantization_config(model)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target) if not target.exists() else None
+    if target.exists():  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(target)
     return target
 
 
@@ -102,7 +141,13 @@ def load_tokenizer(model: str = "embedded"):
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model))
+    folder = resolve_model_dir(model)
+    if model == "embedded":  # its class is known: skip AutoTokenizer's config imports (~4 s in a fresh process)
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -147,10 +192,13 @@ def load_model_and_tokenizer(model: str = "embedded", device: str = "cpu", seed:
     return load_model(model, device, seed), load_tokenizer(model)
 
 
-def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_compute_dtype: str | None = None):
+def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_compute_dtype: str | None = None,
+                       base: str | None = None):
     """Base model + a saved LoRA adapter, and the tokenizer saved beside it (or the base one).
 
     With `base_4bit_compute_dtype` the base is loaded in 4-bit NF4 (QLoRA's base), computing in that dtype.
+    With `base` (what the graders pass: the preset's model) the adapter goes onto that base with that base's
+    tokenizer, whatever its own files name.
     """
     import json
 
@@ -163,10 +211,13 @@ def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_c
             f"No adapter in {adapter_dir}: expected adapter_config.json there (save it with "
             "trainer.save_model(dir) or model.save_pretrained(dir))."
         )
-    base_name = json.loads(config_file.read_text()).get("base_model_name_or_path") or "embedded"
-    if base_name.rstrip("/").endswith(EMBEDDED_NAME):  # a cache path, possibly from another machine
-        base_name = "embedded"
-    tokenizer = load_tokenizer(str(adapter_dir) if (adapter_dir / "tokenizer.json").exists() else "embedded")
+    if base is not None:
+        base_name, tokenizer = base, load_tokenizer(base)
+    else:
+        base_name = json.loads(config_file.read_text()).get("base_model_name_or_path") or "embedded"
+        if base_name.rstrip("/").endswith(EMBEDDED_NAME):  # a cache path, possibly from another machine
+            base_name = "embedded"
+        tokenizer = load_tokenizer(str(adapter_dir) if (adapter_dir / "tokenizer.json").exists() else "embedded")
     if base_4bit_compute_dtype:
         return PeftModel.from_pretrained(load_quantized_model(base_name, base_4bit_compute_dtype), adapter_dir).eval(), tokenizer
     model = load_model(base_name, device)

@@ -1,17 +1,16 @@
 """Presets: one value moves a notebook from a 2-core CPU to a GPU.
 
 Every size, step count, batch and dtype a notebook uses comes from a `Preset`. A notebook sets
-`PRESET = "auto"` in its papermill `parameters` cell; the environment variable `FTCOURSE_PRESET`
-overrides it, so nbgrader's autograde (which cannot pass papermill parameters) can choose too.
+`PRESET = "auto"` in its papermill `parameters` cell and passes its preset explicitly to everything it
+calls, the grader included. Under autograde the grader reads the submission's `PRESET`; an instructor's
+`$FTCOURSE_PRESET` wins there (`ftcourse.grading.preprocessor.choose_preset`), and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
-PRESET_ENV = "FTCOURSE_PRESET"
 PRESET_NAMES = ("auto", "cpu", "t4", "a100")
 
 
@@ -40,6 +39,11 @@ class Preset:
     def autocast_dtype(self) -> str | None:
         """The dtype name autocast computes in, or None in fp32."""
         return "bfloat16" if self.bf16 else "float16" if self.fp16 else None
+
+    @property
+    def compute_dtype(self) -> str:
+        """What a 4-bit (QLoRA) base computes in on this preset: its autocast dtype, else float32."""
+        return self.autocast_dtype or "float32"
 
     def autocast(self):
         """The autocast context the preset trains and evaluates under (a no-op in fp32)."""
@@ -109,14 +113,10 @@ def auto_preset_name() -> str:
 
 
 def get_preset(name: str = "auto") -> Preset:
-    """Resolve a preset name; `FTCOURSE_PRESET` in the environment wins over the argument."""
-    chosen = os.environ.get(PRESET_ENV, "").strip() or name
-    chosen = chosen.lower()
+    """The preset called `name`; "auto" picks one from the hardware."""
+    chosen = str(name).strip().lower()
     if chosen not in PRESET_NAMES:
-        raise ValueError(
-            f"Unknown preset {chosen!r} (from {'$' + PRESET_ENV if os.environ.get(PRESET_ENV) else 'PRESET'}); "
-            f"expected one of {', '.join(PRESET_NAMES)}."
-        )
+        raise ValueError(f"Unknown preset {name!r}; expected one of {', '.join(PRESET_NAMES)}.")
     if chosen == "auto":
         chosen = auto_preset_name()
     return {"cpu": _cpu, "t4": _t4, "a100": _a100}[chosen]()

@@ -1,6 +1,6 @@
 """The general-capability probe: does a fine-tune keep what the model already knew?
 
-Two measurements, both on material written for this course and shipped in `assets/`:
+Two measurements, both on material written for this course and shipped as package data (`ftcourse/data/`):
 multiple-choice accuracy (each choice scored by its log-likelihood after the question), and
 perplexity on a general English text. A fine-tune that damages general capability moves both.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .evaluation import continuation_logprobs, perplexity
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the course's shipped data
+ASSETS = Path(__file__).resolve().parent / "data"  # the course's shipped data, installed with the package
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,38 @@
-"""Shared fixtures: the embedded model loads once per test session (0.2 s after the first conversion)."""
+"""Shared fixtures: the embedded model loads once per test session (0.2 s after the first conversion).
+
+The tests opt in to the public test seed explicitly: held-out grading has no default secret.
+"""
 
 import os
 import warnings
 
 import pytest
 
+from ftcourse.grading.secret import public_test_env
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.update(public_test_env())
 warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="session")
+def learner_runtime():
+    """What `make grade` prepares for learner code: the non-editable install and a cache the learner user can read.
+
+    As root, learner code runs as the unprivileged learner user; the tests allow it passage (o+x) to the
+    interpreter if a folder on the way is closed (CI's checkout may sit in a private home folder).
+    """
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import grade
+
+    env = grade.learner_runtime()
+    os.environ["FTCOURSE_GRANT_TRAVERSE"] = "1"
+    os.environ.update(env)
+    grade.preflight(env)
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -21,20 +47,36 @@ def tokenizer(model_and_tokenizer):
     return model_and_tokenizer[1]
 
 
-def solution_cell(slug: str, grade_id: str) -> dict:
-    """Execute a notebook's solution cell (from its jupytext source) on its own; return its namespace.
-
-    This is how the graders run a learner's cell, so the reference solution is tested the same way.
-    """
+def solution_sources(slug: str) -> dict[str, str]:
+    """{grade_id: source} of a notebook's solution cells, from its jupytext source."""
     from pathlib import Path
 
     import jupytext
 
     source = Path(__file__).resolve().parent.parent / "solutions" / slug / f"{slug}.py"
-    cell = next(c for c in jupytext.read(source).cells
-                if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in jupytext.read(source).cells
+            if c.metadata.get("nbgrader", {}).get("solution")}
+
+
+def released_sources(slug: str) -> dict[str, str]:
+    """{grade_id: source} of the released notebook's solution cells: what a learner starts from."""
+    from pathlib import Path
+
+    import nbformat
+
+    from ftcourse.grading.preprocessor import solution_sources as sources
+
+    path = Path(__file__).resolve().parent.parent / "course" / slug / f"{slug}.ipynb"
+    return sources(nbformat.read(path, as_version=4))
+
+
+def solution_cell(slug: str, grade_id: str) -> dict:
+    """Execute a notebook's solution cell (from its jupytext source) on its own; return its namespace.
+
+    This is how the graders run a learner's cell, so the reference solution is tested the same way.
+    """
     namespace: dict = {"__name__": "__solution__"}
-    exec(compile(cell.source, f"<{slug}:{grade_id}>", "exec"), namespace)
+    exec(compile(solution_sources(slug)[grade_id], f"<{slug}:{grade_id}>", "exec"), namespace)
     return namespace
 
 

@@ -7,8 +7,14 @@ import pytest
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, DataError, char_ngrams, jaccard, make_raw_dump,
                                    normalize_text, parse_chat_row, score_cleaning, shipped_dump)
 from conftest import solution_cell
-from ftcourse.function_checks import check_clean_dump, hidden_dump
+from ftcourse.grading import check_in_kernel
+from ftcourse.grading.checks import hidden_dump
+from ftcourse.presets import get_preset
 from ftcourse.tasks import number_task_splits, number_words
+
+
+def check_clean_dump(clean_dump):
+    return check_in_kernel("cleaning_tests", get_preset("cpu"), {"clean_dump": clean_dump})
 
 
 def test_shipped_dump_is_what_the_generator_writes():
@@ -76,7 +82,7 @@ def test_the_notebook_solution_scores_perfectly_on_the_shipped_dump_and_passes_t
     kept, flags = clean_dump(lines, tests, tokenizer, 128)
     score = score_cleaning(flags, labels)
     assert score["precision"] == score["recall"] == 1.0 and len(kept) == labels.count("ok")
-    assert "passes" in check_clean_dump(clean_dump, tokenizer)
+    assert check_clean_dump(clean_dump).passed
 
 
 def test_a_parse_only_pipeline_fails_and_names_what_it_missed(tokenizer):
@@ -92,12 +98,12 @@ def test_a_parse_only_pipeline_fails_and_names_what_it_missed(tokenizer):
         return kept, flags
 
     with pytest.raises(AssertionError, match="recall of leaked 0.00.*recall of duplicate 0.00"):
-        check_clean_dump(parse_only, tokenizer)
+        check_clean_dump(parse_only)
 
 
 def test_flagging_everything_fails_on_precision(tokenizer):
     with pytest.raises(AssertionError, match="precision"):
-        check_clean_dump(lambda lines, *a: ([], {i: "malformed" for i in range(len(lines))}), tokenizer)
+        check_clean_dump(lambda lines, *a: ([], {i: "malformed" for i in range(len(lines))}))
 
 
 def test_score_rejects_rows_outside_the_dump():

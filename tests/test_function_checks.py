@@ -1,11 +1,16 @@
-import json
-import subprocess
-import sys
+"""Function exercises: the grader's inputs and comparison, with the learner's function in this process
+(`check_in_kernel`, as a solution notebook's hidden test) and in a child process (as under autograde)."""
 
 import pytest
 
-from ftcourse.function_checks import check_label_mask
+from conftest import released_sources, solution_sources
+from ftcourse.grading import check_in_kernel, registry
+from ftcourse.grading.checks import run_check
+from ftcourse.grading.learner import Cells, call
+from ftcourse.grading.secret import heldout_seed
+from ftcourse.presets import get_preset
 
+CPU = get_preset("cpu")
 REFERENCE = '''
 def build_chat_labels(tokenizer, prompt, answer):
     user = [{"role": "user", "content": prompt}]
@@ -16,52 +21,52 @@ def build_chat_labels(tokenizer, prompt, answer):
 
 
 def _define(source):
-    ns = {}
-    exec(source, ns)
-    return ns["build_chat_labels"]
+    namespace = {}
+    exec(source, namespace)
+    return namespace
 
 
-def test_reference_matches_trl(tokenizer):
-    assert "matches TRL" in check_label_mask(_define(REFERENCE), tokenizer=tokenizer)
+def test_reference_matches_trl():
+    assert check_in_kernel("sft_label_mask_tests", CPU, _define(REFERENCE)).passed
 
 
-def test_unmasked_labels_fail_with_position(tokenizer):
+def test_unmasked_labels_fail_with_position():
     wrong = REFERENCE.replace("[-100] * len(p) + list(ids[len(p):])", "list(ids)")
     with pytest.raises(AssertionError, match="labels differs first at position 0"):
-        check_label_mask(_define(wrong), tokenizer=tokenizer)
+        check_in_kernel("sft_label_mask_tests", CPU, _define(wrong))
 
 
-def test_mask_that_drops_end_of_turn_fails(tokenizer):
+def test_mask_that_drops_end_of_turn_fails():
     wrong = REFERENCE.replace("list(ids[len(p):])", "list(ids[len(p):-2]) + [-100, -100]")
     with pytest.raises(AssertionError, match="labels differs"):
-        check_label_mask(_define(wrong), tokenizer=tokenizer)
+        check_in_kernel("sft_label_mask_tests", CPU, _define(wrong))
 
 
-@pytest.mark.parametrize("source,passed", [(REFERENCE, True), ("def build_chat_labels(t, p, a):\n    raise NotImplementedError()", False),
-                                           ("x = 1", False)])
-def test_out_of_kernel_check_runs_the_cell_source(source, passed):
-    proc = subprocess.run([sys.executable, "-I", "-m", "ftcourse.function_checks"], capture_output=True, text=True,
-                          input=json.dumps({"exercise": "03_label_mask", "source": source}), timeout=600)
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("FTCOURSE-VERDICT "))
-    assert json.loads(line.split(" ", 1)[1])["passed"] is passed
+def _through_a_child(grade_id: str, sources: dict):
+    exercise = registry.exercise(grade_id)
+    cells = Cells(sources, "cpu", 0)
+    return run_check(exercise, CPU, heldout_seed(), lambda op, inputs, secret_inputs: call(
+        cells, exercise.solutions, op, inputs, exercise.provides, secret_inputs))
 
 
-def _solution_source(slug, grade_id):
-    from pathlib import Path
+@pytest.mark.parametrize("source,passed", [
+    (REFERENCE, True),
+    ("def build_chat_labels(t, p, a):\n    raise NotImplementedError()", False),
+    ("x = 1", False),
+])
+def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner_runtime):
+    verdict = _through_a_child("sft_label_mask_tests", {"sft_label_mask": source})
+    assert verdict.passed is passed, verdict
+    if source == "x = 1":
+        assert "does not define build_chat_labels" in verdict.message
 
-    import jupytext
 
-    source = Path(__file__).resolve().parent.parent / "solutions" / slug / f"{slug}.py"
-    return next(c.source for c in jupytext.read(source).cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-
-
-@pytest.mark.parametrize("exercise,slug,grade_id", [("04_lora_layer", "04_lora", "lora_layer"),
-                                                    ("05_nf4", "05_quantization_qlora", "nf4_functions")])
-def test_out_of_kernel_checks_of_04_and_05(exercise, slug, grade_id):
-    reference = _solution_source(slug, grade_id)
-    stub = reference.split("### BEGIN SOLUTION")[0] + "        raise NotImplementedError()\n"
-    for source, passed in ((reference, True), (stub, False)):
-        proc = subprocess.run([sys.executable, "-I", "-m", "ftcourse.function_checks"], capture_output=True, text=True,
-                              input=json.dumps({"exercise": exercise, "source": source}), timeout=600)
-        line = next(l for l in proc.stdout.splitlines() if l.startswith("FTCOURSE-VERDICT "))
-        assert json.loads(line.split(" ", 1)[1])["passed"] is passed, (exercise, passed, line)
+@pytest.mark.parametrize("grade_id,slug", [("lora_layer_tests", "04_lora"), ("nf4_tests", "05_quantization_qlora"),
+                                           ("decision_rules_tests", "01_when_to_fine_tune")])
+def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
+    (solution_id,) = registry.exercise(grade_id).solutions
+    reference = solution_sources(slug)[solution_id]
+    stub = released_sources(slug)[solution_id]  # what nbgrader hands out: the solution cleared to a stub
+    assert _through_a_child(grade_id, {solution_id: reference}).passed
+    failed = _through_a_child(grade_id, {solution_id: stub})
+    assert not failed.passed and "NotImplementedError" in failed.message, failed

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ftcourse import labs, quantization
-from ftcourse.function_checks import check_nf4
+from ftcourse.grading import check_in_kernel
+from ftcourse.presets import get_preset
 
 from conftest import solution_cell
 
@@ -57,8 +58,13 @@ def reference_nf4():
     return ns["nf4_quantize"], ns["nf4_dequantize"]
 
 
+def check_nf4(quantize, dequantize):
+    return check_in_kernel("nf4_tests", get_preset("cpu"), {"nf4_quantize": quantize, "nf4_dequantize": dequantize})
+
+
 def test_reference_nf4_matches_bitsandbytes(reference_nf4):
-    assert "matches bitsandbytes" in check_nf4(*reference_nf4)
+    verdict = check_nf4(*reference_nf4)
+    assert verdict.passed and verdict.metrics["index_agreement"] >= 0.999
 
 
 def test_nf4_without_partial_block_fails_with_counts(reference_nf4):
@@ -84,7 +90,7 @@ def test_nf4_rounding_down_fails_on_indices(reference_nf4):
         below = (torch.bucketize(blocks, code, right=True) - 1).clamp(0, 15)  # the level below, not the nearest
         return below.reshape(-1)[:flat.numel()].to(torch.uint8), absmax
 
-    with pytest.raises(AssertionError, match="code indices equal"):
+    with pytest.raises(AssertionError, match="of indices equal bitsandbytes'"):
         check_nf4(floor_levels, dequantize)
 
 

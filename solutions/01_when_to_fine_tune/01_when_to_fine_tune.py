@@ -67,7 +67,8 @@ from ftcourse.decision import APPROACHES, Scenario
 from ftcourse.estimator import (SAVED_PER_LAYER, METHODS, ModelShape, TrainingPlan, build_model_for_plan,
                                 compare_estimate, estimate_memory, estimate_step_seconds, fits, known_shape,
                                 measure_matmul_flops, measure_training_memory, save_plan)
-from ftcourse.grading import FEW_SHOT_K, SPECS, artifact_dir, assert_outcome, self_check
+from ftcourse.evaluation import FEW_SHOT_K
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
@@ -239,11 +240,8 @@ print(f"\n{sum(r['expected'] == r['yours'] for r in check_rows)} of {len(check_r
 # %% nbgrader={"grade": true, "grade_id": "decision_rules_tests", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests apply choose_approach to scenarios you have not seen.
 ### BEGIN HIDDEN TESTS
-from ftcourse.function_checks import check_choose_approach
-
 with quiet():
-    _message = check_choose_approach(choose_approach)
-print(_message)
+    check_in_kernel("decision_rules_tests", preset, globals())
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -358,8 +356,7 @@ print(f"matmul throughput {flops_per_s / 1e9:.0f} GFLOP/s ({preset.autocast_dtyp
 shutil.rmtree(artifact_dir("01_when_to_fine_tune"), ignore_errors=True)  # grade only what this run trains
 print(f"longest training example: {longest} tokens; memory budget on preset {preset.name!r}: "
       f"{preset.memory_budget_gb} GB; step budget: {preset.step_budget} steps")
-for name, (cmp, value) in SPECS["01_when_to_fine_tune"].thresholds.items():
-    print(f"  {name} {cmp} {getattr(preset, value) if isinstance(value, str) else value}")
+print_exercise("plan_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "plan_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -396,13 +393,13 @@ print(f"\nstep time: estimated {estimated_step_seconds:.2f} s, measured {step_se
 # Self-check on the public validation split (the same grader, in a separate process):
 
 # %%
-verdict = self_check("01_when_to_fine_tune")
+verdict = self_check("01_when_to_fine_tune", preset)
 
 # %% nbgrader={"grade": true, "grade_id": "plan_final_outcome", "locked": true, "points": 6, "schema_version": 3, "solution": false, "task": false}
 # Hidden test: the same grader on the held-out split, in a separate process.
 ### BEGIN HIDDEN TESTS
 with quiet():
-    assert_outcome("01_when_to_fine_tune")
+    assert_outcome("01_when_to_fine_tune", preset)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -69,7 +69,7 @@ from ftcourse import evaluation, plots
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, SHIPPED_POOL, DataError, char_ngrams, jaccard,
                                    normalize_text, parse_chat_row, prompt_and_answer, score_cleaning,
                                    shipped_dump)
-from ftcourse.grading import SPECS, artifact_dir, assert_outcome, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
@@ -353,11 +353,8 @@ print(f"\nkept {len(kept_rows)} of {len(lines)} rows; precision {score['precisio
 # %% nbgrader={"grade": true, "grade_id": "cleaning_tests", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests run clean_dump on a dump generated at grading time.
 ### BEGIN HIDDEN TESTS
-from ftcourse.function_checks import check_clean_dump
-
 with quiet():
-    _message = check_clean_dump(clean_dump, tokenizer=tokenizer, max_tokens=preset.max_length)
-print(_message)
+    check_in_kernel("cleaning_tests", preset, globals())
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -413,8 +410,7 @@ print(plots.table([{"part": name, "exact_match": leaky_scores[name], "answer los
 shutil.rmtree(artifact_dir("02_data_and_tooling"), ignore_errors=True)  # grade only what this run trains
 print(f"{len(kept_rows)} clean rows; one epoch at batch {preset.batch_size} is {-(-len(kept_rows) // preset.batch_size)} "
       f"steps; step budget {preset.step_budget}")
-for name, (cmp, value) in SPECS["02_data_and_tooling"].thresholds.items():
-    print(f"  {name} {cmp} {getattr(preset, value) if isinstance(value, str) else value}")
+print_exercise("cleaned_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "cleaned_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -433,13 +429,13 @@ plots.loss_curves({"cleaned data": result.losses}, "Your fine-tune");
 # Self-check on the public validation split (the same grader, in a separate process):
 
 # %%
-verdict = self_check("02_data_and_tooling")
+verdict = self_check("02_data_and_tooling", preset)
 
 # %% nbgrader={"grade": true, "grade_id": "cleaned_final_outcome", "locked": true, "points": 5, "schema_version": 3, "solution": false, "task": false}
 # Hidden test: the same grader on the held-out split, in a separate process.
 ### BEGIN HIDDEN TESTS
 with quiet():
-    assert_outcome("02_data_and_tooling")
+    assert_outcome("02_data_and_tooling", preset)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -61,7 +61,7 @@ SEED = 0
 import shutil
 
 from ftcourse import evaluation, plots
-from ftcourse.grading import artifact_dir, assert_outcome, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer, load_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
@@ -160,11 +160,8 @@ assert len(ids) == len(labels), "input_ids and labels must have the same length"
 # %% nbgrader={"grade": true, "grade_id": "sft_label_mask_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests compare build_chat_labels with TRL's masking on unseen examples.
 ### BEGIN HIDDEN TESTS
-from ftcourse.function_checks import check_label_mask
-
 with quiet():
-    _message = check_label_mask(build_chat_labels, tokenizer=tokenizer)
-print(_message)
+    check_in_kernel("sft_label_mask_tests", preset, globals())
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -276,12 +273,8 @@ print(f"\nprobe accuracy {base_probe.accuracy:.3f} -> {full_probe.accuracy:.3f} 
 # Hints: the layout comparison and the forgetting demo above contain everything you need.
 
 # %%
-from ftcourse.grading import SPECS
-
 shutil.rmtree(artifact_dir("03_sft"), ignore_errors=True)  # grade only what this run trains
-print(f"step budget on preset {preset.name!r}: {preset.step_budget} optimizer steps")
-for name, (cmp, value) in SPECS["03_sft"].thresholds.items():
-    print(f"  {name} {cmp} {preset.step_budget if value == 'step_budget' else value}")
+print_exercise("sft_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "sft_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -306,13 +299,13 @@ plots.loss_curves({f"{setup.method}, lr {setup.learning_rate:g}": result.losses}
 # Self-check on the public validation split (the same grader, in a separate process):
 
 # %%
-verdict = self_check("03_sft")
+verdict = self_check("03_sft", preset)
 
 # %% nbgrader={"grade": true, "grade_id": "sft_final_outcome", "locked": true, "points": 6, "schema_version": 3, "solution": false, "task": false}
 # Hidden test: the same grader on the held-out split, in a separate process.
 ### BEGIN HIDDEN TESTS
 with quiet():
-    assert_outcome("03_sft")
+    assert_outcome("03_sft", preset)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -66,7 +66,7 @@ import torch
 from ftcourse import evaluation, labs, lora, plots
 from ftcourse.capstone import MIN_TRAIN_EXAMPLES, capstone_splits, max_answer_tokens, save_capstone, task_report
 from ftcourse.estimator import ALL_LINEAR, ModelShape, lora_param_count
-from ftcourse.grading import SPECS, artifact_dir, assert_outcome, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
@@ -146,11 +146,8 @@ assert comparison.ok(), "Your layer differs from PEFT's: read the differences ab
 # %% nbgrader={"grade": true, "grade_id": "lora_layer_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests compare LoRALinear with PEFT's layer on other shapes, ranks and alphas.
 ### BEGIN HIDDEN TESTS
-from ftcourse.function_checks import check_lora_layer
-
 with quiet():
-    _message = check_lora_layer(LoRALinear)
-print(_message)
+    check_in_kernel("lora_layer_tests", preset, globals())
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -351,6 +348,7 @@ def make_example(rng):
 # split is disjoint from training the way the held-out one will be), and what the base model does with it.
 
 # %%
+print_exercise("capstone_final_outcome", preset)
 capstone = capstone_splits(make_example, MIN_TRAIN_EXAMPLES, preset.n_eval)
 validation = capstone["validation"]
 report = task_report(capstone["train"])
@@ -386,13 +384,13 @@ plots.loss_curves({"capstone": capstone_result.losses}, "Your capstone fine-tune
 # Self-check on the public validation split (the same grader, in a separate process):
 
 # %%
-verdict = self_check("04_lora")
+verdict = self_check("04_lora", preset)
 
 # %% nbgrader={"grade": true, "grade_id": "capstone_final_outcome", "locked": true, "points": 8, "schema_version": 3, "solution": false, "task": false}
 # Hidden test: the same grader on held-out examples drawn from your generator with the grader's seed.
 ### BEGIN HIDDEN TESTS
 with quiet():
-    assert_outcome("04_lora")
+    assert_outcome("04_lora", preset)
 ### END HIDDEN TESTS
 
 # %% [markdown]

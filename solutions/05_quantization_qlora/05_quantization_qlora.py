@@ -66,7 +66,7 @@ import torch
 from ftcourse import evaluation, labs, plots, quantization
 from ftcourse.estimator import (ModelShape, TrainingPlan, build_model_for_plan, compare_estimate, estimate_memory,
                                 known_shape, measure_training_memory)
-from ftcourse.grading import SPECS, artifact_dir, assert_outcome, qlora_compute_dtype, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model_and_tokenizer, load_quantized_model
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
@@ -226,11 +226,8 @@ assert index_agreement >= 0.999, "Your indices differ from bitsandbytes': check 
 # %% nbgrader={"grade": true, "grade_id": "nf4_tests", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests compare your NF4 with bitsandbytes on fresh tensors.
 ### BEGIN HIDDEN TESTS
-from ftcourse.function_checks import check_nf4
-
 with quiet():
-    _message = check_nf4(nf4_quantize, nf4_dequantize)
-print(_message)
+    check_in_kernel("nf4_tests", preset, globals())
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -344,10 +341,8 @@ print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, 
 
 # %%
 shutil.rmtree(artifact_dir("05_quantization_qlora"), ignore_errors=True)  # grade only what this run trains
-print(f"step budget on preset {preset.name!r}: {preset.step_budget} optimizer steps")
-for name, (cmp, value) in SPECS["05_quantization_qlora"].thresholds.items():
-    print(f"  {name} {cmp} {preset.step_budget if value == 'step_budget' else value}")
-base_4bit = load_quantized_model(preset.model, qlora_compute_dtype(preset), seed=SEED)
+print_exercise("qlora_final_outcome", preset)
+base_4bit = load_quantized_model(preset.model, preset.compute_dtype, seed=SEED)
 
 # %% nbgrader={"grade": false, "grade_id": "qlora_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -367,13 +362,13 @@ plots.loss_curves({"QLoRA": qlora_result.losses}, "Your QLoRA fine-tune");
 # Self-check on the public validation split (the same grader, adapter on the 4-bit base, in a separate process):
 
 # %%
-verdict = self_check("05_quantization_qlora")
+verdict = self_check("05_quantization_qlora", preset)
 
 # %% nbgrader={"grade": true, "grade_id": "qlora_final_outcome", "locked": true, "points": 6, "schema_version": 3, "solution": false, "task": false}
 # Hidden test: the same grader on the held-out split, adapter on the 4-bit base, in a separate process.
 ### BEGIN HIDDEN TESTS
 with quiet():
-    assert_outcome("05_quantization_qlora")
+    assert_outcome("05_quantization_qlora", preset)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -1,0 +1,70 @@
+"""The artifacts contract: what an outcome exercise saves, where, and how a grader reads it safely.
+
+An exercise saves to `artifacts/<notebook>/` beside the notebook: `adapter/` (PEFT's files and the
+tokenizer), `training.json` (the run's record) and, per exercise, `plan.json` (01), `task.py` and
+`train.jsonl` (04). The learner's kernel writes them for its self-check; under autograde the grader
+writes its own, from the learner's choices, and never reads the kernel's. Reading is defensive all the
+same: no symbolic links, bounded sizes, JSON checked field by field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+ARTIFACTS_DIRNAME = "artifacts"
+MAX_TREE_BYTES = 1_000_000_000  # an adapter of this course is < 100 MB; a tree over 1 GB is not an adapter
+MAX_JSON_BYTES = 10_000_000
+
+
+class ArtifactError(ValueError):
+    """An artifact folder that breaks the contract; the message says what to do."""
+
+
+def artifact_dir(notebook: str, root: str | Path | None = None) -> Path:
+    """The known folder where a notebook's outcome exercise saves what it trained: `<root>/artifacts/<notebook>`."""
+    from .registry import outcome_exercise
+
+    outcome_exercise(notebook)  # a clear error for a notebook without one
+    return Path(root or Path.cwd()) / ARTIFACTS_DIRNAME / notebook
+
+
+def check_tree(folder: Path) -> None:
+    """Refuse a folder that holds symbolic links or special files, or is larger than any adapter."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                raise ArtifactError(f"{path} is a symbolic link; artifacts must be plain files written by the exercise.")
+            if name in filenames and not path.is_file():
+                raise ArtifactError(f"{path} is not a plain file.")
+            if name in filenames:
+                total += path.stat().st_size
+        if total > MAX_TREE_BYTES:
+            raise ArtifactError(f"{folder} holds over {MAX_TREE_BYTES / 1e9:.0f} GB; an adapter of this course is far smaller.")
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a plain file of bounded size."""
+    if path.is_symlink() or not path.is_file():
+        raise ArtifactError(f"{what}: {path.name} is missing or not a plain file.")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ArtifactError(f"{what}: {path.name} is larger than {MAX_JSON_BYTES // 10**6} MB.")
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{what}: {path.name} is not JSON ({error}).") from None
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{what}: {path.name} must hold a JSON object.")
+    return value
+
+
+def recorded_steps(artifacts: Path) -> int:
+    """Optimizer steps from the run's training.json; a missing or unreadable record counts as over any budget."""
+    try:
+        steps = read_json(artifacts / "training.json", "training record").get("steps")
+    except ArtifactError:
+        return 10**9
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else 10**9

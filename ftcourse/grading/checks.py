@@ -1,0 +1,399 @@
+"""Function exercises, the deciding side: the grader's inputs, and its comparison with the library.
+
+Each check builds inputs the learner has never seen (from a seed derived from the instructor's secret),
+keeps its answer key on its own side, sends only the inputs to the learner's code (a child process, or
+the kernel for the instructor's own run of a solution notebook) and compares the data that comes back
+with what the library computes here: TRL's labels, PEFT's LoRA layer, bitsandbytes' NF4, the dump's
+planted labels, the decision guide's answers by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+
+from . import secret as secrets_
+from .learner import LearnerCodeError, expect
+from .registry import Exercise
+from .verdict import Verdict, failed, judge
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionCheck:
+    """How one function exercise is checked."""
+
+    op: str  # the child operation that calls the learner's function (ftcourse.grading.child.OPS)
+    secret_inputs: bool  # inputs are hidden test data: a learner exception's text is not shown
+    inputs: Callable  # (preset, secret) -> (inputs sent to the learner's code, answer key kept here)
+    judge: Callable  # (exercise, preset, inputs, key, data) -> Verdict
+
+
+# ---------------------------------------------------------------- 1.1: the decision guide
+
+GPU_SIZES = (4, 6, 8, 12, 16, 24, 40, 48, 80, 141)
+N_BOUNDARY = {"few": (0, 1, 12, 40, 150, 199), "some": (200, 201, 900, 2_000, 5_000, 9_999),
+              "many": (10_000, 10_001, 30_000, 50_000, 250_000)}
+
+
+def _fits_table() -> dict:
+    from ..decision import Scenario, method_fits
+    from ..estimator import KNOWN_SHAPES
+
+    return {(model, gpu): {m: method_fits(Scenario("", model=model, gpu_gb=gpu), m) for m in ("full", "lora", "qlora")}
+            for model in KNOWN_SHAPES for gpu in GPU_SIZES}
+
+
+def _hardware(rng: random.Random, table: dict, want: Callable) -> dict:
+    choices = sorted(key for key, fits in table.items() if want(fits))
+    model, gpu = rng.choice(choices)
+    return {"model": model, "gpu_gb": gpu}
+
+
+def decision_case(rule: int, rng: random.Random, table: dict) -> tuple[dict, str]:
+    """A scenario whose first applicable rule of the guide (notebook 01, §3) is `rule`, and that rule's answer.
+
+    Built by construction, not by a solver: every earlier rule is made false, the target rule true, and
+    the fields of later rules are random, so the order of the rules is tested too.
+    """
+    coin = lambda: rng.random() < 0.5  # noqa: E731
+    f = {"prompting_meets_target": False, "needs_fresh_knowledge": False, "wants_smaller_model": coin(),
+         "teacher_available": coin(), "has_verifiable_reward": coin(), "has_preference_pairs": coin(),
+         "n_demonstrations": rng.choice(N_BOUNDARY[rng.choice(["few", "some", "many"])]),
+         **_hardware(rng, table, lambda fits: True)}
+    if rule == 1:
+        return f | {"prompting_meets_target": True, "needs_fresh_knowledge": coin()}, "prompting"
+    if rule == 2:
+        return f | {"needs_fresh_knowledge": True}, "retrieval"
+    if rule == 3:
+        return f | {"wants_smaller_model": True, "teacher_available": True}, "distillation"
+    not_distillation = rng.choice([(False, False), (True, False), (False, True)])
+    f |= {"wants_smaller_model": not_distillation[0], "teacher_available": not_distillation[1]}
+    if rule == 4:
+        return f | {"has_verifiable_reward": True, "n_demonstrations": rng.choice(N_BOUNDARY["few"])}, "grpo"
+    if rule == 5:
+        if f["has_verifiable_reward"]:  # rule 4 must not apply first
+            f["n_demonstrations"] = rng.choice(N_BOUNDARY["some"] + N_BOUNDARY["many"])
+        return f | {"has_preference_pairs": True}, "dpo"
+    f |= {"has_preference_pairs": False}
+    if rule == 6:
+        return f | {"has_verifiable_reward": False, "n_demonstrations": rng.choice(N_BOUNDARY["few"])}, "dont_fine_tune"
+    many = rng.choice(N_BOUNDARY["many"])
+    some = rng.choice(N_BOUNDARY["some"])
+    if rule == 7:
+        return f | {"n_demonstrations": many, **_hardware(rng, table, lambda x: x["full"])}, "sft"
+    if rule == 8:
+        if coin():  # enough data for full, but full does not fit
+            return f | {"n_demonstrations": many, **_hardware(rng, table, lambda x: x["lora"] and not x["full"])}, "lora"
+        return f | {"n_demonstrations": some, **_hardware(rng, table, lambda x: x["lora"])}, "lora"
+    n = rng.choice([many, some])
+    if rule == 9:
+        return f | {"n_demonstrations": n, **_hardware(rng, table, lambda x: x["qlora"] and not x["lora"])}, "qlora"
+    if rule == 10:
+        return f | {"n_demonstrations": n, **_hardware(rng, table, lambda x: not any(x.values()))}, "dont_fine_tune"
+    raise ValueError(f"The guide has rules 1-10, got {rule}.")
+
+
+def decision_cases(seed: int, n_extra: int = 10) -> tuple[list[dict], list[tuple[int, str]]]:
+    """Every rule once and `n_extra` more, shuffled: (scenario fields, [(rule, answer)])."""
+    rng = random.Random(seed)
+    table = _fits_table()
+    rules = list(range(1, 11)) + [rng.randint(1, 10) for _ in range(n_extra)]
+    rng.shuffle(rules)
+    scenarios, key = [], []
+    for i, rule in enumerate(rules):
+        fields, answer = decision_case(rule, rng, table)
+        scenarios.append({"description": f"unseen scenario {i + 1}", **fields})
+        key.append((rule, answer))
+    return scenarios, key
+
+
+def _decision_inputs(preset, secret):
+    scenarios, key = decision_cases(secrets_.derived_seed("01_when_to_fine_tune/scenarios", secret))
+    return {"scenarios": scenarios}, key
+
+
+def _decision_judge(exercise, preset, inputs, key, answers) -> Verdict:
+    expect(isinstance(answers, list) and len(answers) == len(key), "choose_approach gave no answer for every scenario.")
+    wrong_rules = sorted({rule for (rule, want), got in zip(key, answers) if got != want})
+    share = 1 - sum(got != want for (_, want), got in zip(key, answers)) / len(key)
+    verdict = judge(exercise, "-", {"share_agreeing": share, "scenarios": len(key)}, preset)
+    if wrong_rules:  # which rules, not which scenarios: the scenarios stay hidden
+        verdict.message = (f"{round((1 - share) * len(key))} of {len(key)} unseen scenarios differ from the guide; "
+                           f"they are scenarios where rule {', '.join(map(str, wrong_rules))} of the table applies "
+                           "first. " + verdict.message)
+    return verdict
+
+
+# ---------------------------------------------------------------- 2.1: the cleaning pipeline
+
+def hidden_dump(seed: int):
+    """The grader's raw dump: other examples, other test items, other variants of each problem."""
+    from ..data_quality import DumpRecipe, make_raw_dump
+    from ..tasks import make_number_examples
+
+    examples = make_number_examples(520, seed + 1)
+    tests = [e for e in make_number_examples(120, seed + 2) if e.answer not in {x.answer for x in examples}][:48]
+    lines, labels = make_raw_dump(examples, tests, seed, DumpRecipe(), hidden=True)
+    return lines, labels, tests
+
+
+def _cleaning_inputs(preset, secret):
+    lines, labels, tests = hidden_dump(secrets_.derived_seed("02_data_and_tooling/dump", secret))
+    return {"lines": lines, "tests": [[e.prompt, e.answer] for e in tests], "max_tokens": preset.max_length}, labels
+
+
+def _cleaning_judge(exercise, preset, inputs, labels, data) -> Verdict:
+    from ..data_quality import PROBLEMS, score_cleaning
+
+    expect(isinstance(data, dict) and isinstance(data.get("flags"), dict), "clean_dump returned no flags.")
+    n = len(inputs["lines"])
+    flags = {}
+    for index, problem in data["flags"].items():
+        expect(index.lstrip("-").isdigit() and 0 <= int(index) < n, f"flags has the row index {index!r}, not a row of the dump.")
+        flags[int(index)] = problem
+    score = score_cleaning(flags, labels)
+    metrics = {"precision": score["precision"], "recall": score["recall"],
+               "per_problem_recall": min(score["recall_" + p] for p in PROBLEMS), "rows": n,
+               **{"recall_" + p: score["recall_" + p] for p in PROBLEMS}}
+    verdict = judge(exercise, "-", metrics, preset)
+    floor = exercise.thresholds["per_problem_recall"][1]
+    missed = [f"recall of {p} {score['recall_' + p]:.2f}" for p in PROBLEMS if score["recall_" + p] < floor]
+    if missed:
+        verdict.message = f"On the grader's dump of {n} rows: {'; '.join(missed)} (each needs >= {floor}). " + verdict.message
+    if data.get("kept") != n - len(flags):
+        verdict.passed = False
+        verdict.message = (f"kept {data.get('kept')} rows but flagged {len(flags)} of {n}: every row is kept or "
+                           "flagged. " + verdict.message)
+    return verdict
+
+
+# ---------------------------------------------------------------- 3.1: the label mask
+
+def trl_reference_labels(tokenizer, pairs) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) exactly as TRL's SFTTrainer builds them for prompt-completion chat data."""
+    import tempfile
+
+    from trl import SFTConfig, SFTTrainer
+
+    from ..models import load_model
+    from ..tasks import Example
+    from ..training import to_prompt_completion
+
+    dataset = to_prompt_completion([Example(p, a) for p, a in pairs])
+    with tempfile.TemporaryDirectory() as out:
+        trainer = SFTTrainer(model=load_model(), processing_class=tokenizer, train_dataset=dataset,
+                             args=SFTConfig(output_dir=out, report_to="none", bf16=False, use_cpu=True, max_length=None))
+        return [(list(r["input_ids"]), list(r["labels"])) for r in trainer.train_dataset]
+
+
+def _label_mask_inputs(preset, secret):
+    from ..tasks import make_date_examples
+
+    examples = make_date_examples(5, secrets_.derived_seed("03_sft/label_mask", secret))
+    return {"pairs": [[e.prompt, e.answer] for e in examples] + [["Say hello.", "Hello! How can I help you today?"]]}, None
+
+
+def _describe_mismatch(name: str, got, want) -> str:
+    if len(got) != len(want):
+        return f"{name} has {len(got)} tokens, expected {len(want)}"
+    first = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+    return f"{name} differs first at position {first}: got {got[first]}, expected {want[first]} (of {len(want)} tokens)"
+
+
+def _label_mask_judge(exercise, preset, inputs, key, rows) -> Verdict:
+    from ..models import load_tokenizer
+
+    pairs = inputs["pairs"]
+    expect(isinstance(rows, list) and len(rows) == len(pairs), "build_chat_labels gave no result for every example.")
+    reference = trl_reference_labels(load_tokenizer(), pairs)
+    problems = []
+    for (prompt, _), (ids, labels), (want_ids, want_labels) in zip(pairs, rows, reference):
+        if ids != want_ids:
+            problems.append(_describe_mismatch("input_ids", ids, want_ids))
+        elif labels != want_labels:
+            problems.append(_describe_mismatch("labels", labels, want_labels))
+    verdict = judge(exercise, "-", {"share_matching": 1 - len(problems) / len(pairs), "examples": len(pairs)}, preset)
+    if problems:
+        verdict.message = f"{len(problems)} of {len(pairs)} unseen examples differ from TRL: {problems[0]}. " + verdict.message
+    return verdict
+
+
+# ---------------------------------------------------------------- 4.1: the LoRA layer
+
+LORA_LAYER_CASES = ((64, 48, 4, 8.0, True), (96, 32, 1, 1.0, False), (40, 80, 16, 64.0, True))  # in, out, r, alpha, bias
+
+
+def _lora_inputs(preset, secret):
+    import torch
+
+    from .child import encode_tensor
+
+    g = torch.Generator().manual_seed(secrets_.derived_seed("04_lora/layer", secret))
+    cases = []
+    for d_in, d_out, r, alpha, bias in LORA_LAYER_CASES:
+        x = torch.randn(2, 5, d_in, generator=g)
+        cases.append({"weight": encode_tensor(torch.randn(d_out, d_in, generator=g) / d_in ** 0.5),
+                      "bias": encode_tensor(torch.randn(d_out, generator=g) * 0.1) if bias else None,
+                      "r": r, "alpha": alpha, "A": encode_tensor(torch.randn(r, d_in, generator=g) / d_in ** 0.5),
+                      "B": encode_tensor(torch.randn(d_out, r, generator=g)), "x": encode_tensor(x),
+                      "upstream": encode_tensor(torch.linspace(-1, 1, 2 * 5 * d_out).reshape(2, 5, d_out))})
+    return {"cases": cases}, None
+
+
+def peft_reference(case: dict) -> dict:
+    """PEFT's LoRA layer on the case's base, A, B and input: its output and gradients."""
+    import torch
+    from torch import nn
+
+    from ..lora import peft_lora_layer
+    from .child import decode_tensor
+
+    weight = decode_tensor(case["weight"])
+    base = nn.Linear(weight.shape[1], weight.shape[0], bias=case["bias"] is not None)
+    with torch.no_grad():
+        base.weight.copy_(weight)
+        if case["bias"] is not None:
+            base.bias.copy_(decode_tensor(case["bias"]))
+    layer = peft_lora_layer(base, case["r"], case["alpha"])
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(decode_tensor(case["A"]))
+        layer.lora_B["default"].weight.copy_(decode_tensor(case["B"]))
+    x = decode_tensor(case["x"]).requires_grad_(True)
+    out = layer(x)
+    (out * decode_tensor(case["upstream"])).sum().backward()
+    return {"output": out.detach(), "grad_A": layer.lora_A["default"].weight.grad,
+            "grad_B": layer.lora_B["default"].weight.grad, "grad_x": x.grad}
+
+
+def _lora_judge(exercise, preset, inputs, key, results) -> Verdict:
+    from .child import decode_tensor
+
+    cases = inputs["cases"]
+    expect(isinstance(results, list) and len(results) == len(cases), "LoRALinear gave no result for every case.")
+    worst, problems = 0.0, []
+    for case, got in zip(cases, results):
+        d_out, d_in = case["weight"]["shape"]
+        r = case["r"]
+        label = f"Linear({d_in}, {d_out}, bias={case['bias'] is not None}), r={r}, alpha={case['alpha']:g}"
+        want_shapes = {"lora_A": [r, d_in], "lora_B": [d_out, r]}
+        if got.get("shapes") != want_shapes:
+            problems.append(f"{label}: lora_A must have shape {tuple(want_shapes['lora_A'])} and lora_B "
+                            f"{tuple(want_shapes['lora_B'])} (PEFT's convention); got {got.get('shapes')}")
+            worst = float("inf")
+            continue
+        if got.get("b_start_max") != 0.0:
+            problems.append(f"{label}: lora_B must start at zero, so the adapted layer starts equal to the base layer")
+        if got.get("trainable") != r * (d_in + d_out):
+            problems.append(f"{label}: {got.get('trainable')} trainable parameters, expected r(in+out) = {r * (d_in + d_out)}")
+        if got.get("base_frozen") is not True:
+            problems.append(f"{label}: the base layer's parameters must be frozen")
+        reference = peft_reference(case)
+        for name in ("output", "grad_A", "grad_B", "grad_x"):
+            try:
+                mine = decode_tensor(got[name]) if got.get(name) is not None else None
+                diff = float((mine.float() - reference[name]).abs().max()) if mine is not None else float("inf")
+            except (ValueError, RuntimeError, KeyError, TypeError):
+                diff = float("inf")
+            worst = max(worst, diff)
+            if diff > exercise.thresholds["max_difference"][1]:
+                problems.append(f"{label}: {name} differs from PEFT by {diff:.1e}")
+    verdict = judge(exercise, "-", {"max_difference": worst, "cases": len(cases)}, preset)
+    if problems:
+        verdict.passed = False
+        verdict.message = "; ".join(problems[:3]) + ". " + verdict.message
+    return verdict
+
+
+# ---------------------------------------------------------------- 5.1: NF4
+
+def _nf4_tensors(seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    outlier = torch.randn(48, 64, generator=g) * 0.02
+    outlier[7, 11] = 0.9  # one large weight dominates its block's scale
+    heavy = torch.distributions.StudentT(3.0).sample((40, 96)) * 0.01
+    return [("normal 64x128", torch.randn(64, 128, generator=g) * 0.02),
+            ("33x70, last block partial", torch.randn(33, 70, generator=g) * 0.05),
+            ("an outlier", outlier), ("heavy-tailed", heavy)]
+
+
+def _nf4_inputs(preset, secret):
+    import torch
+
+    from ..quantization import bnb_nf4_code, bnb_nf4_round_trip
+    from .child import encode_tensor
+
+    torch.manual_seed(secrets_.derived_seed("05_quantization_qlora/nf4_heavy", secret))
+    to_quantize = _nf4_tensors(secrets_.derived_seed("05_quantization_qlora/nf4", secret))
+    to_restore = _nf4_tensors(secrets_.derived_seed("05_quantization_qlora/nf4_restore", secret))
+    key = {"quantize": [], "restore": []}
+    for name, weight in to_quantize:
+        idx, absmax, _ = bnb_nf4_round_trip(weight, 64)
+        key["quantize"].append((name, weight.numel(), idx, absmax))
+    restore_inputs = []
+    for name, weight in to_restore:
+        idx, absmax, restored = bnb_nf4_round_trip(weight, 64)
+        restore_inputs.append({"indices": encode_tensor(idx.to(torch.int64)), "absmax": encode_tensor(absmax),
+                               "shape": list(weight.shape)})
+        key["restore"].append((name, restored))
+    return {"code": encode_tensor(bnb_nf4_code()), "block_size": 64,
+            "quantize": [encode_tensor(w) for _, w in to_quantize], "dequantize": restore_inputs}, key
+
+
+def _nf4_judge(exercise, preset, inputs, key, data) -> Verdict:
+    from .child import decode_tensor
+
+    expect(isinstance(data, dict) and len(data.get("quantized", [])) == len(key["quantize"])
+           and len(data.get("restored", [])) == len(key["restore"]), "nf4 functions gave no result for every tensor.")
+    agreement, absmax_error, restore_diff, problems = 1.0, 0.0, 0.0, []
+    for (name, n, want_idx, want_absmax), got in zip(key["quantize"], data["quantized"]):
+        idx, absmax = decode_tensor(got["indices"]), decode_tensor(got["absmax"])
+        if idx.numel() != n or absmax.numel() != want_absmax.numel():
+            problems.append(f"{name}: expected {n} indices and {want_absmax.numel()} absmax values (one per block of 64, "
+                            f"the last one partial), got {idx.numel()} and {absmax.numel()}")
+            agreement, absmax_error = 0.0, float("inf")
+            continue
+        rel = float(((absmax.float() - want_absmax).abs() / want_absmax.abs().clamp_min(1e-12)).max())
+        absmax_error = max(absmax_error, rel)
+        share = float((idx.long() == want_idx.long()).float().mean())
+        agreement = min(agreement, share)
+        if share < exercise.thresholds["index_agreement"][1]:
+            first = int((idx.long() != want_idx.long()).nonzero()[0])
+            problems.append(f"{name}: {share:.2%} of indices equal bitsandbytes'; the first differs at weight {first}: "
+                            f"got {int(idx[first])}, expected {int(want_idx[first])}")
+    for (name, want), raw in zip(key["restore"], data["restored"]):
+        restored = decode_tensor(raw)
+        if tuple(restored.shape) != tuple(want.shape):
+            problems.append(f"{name}: nf4_dequantize must return shape {tuple(want.shape)}, got {tuple(restored.shape)}")
+            restore_diff = float("inf")
+            continue
+        restore_diff = max(restore_diff, float((restored.float() - want).abs().max()))
+    metrics = {"index_agreement": agreement, "absmax_relative_error": absmax_error,
+               "dequantize_max_difference": restore_diff, "tensors": len(key["quantize"]) + len(key["restore"])}
+    verdict = judge(exercise, "-", metrics, preset)
+    if problems:
+        verdict.passed = False
+        verdict.message = "; ".join(problems[:3]) + ". " + verdict.message
+    return verdict
+
+
+CHECKS = {
+    "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
+    "cleaning_tests": FunctionCheck("clean", True, _cleaning_inputs, _cleaning_judge),
+    "sft_label_mask_tests": FunctionCheck("label_mask", False, _label_mask_inputs, _label_mask_judge),
+    "lora_layer_tests": FunctionCheck("lora_layer", False, _lora_inputs, _lora_judge),
+    "nf4_tests": FunctionCheck("nf4", False, _nf4_inputs, _nf4_judge),
+}
+
+
+def run_check(exercise: Exercise, preset, secret: int, call_learner: Callable) -> Verdict:
+    """Build the inputs, get the learner's data through `call_learner(op, inputs, secret_inputs)`, judge it."""
+    check = CHECKS[exercise.grade_id]
+    inputs, key = check.inputs(preset, secret)
+    try:
+        data = call_learner(check.op, inputs, check.secret_inputs)
+        return check.judge(exercise, preset, inputs, key, data)
+    except LearnerCodeError as error:
+        return failed(exercise, "-", str(error))

@@ -1,0 +1,241 @@
+"""The child process that runs learner code (started by `sandbox.run_learner_code`, never imported by a grader).
+
+It reads one request on stdin: solution cells (grade_id and source), the names to define before them
+(`grading.context`), the run's preset and seed, and an operation with its inputs. It runs the cells,
+then the operation, which calls the learner's functions on the inputs and turns what they return into
+plain data (lists, numbers, strings, tensors as base64). That data is its only answer, written as one
+JSON object to the result channel; the grader checks it and compares it with the library's own result.
+Nothing here decides a verdict, so nothing a learner patches here can produce one.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import sys
+import traceback
+
+
+class CellError(Exception):
+    """What the learner's cells did not provide, or provided in the wrong shape."""
+
+
+# ---------------------------------------------------------------- tensors as data
+
+def encode_tensor(tensor) -> dict:
+    """A tensor as plain data: dtype, shape and the raw bytes in base64 (exact, unlike decimal text)."""
+    import torch
+
+    tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+    return {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
+            "b64": base64.b64encode(tensor.numpy().tobytes()).decode()}
+
+
+def decode_tensor(raw: dict):
+    """The tensor `encode_tensor` described; a clear error for anything else."""
+    import numpy as np
+    import torch
+
+    if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "b64"}:
+        raise ValueError("expected an encoded tensor {dtype, shape, b64}")
+    dtypes = {"float32": np.float32, "float64": np.float64, "uint8": np.uint8, "int64": np.int64, "int32": np.int32,
+              "int16": np.int16, "int8": np.int8, "bool": np.bool_}
+    if raw["dtype"] not in dtypes:
+        raise ValueError(f"unsupported tensor dtype {raw['dtype']!r}")
+    shape = [int(x) for x in raw["shape"]]
+    array = np.frombuffer(base64.b64decode(raw["b64"]), dtype=dtypes[raw["dtype"]])
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"tensor of shape {shape} carries {array.size} values")
+    return torch.from_numpy(array.copy()).reshape(shape)
+
+
+def export(value, what: str):
+    """A learner's value as JSON data: dataclasses become dicts, tuples lists; anything else is refused."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: export(getattr(value, f.name), f"{what}.{f.name}") for f in dataclasses.fields(value)}
+        if hasattr(value, "total") and not callable(value.total):  # MemoryBreakdown's derived total
+            out["total"] = export(value.total, f"{what}.total")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [export(v, what) for v in value]
+    if isinstance(value, dict):
+        return {str(k): export(v, what) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise CellError(f"{what} must be plain data (numbers, strings, lists) or a course dataclass, "
+                    f"got {type(value).__name__}.")
+
+
+def _need(namespace: dict, name: str):
+    if name not in namespace:
+        raise CellError(f"The solution cell does not define {name}.")
+    return namespace[name]
+
+
+# ---------------------------------------------------------------- operations: call the learner's code on inputs
+
+def op_values(namespace: dict, inputs: dict):
+    """The named values the cells defined (an SFTSetup, a TrainingPlan, numbers)."""
+    return {name: export(_need(namespace, name), name) for name in inputs["names"]}
+
+
+def op_decide(namespace: dict, inputs: dict):
+    from ftcourse.decision import Scenario
+
+    choose = _need(namespace, "choose_approach")
+    answers = []
+    for fields in inputs["scenarios"]:
+        answer = choose(Scenario(**fields))
+        if not isinstance(answer, str):
+            raise CellError(f"choose_approach must return a string, got {type(answer).__name__}.")
+        answers.append(answer)
+    return answers
+
+
+def op_clean(namespace: dict, inputs: dict):
+    from ftcourse.models import load_tokenizer
+    from ftcourse.tasks import Example
+
+    clean_dump = _need(namespace, "clean_dump")
+    tests = [Example(prompt, answer) for prompt, answer in inputs["tests"]]
+    out = clean_dump(list(inputs["lines"]), tests, load_tokenizer(), inputs["max_tokens"])
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+        raise CellError("clean_dump must return (kept_rows, flags) with flags a dict {row index: problem}.")
+    kept, flags = out
+    return {"kept": len(kept), "flags": {str(int(index)): str(problem) for index, problem in flags.items()}}
+
+
+def op_label_mask(namespace: dict, inputs: dict):
+    from ftcourse.models import load_tokenizer
+
+    build = _need(namespace, "build_chat_labels")
+    tokenizer = load_tokenizer()
+    rows = []
+    for prompt, answer in inputs["pairs"]:
+        out = build(tokenizer, prompt, answer)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise CellError(f"build_chat_labels must return (input_ids, labels), got {type(out).__name__}.")
+        rows.append([[int(x) for x in out[0]], [int(x) for x in out[1]]])
+    return rows
+
+
+def op_lora_layer(namespace: dict, inputs: dict):
+    """Each case: the learner's layer around the given base, the given A and B copied in, one forward and backward."""
+    import torch
+    from torch import nn
+
+    layer_cls = _need(namespace, "LoRALinear")
+    results = []
+    for case in inputs["cases"]:
+        weight = decode_tensor(case["weight"])
+        base = nn.Linear(weight.shape[1], weight.shape[0], bias=case["bias"] is not None)
+        with torch.no_grad():
+            base.weight.copy_(weight)
+            if case["bias"] is not None:
+                base.bias.copy_(decode_tensor(case["bias"]))
+        layer = layer_cls(base, case["r"], case["alpha"])
+        for name in ("lora_A", "lora_B"):
+            if not isinstance(getattr(layer, name, None), nn.Parameter):
+                raise CellError(f"The layer must have a trainable nn.Parameter `{name}`; "
+                                f"found {type(getattr(layer, name, None)).__name__}.")
+        shapes = {"lora_A": list(layer.lora_A.shape), "lora_B": list(layer.lora_B.shape)}
+        b_start_max = float(layer.lora_B.detach().abs().max()) if layer.lora_B.numel() else 0.0
+        a, b = decode_tensor(case["A"]), decode_tensor(case["B"])
+        if list(a.shape) != shapes["lora_A"] or list(b.shape) != shapes["lora_B"]:
+            results.append({"shapes": shapes})
+            continue
+        with torch.no_grad():
+            layer.lora_A.copy_(a)
+            layer.lora_B.copy_(b)
+        x = decode_tensor(case["x"]).requires_grad_(True)
+        out = layer(x)
+        (out * decode_tensor(case["upstream"])).sum().backward()
+        base_params = [p for n, p in layer.named_parameters() if not n.startswith("lora_")]
+        results.append({
+            "shapes": shapes, "b_start_max": b_start_max, "output": encode_tensor(out),
+            "grad_A": encode_tensor(layer.lora_A.grad) if layer.lora_A.grad is not None else None,
+            "grad_B": encode_tensor(layer.lora_B.grad) if layer.lora_B.grad is not None else None,
+            "grad_x": encode_tensor(x.grad) if x.grad is not None else None,
+            "trainable": sum(p.numel() for p in layer.parameters() if p.requires_grad),
+            "base_frozen": bool(base_params) and not any(p.requires_grad for p in base_params),
+        })
+    return results
+
+
+def op_nf4(namespace: dict, inputs: dict):
+    import torch
+
+    quantize, dequantize = _need(namespace, "nf4_quantize"), _need(namespace, "nf4_dequantize")
+    code, block = decode_tensor(inputs["code"]), inputs["block_size"]
+    quantized = []
+    for raw in inputs["quantize"]:
+        out = quantize(decode_tensor(raw), code.clone(), block)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise CellError(f"nf4_quantize must return (indices, absmax), got {type(out).__name__}.")
+        idx, absmax = (torch.as_tensor(x) for x in out)
+        quantized.append({"indices": encode_tensor(idx.reshape(-1).to(torch.int64)),
+                          "absmax": encode_tensor(absmax.reshape(-1).to(torch.float32))})
+    restored = []
+    for case in inputs["dequantize"]:
+        out = dequantize(decode_tensor(case["indices"]).to(torch.uint8), decode_tensor(case["absmax"]), code.clone(),
+                         tuple(case["shape"]), block)
+        restored.append(encode_tensor(torch.as_tensor(out).to(torch.float32)))
+    return {"quantized": quantized, "restored": restored}
+
+
+def op_draw(namespace: dict, inputs: dict):
+    """`n` distinct examples from the learner's `make_example`, drawn with the seed the grader chose."""
+    from ftcourse.capstone import draw_task
+
+    examples = draw_task(_need(namespace, "make_example"), inputs["n"], inputs["seed"])
+    return [[e.prompt, e.answer] for e in examples]
+
+
+OPS = {"values": op_values, "decide": op_decide, "clean": op_clean, "label_mask": op_label_mask,
+       "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw}
+
+
+# ---------------------------------------------------------------- the process
+
+def _where(error: BaseException) -> str:
+    """'cell <grade_id>, line N' of the deepest frame in a learner's cell."""
+    where = ""
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename.startswith("<cell "):
+            where = f"{frame.filename.strip('<>')}, line {frame.lineno}"
+    return where
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return str(error)[:2000]
+    except BaseException:  # noqa: BLE001 - a learner's exception whose str() fails
+        return ""
+
+
+def main(result_fd: int) -> None:
+    result = os.fdopen(result_fd, "w")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        request = json.loads(sys.stdin.read())
+        from ftcourse.grading.context import build
+
+        namespace = build(request["provides"], request["preset"], request["seed"])
+        for grade_id, source in request["cells"]:
+            exec(compile(source, f"<cell {grade_id}>", "exec"), namespace)
+        answer = {"ok": True, "data": OPS[request["op"]](namespace, request["inputs"])}
+    except BaseException as error:  # noqa: BLE001 - any failure of learner code is data for the grader
+        answer = {"ok": False, "error": {"type": type(error).__name__, "message": _message(error),
+                                         "where": _where(error)}}
+    try:
+        text = json.dumps(answer)
+    except (TypeError, ValueError) as error:
+        text = json.dumps({"ok": False, "error": {"type": "CellError", "where": "",
+                                                  "message": f"the result is not plain data ({error})"}})
+    result.write(text)
+    result.flush()
+    os._exit(0)  # no atexit handler or finaliser of learner code runs after the answer

@@ -1,0 +1,97 @@
+"""What a solution cell finds defined when the grader runs it on its own.
+
+The grader runs each solution cell in a fresh process, not after the notebook's other cells. An exercise's
+`provides` (in the registry) names what it defines first; each name here is computed exactly as the
+notebook computes it before the exercise (`tests/test_nbgrader_roundtrip.py` checks that the grader's
+training of the reference reproduces the notebook's own loss curve). Every exercise's spec lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _preset(preset, seed):
+    return preset
+
+
+def _seed(preset, seed):
+    return seed
+
+
+def _sft_setup(preset, seed):
+    from ..training import SFTSetup
+
+    return SFTSetup
+
+
+def _layout(preset, seed):
+    return "grouped"  # 03, §3: the layout the notebook trains with
+
+
+def _recipe(preset, seed):  # 02, §6: the leaky run's recipe
+    return dict(method="lora", learning_rate=2e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
+                lora_alpha=2 * preset.lora_r, seed=seed)
+
+
+def _steps(preset, seed):  # 02, §6: the same budget for the leaky and the clean run
+    return min(16, preset.step_budget)
+
+
+def _training_plan(preset, seed):
+    from ..estimator import TrainingPlan
+
+    return TrainingPlan
+
+
+def _estimate_memory(preset, seed):
+    from ..estimator import estimate_memory
+
+    return estimate_memory
+
+
+def _estimate_step_seconds(preset, seed):
+    from ..estimator import estimate_step_seconds
+
+    return estimate_step_seconds
+
+
+def _longest(preset, seed):  # 01, §4: the longest chat-rendered training example of the phone task
+    from ..models import load_tokenizer
+    from ..tasks import phone_task_splits
+    from ..training import chat_lengths
+
+    return max(chat_lengths(load_tokenizer(preset.model), phone_task_splits(preset.n_train, preset.n_eval)["train"]))
+
+
+def _shape(preset, seed):  # 01, §4: the model's shape, read from its config
+    from transformers import AutoConfig
+
+    from ..estimator import ModelShape
+    from ..models import resolve_model_dir
+
+    return ModelShape.from_config(AutoConfig.from_pretrained(resolve_model_dir(preset.model)), name=preset.model)
+
+
+def _flops_per_s(preset, seed):  # 01, §6: this machine's measured matmul throughput
+    from ..estimator import measure_matmul_flops
+
+    return measure_matmul_flops(preset.autocast_dtype or "float32", device=preset.device)
+
+
+PROVIDERS: dict[str, Callable] = {
+    "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "RECIPE": _recipe, "STEPS": _steps,
+    "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
+    "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s,
+}
+
+
+def build(names, preset_name: str, seed: int) -> dict:
+    """A fresh namespace with `names` defined for a run of `preset_name` and `seed`."""
+    from ..presets import get_preset
+
+    preset = get_preset(preset_name)
+    namespace: dict = {"__name__": "__learner__"}
+    for name in names:
+        namespace[name] = PROVIDERS[name](preset, seed)
+    return namespace

@@ -1,0 +1,295 @@
+"""Evaluators of a trained outcome exercise: the metrics its thresholds are judged on.
+
+`evaluate(notebook, artifacts, split, preset, secret, produced)` measures an adapter folder on a split:
+`validation` (public: the learner's self-check) or `heldout` (generated here from a seed derived from the
+instructor's secret). Under autograde the artifacts are the grader's own, trained from the learner's
+choices (`grading.produce`), and `produced` carries what the grader knows first-hand (its step count,
+the capstone's training draws); otherwise they are the kernel's, read defensively.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..evaluation import FEW_SHOT_K
+from . import secret as secrets_
+from .artifacts import ArtifactError, check_tree, read_json, recorded_steps
+from .learner import Cells, LearnerCodeError, call
+from .references import cached
+from .registry import outcome_exercise
+from .verdict import Verdict, failed, judge
+
+def split_seed(notebook: str, split: str, secret: int | None) -> int | None:
+    """None for the public validation split; for held-out, a seed derived from the secret."""
+    if split == "validation":
+        return None
+    if split != "heldout":
+        raise ValueError(f"split must be 'validation' or 'heldout', got {split!r}.")
+    if secret is None:
+        raise secrets_.MissingSecret("The held-out split needs the instructor's secret.")
+    return secrets_.derived_seed(f"{notebook}/heldout", secret)
+
+
+def _signing(split: str, secret: int | None) -> int | None:
+    return secret if split == "heldout" else None
+
+
+def _base_reference(preset, split: str, examples, secret: int | None, max_new_tokens: int = 12,
+                    quantized: bool = False) -> dict:
+    """The base model's probe result and exact match on the examples (the model loads only on a cache miss)."""
+
+    def compute():
+        from ..evaluation import exact_match
+        from ..models import load_model_and_tokenizer, load_quantized_model, load_tokenizer
+        from ..probe import run_probe
+
+        if quantized:
+            model, tokenizer = load_quantized_model(preset.model, preset.compute_dtype), load_tokenizer(preset.model)
+        else:
+            model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+
+        def probe():
+            with preset.autocast():
+                return run_probe(model, tokenizer).as_dict()
+
+        # the probe does not depend on the split: one cached result serves every split and task
+        result = dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, quantized], probe,
+                             _signing(split, secret)))
+        with preset.autocast():
+            result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size,
+                                                   max_new_tokens=max_new_tokens)
+        return result
+
+    key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], max_new_tokens,
+           [e.answer for e in examples], quantized]
+    return cached(f"base_reference_{split}", key, compute, _signing(split, secret))
+
+
+def _prompting_reference(preset, split: str, examples, shots, secret: int | None) -> dict:
+    """The base model's exact match on the examples, zero-shot and with a few-shot prompt (cached)."""
+
+    def compute():
+        from ..evaluation import exact_match
+        from ..models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+        with preset.autocast():
+            zero, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+            few, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, shots=shots)
+        return {"zero_shot_exact_match": zero, "few_shot_exact_match": few}
+
+    key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.answer for e in examples],
+           [e.prompt for e in shots]]
+    return cached(f"prompting_reference_{split}", key, compute, _signing(split, secret))
+
+
+def _open_adapter(exercise, artifacts: Path, split: str) -> tuple[Path, Verdict | None]:
+    adapter = artifacts / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        return adapter, failed(exercise, split, f"No trained adapter found at {adapter}. Run the training cell; "
+                                                "it must save the adapter there.")
+    try:
+        check_tree(artifacts)
+    except ArtifactError as error:
+        return adapter, failed(exercise, split, str(error))
+    return adapter, None
+
+
+def _steps(artifacts: Path, produced: dict | None) -> int:
+    return produced["steps"] if produced else recorded_steps(artifacts)
+
+
+def _with_probe(metrics: dict, probe: dict, base: dict) -> dict:
+    return metrics | {
+        "probe_accuracy": probe["probe_accuracy"], "base_probe_accuracy": base["probe_accuracy"],
+        "probe_accuracy_drop": base["probe_accuracy"] - probe["probe_accuracy"],
+        "probe_perplexity": probe["probe_perplexity"], "base_probe_perplexity": base["probe_perplexity"],
+        "probe_perplexity_ratio": probe["probe_perplexity"] / base["probe_perplexity"],
+    }
+
+
+def _date_adapter(notebook: str, artifacts: Path, split: str, preset, secret, produced, quantized: bool) -> Verdict:
+    """Exact match on the date task's split (and the general probe where graded), adapter on the (4-bit) base."""
+    from ..evaluation import exact_match
+    from ..models import load_adapter_model
+    from ..probe import run_probe
+    from ..tasks import date_task_splits
+
+    exercise = outcome_exercise(notebook)
+    adapter, early = _open_adapter(exercise, artifacts, split)
+    if early:
+        return early
+    examples = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed(notebook, split, secret))[split]
+    base = _base_reference(preset, split, examples, secret, quantized=quantized)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model,
+                                          base_4bit_compute_dtype=preset.compute_dtype if quantized else None)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+        probe = run_probe(model, tokenizer).as_dict() if "probe_accuracy_drop" in exercise.thresholds else None
+    metrics = {"exact_match": em, "base_exact_match": base["exact_match"], "steps": _steps(artifacts, produced),
+               "n_examples": len(examples)}
+    return judge(exercise, split, _with_probe(metrics, probe, base) if probe else metrics, preset)
+
+
+def evaluate_plan(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """01: the plan's memory measured here against the saved estimate; the adapter against the few-shot prompt."""
+    from ..estimator import build_model_for_plan, load_plan, measure_training_memory
+    from ..evaluation import exact_match
+    from ..models import load_adapter_model
+    from ..tasks import phone_task_splits
+
+    exercise = outcome_exercise("01_when_to_fine_tune")
+    adapter, early = _open_adapter(exercise, artifacts, split)
+    if early:
+        return early
+    try:
+        read_json(artifacts / "plan.json", "the plan")
+        plan, record = load_plan(artifacts / "plan.json")
+        estimate_total = float(record["estimate"]["total"])
+    except (ArtifactError, ValueError, TypeError, KeyError) as error:
+        return failed(exercise, split, f"Could not read the saved plan: {error}")
+    if plan.method != "lora" or plan.autocast_dtype != preset.autocast_dtype:
+        return failed(exercise, split, f"The plan must be method='lora' with autocast_dtype={preset.autocast_dtype!r} "
+                                       f"(this preset's); got method={plan.method!r}, autocast_dtype={plan.autocast_dtype!r}.")
+    splits = phone_task_splits(preset.n_train, preset.n_eval,
+                               heldout_seed=split_seed("01_when_to_fine_tune", split, secret))
+    measured = measure_training_memory(build_model_for_plan(plan, preset.model, preset.device), plan)
+    prompting = _prompting_reference(preset, split, splits[split], splits["train"][:FEW_SHOT_K], secret)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
+    metrics = {
+        "memory_estimate_error": abs(estimate_total - measured.total) / measured.total,
+        "estimated_memory_gb": estimate_total / 1e9, "measured_memory_gb": measured.total / 1e9,
+        "exact_match": em, "base_exact_match": prompting["zero_shot_exact_match"],
+        "few_shot_exact_match": prompting["few_shot_exact_match"],
+        "margin_over_few_shot": em - prompting["few_shot_exact_match"],
+        "steps": _steps(artifacts, produced), "n_examples": len(splits[split]),
+    }
+    return judge(exercise, split, metrics, preset)
+
+
+def evaluate_cleaned_sft(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """02: words-to-digits exact match of the adapter trained on the cleaned dump."""
+    from ..data_quality import SHIPPED_POOL
+    from ..evaluation import exact_match
+    from ..models import load_adapter_model
+    from ..tasks import number_task_splits
+
+    exercise = outcome_exercise("02_data_and_tooling")
+    adapter, early = _open_adapter(exercise, artifacts, split)
+    if early:
+        return early
+    examples = number_task_splits(SHIPPED_POOL, preset.n_eval,
+                                  heldout_seed=split_seed("02_data_and_tooling", split, secret))[split]
+    base = _base_reference(preset, split, examples, secret)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
+    metrics = {"exact_match": em, "base_exact_match": base["exact_match"], "steps": _steps(artifacts, produced),
+               "n_examples": len(examples)}
+    return judge(exercise, split, metrics, preset)
+
+
+def capstone_draws(raw, n: int, where: str) -> list:
+    """Examples from a child's draw, each checked: the learner's generator is untrusted."""
+    from ..capstone import TaskError, as_example
+
+    if not isinstance(raw, list) or len(raw) != n:
+        raise LearnerCodeError(f"make_example's draw returned {len(raw) if isinstance(raw, list) else type(raw).__name__} "
+                               f"examples, expected {n}.")
+    try:
+        examples = [as_example(item, f"{where} draw {i}") for i, item in enumerate(raw)]
+    except TaskError as error:
+        raise LearnerCodeError(str(error)) from None
+    if len({e.prompt for e in examples}) != n:
+        raise LearnerCodeError("make_example's draw repeated prompts.")
+    return examples
+
+
+def _capstone_split(artifacts: Path, split: str, preset, secret) -> tuple[list, list]:
+    """(what was trained on, fresh candidates): the kernel's saved set, and draws from its saved generator."""
+    from ..capstone import CAPSTONE_VALIDATION_SEED, TaskError, load_train_file
+
+    for name in ("task.py", "train.jsonl"):
+        path = artifacts / name
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 50_000_000:
+            raise LearnerCodeError(f"Missing or unusable {path}: save it with save_capstone(make_example, train, folder).")
+    try:
+        train = load_train_file(artifacts / "train.jsonl")
+    except TaskError as error:
+        raise LearnerCodeError(str(error)) from None
+    seed = CAPSTONE_VALIDATION_SEED if split == "validation" else split_seed("04_lora", split, secret)
+    cells = Cells({"capstone_task": (artifacts / "task.py").read_text()}, preset.name, 0)
+    raw = call(cells, ["capstone_task"], "draw", {"n": 2 * preset.n_eval, "seed": seed}, secret_inputs=split == "heldout")
+    return train, capstone_draws(raw, 2 * preset.n_eval, split)
+
+
+def evaluate_capstone(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """04: the learner's own task; held-out examples are fresh draws that repeat nothing trained on."""
+    from ..capstone import NearDuplicateIndex, max_answer_tokens, task_report
+    from ..evaluation import exact_match
+    from ..models import load_adapter_model
+    from ..probe import run_probe
+
+    exercise = outcome_exercise("04_lora")
+    adapter, early = _open_adapter(exercise, artifacts, split)
+    if early:
+        return early
+    try:
+        train, candidates = (produced["train"], produced["candidates"]) if produced else \
+            _capstone_split(artifacts, split, preset, secret)
+    except LearnerCodeError as error:
+        return failed(exercise, split, f"Your task could not be drawn: {error}")
+    index = NearDuplicateIndex(train)
+    kept = [e for e in candidates if not index.overlaps(e)]
+    overlap = 1 - len(kept) / len(candidates)
+    examples = kept[:preset.n_eval]
+    if len(examples) < preset.n_eval // 2:
+        return failed(exercise, split, f"Only {len(kept)} of {len(candidates)} fresh draws differ from the training set: "
+                                       + exercise.hints[0], {"overlap_with_train": overlap})
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
+    new_tokens = max_answer_tokens(tokenizer, examples)
+    base = _base_reference(preset, f"capstone_{split}", examples, secret, max_new_tokens=new_tokens)
+    with preset.autocast():
+        em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, max_new_tokens=new_tokens)
+        probe = run_probe(model, tokenizer).as_dict()
+    metrics = {"train_examples": len(train), "overlap_with_train": overlap,
+               "top_answer_share": task_report(examples)["top_answer_share"],
+               "exact_match": em, "base_exact_match": base["exact_match"], "margin_over_base": em - base["exact_match"],
+               "steps": _steps(artifacts, produced), "n_examples": len(examples)}
+    return judge(exercise, split, _with_probe(metrics, probe, base), preset)
+
+
+EVALUATORS = {
+    "01_when_to_fine_tune": evaluate_plan,
+    "02_data_and_tooling": evaluate_cleaned_sft,
+    "03_sft": lambda a, s, p, k, d: _date_adapter("03_sft", a, s, p, k, d, quantized=False),
+    "04_lora": evaluate_capstone,
+    "05_quantization_qlora": lambda a, s, p, k, d: _date_adapter("05_quantization_qlora", a, s, p, k, d, quantized=True),
+}
+
+
+def evaluate(notebook: str, artifacts: Path, split: str, preset, secret: int | None, produced: dict | None = None) -> Verdict:
+    """Measure `artifacts` of the notebook's outcome exercise on `split` and judge the metrics."""
+    if notebook not in EVALUATORS:
+        raise KeyError(f"No evaluator for {notebook!r}; known: {', '.join(EVALUATORS)}.")
+    return EVALUATORS[notebook](Path(artifacts), split, preset, secret, produced)
+
+
+def warm_references(preset, secret: int | None) -> None:
+    """Compute and cache the base model's references of every fixed task (validation, and held-out with `secret`)."""
+    from ..data_quality import SHIPPED_POOL
+    from ..tasks import date_task_splits, number_task_splits, phone_task_splits
+
+    for split in ("validation", "heldout") if secret is not None else ("validation",):
+        date = {nb: date_task_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed(nb, split, secret))[split]
+                for nb in ("03_sft", "05_quantization_qlora")}
+        _base_reference(preset, split, date["03_sft"], secret)
+        _base_reference(preset, split, date["05_quantization_qlora"], secret, quantized=True)
+        phone = phone_task_splits(preset.n_train, preset.n_eval,
+                                  heldout_seed=split_seed("01_when_to_fine_tune", split, secret))
+        _prompting_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K], secret)
+        numbers = number_task_splits(SHIPPED_POOL, preset.n_eval,
+                                     heldout_seed=split_seed("02_data_and_tooling", split, secret))
+        _base_reference(preset, split, numbers[split], secret)

@@ -1,0 +1,78 @@
+"""What a notebook's kernel calls: the exercise's spec, the learner's self-check, the solution's hidden tests.
+
+Nothing here decides a grade. `self_check` runs the grader process on the kernel's own artifacts and the
+public validation split. The hidden tests of the solution notebooks (the instructor's run, `make course`)
+call `assert_outcome` and `check_in_kernel`, which need the instructor's secret; released notebooks do
+not contain them, and under nbgrader's autograde the grade comes from the grader process alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .artifacts import artifact_dir
+from .grader import evaluate_artifacts
+from .registry import exercise, outcome_exercise
+from .verdict import Verdict
+
+
+def describe(grade_id: str, preset) -> str:
+    """The exercise's points, thresholds on this preset and what the grader defines before running your cell."""
+    ex = exercise(grade_id)
+    lines = [f"Exercise {ex.number} ({ex.points} points), graded on preset {preset.name!r}:"]
+    for name, (cmp, value) in ex.threshold_values(preset).items():
+        lines.append(f"  {name} {cmp} {value:g}" if isinstance(value, (int, float)) else f"  {name} {cmp} {value}")
+    if ex.kind == "outcome":
+        lines.append(f"The grader runs your cell{'s' if len(ex.solutions) > 1 else ''} "
+                     f"({', '.join(ex.solutions)}) on its own, in a fresh process"
+                     + (f", with only {', '.join(ex.provides)} defined" if ex.provides else "")
+                     + "; it then trains your choices itself and evaluates them on held-out data.")
+    else:
+        lines.append(f"The grader runs your cell ({', '.join(ex.solutions)}) on its own, in a fresh process: "
+                     "keep its imports in it.")
+    return "\n".join(lines)
+
+
+def print_exercise(grade_id: str, preset) -> None:
+    """Print `describe(...)`: every notebook prints its thresholds from the registry, not from a copy."""
+    print(describe(grade_id, preset))
+
+
+def self_check(notebook: str, preset, root: str | Path | None = None) -> Verdict:
+    """The learner's visible check: the grader, in its own process, on the public validation split."""
+    verdict = evaluate_artifacts(notebook, artifact_dir(notebook, root), "validation", preset.name)
+    print(verdict)
+    return verdict
+
+
+def assert_outcome(notebook: str, preset, root: str | Path | None = None) -> Verdict:
+    """The solution notebook's hidden test: the kernel's artifacts on the held-out split (needs the secret)."""
+    verdict = evaluate_artifacts(notebook, artifact_dir(notebook, root), "heldout", preset.name)
+    if not verdict.passed:
+        raise AssertionError(str(verdict))
+    print(verdict)
+    return verdict
+
+
+def check_in_kernel(grade_id: str, preset, namespace: dict) -> Verdict:
+    """The solution notebook's hidden test of a function exercise: the grader's inputs and comparison, with the
+    function called in this kernel (the instructor's own reference; learners' code is graded in a child)."""
+    from . import secret as secrets_
+    from .checks import CHECKS, run_check
+    from .child import OPS
+
+    ex = exercise(grade_id)
+    if ex.kind != "function":
+        raise ValueError(f"{grade_id!r} is an outcome exercise; use assert_outcome.")
+    # the same JSON round trip as a child's answer, so the comparison sees exactly what a child would send
+    verdict = run_check(ex, preset, secrets_.heldout_seed(),
+                        lambda op, inputs, secret_inputs: json.loads(json.dumps(OPS[op](namespace, inputs))))
+    if not verdict.passed:
+        raise AssertionError(str(verdict))
+    print(verdict)
+    return verdict
+
+
+__all__ = ["artifact_dir", "assert_outcome", "check_in_kernel", "describe", "outcome_exercise", "print_exercise",
+           "self_check"]

@@ -1,0 +1,190 @@
+"""The grader produces what it grades: an outcome exercise trained here, from the learner's choices.
+
+The learner's solution cells *choose* (an `SFTSetup`, a `TrainingPlan`, a cleaning function's kept rows, a
+task generator); they run in a child and return those choices as data. This module checks them, trains
+the fine-tune in the grader's own process with the library (the packaged mirror of the notebook's own
+training cell, named below), and hands the artifacts it wrote to `evaluate`. The kernel's artifacts are
+never read here, so a forged `training.json`, a copied adapter or an over-budget run changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from . import secret as secrets_
+from .context import PROVIDERS
+from .evaluate import capstone_draws, evaluate
+from .learner import Cells, LearnerCodeError, as_dataclass, as_int, as_number, call, expect
+from .registry import Exercise
+from .verdict import Verdict, failed
+
+MAX_BATCH_FACTOR = 4  # a graded setup may use up to 4x the preset's batch and row length (memory stays bounded)
+
+
+def check_setup(raw, preset, what: str = "setup"):
+    """The learner's SFTSetup, checked: a LoRA adapter within the step budget and the machine's sizes."""
+    from ..training import SFTSetup
+
+    setup = as_dataclass(SFTSetup, raw, what, tuples=("target_modules",))
+    expect(setup.method == "lora", f"{what}.method must be 'lora': the graded exercise trains and saves a LoRA "
+                                   f"adapter (got {setup.method!r}).")
+    expect(setup.num_epochs is None, f"{what}.num_epochs must stay None: a graded fine-tune counts optimizer steps "
+                                     "(set max_steps).")
+    as_int(setup.max_steps, f"{what}.max_steps", 1, preset.step_budget)
+    as_int(setup.batch_size, f"{what}.batch_size", 1, MAX_BATCH_FACTOR * preset.batch_size)
+    as_int(setup.lora_r, f"{what}.lora_r", 1, 256)
+    as_int(setup.warmup_steps, f"{what}.warmup_steps", 0, preset.step_budget)
+    as_int(setup.seed, f"{what}.seed")
+    for name in ("max_length", "pack_length"):
+        value = getattr(setup, name)
+        if value is not None:
+            as_int(value, f"{what}.{name}", 8, MAX_BATCH_FACTOR * preset.max_length * max(1, preset.batch_size))
+    for name in ("learning_rate", "lora_alpha", "lora_dropout", "weight_decay"):
+        expect(math.isfinite(as_number(getattr(setup, name), f"{what}.{name}")), f"{what}.{name} must be finite.")
+    expect(all(isinstance(t, str) for t in setup.target_modules), f"{what}.target_modules must be module names.")
+    try:
+        setup.validate(step_budget=preset.step_budget)
+    except ValueError as error:
+        raise LearnerCodeError(str(error)) from None
+    return setup
+
+
+def _values(cells: Cells, exercise: Exercise, grade_id: str, names: list[str]) -> dict:
+    values = call(cells, [grade_id], "values", {"names": names}, provides=exercise.provides)
+    expect(isinstance(values, dict), "The solution cell's values could not be read.")
+    return values
+
+
+def _train(model, tokenizer, examples, setup, preset, workdir: Path):
+    from ..training import train_sft
+
+    return train_sft(model, tokenizer, examples, setup, preset, workdir / "trainer", progress=False)
+
+
+def _produce_plan(exercise, cells, preset, secret, workdir):
+    """01: mirrors the notebook's training cell of Exercise 1.2 (the plan's fields make the SFTSetup)."""
+    from ..estimator import MemoryBreakdown, TrainingPlan, estimate_memory, save_plan
+    from ..models import load_model, load_tokenizer
+    from ..tasks import phone_task_splits
+    from ..training import SFTSetup, save_sft_artifacts
+
+    values = _values(cells, exercise, "plan_setup", ["plan", "estimate", "MAX_STEPS", "LEARNING_RATE"])
+    plan = as_dataclass(TrainingPlan, values["plan"], "plan", tuples=("lora_targets",))
+    try:
+        plan.validate()
+    except ValueError as error:
+        raise LearnerCodeError(str(error)) from None
+    estimate = values["estimate"]
+    expect(isinstance(estimate, dict), "estimate must be the MemoryBreakdown that estimate_memory returns.")
+    breakdown = MemoryBreakdown(**{part: int(as_number(estimate.get(part), f"estimate.{part}"))
+                                   for part in ("parameters", "gradients", "optimizer_states", "activations")})
+    max_steps = as_int(values["MAX_STEPS"], "MAX_STEPS", 1, preset.step_budget)
+    learning_rate = as_number(values["LEARNING_RATE"], "LEARNING_RATE")
+    expect(plan.method == "lora" and plan.autocast_dtype == preset.autocast_dtype,
+           f"The plan must be method='lora' with autocast_dtype={preset.autocast_dtype!r} (this preset's); got "
+           f"method={plan.method!r}, autocast_dtype={plan.autocast_dtype!r}.")
+    needed = estimate_memory(PROVIDERS["shape"](preset, cells.seed), plan).total / 1e9
+    expect(needed <= 3 * preset.memory_budget_gb, f"The plan needs about {needed:.1f} GB by the course's estimator, "
+                                                  f"far over the memory budget of {preset.memory_budget_gb} GB: not run.")
+    setup = check_setup(vars(SFTSetup(method=plan.method, max_steps=max_steps, learning_rate=learning_rate,
+                                      batch_size=plan.batch_size, lora_r=plan.lora_r, lora_alpha=2 * plan.lora_r,
+                                      target_modules=plan.lora_targets, max_length=plan.seq_len, seed=cells.seed)), preset)
+    tokenizer = load_tokenizer(preset.model)
+    tuned, result = _train(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
+                           phone_task_splits(preset.n_train, preset.n_eval)["train"], setup, preset, workdir)
+    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
+    save_plan(workdir / "plan.json", plan, breakdown, steps=result.steps)
+    return result, {}
+
+
+def _produce_cleaned(exercise, cells, preset, secret, workdir):
+    """02: the learner's clean_dump on the shipped dump chooses the rows; their setup trains on them."""
+    from ..data_quality import DataError, parse_chat_row, prompt_and_answer, shipped_dump
+    from ..models import load_model, load_tokenizer
+    from ..tasks import Example
+    from ..training import save_sft_artifacts
+
+    lines, _, tests = shipped_dump()
+    data = call(cells, ["cleaning_pipeline"], "clean",
+                {"lines": lines, "tests": [[e.prompt, e.answer] for e in tests], "max_tokens": preset.max_length})
+    expect(isinstance(data, dict) and isinstance(data.get("flags"), dict), "clean_dump returned no flags.")
+    flagged = {int(i) for i in data["flags"] if str(i).lstrip("-").isdigit()}
+    kept = []
+    for index, line in enumerate(lines):  # the rows are the dump's own, parsed here: the learner only chose which
+        if index in flagged:
+            continue
+        try:
+            kept.append(Example(*prompt_and_answer(parse_chat_row(line, index))))
+        except DataError:
+            continue
+    expect(len(kept) > 0, "clean_dump flagged every row: nothing is left to train on.")
+    setup = check_setup(_values(cells, exercise, "cleaned_setup", ["setup"])["setup"], preset)
+    tokenizer = load_tokenizer(preset.model)
+    tuned, result = _train(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, kept, setup, preset, workdir)
+    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
+    return result, {"kept_rows": len(kept)}
+
+
+def _produce_date(exercise, cells, preset, secret, workdir, grade_id: str, name: str, quantized: bool):
+    """03 and 05: the learner's setup trains on the date task (05: a freshly loaded 4-bit NF4 base)."""
+    from ..models import load_model, load_quantized_model, load_tokenizer
+    from ..tasks import date_task_splits
+    from ..training import save_sft_artifacts
+
+    setup = check_setup(_values(cells, exercise, grade_id, [name])[name], preset, name)
+    tokenizer = load_tokenizer(preset.model)
+    model = (load_quantized_model(preset.model, preset.compute_dtype, seed=cells.seed) if quantized
+             else load_model(preset.model, preset.device, seed=cells.seed))
+    tuned, result = _train(model, tokenizer, date_task_splits(preset.n_train, preset.n_eval)["train"], setup, preset, workdir)
+    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
+    return result, {}
+
+
+def partition_pool(pool: list, n_candidates: int, secret: int) -> tuple[list, list]:
+    """(train, held-out candidates) from one pool of draws, by a permutation only the grader knows."""
+    order = list(range(len(pool)))
+    random.Random(secrets_.derived_seed("04_lora/partition", secret)).shuffle(order)
+    held = set(order[:n_candidates])
+    return [e for i, e in enumerate(pool) if i not in held], [pool[i] for i in sorted(held)]
+
+
+def _produce_capstone(exercise, cells, preset, secret, workdir):
+    """04: one pool drawn from the learner's generator with a derived seed, split by the grader; their setup trains."""
+    from ..capstone import MIN_TRAIN_EXAMPLES
+    from ..models import load_model, load_tokenizer
+    from ..training import save_sft_artifacts
+
+    n_candidates = 2 * preset.n_eval
+    n_pool = MIN_TRAIN_EXAMPLES + n_candidates
+    raw = call(cells, ["capstone_task"], "draw", {"n": n_pool, "seed": secrets_.derived_seed("04_lora/pool", secret)},
+               secret_inputs=True)
+    train, candidates = partition_pool(capstone_draws(raw, n_pool, "the grader's"), n_candidates, secret)
+    setup = check_setup(_values(cells, exercise, "capstone_setup", ["capstone_setup"])["capstone_setup"], preset,
+                        "capstone_setup")
+    tokenizer = load_tokenizer(preset.model)
+    tuned, result = _train(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, train, setup, preset, workdir)
+    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
+    return result, {"train": train, "candidates": candidates}
+
+
+PRODUCERS = {
+    "01_when_to_fine_tune": _produce_plan,
+    "02_data_and_tooling": _produce_cleaned,
+    "03_sft": lambda e, c, p, s, w: _produce_date(e, c, p, s, w, "sft_setup", "setup", quantized=False),
+    "04_lora": _produce_capstone,
+    "05_quantization_qlora": lambda e, c, p, s, w: _produce_date(e, c, p, s, w, "qlora_setup", "qlora_setup", quantized=True),
+}
+
+
+def produce_and_evaluate(exercise: Exercise, cells: Cells, preset, secret: int, workdir: Path) -> Verdict:
+    """Train the learner's choices here, then evaluate what was trained on the held-out split."""
+    try:
+        result, produced = PRODUCERS[exercise.notebook](exercise, cells, preset, secret, Path(workdir))
+    except LearnerCodeError as error:
+        return failed(exercise, "heldout", str(error))
+    produced |= {"steps": result.steps}
+    verdict = evaluate(exercise.notebook, Path(workdir), "heldout", preset, secret, produced)
+    verdict.metrics["train_losses"] = result.losses  # the run the grader trained: its curve, for agreement checks
+    return verdict

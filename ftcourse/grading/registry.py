@@ -1,0 +1,203 @@
+"""The exercise registry: every graded cell of the course, in one place.
+
+Each `Exercise` names its graded (test) cell, its notebook, its points, the solution cells the grader
+runs, the names the grader defines before running them, the thresholds it is judged against and the
+hints a failing learner reads. The nbgrader preprocessor, the grader process, the notebooks' printed
+thresholds and the points tables of the READMEs all read this module; `tests/test_registry.py` checks
+that it agrees with the notebooks' grade cells and with both READMEs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+KINDS = ("function", "outcome")
+
+
+@dataclasses.dataclass(frozen=True)
+class Exercise:
+    """One graded exercise: where it lives, what the grader runs, what it must reach."""
+
+    grade_id: str  # the graded (test) cell's nbgrader grade_id
+    notebook: str  # the notebook's slug, e.g. "03_sft"
+    number: str  # "3.2": the exercise's number in the notebook's heading
+    title: str
+    kind: str  # "function": a function checked against the library; "outcome": a fine-tune the grader trains
+    points: int
+    solutions: tuple[str, ...]  # grade_ids of the solution cells the grader runs, each on its own, in order
+    provides: tuple[str, ...]  # names the grader defines before it runs the solution cells (see grading.context)
+    thresholds: dict  # metric -> (comparison, value); a string value names a preset field ("step_budget")
+    hints: tuple[str, ...]
+    summary: str  # one line for the points tables
+
+    def threshold_values(self, preset) -> dict:
+        """The thresholds with preset-dependent values resolved: {metric: (comparison, number)}."""
+        return {name: (cmp, getattr(preset, value) if isinstance(value, str) else value)
+                for name, (cmp, value) in self.thresholds.items()}
+
+
+STEP_HINT = "use at most preset.step_budget optimizer steps: the grader trains exactly the steps you chose"
+
+EXERCISES = (
+    Exercise(
+        grade_id="decision_rules_tests", notebook="01_when_to_fine_tune", number="1.1",
+        title="encode the decision guide", kind="function", points=3, solutions=("decision_rules",), provides=(),
+        thresholds={"share_agreeing": (">=", 1.0)},
+        hints=("follow the table's rules in order: the first rule that applies wins",
+               "rules 7-10 depend on memory: call method_fits(scenario, 'full' | 'lora' | 'qlora')"),
+        summary="`choose_approach` follows the decision guide on unseen scenarios generated at grading time",
+    ),
+    Exercise(
+        grade_id="plan_final_outcome", notebook="01_when_to_fine_tune", number="1.2",
+        title="plan a fine-tune, estimate its memory, run it", kind="outcome", points=6, solutions=("plan_setup",),
+        provides=("preset", "SEED", "longest", "shape", "flops_per_s", "TrainingPlan", "estimate_memory",
+                  "estimate_step_seconds"),
+        thresholds={
+            "memory_estimate_error": ("<=", 0.15),  # |your estimate - measured| / measured, total training bytes
+            "measured_memory_gb": ("<=", "memory_budget_gb"),  # the plan, measured by the grader
+            "margin_over_few_shot": (">=", 0.15),  # exact match of the adapter minus the few-shot prompt's
+            "steps": ("<=", "step_budget"),
+        },
+        hints=("estimate off: estimate the plan you saved (same batch, seq_len, rank, targets and autocast dtype)",
+               "over the memory budget: activations grow with batch_size x seq_len; parameters do not shrink with LoRA",
+               "exact match too low: seq_len must hold the longest example (longer ones are cut), or train more steps",
+               STEP_HINT),
+        summary="memory estimate within 15 % of the grader's byte count of the plan, the plan within the preset's "
+                "memory budget; the grader trains the plan: held-out exact match ≥ few-shot + 0.15, steps ≤ budget",
+    ),
+    Exercise(
+        grade_id="cleaning_tests", notebook="02_data_and_tooling", number="2.1",
+        title="write the cleaning pipeline", kind="function", points=4, solutions=("cleaning_pipeline",), provides=(),
+        thresholds={"precision": (">=", 0.95), "recall": (">=", 0.95), "per_problem_recall": (">=", 0.8)},
+        hints=("run the self-check: it scores the same function on the shipped dump and names the problem it misses",
+               "every row is either kept or flagged, and the first of several copies is kept"),
+        summary="`clean_dump` on a dump generated at grading time (other rows, other variants of each problem): "
+                "precision ≥ 0.95, recall ≥ 0.95, recall ≥ 0.8 per problem",
+    ),
+    Exercise(
+        grade_id="cleaned_final_outcome", notebook="02_data_and_tooling", number="2.2",
+        title="fine-tune on the cleaned data", kind="outcome", points=5,
+        solutions=("cleaning_pipeline", "cleaned_setup"), provides=("preset", "SEED", "SFTSetup", "RECIPE", "STEPS"),
+        thresholds={"exact_match": (">=", 0.6), "steps": ("<=", "step_budget")},
+        hints=("exact match too low: train on clean_dump's kept rows, with the chat template, for more of the step budget",
+               "check that clean_dump keeps the good rows: a pipeline that flags too much leaves too little to learn from",
+               STEP_HINT),
+        summary="the grader cleans the shipped dump with your `clean_dump` and trains your setup on the kept rows: "
+                "words-to-digits held-out exact match ≥ 0.6, steps ≤ budget",
+    ),
+    Exercise(
+        grade_id="sft_label_mask_tests", notebook="03_sft", number="3.1",
+        title="build the label mask", kind="function", points=2, solutions=("sft_label_mask",), provides=(),
+        thresholds={"share_matching": (">=", 1.0)},
+        hints=("prompt tokens, up to and including the generation prompt, are -100; the completion keeps its tokens, "
+               "<|im_end|> and the newline after it included",),
+        summary="label mask equals TRL's on unseen examples",
+    ),
+    Exercise(
+        grade_id="sft_final_outcome", notebook="03_sft", number="3.2",
+        title="fine-tune within the step budget, without forgetting", kind="outcome", points=6,
+        solutions=("sft_setup",), provides=("preset", "SEED", "SFTSetup", "LAYOUT"),
+        thresholds={
+            "exact_match": (">=", 0.85),  # date-to-ISO exact match on the split
+            "probe_accuracy_drop": ("<=", 0.03),  # base accuracy minus tuned accuracy on the general probe
+            "probe_perplexity_ratio": ("<=", 1.15),  # tuned / base perplexity on the general text
+            "steps": ("<=", "step_budget"),
+        },
+        hints=("exact match too low: raise the learning rate (LoRA tolerates 1e-3) or use more of the step budget",
+               "probe regressed: prefer LoRA over a full fine-tune, lower the learning rate, or train fewer steps",
+               STEP_HINT),
+        summary="the grader trains your setup: held-out exact match ≥ 0.85, probe accuracy drop ≤ 0.03, "
+                "perplexity ratio ≤ 1.15, steps ≤ budget",
+    ),
+    Exercise(
+        grade_id="lora_layer_tests", notebook="04_lora", number="4.1",
+        title="a LoRA layer from scratch", kind="function", points=2, solutions=("lora_layer",), provides=(),
+        thresholds={"max_difference": ("<=", 1e-5)},
+        hints=("lora_A is (r, in_features), lora_B (out_features, r) and starts at zero; the update is scaled by "
+               "alpha / r; the base layer's parameters are frozen",),
+        summary="`LoRALinear` equals PEFT's LoRA layer (output, dL/dA, dL/dB, dL/dx within 1e-5; r(in+out) trainable; "
+                "base frozen) on three unseen shapes",
+    ),
+    Exercise(
+        grade_id="capstone_final_outcome", notebook="04_lora", number="4.2",
+        title="design a task and beat the base model on it (capstone)", kind="outcome", points=8,
+        solutions=("capstone_task", "capstone_setup"), provides=("preset", "SEED", "SFTSetup"),
+        thresholds={
+            "train_examples": (">=", 1000),  # rows the grader trained on, drawn from your generator
+            "overlap_with_train": ("<=", 0.1),  # share of fresh draws that repeat a training example (exact or near)
+            "top_answer_share": ("<=", 0.5),  # the most common held-out answer: a task is more than one reply
+            "base_exact_match": ("<=", 0.3),  # don't fine-tune what the model already does
+            "margin_over_base": (">=", 0.3),  # the adapter's exact match minus the base model's
+            "probe_accuracy_drop": ("<=", 0.03),
+            "probe_perplexity_ratio": ("<=", 1.15),
+            "steps": ("<=", "step_budget"),
+        },
+        hints=("overlap too high: the task's space is too small; add values and phrasings so fresh draws are new",
+               "base too high: the base model already does this task; pick a format or mapping it gets wrong",
+               "margin too low: train more of the step budget or raise the learning rate; check the answers are "
+               "a function of the prompt (the same prompt must always have the same answer)",
+               "probe regressed: lower the learning rate or train fewer steps"),
+        summary="the grader draws ≥ 1,000 training and fresh held-out examples from your `make_example` with its own "
+                "seed and trains your setup: ≤ 10 % of held-out draws repeat training (exact or near-duplicate), "
+                "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3, probe drop ≤ 0.03, "
+                "perplexity ratio ≤ 1.15, steps ≤ budget",
+    ),
+    Exercise(
+        grade_id="nf4_tests", notebook="05_quantization_qlora", number="5.1",
+        title="NF4 quantize and dequantize", kind="function", points=3, solutions=("nf4_functions",), provides=(),
+        thresholds={"index_agreement": (">=", 0.999), "absmax_relative_error": ("<=", 1e-6),
+                    "dequantize_max_difference": ("<=", 1e-6)},
+        hints=("blocks of 64 along the flattened tensor, the last one partial; scale each by its largest magnitude; "
+               "the nearest level wins (compare with the midpoints between levels)",),
+        summary="NF4 quantize/dequantize against bitsandbytes on four unseen tensors (partial last block, outlier, "
+                "heavy tails): same absmax, ≥ 99.9 % equal indices, dequantisation within 1e-6",
+    ),
+    Exercise(
+        grade_id="qlora_final_outcome", notebook="05_quantization_qlora", number="5.2",
+        title="QLoRA fine-tune to the held-out threshold", kind="outcome", points=6, solutions=("qlora_setup",),
+        provides=("preset", "SEED", "SFTSetup"),
+        thresholds={"exact_match": (">=", 0.8), "steps": ("<=", "step_budget")},
+        hints=("exact match too low: use more of the step budget or a higher learning rate (LoRA tolerates 1e-3 to 2e-3)",
+               "the grader trains and evaluates your adapter on the 4-bit NF4 base", STEP_HINT),
+        summary="the grader trains your setup as an adapter on the 4-bit NF4 base: held-out exact match ≥ 0.8, "
+                "steps ≤ budget",
+    ),
+)
+
+BY_GRADE_ID = {e.grade_id: e for e in EXERCISES}
+assert len(BY_GRADE_ID) == len(EXERCISES), "grade_ids must be unique"
+
+
+def exercise(grade_id: str) -> Exercise:
+    """The exercise graded in cell `grade_id`; a clear error for an unknown one."""
+    try:
+        return BY_GRADE_ID[grade_id]
+    except KeyError:
+        raise KeyError(f"Unknown grade cell {grade_id!r}; known: {', '.join(BY_GRADE_ID)}.") from None
+
+
+def for_notebook(notebook: str) -> list[Exercise]:
+    """The exercises of one notebook, in the order they appear."""
+    return [e for e in EXERCISES if e.notebook == notebook]
+
+
+def outcome_exercise(notebook: str) -> Exercise:
+    """The notebook's outcome exercise (its final, graded fine-tune)."""
+    found = [e for e in for_notebook(notebook) if e.kind == "outcome"]
+    if not found:
+        raise KeyError(f"No outcome exercise in {notebook!r}; notebooks with one: "
+                       f"{', '.join(sorted({e.notebook for e in EXERCISES if e.kind == 'outcome'}))}.")
+    return found[0]
+
+
+def notebooks() -> list[str]:
+    """Every notebook with exercises, in course order."""
+    return sorted({e.notebook for e in EXERCISES})
+
+
+def points_table() -> str:
+    """The markdown points table both READMEs carry (a test checks they match this)."""
+    rows = ["| grade_id | exercise | what the grader checks | points |", "|---|---|---|---|"]
+    for e in EXERCISES:
+        rows.append(f"| `{e.grade_id}` | {e.number} ({e.kind}): {e.title} | {e.summary} | {e.points} |")
+    return "\n".join(rows)
