@@ -9,7 +9,6 @@ SUBMISSIONS ?= $(ROOT)/autograder/submitted
 ASSIGNMENT ?= 03_sft
 # nbgrader runs alembic from PATH: the virtual environment's bin comes first.
 export PATH := $(BIN):$(PATH)
-export FTCOURSE_PRESET ?= $(PRESET)
 
 .PHONY: setup course test lab release grade benchmark clean
 
@@ -35,13 +34,15 @@ lab: setup
 release: setup
 	$(BIN)/python scripts/release.py
 
-## Instructor: autograde and write feedback for a folder of submissions (SUBMISSIONS=<dir>/<student>/<assignment>/).
+## Instructor: grade a folder of submissions (SUBMISSIONS=<dir>/<student>/<assignment>/); needs $$FTCOURSE_HELDOUT_SEED.
+## PRESET=... on the command line overrides the preset each submission ran with (autograder/README.md).
 grade: setup
-	FTCOURSE_SUBMISSIONS=$(SUBMISSIONS) $(BIN)/python scripts/grade.py --assignment $(ASSIGNMENT)
+	FTCOURSE_PRESET=$(if $(filter command line,$(origin PRESET)),$(PRESET),) FTCOURSE_SUBMISSIONS=$(SUBMISSIONS) \
+	  $(BIN)/python scripts/grade.py --assignment $(ASSIGNMENT)
 
 ## Padded vs length-grouped vs packed throughput and peak memory; writes build/benchmark_layouts_<preset>.md.
 benchmark: setup
 	$(BIN)/python scripts/benchmark_layouts.py --preset $(PRESET)
 
 clean:
-	rm -rf build autograder/autograded autograder/feedback autograder/gradebook.db
+	rm -rf build .grading autograder/autograded autograder/feedback autograder/gradebook.db

@@ -225,7 +225,7 @@ def save_sft_artifacts(model, tokenizer, result: TrainResult, setup: SFTSetup, a
     model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
     record = {"steps": result.steps, "setup": dataclasses.asdict(setup), "final_loss": result.losses[-1] if result.losses else None,
-              "seconds": result.seconds}
+              "losses": result.losses, "seconds": result.seconds}
     (artifacts / "training.json").write_text(json.dumps(record, indent=2, default=list))
     return adapter
 

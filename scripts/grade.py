@@ -28,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,23 +268,42 @@ def grade(assignment: str, env: dict | None = None) -> dict[str, dict]:
     if setup.isolated:
         _close(staging)
     cap = float(os.environ.get("FTCOURSE_SUBMISSION_SECONDS", "3600")) + 600
-    failures: dict[str, str] = {}
-    for student in sorted(p.name for p in staging.iterdir()):
-        try:
-            nbgrader("autograde", assignment, "--student", student, "--force", env=run_env, timeout_s=cap)
-        except subprocess.TimeoutExpired:
-            failures[student] = f"autograde ran past {cap:.0f} s"
-        except RuntimeError as error:
-            failures[student] = "autograde failed: " + str(error).strip().splitlines()[-1][:200]
-        try:
-            nbgrader("generate_feedback", assignment, "--student", student, "--force", env=run_env, timeout_s=600)
-        except (RuntimeError, subprocess.TimeoutExpired) as error:
-            failures.setdefault(student, f"feedback failed: {str(error).strip().splitlines()[-1][:200]}")
+    students = sorted(p.name for p in staging.iterdir())
+    failures = _autograde(assignment, students, run_env, cap, Path(paths["FTCOURSE_AUTOGRADED"]))
     rows = _table_rows(assignment, Path(paths["FTCOURSE_GRADEBOOK"]), Path(paths["FTCOURSE_VERDICTS_DIR"]),
                        refused, failures)
     rows["_setup"] = {"isolated": setup.isolated, "learner_user": setup.learner_user, "notes": setup.notes,
                       "env": run_env, "staging": str(staging)}
     return rows
+
+
+def _autograde(assignment: str, students: list[str], env: dict, cap: float, autograded: Path) -> dict[str, str]:
+    """Autograde and write feedback for the class in one nbgrader run each; a learner whose notebook did not come
+    through is graded again alone, to say why. {student: why it failed} for those that still fail."""
+    failures: dict[str, str] = {}
+    start = time.time()
+
+    def done(step: str, student: str) -> bool:
+        path = (autograded / student / assignment / f"{assignment}.ipynb" if step == "autograde" else
+                Path(env["FTCOURSE_FEEDBACK"]) / student / assignment / f"{assignment}.html")
+        return path.is_file() and path.stat().st_mtime >= start
+
+    for step, args in (("autograde", ["autograde", assignment, "--force"]),
+                       ("feedback", ["generate_feedback", assignment, "--force"])):
+        try:
+            nbgrader(*args, env=env, timeout_s=cap * max(1, len(students)))
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pass  # nbgrader goes on past a failing learner and fails at the end: find out who, below
+        for student in students:
+            if student in failures or done(step, student):
+                continue
+            try:
+                nbgrader(*args, "--student", student, env=env, timeout_s=cap)
+            except subprocess.TimeoutExpired:
+                failures[student] = f"{step} ran past {cap:.0f} s"
+            except RuntimeError as error:
+                failures[student] = f"{step} failed: " + str(error).strip().splitlines()[-1][:200]
+    return failures
 
 
 def _table_rows(assignment: str, db: Path, verdicts_dir: Path, refused: dict, failures: dict) -> dict[str, dict]:

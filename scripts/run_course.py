@@ -1,8 +1,10 @@
 """`make course`: execute every solution notebook headless with papermill and print a table.
 
 Executed copies go to build/executed/; each notebook runs in its own folder build/run/NN_slug/ (its
-artifacts land there). Columns: notebook, minutes, base and tuned metric on the held-out split (from
-the grader, in its own process), and the exercise score the executed notebook earns.
+artifacts land there). Columns: notebook, minutes, base and tuned metric on the held-out split (the
+solution notebook's hidden test, run by the grader in its own process on the notebook's adapter), and
+the exercise score the executed notebook earns. The held-out split is the public test seed's: `make
+course` opts in to it explicitly (a class is graded with the instructor's own secret, by `make grade`).
 """
 
 from __future__ import annotations
@@ -33,36 +35,42 @@ def score_notebook(path: Path) -> tuple[float, float]:
     return earned, total
 
 
-def run_notebook(notebook: Path, preset: str) -> dict:
-    """Execute one notebook with papermill; return its row of the table."""
+def execute(notebook: Path, preset: str, workdir: Path, executed: Path) -> tuple[float, str]:
+    """Run one notebook with papermill in `workdir`, its preset injected; (minutes, the first error or '')."""
     import papermill
 
-    slug = notebook.stem
-    workdir = ROOT / "build" / "run" / slug
     workdir.mkdir(parents=True, exist_ok=True)
-    executed = ROOT / "build" / "executed" / f"{slug}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    os.environ["FTCOURSE_PRESET"] = preset  # the same value reaches graders and nbgrader runs
     start = time.perf_counter()
     error = ""
     try:
         papermill.execute_notebook(str(notebook), str(executed), parameters={"PRESET": preset}, cwd=str(workdir),
-                                   progress_bar=False, log_output=False)
+                                   progress_bar=False, log_output=False, kernel_name="python3")
     except Exception as exc:  # papermill raises on the first failing cell; keep going, report it
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-    minutes = (time.perf_counter() - start) / 60
+    return (time.perf_counter() - start) / 60, error
+
+
+def run_notebook(notebook: Path, preset: str) -> dict:
+    """Execute one notebook with papermill; return its row of the table."""
+    slug = notebook.stem
+    workdir = ROOT / "build" / "run" / slug
+    executed = ROOT / "build" / "executed" / f"{slug}.ipynb"
+    minutes, error = execute(notebook, preset, workdir, executed)
     row = {"notebook": slug, "minutes": minutes, "error": error}
     results_file = workdir / "course_results.json"
     if results_file.exists():
         row.update(json.loads(results_file.read_text()))
-    from ftcourse.grading import EVALUATORS, artifact_dir, run_grader
+    from ftcourse.grading import artifact_dir
+    from ftcourse.grading.kernel import HELDOUT_VERDICT
 
-    if slug in EVALUATORS and (artifact_dir(slug, workdir)).exists():
-        verdict = run_grader(slug, artifact_dir(slug, workdir), split="heldout")
-        row["heldout_base"] = verdict.metrics.get("base_exact_match")
-        row["heldout_tuned"] = verdict.metrics.get("exact_match")
-        row["probe_base"] = verdict.metrics.get("base_probe_accuracy")
-        row["probe_tuned"] = verdict.metrics.get("probe_accuracy")
+    verdict_file = artifact_dir(slug, workdir) / HELDOUT_VERDICT
+    if verdict_file.is_file():  # the hidden test's held-out verdict, written by the grader process
+        verdict = json.loads(verdict_file.read_text())
+        row["heldout_base"] = verdict["metrics"].get("base_exact_match")
+        row["heldout_tuned"] = verdict["metrics"].get("exact_match")
+        row["probe_base"] = verdict["metrics"].get("base_probe_accuracy")
+        row["probe_tuned"] = verdict["metrics"].get("probe_accuracy")
     earned, total = score_notebook(executed)
     row["score"] = f"{earned:g}/{total:g}"
     return row
@@ -73,7 +81,10 @@ def main() -> int:
     parser.add_argument("--preset", default=os.environ.get("PRESET", "cpu"))
     parser.add_argument("notebooks", nargs="*", help="slugs to run (default: all)")
     args = parser.parse_args()
+    from ftcourse.grading.secret import public_test_env
     from ftcourse.plots import table
+
+    os.environ.update(public_test_env())  # the solution notebooks' hidden tests grade on the public test seed
     from release import sources
 
     notebooks = [s.with_suffix(".ipynb") for s in sources() if not args.notebooks or s.stem in args.notebooks]

@@ -85,3 +85,71 @@ def check_stated_outcome(results: dict, slug: str) -> None:
     assert results["notebook"] == slug, results
     assert results["base_metric"] <= 0.2, results  # the task is one the base model fails ...
     assert results["tuned_metric"] >= results["base_metric"] + 0.4, results  # ... and the fine-tune fixes it
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def executed_solution(tmp_path_factory):
+    """`run(slug)` -> (executed notebook, its working folder): the solution notebook run once per session
+    with papermill, `PRESET="cpu"` injected, in a folder of its own (its artifacts land there)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from run_course import execute, score_notebook
+
+    runs: dict = {}
+
+    def run(slug: str):
+        if slug not in runs:
+            workdir = tmp_path_factory.mktemp(f"run_{slug}")
+            executed = workdir.parent / f"{workdir.name}.executed.ipynb"
+            minutes, error = execute(ROOT / "solutions" / slug / f"{slug}.ipynb", "cpu", workdir, executed)
+            assert not error, f"{slug} failed under papermill: {error}"
+            cells = json.loads(executed.read_text())["cells"]
+            injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+            assert len(injected) == 1 and 'PRESET = "cpu"' in "".join(injected[0]["source"]), injected
+            earned, total = score_notebook(executed)  # every hidden test of the solution passed in its own run
+            assert total > 0 and earned == total, (slug, earned, total)
+            print(f"{slug}: executed in {minutes:.2f} min")
+            runs[slug] = (executed, workdir)
+        return runs[slug]
+
+    return run
+
+
+def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
+    """Release `slug` in a scratch course, put each submission in the class folder and grade it with
+    `make grade`'s code (scripts/grade.py). A submission is a notebook, None (the untouched release), or
+    `write(folder, released_path)` for submissions that are not a plain notebook."""
+    import shutil
+    import sys
+
+    import nbformat
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import grade
+
+    root = tmp_path / "course-root"
+    (root / "solutions" / slug).mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / slug / f"{slug}.ipynb", root / "solutions" / slug)
+    env = {"FTCOURSE_COURSE_ROOT": str(root), "FTCOURSE_SUBMISSIONS": str(tmp_path / "submitted"),
+           "FTCOURSE_AUTOGRADED": str(tmp_path / "autograded"), "FTCOURSE_FEEDBACK": str(tmp_path / "feedback"),
+           "FTCOURSE_GRADEBOOK": str(tmp_path / "gradebook.db")}
+    monkeypatch.setenv("FTCOURSE_GRANT_TRAVERSE", "1")  # CI's checkout may sit in a private home folder
+    grade.nbgrader("generate_assignment", slug, "--force", env=env)
+    released = root / "course" / slug / f"{slug}.ipynb"
+    for student, submission in submissions.items():
+        folder = tmp_path / "submitted" / student / slug
+        folder.mkdir(parents=True)
+        if submission is None:
+            shutil.copy(released, folder / f"{slug}.ipynb")
+        elif callable(submission):
+            submission(folder, released)
+        else:
+            nbformat.write(submission, folder / f"{slug}.ipynb")
+    rows = grade.grade(slug, env=env)
+    rows["_paths"] = env | {"released": str(released)}
+    return rows

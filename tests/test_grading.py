@@ -1,116 +1,270 @@
-import json
+"""The grading subpackage's parts, one at a time: the secret, verdicts, artifacts, the sandbox, references,
+the checks of a learner's choices, and the preprocessor's reading of a submission.
 
+The class-level attacks (whole submissions through `make grade`) are in tests/test_tamper.py.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
 import pytest
 
-from ftcourse import grading
-from ftcourse.grading import Verdict, artifact_dir, heldout_seed, run_grader
+from ftcourse.grading import artifact_dir, registry, secret
+from ftcourse.grading.artifacts import ArtifactError, check_tree, recorded_steps
+from ftcourse.grading.grader import evaluate_artifacts
+from ftcourse.grading.learner import LearnerCodeError
+from ftcourse.grading.preprocessor import choose_preset, notebook_parameters, solution_sources
+from ftcourse.grading.references import cached
+from ftcourse.grading.sandbox import Limits, learner_identity, run_learner_code
+from ftcourse.grading.verdict import Verdict, judge
+from ftcourse.presets import get_preset
+
+CPU = get_preset("cpu")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="privilege separation needs root (CI and grading servers)")
 
 
-def test_heldout_seed_default_and_override(monkeypatch):
-    monkeypatch.delenv(grading.HELDOUT_SEED_ENV, raising=False)
-    assert heldout_seed() == grading.DEFAULT_HELDOUT_SEED
-    monkeypatch.setenv(grading.HELDOUT_SEED_ENV, "123")
-    assert heldout_seed() == 123
-    monkeypatch.setenv(grading.HELDOUT_SEED_ENV, "abc")
-    with pytest.raises(ValueError, match="must be an integer, got 'abc'"):
-        heldout_seed()
+# ---------------------------------------------------------------- the secret
+
+def test_no_secret_no_heldout(monkeypatch):
+    monkeypatch.delenv(secret.HELDOUT_SEED_ENV, raising=False)
+    with pytest.raises(secret.MissingSecret, match="instructor's secret"):
+        secret.heldout_seed()
+
+
+def test_the_public_test_seed_needs_an_explicit_opt_in(monkeypatch):
+    monkeypatch.setenv(secret.HELDOUT_SEED_ENV, str(secret.PUBLIC_TEST_SEED))
+    monkeypatch.delenv(secret.ALLOW_PUBLIC_ENV, raising=False)
+    with pytest.raises(secret.MissingSecret, match="public test seed"):
+        secret.heldout_seed()
+    monkeypatch.setenv(secret.ALLOW_PUBLIC_ENV, "1")
+    assert secret.heldout_seed() == secret.PUBLIC_TEST_SEED
+    monkeypatch.setenv(secret.HELDOUT_SEED_ENV, "abc")
+    with pytest.raises(secret.MissingSecret, match="must be an integer, got 'abc'"):
+        secret.heldout_seed()
+
+
+def test_derived_seeds_are_per_purpose_and_do_not_show_the_secret():
+    s = 123456789
+    a, b = secret.derived_seed("03_sft/heldout", s), secret.derived_seed("05_quantization_qlora/heldout", s)
+    assert a != b and a == secret.derived_seed("03_sft/heldout", s) and str(s) not in str(a)
+    assert secret.derived_seed("03_sft/heldout", s + 1) != a
+    mac = secret.sign(b"payload", s)
+    assert secret.verify(b"payload", mac, s) and not secret.verify(b"payload!", mac, s)
+    assert not secret.verify(b"payload", mac, s + 1)
+
+
+# ---------------------------------------------------------------- verdicts, artifacts, references
+
+def test_verdict_text_lists_each_check_and_why():
+    exercise = registry.exercise("sft_final_outcome")
+    verdict = judge(exercise, "heldout", {"exact_match": 0.5, "probe_accuracy_drop": 0.0,
+                                          "probe_perplexity_ratio": 1.0, "steps": 12}, CPU)
+    text = str(verdict)
+    assert text.startswith("FAIL sft_final_outcome on the heldout split")
+    assert "MISS exact_match: 0.500 (needs >= 0.850)" in text and "What to try" in text
+    assert verdict.reason == "exact_match 0.500 (needs >= 0.850)"
+    assert Verdict.from_dict(json.loads(verdict.to_json())) == verdict
+
+
+def test_a_missing_metric_never_passes():
+    verdict = judge(registry.exercise("qlora_final_outcome"), "heldout", {"steps": 3}, CPU)
+    assert not verdict.passed and "exact_match" in verdict.reason
 
 
 def test_artifact_dir_is_known_and_rejects_unknown(tmp_path):
     assert artifact_dir("03_sft", tmp_path) == tmp_path / "artifacts" / "03_sft"
-    with pytest.raises(KeyError, match="Unknown exercise"):
+    with pytest.raises(KeyError, match="No outcome exercise"):
         artifact_dir("99_nothing", tmp_path)
 
 
-def test_missing_adapter_fails_with_a_clear_message(tmp_path):
-    verdict = run_grader("03_sft", artifact_dir("03_sft", tmp_path), split="validation")
-    assert not verdict.passed
-    assert "No trained adapter found" in verdict.message
+def test_artifacts_refuse_symlinks_and_forged_records(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "training.json").write_text(json.dumps({"steps": "12"}))
+    assert recorded_steps(folder) == 10**9  # not an int: over any budget
+    (folder / "training.json").write_text("not json")
+    assert recorded_steps(folder) == 10**9
+    (folder / "link").symlink_to("/etc/passwd")
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        check_tree(folder)
 
 
-def test_a_fake_metrics_file_does_not_count(tmp_path):
-    """A learner's own metrics are never read: without a real adapter the grade is a fail."""
+def test_a_signed_reference_that_someone_rewrote_is_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTCOURSE_REFERENCES", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"exact_match": 0.25}
+
+    assert cached("x", [1], compute, secret=42) == {"exact_match": 0.25}
+    assert cached("x", [1], compute, secret=42) == {"exact_match": 0.25} and len(calls) == 1
+    (entry,) = tmp_path.glob("x_signed_*.json")
+    forged = json.loads(entry.read_text()) | {"value": {"exact_match": -1.0}}
+    entry.write_text(json.dumps(forged))
+    assert cached("x", [1], compute, secret=42) == {"exact_match": 0.25} and len(calls) == 2
+    assert cached("x", [1], compute, secret=43) == {"exact_match": 0.25} and len(calls) == 3  # another secret
+
+
+def test_self_check_without_artifacts_names_what_is_missing(tmp_path):
+    verdict = evaluate_artifacts("03_sft", artifact_dir("03_sft", tmp_path), "validation", "cpu")
+    assert not verdict.passed and "No trained adapter found" in verdict.message
+
+
+def test_heldout_evaluation_without_the_secret_gives_no_verdict(tmp_path, monkeypatch):
+    monkeypatch.delenv(secret.HELDOUT_SEED_ENV)
     folder = artifact_dir("03_sft", tmp_path)
-    folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"exact_match": 1.0}))
-    (folder / "training.json").write_text(json.dumps({"steps": 1}))
-    assert not run_grader("03_sft", folder, split="heldout").passed
-
-
-def test_verdict_text_lists_each_check():
-    v = Verdict("03_sft", "heldout", False, {}, [("exact_match", 0.5, ">=", 0.85, False)], "What to try: more steps")
-    text = str(v)
-    assert text.startswith("FAIL 03_sft on the heldout split")
-    assert "MISS exact_match: 0.500 (needs >= 0.850)" in text and "What to try" in text
-
-
-def test_plan_exercise_without_artifacts_names_what_is_missing(tmp_path):
-    verdict = run_grader("01_when_to_fine_tune", artifact_dir("01_when_to_fine_tune", tmp_path), split="validation")
-    assert not verdict.passed
-    assert "plan.json" in verdict.message and "adapter_config.json" in verdict.message
-
-
-def test_plan_exercise_rejects_a_plan_that_is_not_lora(tmp_path):
-    """A full fine-tune's plan cannot pass, whatever its estimate: the exercise trains a LoRA adapter."""
-    from ftcourse.estimator import TrainingPlan, estimate_memory, known_shape, save_plan
-    from ftcourse.presets import get_preset
-
-    folder = artifact_dir("01_when_to_fine_tune", tmp_path)
     (folder / "adapter").mkdir(parents=True)
     (folder / "adapter" / "adapter_config.json").write_text("{}")
-    plan = TrainingPlan(method="full", autocast_dtype=get_preset("cpu").autocast_dtype)
-    save_plan(folder / "plan.json", plan, estimate_memory(known_shape("smollm2-135m"), plan), steps=1)
-    verdict = run_grader("01_when_to_fine_tune", folder, split="validation")
-    assert not verdict.passed and "method='lora'" in verdict.message
+    verdict = evaluate_artifacts("03_sft", folder, "heldout", "cpu")
+    assert not verdict.passed and "instructor's secret" in verdict.message
 
 
-def test_cleaned_sft_exercise_without_adapter_fails_clearly(tmp_path):
-    verdict = run_grader("02_data_and_tooling", artifact_dir("02_data_and_tooling", tmp_path), split="heldout")
-    assert not verdict.passed and "No trained adapter found" in verdict.message
+# ---------------------------------------------------------------- what the learner chose, checked
+
+def test_setups_outside_the_rules_are_refused_before_training():
+    from ftcourse.grading.produce import check_setup
+    from ftcourse.training import SFTSetup
+
+    ok = vars(SFTSetup(max_steps=12, batch_size=8))
+    assert check_setup(ok, CPU).max_steps == 12
+    for change, message in (({"max_steps": 36}, "at most 24"), ({"method": "full"}, "must be 'lora'"),
+                            ({"num_epochs": 3.0}, "num_epochs must stay None"), ({"batch_size": 4096}, "at most 32"),
+                            ({"learning_rate": float("nan")}, "finite|learning_rate"), ({"oops": 1}, "does not know"),
+                            ({"lora_r": "16"}, "must be an integer")):
+        with pytest.raises(LearnerCodeError, match=message):
+            check_setup(ok | change, CPU)
 
 
-def test_capstone_threshold_is_the_capstone_minimum():
-    from ftcourse.capstone import MIN_TRAIN_EXAMPLES
+def test_the_capstone_pool_is_split_by_the_secret():
+    from ftcourse.grading.produce import partition_pool
 
-    assert grading.SPECS["04_lora"].thresholds["train_examples"] == (">=", MIN_TRAIN_EXAMPLES)
-
-
-def test_capstone_without_its_task_names_what_is_missing(tmp_path):
-    folder = artifact_dir("04_lora", tmp_path)
-    (folder / "adapter").mkdir(parents=True)
-    (folder / "adapter" / "adapter_config.json").write_text("{}")
-    verdict = run_grader("04_lora", folder, split="heldout")
-    assert not verdict.passed and "task.py" in verdict.message and "train.jsonl" in verdict.message
+    pool = list(range(200))
+    train, held = partition_pool(pool, 40, secret=7)
+    assert len(held) == 40 and len(train) == 160 and not set(train) & set(held)
+    assert partition_pool(pool, 40, secret=7) == (train, held) and partition_pool(pool, 40, secret=8)[1] != held
 
 
-def test_capstone_with_a_tiny_task_fails_before_any_model_runs(tmp_path):
-    folder = artifact_dir("04_lora", tmp_path)
-    (folder / "adapter").mkdir(parents=True)
-    (folder / "adapter" / "adapter_config.json").write_text("{}")
-    (folder / "task.py").write_text("def make_example(rng):\n    n = rng.randint(1, 9)\n    return f'Double {n}', str(2 * n)\n")
-    (folder / "train.jsonl").write_text(json.dumps({"prompt": "Double 1", "answer": "2"}) + "\n")
-    verdict = run_grader("04_lora", folder, split="validation")
-    assert not verdict.passed and "could not be drawn" in verdict.message and "distinct new prompts" in verdict.message
+# ---------------------------------------------------------------- reading a submission (never executing it)
+
+def _notebook(*cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = list(cells)
+    return nb
 
 
-def test_qlora_exercise_without_adapter_fails_clearly(tmp_path):
-    verdict = run_grader("05_quantization_qlora", artifact_dir("05_quantization_qlora", tmp_path), split="heldout")
-    assert not verdict.passed and "No trained adapter found" in verdict.message
+def _code(source, grade_id=None, solution=True, tags=()):
+    cell = nbformat.v4.new_code_cell(source)
+    if grade_id:
+        cell.metadata["nbgrader"] = {"grade_id": grade_id, "solution": solution, "grade": not solution}
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
 
 
-def test_hidden_test_skips_its_kernel_run_only_where_nbgrader_regrades_it(tmp_path, monkeypatch, capsys):
-    from ftcourse.nbgrader_outcome import OutcomeVerdicts
+def test_parameters_are_parsed_as_literals_and_papermill_injection_wins():
+    nb = _notebook(_code('PRESET = "auto"\nSEED = 0', tags=["parameters"]),
+                   _code('PRESET = "cpu"\nSEED = 3\nX = __import__("os").system("touch /tmp/pwned")',
+                         tags=["injected-parameters"]))
+    assert notebook_parameters(nb) == {"PRESET": "cpu", "SEED": 3}
+    assert not Path("/tmp/pwned").exists()
 
-    monkeypatch.delenv(grading.OUTSIDE_KERNEL_ENV, raising=False)
-    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
-    # no OutcomeVerdicts in this process: the hidden test grades in the kernel and fails on missing artifacts
-    with pytest.raises(AssertionError, match="No trained adapter"):
-        grading.assert_outcome("03_sft", tmp_path)
-    OutcomeVerdicts(checks={"sft_final_outcome": {"kind": "outcome", "exercise": "03_sft"},
-                            "sft_label_mask_tests": {"kind": "function", "exercise": "03_label_mask", "solution": "x"}})
-    assert grading.graded_outside_kernel("03_sft") and not grading.graded_outside_kernel("04_lora")
-    grading.assert_outcome("03_sft", tmp_path)  # re-graded after execution: no run in the kernel
-    assert "outside the kernel" in capsys.readouterr().out
-    monkeypatch.setenv("NBGRADER_EXECUTION", "validate")  # nbgrader validate has no OutcomeVerdicts step
-    with pytest.raises(AssertionError, match="No trained adapter"):
-        grading.assert_outcome("03_sft", tmp_path)
+
+def test_a_solution_cell_that_appears_twice_is_not_graded():
+    nb = _notebook(_code("a = 1", "sft_setup"), _code("a = 2", "sft_setup"), _code("b = 1", "sft_label_mask"),
+                   _code("print('tests')", "sft_final_outcome", solution=False))
+    assert solution_sources(nb) == {"sft_label_mask": "b = 1"}
+
+
+def test_the_instructors_preset_wins_over_the_submissions(monkeypatch):
+    monkeypatch.delenv("FTCOURSE_PRESET", raising=False)
+    assert choose_preset("cpu") == ("cpu", "submission")
+    assert choose_preset("nonsense")[1] == "default"
+    monkeypatch.setenv("FTCOURSE_PRESET", "cpu")
+    assert choose_preset("t4") == ("cpu", "instructor")
+
+
+# ---------------------------------------------------------------- the sandbox: caps and separation
+
+def _run(source: str, limits: Limits | None = None, secret_inputs: bool = False):
+    return run_learner_code({"cells": [["attack", source]], "provides": [], "preset": "cpu", "seed": 0, "op": "values",
+                             "inputs": {"names": ["answer"]}}, limits=limits, secret_inputs=secret_inputs,
+                            site=os.environ.get("FTCOURSE_GRADING_SITE"), cache=os.environ.get("FTCOURSE_LEARNER_CACHE"))
+
+
+def test_a_child_returns_data_only(learner_runtime):
+    result = _run("answer = {'passed': True, 'n': [1, 2]}")
+    assert result.ok and result.data == {"answer": {"passed": True, "n": [1, 2]}}
+
+
+@pytest.mark.parametrize("source,kind", [
+    ("import os\nprint('FTCOURSE-VERDICT {\"passed\": true}')\nos._exit(0)", "no_result"),
+    ("import sys\nsys.exit(0)", "learner_error"),
+    ("import os, sys\nos.write(int(sys.argv[2]), b'{\"ok\": true, \"data\"')\nos._exit(0)", "bad_result"),
+    ("while True:\n    pass", "timeout"),
+    ("import signal, time\nfor s in (signal.SIGINT, signal.SIGTERM):\n    signal.signal(s, signal.SIG_IGN)\n"
+     "time.sleep(10**6)", "timeout"),
+    ("x = bytearray(64 * 2**30)", "learner_error"),
+    ("import os\nos.kill(os.getpid(), 9)", "killed"),
+])
+def test_faults_end_in_a_reason_not_a_verdict(learner_runtime, source, kind):
+    result = _run(source, Limits(seconds=20))
+    assert not result.ok and result.kind == kind, result
+    if kind == "learner_error" and "bytearray" in source:
+        assert "MemoryError" in result.error
+
+
+def test_a_huge_output_is_capped(learner_runtime):
+    result = _run("import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 2**20)\nanswer = 1",
+                  Limits(seconds=60, output_mb=8))
+    assert not result.ok
+
+
+def test_secret_inputs_hide_the_learners_exception_text(learner_runtime):
+    result = _run("raise ValueError('hidden row: Write the number in digits. forty-two')", secret_inputs=True)
+    assert result.kind == "learner_error" and "forty-two" not in result.error and "ValueError" in result.error
+    assert "line 1" in result.error
+    assert "forty-two" in _run("raise ValueError('forty-two')").error
+
+
+def test_the_child_has_no_secret_in_its_environment(learner_runtime):
+    result = _run("import os\nanswer = {k: v for k, v in os.environ.items() if 'SEED' in k or 'FTCOURSE_H' in k}")
+    assert result.ok and result.data == {"answer": {}}
+
+
+@ROOT_ONLY
+def test_under_root_the_child_is_the_learner_user_and_reaches_nothing_of_the_graders(learner_runtime):
+    identity = learner_identity()
+    source = ("import os, sys\nfrom pathlib import Path\nfound = {'uid': os.getuid()}\n"
+              "for name, path in [('parent_environ', f'/proc/{os.getppid()}/environ'), ('init_environ', '/proc/1/environ'),\n"
+              "                   ('root_home', '/root/.cache')]:\n"
+              "    try:\n        found[name] = len(open(path, 'rb').read()) if not os.path.isdir(path) else os.listdir(path)\n"
+              "    except OSError as e:\n        found[name] = type(e).__name__\n"
+              "site = Path(sys.path[0])\n"
+              "try:\n    (site / 'ftcourse' / 'grading' / 'verdict.py').open('a').write('#')\n    found['site'] = 'written'\n"
+              "except OSError as e:\n    found['site'] = type(e).__name__\n"
+              "try:\n    os.kill(os.getppid(), 9)\n    found['kill'] = 'sent'\nexcept OSError as e:\n    found['kill'] = type(e).__name__\n"
+              "answer = found\n")
+    result = _run(source)
+    assert result.ok, result
+    found = result.data["answer"]
+    assert found["uid"] == identity.uid
+    assert found["parent_environ"] == found["init_environ"] == found["root_home"] == "PermissionError", found
+    assert found["site"] == "PermissionError" and found["kill"] == "PermissionError", found
+
+
+@ROOT_ONLY
+def test_a_daemon_does_not_outlive_its_submission(learner_runtime, tmp_path):
+    identity = learner_identity()
+    source = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              "        open('/tmp/ftcourse-daemon-mark', 'w').write('x')\n        time.sleep(600)\n    os._exit(0)\n"
+              "time.sleep(1)\nanswer = 1\n")
+    result = _run(source)
+    assert result.ok
+    from ftcourse.grading.sandbox import _processes_of
+
+    time.sleep(0.2)
+    assert _processes_of(identity.uid) == [] and not Path("/tmp/ftcourse-daemon-mark").exists()

@@ -49,8 +49,7 @@ def test_recommend_layout_picks_the_fastest():
     assert recommend_layout(rows) == "grouped"
 
 
-def test_a_short_lora_run_lowers_the_loss_and_counts_tokens(tmp_path, monkeypatch):
-    monkeypatch.delenv("FTCOURSE_PRESET", raising=False)
+def test_a_short_lora_run_lowers_the_loss_and_counts_tokens(tmp_path):
     from ftcourse.models import load_model_and_tokenizer
 
     preset = get_preset("cpu")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from . import secret as secrets_
 from .learner import LearnerCodeError, expect
+from .references import cached
 from .registry import Exercise
 from .verdict import Verdict, failed, judge
 
@@ -191,7 +192,8 @@ def _label_mask_inputs(preset, secret):
     from ..tasks import make_date_examples
 
     examples = make_date_examples(5, secrets_.derived_seed("03_sft/label_mask", secret))
-    return {"pairs": [[e.prompt, e.answer] for e in examples] + [["Say hello.", "Hello! How can I help you today?"]]}, None
+    pairs = [[e.prompt, e.answer] for e in examples] + [["Say hello.", "Hello! How can I help you today?"]]
+    return {"pairs": pairs}, secret  # the key: the secret that signs the cached library reference
 
 
 def _describe_mismatch(name: str, got, want) -> str:
@@ -201,12 +203,12 @@ def _describe_mismatch(name: str, got, want) -> str:
     return f"{name} differs first at position {first}: got {got[first]}, expected {want[first]} (of {len(want)} tokens)"
 
 
-def _label_mask_judge(exercise, preset, inputs, key, rows) -> Verdict:
+def _label_mask_judge(exercise, preset, inputs, secret, rows) -> Verdict:
     from ..models import load_tokenizer
 
     pairs = inputs["pairs"]
     expect(isinstance(rows, list) and len(rows) == len(pairs), "build_chat_labels gave no result for every example.")
-    reference = trl_reference_labels(load_tokenizer(), pairs)
+    reference = cached("trl_labels", pairs, lambda: {"rows": trl_reference_labels(load_tokenizer(), pairs)}, secret)["rows"]
     problems = []
     for (prompt, _), (ids, labels), (want_ids, want_labels) in zip(pairs, rows, reference):
         if ids != want_ids:

@@ -16,6 +16,8 @@ from .grader import evaluate_artifacts
 from .registry import exercise, outcome_exercise
 from .verdict import Verdict
 
+HELDOUT_VERDICT = "heldout_verdict.json"
+
 
 def describe(grade_id: str, preset) -> str:
     """The exercise's points, thresholds on this preset and what the grader defines before running your cell."""
@@ -47,8 +49,14 @@ def self_check(notebook: str, preset, root: str | Path | None = None) -> Verdict
 
 
 def assert_outcome(notebook: str, preset, root: str | Path | None = None) -> Verdict:
-    """The solution notebook's hidden test: the kernel's artifacts on the held-out split (needs the secret)."""
-    verdict = evaluate_artifacts(notebook, artifact_dir(notebook, root), "heldout", preset.name)
+    """The solution notebook's hidden test: the kernel's artifacts on the held-out split (needs the secret).
+
+    The verdict is also written beside the artifacts (`heldout_verdict.json`) for `make course`'s table.
+    """
+    folder = artifact_dir(notebook, root)
+    verdict = evaluate_artifacts(notebook, folder, "heldout", preset.name)
+    if folder.is_dir():
+        (folder / HELDOUT_VERDICT).write_text(verdict.to_json())
     if not verdict.passed:
         raise AssertionError(str(verdict))
     print(verdict)

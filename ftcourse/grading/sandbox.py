@@ -195,12 +195,12 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 def _read_result(path: Path, returncode, limits: Limits, secret_inputs: bool, seconds: float, log_tail: str) -> ChildResult:
     size = path.stat().st_size
+    if returncode is not None and returncode < 0:  # killed by a signal: whatever it wrote is not an answer
+        name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+        return ChildResult(False, None, f"Your code's process was killed ({name}): memory over the cap of "
+                           f"{limits.memory_gb:g} GB, a file over {limits.output_mb} MB, CPU time, or a crash.",
+                           "killed", seconds, log_tail)
     if size == 0:
-        if returncode is not None and returncode < 0:
-            name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
-            return ChildResult(False, None, f"Your code's process was killed ({name}): memory over the cap of "
-                               f"{limits.memory_gb:g} GB, a file over {limits.output_mb} MB, CPU time, or a crash.",
-                               "killed", seconds, log_tail)
         return ChildResult(False, None, f"Your code ended the process (exit code {returncode}) before the grader's call "
                            "returned: remove exit() / os._exit() / sys.exit() from the cell.", "no_result", seconds, log_tail)
     if size > limits.output_mb * 2**20:

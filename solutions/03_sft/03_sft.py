@@ -54,7 +54,7 @@ from ftcourse.notebook import setup_notebook
 setup_notebook()
 
 # %% tags=["parameters"]
-PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; $FTCOURSE_PRESET overrides it
+PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; the grader uses the preset you ran with
 SEED = 0
 
 # %%

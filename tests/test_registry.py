@@ -1,0 +1,63 @@
+"""The exercise registry is the one owner of grade ids, points, solution cells and thresholds: the notebooks'
+grade cells, both READMEs' points tables, the nbgrader configuration and the grader all agree with it."""
+
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from ftcourse.grading import registry
+from ftcourse.grading.checks import CHECKS
+from ftcourse.grading.context import PROVIDERS
+from ftcourse.grading.evaluate import EVALUATORS
+from ftcourse.grading.produce import PRODUCERS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cells(slug):
+    return [c for c in jupytext.read(ROOT / "solutions" / slug / f"{slug}.py").cells if c.metadata.get("nbgrader")]
+
+
+@pytest.mark.parametrize("slug", registry.notebooks())
+def test_grade_cells_points_and_solution_cells_agree_with_the_registry(slug):
+    cells = _cells(slug)
+    graded = [(c.metadata["nbgrader"]["grade_id"], c.metadata["nbgrader"]["points"]) for c in cells
+              if c.metadata["nbgrader"].get("grade")]
+    assert graded == [(e.grade_id, e.points) for e in registry.for_notebook(slug)]
+    solutions = {c.metadata["nbgrader"]["grade_id"] for c in cells if c.metadata["nbgrader"].get("solution")}
+    for exercise in registry.for_notebook(slug):
+        assert set(exercise.solutions) <= solutions, (exercise.grade_id, exercise.solutions)
+        assert set(exercise.provides) <= set(PROVIDERS), exercise.provides
+
+
+@pytest.mark.parametrize("slug", registry.notebooks())
+def test_exercise_headings_carry_the_registrys_number_and_points(slug):
+    text = (ROOT / "solutions" / slug / f"{slug}.py").read_text()
+    headings = re.findall(r"### Exercise (\d+\.\d+) — .*?\((\d+) points\)", text)
+    assert headings == [(e.number, str(e.points)) for e in registry.for_notebook(slug)]
+
+
+def test_every_exercise_has_its_grader():
+    for exercise in registry.EXERCISES:
+        assert exercise.kind in registry.KINDS
+        if exercise.kind == "function":
+            assert exercise.grade_id in CHECKS
+        else:
+            assert exercise.notebook in PRODUCERS and exercise.notebook in EVALUATORS
+    assert set(CHECKS) == {e.grade_id for e in registry.EXERCISES if e.kind == "function"}
+
+
+@pytest.mark.parametrize("readme", ["README.md", "autograder/README.md"])
+def test_both_readmes_carry_the_registrys_points_table(readme):
+    assert registry.points_table() in (ROOT / readme).read_text(), \
+        f"{readme}: paste ftcourse.grading.registry.points_table() in place of its points table"
+
+
+def test_autograde_runs_no_learner_kernel_and_writes_the_graders_verdicts():
+    config = (ROOT / "autograder" / "nbgrader_config.py").read_text()
+    block = config[config.index("c.Autograde.autograde_preprocessors"):]
+    block = block[:block.index("]")]
+    assert "ftcourse.grading.preprocessor.GraderVerdicts" in block
+    assert "Execute" not in block
