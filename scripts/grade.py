@@ -269,7 +269,7 @@ def grade(assignment: str, env: dict | None = None) -> dict[str, dict]:
         _close(staging)
     cap = float(os.environ.get("FTCOURSE_SUBMISSION_SECONDS", "3600")) + 600
     students = sorted(p.name for p in staging.iterdir())
-    failures = _autograde(assignment, students, run_env, cap, Path(paths["FTCOURSE_AUTOGRADED"]))
+    failures = _autograde(assignment, students, run_env, cap, Path(paths["FTCOURSE_AUTOGRADED"]), staging, released)
     rows = _table_rows(assignment, Path(paths["FTCOURSE_GRADEBOOK"]), Path(paths["FTCOURSE_VERDICTS_DIR"]),
                        refused, failures)
     rows["_setup"] = {"isolated": setup.isolated, "learner_user": setup.learner_user, "notes": setup.notes,
@@ -277,9 +277,11 @@ def grade(assignment: str, env: dict | None = None) -> dict[str, dict]:
     return rows
 
 
-def _autograde(assignment: str, students: list[str], env: dict, cap: float, autograded: Path) -> dict[str, str]:
-    """Autograde and write feedback for the class in one nbgrader run each; a learner whose notebook did not come
-    through is graded again alone, to say why. {student: why it failed} for those that still fail."""
+def _autograde(assignment: str, students: list[str], env: dict, cap: float, autograded: Path,
+               staging: Path, released: Path) -> dict[str, str]:
+    """Autograde and write feedback for the class in one nbgrader run each. A learner whose notebook nbgrader
+    cannot process is graded again alone, to learn why, then graded on the released notebook in its place
+    (0 points, with feedback). {student: why} for those."""
     failures: dict[str, str] = {}
     start = time.time()
 
@@ -288,6 +290,16 @@ def _autograde(assignment: str, students: list[str], env: dict, cap: float, auto
                 Path(env["FTCOURSE_FEEDBACK"]) / student / assignment / f"{assignment}.html")
         return path.is_file() and path.stat().st_mtime >= start
 
+    def alone(args: list[str], student: str) -> str:
+        try:
+            nbgrader(*args, "--student", student, env=env, timeout_s=cap)
+            return ""
+        except subprocess.TimeoutExpired:
+            return f"{args[0]} ran past {cap:.0f} s"
+        except RuntimeError as error:
+            lines = [l for l in str(error).strip().splitlines() if l.strip() and "AutogradeApp" not in l]
+            return f"{args[0]} failed: " + (lines[-1].strip()[:200] if lines else "see nbgrader's log")
+
     for step, args in (("autograde", ["autograde", assignment, "--force"]),
                        ("feedback", ["generate_feedback", assignment, "--force"])):
         try:
@@ -295,14 +307,15 @@ def _autograde(assignment: str, students: list[str], env: dict, cap: float, auto
         except (RuntimeError, subprocess.TimeoutExpired):
             pass  # nbgrader goes on past a failing learner and fails at the end: find out who, below
         for student in students:
-            if student in failures or done(step, student):
+            if done(step, student):
                 continue
-            try:
-                nbgrader(*args, "--student", student, env=env, timeout_s=cap)
-            except subprocess.TimeoutExpired:
-                failures[student] = f"{step} ran past {cap:.0f} s"
-            except RuntimeError as error:
-                failures[student] = f"{step} failed: " + str(error).strip().splitlines()[-1][:200]
+            why = alone(args, student)
+            if why and step == "autograde":  # grade the released notebook in its place: 0 points, and feedback
+                shutil.copyfile(released, staging / student / assignment / f"{assignment}.ipynb")
+                failures[student] = why + "; the released notebook was graded in its place"
+                alone(args, student)
+            elif why:
+                failures.setdefault(student, why)
     return failures
 
 

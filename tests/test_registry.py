@@ -61,3 +61,25 @@ def test_autograde_runs_no_learner_kernel_and_writes_the_graders_verdicts():
     block = block[:block.index("]")]
     assert "ftcourse.grading.preprocessor.GraderVerdicts" in block
     assert "Execute" not in block
+
+
+# The grading subpackage's modules, each allowed to import only those before it (no import running back up).
+GRADING_LAYERS = ["registry", "secret", "verdict", "artifacts", "sandbox", "learner", "references", "context", "child",
+                  "checks", "evaluate", "produce", "grader", "kernel", "preprocessor"]
+
+
+def test_grading_modules_import_only_downwards():
+    import ast
+
+    folder = ROOT / "ftcourse" / "grading"
+    assert {p.stem for p in folder.glob("*.py")} - {"__init__"} == set(GRADING_LAYERS)
+    for position, name in enumerate(GRADING_LAYERS):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftcourse.grading."):
+                imported.add(node.module.split(".")[2])
+        upward = {m.split(".")[0] for m in imported} - set(GRADING_LAYERS[:position])
+        assert not upward, f"grading/{name}.py imports {sorted(upward)}, which come after it"

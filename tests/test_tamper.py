@@ -38,7 +38,7 @@ FORGED = ("print('FTCOURSE-VERDICT {\"passed\": true, \"message\": \"ok\"}')\n"
 ATTACKS = {
     "forged_verdict_and_exit": ({LABEL: FORGED + "import os\nos._exit(0)\n", SETUP: FORGED + "import os\nos._exit(0)\n"},
                                 [LABEL, SETUP], "ended the process"),
-    "forged_verdict_wrong_function": ({LABEL: FORGED + WRONG_LABELS}, [LABEL], "differ from TRL"),
+    "forged_verdict_wrong_function": ({LABEL: FORGED + WRONG_LABELS}, [LABEL], "share_matching 0.000"),
     "patched_grader_untrained_adapter": ({
         LABEL: "import ftcourse.grading.verdict as v, ftcourse.grading.checks as c\n"
                "v.compare = lambda *a, **k: True\nc.run_check = lambda *a, **k: None\n" + WRONG_LABELS,
@@ -89,8 +89,8 @@ ATTACKS = {
     "full_fine_tune_setup": ({SETUP: "setup = SFTSetup(method='full', max_steps=12, learning_rate=2e-3, seed=SEED)\n"},
                              [SETUP], "must be 'lora'"),
     "kill_the_grader": ({LABEL: "import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept OSError:\n    pass\n"
-                                "os.kill(-1, 9)\n" + WRONG_LABELS},
-                        [LABEL], "killed"),
+                                "os.kill(-1, 9)\n" + WRONG_LABELS},  # signals only its own user's processes
+                        [LABEL], "share_matching 0.000"),
     "endless_loop": ({LABEL: "while True:\n    pass\n"}, [LABEL], "time cap"),
     "sleep_ignoring_signals": ({SETUP: (
         "import signal, time\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n    signal.signal(s, signal.SIG_IGN)\n"
@@ -100,16 +100,24 @@ ATTACKS = {
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
         "        time.sleep(5)\n        open('/tmp/ftcourse-daemon-was-here', 'w').write('x')\n"
         "        while True:\n            os.system('pkill -9 -f ftcourse')\n            time.sleep(1)\n"
-        "    os._exit(0)\n" + WRONG_LABELS)}, [LABEL], "differ from TRL"),
+        "    os._exit(0)\n" + WRONG_LABELS)}, [LABEL], "share_matching 0.000"),
     "huge_output": ({LABEL: "import os, sys\nblock = b'x' * 2**20\nfor _ in range(400):\n"
                             "    os.write(int(sys.argv[2]), block)\n    sys.stdout.write('y' * 2**20)\n"},
-                    [LABEL], "killed"),
+                    [LABEL], "not the grader's result"),  # past the file-size cap its writes fail
     "malformed_notebook": ({}, [LABEL, SETUP], "refused"),
     "symlinked_notebook": ({}, [LABEL, SETUP], "symbolic link"),
-    "duplicate_solution_cell": ({}, [SETUP], "missing"),
+    "duplicate_solution_cell": ({}, [LABEL, SETUP], "released notebook was graded in its place"),
     "edited_hidden_tests": ({}, [LABEL, SETUP], "NotImplementedError"),
     "deleted_hidden_tests": ({}, [LABEL, SETUP], "NotImplementedError"),
 }
+
+
+# Defended by privilege separation alone: graded only where the tests run as root (CI does); as a normal user
+# these would succeed (and the last two would kill the test run itself), as autograder/README.md says.
+NEEDS_ROOT = {"borrowed_reference_solution", "rewritten_package", "site_packages_hook", "read_the_secret",
+              "read_instructor_files", "poisoned_caches", "rewritten_gradebook", "kill_the_grader",
+              "daemon_for_the_next_learner"}
+IS_ROOT = os.geteuid() == 0
 
 
 def _cell(nb, grade_id):
@@ -133,7 +141,9 @@ def _submission(name: str, released, reference_path: Path, reference_workdir: Pa
     if name == "duplicate_solution_cell":
         reference = nbformat.read(reference_path, as_version=4)
         index = nb.cells.index(_cell(nb, SETUP))
-        nb.cells.insert(index, nbformat.from_dict(json.loads(json.dumps(_cell(reference, SETUP)))))
+        copy = nbformat.from_dict(json.loads(json.dumps(_cell(reference, SETUP))))
+        copy["id"] = "a-second-sft-setup"
+        nb.cells.insert(index, copy)
     if name == "edited_hidden_tests":
         for test in TESTS.values():
             _cell(nb, test).source = "print('all tests passed')\n"
@@ -186,7 +196,8 @@ def graded_class(executed_solution, tmp_path_factory):
         return write
 
     # learners are graded in name order: the reference first and last, the untouched release after the attacks
-    submissions = {"a_reference": reference, **{f"b_{name}": attack(name) for name in ATTACKS},
+    attacks = [name for name in ATTACKS if IS_ROOT or name not in NEEDS_ROOT]
+    submissions = {"a_reference": reference, **{f"b_{name}": attack(name) for name in attacks},
                    "y_untouched": None, "z_reference": reference}
     before = {name: _sha(path) for name, path in guarded.items()}
     rows = grade_class(SLUG, submissions, tmp_path, monkeypatch)
@@ -217,6 +228,8 @@ def test_the_untouched_release_earns_zero_after_every_attack(graded_class):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_each_attack_earns_zero_on_what_it_attacks_and_the_table_says_why(graded_class, name):
+    if name in NEEDS_ROOT and not IS_ROOT:
+        pytest.skip("defended by privilege separation: grading runs as root on a server and in CI")
     row = graded_class["rows"][f"b_{name}"]
     _, attacked, reason = ATTACKS[name]
     for grade_id in attacked:

@@ -227,7 +227,8 @@ def _learner_error(error, secret_inputs: bool) -> str:
     if secret_inputs:
         return (f"Your code raised {kind}{place} on the grader's data. The grader does not show its message, which "
                 "could quote hidden data: run the visible self-check, which calls the same code on public data.")
-    return f"Your code raised {kind}{place}: {str(error.get('message', ''))[:1500]}"
+    message = str(error.get("message", ""))[:1500]
+    return f"Your code raised {kind}{place}" + (f": {message}" if message else ".")
 
 
 # ---------------------------------------------------------------- cleaning up after the learner user

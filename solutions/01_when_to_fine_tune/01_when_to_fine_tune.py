@@ -347,10 +347,11 @@ print(f"matmul throughput {flops_per_s / 1e9:.0f} GFLOP/s ({preset.autocast_dtyp
 # - `MAX_STEPS` (at most the step budget) and `LEARNING_RATE`.
 #
 # The cell after yours measures the plan's memory, trains it on `splits["train"]`, and saves the adapter and
-# the plan to `artifacts/01_when_to_fine_tune/`. The grader, in a separate process, measures the plan's
-# memory itself and evaluates the adapter on held-out numbers you never see. It requires:
-# your estimate within 15 % of its measurement, the measurement within this preset's memory budget, and
-# exact match at least 0.15 above the few-shot prompt's on the held-out split.
+# the plan to `artifacts/01_when_to_fine_tune/` for your self-check. The grader runs your cell on its own
+# (the cell below prints what it defines first), measures the plan's memory itself, **trains the plan itself**
+# and evaluates what it trained on held-out numbers you never see. It requires: your estimate within 15 % of
+# its measurement, the measurement within this preset's memory budget, and exact match at least 0.15 above
+# the few-shot prompt's on the held-out split.
 
 # %%
 shutil.rmtree(artifact_dir("01_when_to_fine_tune"), ignore_errors=True)  # grade only what this run trains

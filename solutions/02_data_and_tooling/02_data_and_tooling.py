@@ -404,7 +404,9 @@ print(plots.table([{"part": name, "exact_match": leaky_scores[name], "answer los
 # Choose an `SFTSetup` for a LoRA fine-tune on the rows `clean_dump` kept (`kept_rows`), at most
 # `preset.step_budget` optimizer steps, that reaches the grader's exact-match threshold on held-out numbers
 # (generated at grading time, disjoint from the dump and the test split). The cell after yours trains and
-# saves the adapter to `artifacts/02_data_and_tooling/`; the grader evaluates it in a separate process.
+# saves the adapter to `artifacts/02_data_and_tooling/` for your self-check. The grader cleans the shipped
+# dump with your `clean_dump`, runs your setup cell on its own (with `preset`, `SEED`, `SFTSetup`, `RECIPE`
+# and `STEPS` as defined above), **trains it itself** on the rows you kept and evaluates what it trained.
 
 # %%
 shutil.rmtree(artifact_dir("02_data_and_tooling"), ignore_errors=True)  # grade only what this run trains

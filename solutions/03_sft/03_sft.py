@@ -268,8 +268,10 @@ print(f"\nprobe accuracy {base_probe.accuracy:.3f} -> {full_probe.accuracy:.3f} 
 #
 # The cell below prints the budget and the thresholds, read from the grader itself.
 #
-# The cell after yours trains with your setup and saves the adapter to `artifacts/03_sft/`. The grader
-# loads it in a separate process; the self-check below runs the same grader on the public validation split.
+# The cell after yours trains with your setup and saves the adapter to `artifacts/03_sft/`; the self-check
+# below evaluates it with the grader's code on the public validation split. The grade itself does not read
+# that adapter: the grader runs your cell on its own, **trains your setup itself** (same data, same seed, so
+# the same adapter) and evaluates what it trained on the held-out split.
 # Hints: the layout comparison and the forgetting demo above contain everything you need.
 
 # %%

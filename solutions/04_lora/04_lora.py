@@ -305,9 +305,10 @@ del reloaded, merged, full_model
 # `MIN_TRAIN_EXAMPLES` (1,000) training examples, train within the step budget, and save the adapter, the
 # training set and the source of `make_example` to `artifacts/04_lora/`.
 #
-# The grader, in a separate process, draws **held-out** examples from your generator with a seed you never
-# see and drops any that repeat a training example (exactly, or as a near-duplicate with the same answer).
-# It requires:
+# The grader runs your two cells on their own, draws one pool of examples from your generator with a seed you
+# never see, and decides which of them it trains on (1,000) and which it holds out; it drops held-out examples
+# that repeat a training example (exactly, or as a near-duplicate with the same answer), **trains your setup
+# itself** and evaluates what it trained. It requires:
 # - at least 1,000 training examples, and at most 10 % of fresh draws overlapping them (your task must have
 #   room: many values, several phrasings);
 # - answers that vary: the most common held-out answer at most half of them;

@@ -334,6 +334,8 @@ print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, 
 # `load_quantized_model` and trains with TRL), within `preset.step_budget` steps, so that **with the adapter
 # loaded onto the 4-bit base in a separate process** the date task's held-out exact match reaches the
 # threshold below. The cell below prints the threshold, read from the grader itself, and loads the 4-bit base.
+# The grader runs your cell on its own, trains your setup itself on a freshly loaded 4-bit base and evaluates
+# what it trained.
 #
 # One trap, measured while writing this notebook: with bitsandbytes 0.50.2 on CPU, a 4-bit model that has
 # already *generated* text no longer trains (its loss rises instead of falling). Train a freshly loaded
