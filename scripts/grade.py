@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MAX_NOTEBOOK_BYTES = 20_000_000
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INSTRUCTOR_FOLDERS = ("solutions", "tests", "autograder", "build", "ftcourse", "scripts", ".git")
+# Closed to the learner user while grading: reference solutions (solutions/, tests/, the history in .git), the
+# gradebook and submissions (autograder/), and what `make course` trained (build/). The course package is public.
+INSTRUCTOR_FOLDERS = ("solutions", "tests", "autograder", "build", ".git")
 
 
 def grading_dir() -> Path:

@@ -133,7 +133,7 @@ def run_learner_code(request: dict, *, limits: Limits | None = None, site: str |
     (which could carry them) is replaced by its type and line.
     """
     limits = limits or Limits.from_env()
-    identity = learner_identity()
+    identity = learner_identity(create=True)
     private = Path(tempfile.mkdtemp(prefix="ftcourse-grader-"))  # the parent's side: request, result, log
     workdir = Path(tempfile.mkdtemp(prefix="ftcourse-learner-"))
     try:
