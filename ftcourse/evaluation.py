@@ -31,11 +31,15 @@ def render_prompt(tokenizer, prompt: str, prompt_format: str = "chat", shots: Se
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 12,
-                     shots: Sequence[Example] = (), prompt_format: str = "chat", padding_side: str = "left") -> list[str]:
+                     shots: Sequence[Example] = (), prompt_format: str = "chat", padding_side: str = "left",
+                     share_prefix: bool = True) -> list[str]:
     """Greedy replies, batched; `shots` are prepended as earlier turns.
 
     Decoder-only models must be padded on the left for batched generation: with right padding, short
     prompts end in pad tokens and the model continues from them (notebook 02 measures what that costs).
+    `share_prefix`: the tokens every prompt of a batch starts with (the chat template's system turn, the
+    task's instruction, few-shot turns) are run once and their cache is shared by the batch, with the
+    padding placed after them instead of before; the model sees the same tokens at the same positions.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -47,6 +51,9 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             texts = [render_prompt(tokenizer, p, prompt_format, shots) for p in chunk]
+            if share_prefix and padding_side == "left":
+                replies += _generate_with_shared_prefix(model, tokenizer, texts, max_new_tokens, device)
+                continue
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -54,6 +61,34 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     finally:
         tokenizer.padding_side = old_side
     return replies
+
+
+def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new_tokens: int, device) -> list[str]:
+    """Greedy replies to `texts`, whose common first tokens are run once: rows are prefix, padding, rest."""
+    from transformers import DynamicCache
+
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = min(len(x) for x in ids) - 1  # every row keeps at least one token of its own
+    for i, token in enumerate(ids[0][:shared]):
+        if any(x[i] != token for x in ids):
+            shared = i
+            break
+    rest = [x[shared:] for x in ids]
+    width = max(map(len, rest))
+    rows = torch.full((len(ids), shared + width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(rows)
+    for r, (full, tail) in enumerate(zip(ids, rest)):
+        rows[r, :shared], mask[r, :shared] = torch.tensor(full[:shared]), 1
+        rows[r, shared + width - len(tail):], mask[r, shared + width - len(tail):] = torch.tensor(tail), 1
+    rows, mask = rows.to(device), mask.to(device)
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    cache = DynamicCache(config=config)
+    if shared:
+        model(input_ids=rows[:1, :shared], attention_mask=mask[:1, :shared], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(ids))
+    out = model.generate(input_ids=rows, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.batch_decode(out[:, rows.shape[1]:], skip_special_tokens=True)
 
 
 def chat_prompt(tokenizer, prompt: str, shots: Sequence[Example] = ()) -> str:
@@ -64,7 +99,7 @@ def chat_prompt(tokenizer, prompt: str, shots: Sequence[Example] = ()) -> str:
 
 def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int = 32,
                 shots: Sequence[Example] = (), prompt_format: str = "chat",
-                padding_side: str = "left", max_new_tokens: int = 12) -> tuple[float, list[str]]:
+                padding_side: str = "left", max_new_tokens: int = 12, share_prefix: bool = True) -> tuple[float, list[str]]:
     """Fraction of examples whose greedy reply equals the answer exactly, and the replies.
 
     With `shots` (few-shot prompting) each query is preceded by those solved examples as chat turns.
@@ -73,30 +108,40 @@ def exact_match(model, tokenizer, examples: Sequence[Example], batch_size: int =
         raise ValueError("exact_match needs at least one example; got an empty list.")
     replies = generate_answers(model, tokenizer, [e.prompt for e in examples], batch_size=batch_size, shots=shots,
                                prompt_format=prompt_format, padding_side=padding_side,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, share_prefix=share_prefix)
     hits = sum(normalise_answer(r) == e.answer for r, e in zip(replies, examples))
     return hits / len(examples), replies
 
 
+def _split_pair(tokenizer, ctx: str, cont: str) -> tuple[list[int], list[int]]:
+    ctx_ids = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+    cont_ids = tokenizer(ctx + cont, add_special_tokens=False)["input_ids"][len(ctx_ids):]
+    if not cont_ids:
+        raise ValueError(f"Continuation {cont!r} adds no tokens after context {ctx[-40:]!r}.")
+    return ctx_ids, cont_ids
+
+
 @torch.no_grad()
-def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 32) -> list[float]:
+def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 32,
+                          share_contexts: bool = True) -> list[float]:
     """Sum of log p(continuation | context) over the continuation's tokens, for each pair.
 
     Rows are left-padded with explicit position ids, so the continuations end every row and only the
     last few positions need logits (`logits_to_keep`): the vocabulary projection is the costly part.
+    `share_contexts`: a context that several continuations share (a question and its choices) runs once;
+    its cache then serves each continuation, at the same positions.
     """
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; they must pair up.")
+    if share_contexts and len(set(contexts)) < len(contexts):
+        return _shared_context_logprobs(model, tokenizer, contexts, continuations, batch_size)
     device = next(model.parameters()).device
     scores: list[float] = []
     pad_id = tokenizer.pad_token_id
     for start in range(0, len(contexts), batch_size):
         ids, cont_lens = [], []
         for ctx, cont in zip(contexts[start:start + batch_size], continuations[start:start + batch_size]):
-            ctx_ids = tokenizer(ctx, add_special_tokens=False)["input_ids"]
-            cont_ids = tokenizer(ctx + cont, add_special_tokens=False)["input_ids"][len(ctx_ids):]
-            if not cont_ids:
-                raise ValueError(f"Continuation {cont!r} adds no tokens after context {ctx[-40:]!r}.")
+            ctx_ids, cont_ids = _split_pair(tokenizer, ctx, cont)
             ids.append(ctx_ids + cont_ids)
             cont_lens.append(len(cont_ids))
         width = max(map(len, ids))
@@ -114,6 +159,55 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
         token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         for row, n in enumerate(cont_lens):
             scores.append(token_lp[row, token_lp.shape[1] - n:].sum().item())
+    return scores
+
+
+def _shared_context_logprobs(model, tokenizer, contexts, continuations, batch_size: int) -> list[float]:
+    """`continuation_logprobs` with each distinct context run once: contexts left-padded in a batch, their cache
+    selected for each of their continuations, the continuations (right-padded) run on top of it."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    order = list(dict.fromkeys(contexts))
+    pairs = [_split_pair(tokenizer, ctx, cont) for ctx, cont in zip(contexts, continuations)]
+    by_context: dict[str, list[int]] = {}
+    for index, ctx in enumerate(contexts):
+        by_context.setdefault(ctx, []).append(index)
+    per_batch = max(1, batch_size * len(order) // len(contexts))  # contexts per batch, so a batch holds ~batch_size pairs
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    scores = [0.0] * len(contexts)
+    for start in range(0, len(order), per_batch):
+        group = order[start:start + per_batch]
+        ctx_ids = [pairs[by_context[ctx][0]][0] for ctx in group]
+        width = max(map(len, ctx_ids))
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(ctx_ids):
+            ids[row, width - len(seq):], mask[row, width - len(seq):] = torch.tensor(seq), 1
+        cache = DynamicCache(config=config)
+        first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                      position_ids=((mask.cumsum(-1) - 1).clamp(min=0)).to(device), past_key_values=cache,
+                      use_cache=True, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
+        members = [(row, index) for row, ctx in enumerate(group) for index in by_context[ctx]]
+        rows = torch.tensor([row for row, _ in members])
+        cache.batch_select_indices(rows.to(device))
+        conts = [pairs[index][1] for _, index in members]
+        cont_width = max(map(len, conts))
+        cont_ids = torch.full((len(members), cont_width), pad_id, dtype=torch.long)
+        cont_mask = torch.zeros_like(cont_ids)
+        for r, seq in enumerate(conts):
+            cont_ids[r, :len(seq)], cont_mask[r, :len(seq)] = torch.tensor(seq), 1
+        lengths = mask.sum(-1)[rows]
+        positions = lengths[:, None] + torch.arange(cont_width)[None]
+        logits = model(input_ids=cont_ids.to(device), attention_mask=torch.cat([mask[rows], cont_mask], 1).to(device),
+                       position_ids=positions.to(device), past_key_values=cache, use_cache=True).logits.float()
+        logprobs = logits[:, :-1].log_softmax(-1)  # position j predicts continuation token j + 1
+        for r, ((row, index), seq) in enumerate(zip(members, conts)):
+            total = first[row, seq[0]].item()
+            if len(seq) > 1:
+                total += logprobs[r, torch.arange(len(seq) - 1), torch.tensor(seq[1:])].sum().item()
+            scores[index] = total
     return scores
 
 

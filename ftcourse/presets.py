@@ -33,6 +33,9 @@ class Preset:
     efficiency_examples: int  # examples per run in the padded/grouped/packed comparison
     eval_batch_size: int
     memory_budget_gb: float  # counted training memory a planned fine-tune may use (notebook 01's exercise)
+    # the loss's LM head runs on the labeled (completion) positions only, not TRL's fused head over every position
+    # (on a CPU TRL cannot skip unlabeled positions; on a GPU its Triton kernels do: see ftcourse.training)
+    lm_head_on_labels_only: bool = False
     num_threads: int | None = None  # torch threads; None keeps torch's default
 
     @property
@@ -79,7 +82,7 @@ def _cpu() -> Preset:
     return Preset(
         name="cpu", device="cpu", model="embedded", bf16=cpu_supports_bf16(), fp16=False,
         n_train=400, n_eval=64, batch_size=8, step_budget=24, lora_r=16, learning_rate=1e-3,
-        max_length=128, efficiency_examples=40, eval_batch_size=64, memory_budget_gb=1.5,
+        max_length=128, efficiency_examples=40, eval_batch_size=64, memory_budget_gb=1.5, lm_head_on_labels_only=True,
     )
 
 

@@ -67,7 +67,7 @@ def probe_context(item: ProbeItem) -> str:
 
 
 def run_probe(model, tokenizer, items: list[ProbeItem] | None = None, text: str | None = None,
-              batch_size: int = 64) -> ProbeResult:
+              batch_size: int = 64, share_contexts: bool = True) -> ProbeResult:
     """Multiple-choice accuracy by log-likelihood, and perplexity on the general text."""
     items = items if items is not None else load_probe_items()
     contexts, continuations = [], []
@@ -75,7 +75,8 @@ def run_probe(model, tokenizer, items: list[ProbeItem] | None = None, text: str 
         for choice in item.choices:
             contexts.append(probe_context(item))
             continuations.append(" " + choice)
-    scores = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size=batch_size)
+    scores = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size=batch_size,
+                                   share_contexts=share_contexts)
     correct, pos = [], 0
     for item in items:
         item_scores = scores[pos:pos + len(item.choices)]

@@ -150,6 +150,50 @@ def sft_config(setup: SFTSetup, preset: Preset, output_dir: str | Path):
     )
 
 
+def completion_only_trainer():
+    """`SFTTrainer` with its loss computed on the completion positions only: the CPU preset's trainer.
+
+    TRL 1.16's SFTTrainer scores every position of a row through its fused LM head and computes the entropy
+    and the token accuracy over the vocabulary at each one, for its logs; on a CPU (no Triton kernels) it
+    cannot skip the positions without a label. This subclass runs the backbone, then the LM head on the
+    labeled positions alone: the same loss (mean negative log-likelihood of the completion tokens, over the
+    number of such tokens TRL passes as `num_items_in_batch`), with the LM head's work cut to the share of
+    tokens that carry a label. Token accuracy is logged on those positions; entropy is not.
+    """
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    class CompletionOnlySFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            backbone_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+            with self.accelerator.autocast():
+                hidden = getattr(base, base.base_model_prefix)(**backbone_inputs, use_cache=False).last_hidden_state
+                logits = base.get_output_embeddings()(hidden[:, :-1][mask])
+            targets = labels[mask]
+            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
+            mode = "train" if self.model.training else "eval"
+            with torch.no_grad():
+                accuracy = (logits.argmax(-1) == targets).float().mean().item() if targets.numel() else 0.0
+            self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+            if return_outputs:
+                raise ValueError("CompletionOnlySFTTrainer computes no full logits; use SFTTrainer for compute_metrics.")
+            return loss
+
+    return CompletionOnlySFTTrainer
+
+
+def trainer_class(preset: Preset):
+    """The trainer a preset trains with: TRL's `SFTTrainer`, or on a CPU its completion-only-loss subclass."""
+    from trl import SFTTrainer
+
+    return completion_only_trainer() if preset.lm_head_on_labels_only else SFTTrainer
+
+
 def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSetup, preset: Preset,
               output_dir: str | Path, progress: bool = True):
     """Fine-tune `model` in place with SFTTrainer (+ LoRA when setup.method == 'lora').
@@ -158,7 +202,6 @@ def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSet
     """
     import torch
     from transformers import TrainerCallback
-    from trl import SFTTrainer
 
     setup.validate()
     torch.manual_seed(setup.seed)
@@ -183,7 +226,7 @@ def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSet
                     print(f"\r  step {state.global_step:>3}/{total}  loss {logs['loss']:.4f}", end="", flush=True)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = SFTTrainer(
+    trainer = trainer_class(preset)(
         model=model,
         args=sft_config(setup, preset, output_dir),
         train_dataset=dataset,
