@@ -40,8 +40,10 @@ grade: setup
 	FTCOURSE_PRESET=$(if $(filter command line,$(origin PRESET)),$(PRESET),) FTCOURSE_SUBMISSIONS=$(SUBMISSIONS) \
 	  $(BIN)/python scripts/grade.py --assignment $(ASSIGNMENT)
 
-## Padded vs length-grouped vs packed throughput and peak memory; writes build/benchmark_layouts_<preset>.md.
+## Where a training step's time goes, the course's training path vs TRL's defaults vs a plain loop, evaluation before
+## and after, then padded vs grouped vs packed; writes build/benchmark_training_<preset>.md and benchmark_layouts_<preset>.md.
 benchmark: setup
+	$(BIN)/python scripts/benchmark_training.py --preset $(PRESET)
 	$(BIN)/python scripts/benchmark_layouts.py --preset $(PRESET)
 
 clean:

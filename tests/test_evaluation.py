@@ -61,3 +61,24 @@ def test_prompt_formats_padding_side_and_answer_loss(model_and_tokenizer):
     right = Example("What is the capital of France? Answer with one word.", "Paris")
     wrong = Example("What is the capital of France? Answer with one word.", "Banana")
     assert answer_loss(model, tokenizer, [right]) < answer_loss(model, tokenizer, [wrong])
+
+
+def test_a_shared_prompt_prefix_changes_no_reply(model_and_tokenizer):
+    """The shared-prefix path (prefix run once, padding after it) answers exactly as plain left padding does."""
+    from ftcourse.tasks import make_date_examples, make_phone_examples
+
+    model, tokenizer = model_and_tokenizer
+    dates = make_date_examples(10, 21)
+    for examples, shots in ((dates, ()), (make_phone_examples(6, 22), make_phone_examples(2, 23))):
+        plain = exact_match(model, tokenizer, examples, 16, shots=shots, share_prefix=False)
+        shared = exact_match(model, tokenizer, examples, 16, shots=shots, share_prefix=True)
+        assert shared == plain
+
+
+def test_shared_contexts_give_the_same_log_probabilities(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    contexts = ["Question: What colour is the sky?\nAnswer:"] * 3 + ["Question: How many legs has a spider?\nAnswer:"] * 2
+    continuations = [" blue", " green", " a very dark red", " eight", " six"]
+    plain = continuation_logprobs(model, tokenizer, contexts, continuations, share_contexts=False)
+    shared = continuation_logprobs(model, tokenizer, contexts, continuations, share_contexts=True)
+    assert shared == pytest.approx(plain, abs=1e-4)

@@ -73,3 +73,35 @@ def test_plain_prompt_format_dataset():
     assert chat["prompt"] == [{"role": "user", "content": "Q?"}]
     with pytest.raises(ValueError, match="prompt_format must be 'chat' or 'plain'"):
         to_prompt_completion([Example("Q?", "A")], "alpaca")
+
+
+def test_the_completion_only_loss_equals_trls(tmp_path):
+    """The CPU preset's trainer computes SFTTrainer's loss (mean NLL of the completion tokens) and its gradients,
+    with the LM head on the labeled positions only."""
+    import torch
+    from trl import SFTTrainer
+
+    from ftcourse.models import load_model_and_tokenizer
+    from ftcourse.training import completion_only_trainer, lora_config, sft_config, to_prompt_completion
+
+    preset = get_preset("cpu")
+    setup = SFTSetup(max_steps=1, batch_size=6)
+    dataset = to_prompt_completion(make_date_examples(6, 3))
+    results = {}
+    for name, cls in (("trl", SFTTrainer), ("completion_only", completion_only_trainer())):
+        model, tokenizer = load_model_and_tokenizer()
+        torch.manual_seed(0)
+        trainer = cls(model=model, args=sft_config(setup, preset, tmp_path / name), train_dataset=dataset,
+                      processing_class=tokenizer, peft_config=lora_config(setup))
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(6)]))
+        trainer.model.train()
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=(batch["labels"][:, 1:] != -100).sum())
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad and p.grad is not None]
+        results[name] = (loss.item(), grads)
+    (loss_a, grads_a), (loss_b, grads_b) = results["trl"], results["completion_only"]
+    assert loss_b == pytest.approx(loss_a, rel=1e-4)
+    assert len(grads_a) == len(grads_b) > 0
+    scale = max(float(g.abs().max()) for g in grads_a)
+    assert max(float((a - b).abs().max()) for a, b in zip(grads_a, grads_b)) <= 1e-3 * scale
