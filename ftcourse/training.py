@@ -1,7 +1,11 @@
 """Training with TRL's SFTTrainer and PEFT LoRA, configured from a preset.
 
-Configuration flows one way: preset -> `SFTSetup` (what a learner chooses) -> TRL/PEFT configs ->
-trainer. `train_sft` returns a `TrainResult` with the loss curve and measured throughput.
+Notebook 03 teaches the recipe in view: a `LoraConfig`, an `SFTConfig` (the learner's choices next to
+`preset_sft_args`, what the machine and the batch layout fix) and `SFTTrainer`. This module holds the
+packaged mirror of that recipe (`train_recipe`, what the grader trains from a learner's two configs), the
+checks of a learner's configs (`recipe_choices`), and the course's shorthand for the same recipe,
+`SFTSetup` -> `train_sft`, which the demos use to vary one choice at a time (layouts, ranks, learning
+rates). Configuration flows one way: preset -> choices -> TRL/PEFT configs -> trainer.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SFTSetup:
     max_length: int | None = None  # longest row in tokens (longer examples are cut); None = preset.max_length
     warmup_steps: int = 2
     weight_decay: float = 0.0
+    lr_scheduler_type: str = "cosine"
     num_epochs: float | None = None  # when set, train for epochs instead of max_steps
     prompt_format: str = "chat"  # "chat" (the model's template) or "plain" (notebook 02's wrong-template demo)
     seed: int = 0
@@ -118,36 +123,168 @@ def lora_config(setup: SFTSetup):
                       target_modules=list(setup.target_modules), task_type="CAUSAL_LM")
 
 
+def preset_sft_args(preset: Preset, layout: str = "grouped") -> dict:
+    """The `SFTConfig` arguments that the machine and the batch layout fix, not the learner.
+
+    Precision and device come from the preset; gradient checkpointing is off (+45 % time on a CPU and no
+    memory pressure at this size); "grouped" batches arrive already ordered in length buckets
+    (`length_grouped_order`), so the trainer must not shuffle them; a loss is logged at every step.
+    """
+    if layout not in ("padded", "grouped"):
+        raise ValueError(f"preset_sft_args takes layout 'padded' or 'grouped', got {layout!r} (packing is "
+                         "SFTSetup(layout='packed'), which notebook 03 compares).")
+    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", gradient_checkpointing=False,
+                max_length=preset.max_length, train_sampling_strategy="sequential" if layout == "grouped" else "random",
+                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+
+
 def sft_config(setup: SFTSetup, preset: Preset, output_dir: str | Path):
     """TRL's SFTConfig from a setup and a preset; CPU-friendly defaults made explicit."""
     from trl import SFTConfig
 
     packed = setup.layout == "packed"
+    args = preset_sft_args(preset, "padded" if packed else setup.layout)
+    args["max_length"] = ((setup.pack_length or setup.batch_size * preset.max_length // 2) if packed
+                          else (setup.max_length or preset.max_length))
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=-1 if setup.num_epochs else setup.max_steps,
         num_train_epochs=setup.num_epochs or 1,
         per_device_train_batch_size=1 if packed else setup.batch_size,
         learning_rate=setup.learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=setup.lr_scheduler_type,
         warmup_steps=setup.warmup_steps,
         weight_decay=setup.weight_decay,
-        max_length=(setup.pack_length or setup.batch_size * preset.max_length // 2) if packed else (setup.max_length or preset.max_length),
         packing=packed,
-        # "grouped" data arrives already ordered in length buckets (see `length_grouped_order`)
-        train_sampling_strategy="sequential" if setup.layout == "grouped" else "random",
-        bf16=preset.bf16,
-        fp16=preset.fp16,
-        use_cpu=preset.device == "cpu",
-        gradient_checkpointing=False,  # +45 % time on CPU and no memory pressure at this size
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
         seed=setup.seed,
         data_seed=setup.seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **args,
     )
+
+
+# ---------------------------------------------------------------- a learner's LoraConfig and SFTConfig, checked
+
+SFT_CHOICES = ("max_steps", "learning_rate", "per_device_train_batch_size", "lr_scheduler_type", "warmup_steps",
+               "weight_decay", "seed")
+LORA_CHOICES = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+_WHERE = ("output_dir", "logging_dir", "run_name", "base_model_name_or_path", "revision")  # places, not choices
+MAX_BATCH_FACTOR = 4  # a graded recipe may use up to 4x the preset's batch (memory stays bounded)
+
+
+class RecipeError(ValueError):
+    """A LoraConfig or SFTConfig that the exercise cannot train, with the field and what is expected."""
+
+
+def config_dict(config, what: str) -> dict:
+    """A LoraConfig or SFTConfig as plain data (its `to_dict()`, target modules sorted)."""
+    if isinstance(config, dict):
+        data = dict(config)
+    elif hasattr(config, "to_dict") and type(config).__name__ in ("LoraConfig", "SFTConfig"):
+        data = dict(config.to_dict())
+    else:
+        expected = "LoraConfig" if what.startswith("lora") else "SFTConfig"
+        raise RecipeError(f"{what} must be a {expected}, got {type(config).__name__}: the graded exercise trains "
+                          f"a LoRA adapter with TRL's SFTTrainer, from the two configs your cell builds.")
+    if isinstance(data.get("target_modules"), (set, frozenset, tuple)):
+        data["target_modules"] = sorted(data["target_modules"])
+    return data
+
+
+def _integer(value, what: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise RecipeError(f"{what} must be an integer {bound}, got {value!r}.")
+    return value
+
+
+def _real(value, what: str, low: float, high: float, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value > high \
+            or value < low or (low_open and value == low):
+        raise RecipeError(f"{what} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}.")
+    return float(value)
+
+
+def _same(a, b) -> bool:
+    norm = lambda v: sorted(v) if isinstance(v, (set, frozenset)) else (list(v) if isinstance(v, tuple) else v)
+    return norm(a) == norm(b)
+
+
+def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budget: int | None = None,
+                   ) -> tuple[dict, dict]:
+    """The learner's choices in a LoraConfig and an SFTConfig (objects or their `to_dict()`), checked.
+
+    A choice is one of `LORA_CHOICES` / `SFT_CHOICES`, within the step budget and the machine's sizes. The
+    arguments `preset_sft_args` fixes are the grader's own. Every other field must keep its default: a
+    grader that trains the recipe must train what the learner's own run trained, so a field it would not
+    train is an error that names it, never a silent difference.
+    """
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    if lora is None:
+        raise RecipeError("lora_config must be a LoraConfig, got None: the graded exercise trains and saves a "
+                          "LoRA adapter (a full fine-tune has no adapter to grade).")
+    lora, sft = config_dict(lora, "lora_config"), config_dict(sft, "sft_config")
+    budget = step_budget or preset.step_budget
+    lora_choices = {k: lora[k] for k in LORA_CHOICES if k in lora}
+    sft_choices = {k: sft[k] for k in SFT_CHOICES if k in sft}
+    if str(lora.get("task_type")) not in ("CAUSAL_LM", "TaskType.CAUSAL_LM"):
+        raise RecipeError(f"lora_config.task_type must be 'CAUSAL_LM' (a causal language model), got {lora.get('task_type')!r}.")
+    _integer(lora_choices.get("r", 8), "lora_config.r", 1, 256)
+    _real(lora_choices.get("lora_alpha", 8), "lora_config.lora_alpha", 0, 4096, low_open=True)
+    _real(lora_choices.get("lora_dropout", 0.0), "lora_config.lora_dropout", 0, 0.5)
+    targets = lora_choices.get("target_modules")
+    if not (isinstance(targets, list) and targets and all(t in LORA_TARGETS for t in targets)):
+        raise RecipeError(f"lora_config.target_modules must be a list of module names from {list(LORA_TARGETS)}, "
+                          f"got {targets!r}.")
+    if not isinstance(lora_choices.get("use_rslora", False), bool):
+        raise RecipeError(f"lora_config.use_rslora must be True or False, got {lora_choices['use_rslora']!r}.")
+    steps = sft_choices.get("max_steps", -1)
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > budget:
+        raise RecipeError(f"sft_config.max_steps must be at most {budget} (the step budget), got {steps}.")
+    _integer(steps, "sft_config.max_steps (a graded fine-tune counts optimizer steps)", 1, budget)
+    _real(sft_choices.get("learning_rate", 5e-5), "sft_config.learning_rate", 0, 1, low_open=True)
+    _integer(sft_choices.get("per_device_train_batch_size", 8), "sft_config.per_device_train_batch_size", 1,
+             MAX_BATCH_FACTOR * preset.batch_size)
+    if sft_choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
+        raise RecipeError(f"sft_config.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
+                          f"got {sft_choices.get('lr_scheduler_type')!r}.")
+    warmup = sft_choices.get("warmup_steps", 0)
+    if isinstance(warmup, float) and not warmup.is_integer():
+        _real(warmup, "sft_config.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
+    else:
+        _integer(warmup, "sft_config.warmup_steps", 0, budget)
+    _real(sft_choices.get("weight_decay", 0.0), "sft_config.weight_decay", 0, 1)
+    _integer(sft_choices.get("seed", 42), "sft_config.seed", 0, 2**32 - 1)
+    fixed = preset_sft_args(preset, layout)
+    try:
+        lora_reference = LoraConfig(task_type="CAUSAL_LM", **lora_choices).to_dict()
+        sft_reference = SFTConfig(output_dir="recipe", **fixed, **sft_choices).to_dict()
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"These choices do not make a valid config: {error}") from None
+    for what, data, reference, chosen in (("lora_config", lora, lora_reference, lora_choices),
+                                          ("sft_config", sft, sft_reference, sft_choices)):
+        for key, value in data.items():
+            if key in chosen or key in fixed or key in _WHERE or key not in reference:
+                continue
+            if not _same(value, reference[key]):
+                raise RecipeError(f"{what}.{key} = {value!r}: this exercise keeps it at {reference[key]!r}, so that "
+                                  f"the grader trains exactly what your run trained. Change only "
+                                  f"{', '.join(LORA_CHOICES if what == 'lora_config' else SFT_CHOICES)}.")
+    return lora_choices, sft_choices
+
+
+def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout: str, output_dir: str | Path):
+    """(LoraConfig, SFTConfig) from checked choices, with this preset's fixed arguments (the grader's side)."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    return (LoraConfig(task_type="CAUSAL_LM", **lora_choices),
+            SFTConfig(output_dir=str(output_dir), **preset_sft_args(preset, layout), **sft_choices))
 
 
 def completion_only_trainer():
@@ -194,66 +331,121 @@ def trainer_class(preset: Preset):
     return completion_only_trainer() if preset.lm_head_on_labels_only else SFTTrainer
 
 
-def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSetup, preset: Preset,
-              output_dir: str | Path, progress: bool = True):
-    """Fine-tune `model` in place with SFTTrainer (+ LoRA when setup.method == 'lora').
+class TrainingRecorder:
+    """A trainer callback that records the loss at each logged step and the wall time of each step.
 
-    Returns (trained model, TrainResult). With LoRA the returned model is a PeftModel.
+    It prints one progress line (`progress=True`) and writes the record the self-check shows
+    (`save(folder)` -> `training.json`). Built lazily as a `transformers.TrainerCallback`.
+    """
+
+    def __new__(cls, progress: bool = True):
+        from transformers import TrainerCallback
+
+        class _Recorder(TrainerCallback):
+            def __init__(self):
+                self.losses: list[float] = []
+                self.step_ends: list[float] = []
+                self.progress = progress
+
+            def on_train_begin(self, args, state, control, **kw):
+                self.step_ends.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kw):
+                self.step_ends.append(time.perf_counter())
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    self.losses.append(float(logs["loss"]))
+                    if self.progress:
+                        print(f"\r  step {state.global_step:>3}/{state.max_steps}  loss {logs['loss']:.4f}", end="", flush=True)
+
+            def on_train_end(self, args, state, control, **kw):
+                if self.progress:
+                    print()
+
+            @property
+            def step_seconds(self) -> list[float]:
+                return [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
+
+            def save(self, folder: str | Path) -> Path:
+                import json
+
+                folder = Path(folder)
+                folder.mkdir(parents=True, exist_ok=True)
+                record = {"steps": len(self.step_seconds), "losses": self.losses, "seconds": sum(self.step_seconds),
+                          "final_loss": self.losses[-1] if self.losses else None}
+                (folder / "training.json").write_text(json.dumps(record, indent=2))
+                return folder / "training.json"
+
+        return _Recorder()
+
+
+def run_trainer(model, tokenizer, train_examples: Sequence[Example], peft_config, args, preset: Preset, layout: str,
+                prompt_format: str = "chat", progress: bool = True):
+    """The course's training cell: seed, order the data for the layout, build the trainer, train.
+
+    `model` is trained in place; returns (trained model, TrainResult). This is notebook 03's recipe cell.
     """
     import torch
-    from transformers import TrainerCallback
 
-    setup.validate()
-    torch.manual_seed(setup.seed)
-    if setup.layout == "grouped":
-        train_examples = length_grouped_order(tokenizer, train_examples, setup.batch_size, setup.seed)
-    dataset = to_prompt_completion(train_examples, setup.prompt_format)
-    step_ends: list[float] = []
-    losses: list[float] = []
-
-    class _Progress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            step_ends.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            step_ends.append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-                if progress:
-                    total = state.max_steps
-                    print(f"\r  step {state.global_step:>3}/{total}  loss {logs['loss']:.4f}", end="", flush=True)
-
+    torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
+    if layout == "grouped":
+        train_examples = length_grouped_order(tokenizer, train_examples, args.per_device_train_batch_size, args.seed)
+    dataset = to_prompt_completion(train_examples, prompt_format)
+    recorder = TrainingRecorder(progress=progress)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = trainer_class(preset)(
-        model=model,
-        args=sft_config(setup, preset, output_dir),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(setup) if setup.method == "lora" else None,
-        callbacks=[_Progress()],
-    )
+    trainer = trainer_class(preset)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                    peft_config=peft_config, callbacks=[recorder])
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # our progress line replaces its dict dumps
+    trainer.remove_callback(PrinterCallback)  # the recorder's progress line replaces its dict dumps
     counter = _CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     model.config.use_cache = False  # packed rows stay apart only without a KV cache
     trainer.train()
-    if progress:
-        print()
-    step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]
     from accelerate.utils import extract_model_from_parallel
 
     # accelerate wraps forward() in autocast for bf16/fp16 training; unwrap it so the returned model computes
     # in its own dtype and callers choose autocast explicitly (a saved-and-reloaded adapter has no wrapper)
     trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
     trained.eval()
-    result = TrainResult(losses=losses, steps=len(step_seconds), seconds=sum(step_seconds),
+    step_seconds = recorder.step_seconds
+    result = TrainResult(losses=recorder.losses, steps=len(step_seconds), seconds=sum(step_seconds),
                          real_tokens=sum(counter.real[1:]), slot_tokens=sum(counter.slots[1:]),
                          step_seconds=step_seconds)
     return trained, result
+
+
+def train_sft(model, tokenizer, train_examples: Sequence[Example], setup: SFTSetup, preset: Preset,
+              output_dir: str | Path, progress: bool = True):
+    """Fine-tune `model` in place with SFTTrainer (+ LoRA when setup.method == 'lora'), from an `SFTSetup`.
+
+    Returns (trained model, TrainResult). With LoRA the returned model is a PeftModel.
+    """
+    setup.validate()
+    return run_trainer(model, tokenizer, train_examples, lora_config(setup) if setup.method == "lora" else None,
+                       sft_config(setup, preset, output_dir), preset, setup.layout, setup.prompt_format, progress)
+
+
+def train_recipe(model, tokenizer, train_examples: Sequence[Example], lora, sft, preset: Preset,
+                 layout: str = "grouped", progress: bool = True):
+    """The packaged mirror of notebook 03's recipe: a LoraConfig and an SFTConfig, trained with SFTTrainer."""
+    return run_trainer(model, tokenizer, train_examples, lora, sft, preset, layout, "chat", progress)
+
+
+def save_recipe_artifacts(model, tokenizer, result: TrainResult, artifacts: str | Path) -> Path:
+    """Save what a recipe trained: the adapter (with tokenizer) and the record of the run."""
+    import json
+
+    artifacts = Path(artifacts)
+    adapter = artifacts / "adapter"
+    adapter.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    record = {"steps": result.steps, "losses": result.losses, "seconds": result.seconds,
+              "final_loss": result.losses[-1] if result.losses else None}
+    (artifacts / "training.json").write_text(json.dumps(record, indent=2))
+    return adapter
 
 
 def save_sft_artifacts(model, tokenizer, result: TrainResult, setup: SFTSetup, artifacts: str | Path) -> Path:

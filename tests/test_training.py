@@ -105,3 +105,69 @@ def test_the_completion_only_loss_equals_trls(tmp_path):
     assert len(grads_a) == len(grads_b) > 0
     scale = max(float(g.abs().max()) for g in grads_a)
     assert max(float((a - b).abs().max()) for a, b in zip(grads_a, grads_b)) <= 1e-3 * scale
+
+
+# ---------------------------------------------------------------- a learner's LoraConfig and SFTConfig (notebook 03)
+
+def _recipe(preset, **sft):
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from ftcourse.training import preset_sft_args
+
+    lora = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"])
+    args = dict(max_steps=12, learning_rate=2e-3, per_device_train_batch_size=8, lr_scheduler_type="cosine",
+                warmup_steps=2, seed=0) | sft
+    return lora, SFTConfig(output_dir="elsewhere", **args, **preset_sft_args(preset, "grouped"))
+
+
+def test_recipe_choices_read_the_learners_configs_and_the_grader_rebuilds_the_same_configs(tmp_path):
+    from ftcourse.training import config_dict, recipe_choices, recipe_configs
+
+    preset = get_preset("cpu")
+    lora, sft = _recipe(preset)
+    lora_choices, sft_choices = recipe_choices(lora, sft, preset, "grouped")
+    assert lora_choices == {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+                            "use_rslora": False}
+    assert sft_choices["max_steps"] == 12 and sft_choices["lr_scheduler_type"] == "cosine"
+    # the same from plain data (what crosses back from the learner's child)
+    assert recipe_choices(config_dict(lora, "lora_config"), config_dict(sft, "sft_config"), preset) == (lora_choices, sft_choices)
+    # the grader's configs equal the learner's in every field but where files go: it trains what the learner trained
+    lora2, sft2 = recipe_configs(lora_choices, sft_choices, preset, "grouped", tmp_path)
+    for mine, theirs in ((config_dict(lora, "l"), config_dict(lora2, "l")), (config_dict(sft, "s"), config_dict(sft2, "s"))):
+        differ = {k for k in mine if mine[k] != theirs.get(k)}
+        assert differ <= {"output_dir", "logging_dir", "run_name"}, differ
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(max_steps=36), "max_steps must be at most 24"),
+    (dict(max_steps=-1, num_train_epochs=2), "counts optimizer steps"),
+    (dict(gradient_accumulation_steps=8), "sft_config.gradient_accumulation_steps = 8: this exercise keeps it at 1"),
+    (dict(optim="sgd"), "sft_config.optim = 'sgd'"),
+    (dict(per_device_train_batch_size=64), "per_device_train_batch_size must be an integer between 1 and 32"),
+    (dict(learning_rate=0.0), "learning_rate must be a number in (0, 1]"),
+    (dict(lr_scheduler_type="polynomial"), "lr_scheduler_type must be one of"),
+])
+def test_recipe_choices_refuse_what_the_grader_would_not_train_and_name_the_field(change, message):
+    from ftcourse.training import RecipeError, recipe_choices
+
+    preset = get_preset("cpu")
+    lora, sft = _recipe(preset, **change)
+    with pytest.raises(RecipeError) as error:
+        recipe_choices(lora, sft, preset, "grouped")
+    assert message in str(error.value)
+
+
+def test_recipe_choices_refuse_a_missing_or_odd_lora_config():
+    from peft import LoraConfig
+
+    from ftcourse.training import RecipeError, recipe_choices
+
+    preset = get_preset("cpu")
+    _, sft = _recipe(preset)
+    for lora, message in ((None, "must be a LoraConfig, got None"), ("r=16", "must be a LoraConfig, got str"),
+                          (LoraConfig(r=16, target_modules=["q_proj"], task_type="SEQ_CLS"), "task_type must be 'CAUSAL_LM'"),
+                          (LoraConfig(r=16, target_modules=["lm_head"], task_type="CAUSAL_LM"), "target_modules must be"),
+                          (LoraConfig(r=16, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM"), "use_dora")):
+        with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
+            recipe_choices(lora, sft, preset)

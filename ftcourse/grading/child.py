@@ -53,6 +53,10 @@ def decode_tensor(raw: dict):
 
 def export(value, what: str):
     """A learner's value as JSON data: dataclasses become dicts, tuples lists; anything else is refused."""
+    if type(value).__name__ in ("LoraConfig", "SFTConfig") and hasattr(value, "to_dict"):  # the recipe's configs
+        from ftcourse.training import config_dict
+
+        return export(config_dict(value, what), what)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: export(getattr(value, f.name), f"{what}.{f.name}") for f in dataclasses.fields(value)}
         if hasattr(value, "total") and not callable(value.total):  # MemoryBreakdown's derived total
@@ -77,7 +81,7 @@ def _need(namespace: dict, name: str):
 # ---------------------------------------------------------------- operations: call the learner's code on inputs
 
 def op_values(namespace: dict, inputs: dict):
-    """The named values the cells defined (an SFTSetup, a TrainingPlan, numbers)."""
+    """The named values the cells defined (a LoraConfig and an SFTConfig, an SFTSetup, a TrainingPlan, numbers)."""
     return {name: export(_need(namespace, name), name) for name in inputs["names"]}
 
 

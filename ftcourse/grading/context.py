@@ -25,6 +25,24 @@ def _sft_setup(preset, seed):
     return SFTSetup
 
 
+def _lora_config(preset, seed):
+    from peft import LoraConfig
+
+    return LoraConfig
+
+
+def _sft_config(preset, seed):
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+def _preset_args(preset, seed):  # 03, §3: what the machine and the grouped layout fix in an SFTConfig
+    from ..training import preset_sft_args
+
+    return preset_sft_args(preset, "grouped")
+
+
 def _layout(preset, seed):
     return "grouped"  # 03, §3: the layout the notebook trains with
 
@@ -80,7 +98,8 @@ def _flops_per_s(preset, seed):  # 01, §6: this machine's measured matmul throu
 
 
 PROVIDERS: dict[str, Callable] = {
-    "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "RECIPE": _recipe, "STEPS": _steps,
+    "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "LoraConfig": _lora_config,
+    "SFTConfig": _sft_config, "PRESET_ARGS": _preset_args, "RECIPE": _recipe, "STEPS": _steps,
     "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
     "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s,
 }

@@ -1,6 +1,6 @@
 """The grader produces what it grades: an outcome exercise trained here, from the learner's choices.
 
-The learner's solution cells *choose* (an `SFTSetup`, a `TrainingPlan`, a cleaning function's kept rows, a
+The learner's solution cells *choose* (a `LoraConfig` and an `SFTConfig`, an `SFTSetup`, a `TrainingPlan`, a cleaning function's kept rows, a
 task generator); they run in a child and return those choices as data. This module checks them, trains
 the fine-tune in the grader's own process with the library (the packaged mirror of the notebook's own
 training cell, named below), and hands the artifacts it wrote to `evaluate`. The kernel's artifacts are
@@ -142,6 +142,28 @@ def _produce_date(exercise, cells, preset, secret, workdir, grade_id: str, name:
     return result, {}
 
 
+def _produce_recipe(exercise, cells, preset, secret, workdir):
+    """03: the learner's LoraConfig and SFTConfig, checked, trained here with SFTTrainer (`train_recipe`)."""
+    from ..models import load_model, load_tokenizer
+    from ..tasks import date_task_splits
+    from ..training import RecipeError, recipe_choices, recipe_configs, save_recipe_artifacts, train_recipe
+
+    values = _values(cells, exercise, "sft_setup", ["lora_config", "sft_config"])
+    layout = PROVIDERS["LAYOUT"](preset, cells.seed)
+    try:
+        lora_choices, sft_choices = recipe_choices(values["lora_config"], values["sft_config"], preset, layout,
+                                                   preset.step_budget)
+    except RecipeError as error:
+        raise LearnerCodeError(str(error)) from None
+    lora, args = recipe_configs(lora_choices, sft_choices, preset, layout, workdir / "trainer")
+    tokenizer = load_tokenizer(preset.model)
+    tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
+                                 date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args, preset, layout,
+                                 progress=False)
+    save_recipe_artifacts(tuned, tokenizer, result, workdir)
+    return result, {}
+
+
 def partition_pool(pool: list, n_candidates: int, secret: int) -> tuple[list, list]:
     """(train, held-out candidates) from one pool of draws, by a permutation only the grader knows."""
     order = list(range(len(pool)))
@@ -172,7 +194,7 @@ def _produce_capstone(exercise, cells, preset, secret, workdir):
 PRODUCERS = {
     "01_when_to_fine_tune": _produce_plan,
     "02_data_and_tooling": _produce_cleaned,
-    "03_sft": lambda e, c, p, s, w: _produce_date(e, c, p, s, w, "sft_setup", "setup", quantized=False),
+    "03_sft": _produce_recipe,
     "04_lora": _produce_capstone,
     "05_quantization_qlora": lambda e, c, p, s, w: _produce_date(e, c, p, s, w, "qlora_setup", "qlora_setup", quantized=True),
 }

@@ -96,7 +96,7 @@ EXERCISES = (
     Exercise(
         grade_id="sft_final_outcome", notebook="03_sft", number="3.2",
         title="fine-tune within the step budget, without forgetting", kind="outcome", points=6,
-        solutions=("sft_setup",), provides=("preset", "SEED", "SFTSetup", "LAYOUT"),
+        solutions=("sft_setup",), provides=("preset", "SEED", "LoraConfig", "SFTConfig", "PRESET_ARGS", "LAYOUT"),
         thresholds={
             "exact_match": (">=", 0.85),  # date-to-ISO exact match on the split
             "probe_accuracy_drop": ("<=", 0.03),  # base accuracy minus tuned accuracy on the general probe

@@ -23,7 +23,8 @@
 # **You will be able to**
 # 1. measure whether a base model can already do a task, before training;
 # 2. render a chat example with the model's template and build its completion-only loss mask;
-# 3. fine-tune with TRL's `SFTTrainer` and a PEFT LoRA adapter, and read the loss curve;
+# 3. build the recipe yourself (PEFT's `LoraConfig`, TRL's `SFTConfig` and `SFTTrainer`), fine-tune, save the
+#    adapter, and read the loss curve;
 # 4. measure what padding costs in real-token throughput (padded, length-grouped, packed batches), and
 #    see why the layout is a training choice as well as a speed choice;
 # 5. detect catastrophic forgetting with a general-capability probe.
@@ -58,7 +59,9 @@ PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; the grader uses the preset yo
 SEED = 0
 
 # %%
-import shutil
+import torch
+from peft import LoraConfig
+from trl import SFTConfig
 
 from ftcourse import evaluation, plots
 from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
@@ -68,8 +71,8 @@ from ftcourse.presets import get_preset
 from ftcourse.probe import run_probe
 from ftcourse.reporting import write_results
 from ftcourse.tasks import date_task_splits
-from ftcourse.training import (SFTSetup, compare_layouts, recommend_layout, save_sft_artifacts,
-                               train_sft)
+from ftcourse.training import (SFTSetup, TrainingRecorder, compare_layouts, length_grouped_order, preset_sft_args,
+                               recommend_layout, to_prompt_completion, train_sft, trainer_class)
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
@@ -165,22 +168,58 @@ with quiet():
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 3 · Training with `SFTTrainer` + LoRA, three ways: where does the time go?
-# We train with TRL's `SFTTrainer` and a PEFT LoRA adapter (notebook 04 opens LoRA up; here it is the
-# sensible default: small low-rank updates on a frozen model; Exercise 3.2 prints the trainable share).
-# TRL builds exactly the completion-only labels you just wrote.
+# ## 3 · The recipe: `LoraConfig`, `SFTConfig`, `SFTTrainer`
+# Three objects make a supervised fine-tune with the Hugging Face stack:
+# - PEFT's **`LoraConfig`** says which linear layers get a low-rank adapter, its rank `r` and its scale
+#   `lora_alpha` (notebook 04 opens LoRA up; here it is the sensible default: small updates on a frozen
+#   model);
+# - TRL's **`SFTConfig`** (a `TrainingArguments` with SFT's options) holds the optimisation: steps, batch,
+#   learning rate and schedule, seed, precision, logging;
+# - TRL's **`SFTTrainer`** takes the model, the two configs and a dataset in *prompt-completion* form, renders
+#   each example with the chat template and masks the prompt exactly as you did in 3.1.
 #
+# Some `SFTConfig` arguments are the machine's, not yours: precision, device, no gradient checkpointing (it
+# trades time for memory, and a CPU has memory to spare at this size), a loss logged every step, and for
+# length-grouped batches no shuffling. `preset_sft_args` returns them; your choices go next to them.
+
+# %%
+print(preset_sft_args(preset, "padded"))
+lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+sft_config = SFTConfig(output_dir="build/recipe", max_steps=1, per_device_train_batch_size=preset.batch_size,
+                       learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=2, seed=SEED,
+                       **preset_sft_args(preset, "padded"))
+Trainer = trainer_class(preset)  # SFTTrainer; on a CPU its subclass that runs the LM head on labelled tokens only
+trainer = Trainer(model=load_model(preset.model, preset.device, seed=SEED), args=sft_config,
+                  train_dataset=to_prompt_completion(splits["train"]), processing_class=tokenizer,
+                  peft_config=lora_config)
+trainer.model.print_trainable_parameters()
+first = trainer.data_collator([trainer.train_dataset[0]])  # TRL's own batch of the first training example
+kept = [int(t) for t, label in zip(first["input_ids"][0], first["labels"][0]) if label != -100]
+ids, labels = build_chat_labels(tokenizer, splits["train"][0].prompt, splits["train"][0].answer)
+print(f"{type(trainer).__name__}: TRL trains example 0 on {tokenizer.decode(kept)!r}; "
+      f"your mask from 3.1 keeps the same tokens: {kept == [t for t, l in zip(ids, labels) if l != -100]}")
+del trainer
+
+# %% [markdown]
+# On the CPU preset the trainer is a small subclass of `SFTTrainer` (`ftcourse.training.completion_only_trainer`):
+# the same loss, with the language-model head computed only where a label is kept, which is most of the
+# speed-up the README's benchmark measures. On a GPU it is `SFTTrainer` itself. Everything else is TRL's.
+#
+# ## 4 · Three batch layouts: where does the time go?
 # Examples have different lengths, and a batch is a rectangle: **padded** batches fill short rows with
 # pad tokens that cost compute and teach nothing. Two remedies: **length-grouped** batches put similar
 # lengths together; **packing** concatenates examples into rows with no padding at all, and keeps them
 # apart by restarting `position_ids` at each example (no attention across examples, and no KV cache
 # during training). If time were proportional to token slots, removing a padding fraction $p$ would
 # speed training up by at most $1/(1-p)$. We measure real (non-padding) tokens per second, each layout
-# training the same examples for one epoch from the same base weights.
+# training the same examples for one epoch from the same base weights, with the recipe above
+# (`compare_layouts` trains it through `train_sft`, the course's packaged mirror of this recipe, which
+# builds the same three objects from an `SFTSetup` so that a demo can change one choice at a time).
 
 # %%
-layout_setup = SFTSetup(method="lora", learning_rate=1e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
-                        lora_alpha=2 * preset.lora_r, seed=SEED)
+layout_setup = SFTSetup(method="lora", learning_rate=sft_config.learning_rate, batch_size=preset.batch_size,
+                        lora_r=lora_config.r, lora_alpha=lora_config.lora_alpha, seed=SEED)
 layout_rows = compare_layouts(tokenizer, splits["train"][:preset.efficiency_examples], preset, layout_setup,
                               model_name=preset.model, output_dir="build/layouts")
 print(plots.table(layout_rows, ["layout", "steps", "seconds_per_step", "padding_fraction", "real_tokens_per_s",
@@ -231,7 +270,7 @@ print(f"packed row loss {packed_loss:.6f}   separate rows {separate_loss:.6f}   
       f"difference {abs(packed_loss - separate_loss):.2e}")
 
 # %% [markdown]
-# ## 4 · Forgetting: what an aggressive full fine-tune costs
+# ## 5 · Forgetting: what an aggressive full fine-tune costs
 # A fine-tune changes weights the model needs for everything else. We watch that with a
 # **general-capability probe** written for this course: multiple-choice questions on everyday knowledge,
 # each answer scored by its log-likelihood, plus perplexity on a general English text. Here is what an
@@ -259,43 +298,57 @@ print(f"\nprobe accuracy {base_probe.accuracy:.3f} -> {full_probe.accuracy:.3f} 
 # Your final exercise must do the opposite: learn the task and leave the probe where it was.
 #
 # ### Exercise 3.2 — fine-tune within the step budget, without forgetting (6 points)
-# Choose an `SFTSetup` (method, learning rate, steps, LoRA rank and alpha, layout) so that training on
-# `splits["train"]` for at most `preset.step_budget` optimizer steps gives a model that
+# Build the recipe: a `LoraConfig` named `lora_config` and an `SFTConfig` named `sft_config`, so that training
+# on `splits["train"]` for at most `preset.step_budget` optimizer steps gives a model that
 # - reaches the grader's **exact-match threshold** on the held-out split (generated at grading time,
 #   never shown), and
 # - does not regress on the general probe: the probe-accuracy drop and the perplexity ratio against the
 #   base model stay within the grader's limits.
 #
-# The cell below prints the budget and the thresholds, read from the grader itself.
+# What you choose: in `LoraConfig`, `r`, `lora_alpha`, `lora_dropout`, `target_modules` (from the seven
+# projections), `use_rslora`, with `task_type="CAUSAL_LM"`; in `SFTConfig`, `max_steps` (a graded fine-tune
+# counts steps: leave `num_train_epochs` alone), `learning_rate`, `per_device_train_batch_size` (up to 4× the
+# preset's), `lr_scheduler_type` (linear, cosine, constant, constant_with_warmup), `warmup_steps`,
+# `weight_decay` and `seed`, next to `**PRESET_ARGS` (the machine's arguments for the grouped layout). Any
+# other argument must keep its default: the grader refuses, naming the field, what it would not train. The
+# recipe of §3 trains for one step at a rate chosen for a timing run; it is not an answer.
 #
-# The cell after yours trains with your setup and saves the adapter to `artifacts/03_sft/`; the self-check
-# below evaluates it with the grader's code on the public validation split. The grade itself does not read
-# that adapter: the grader runs your cell on its own, **trains your setup itself** (same data, same seed, so
+# The cell after yours trains your recipe with `SFTTrainer` and saves the adapter to `artifacts/03_sft/`; the
+# self-check evaluates it with the grader's code on the public validation split. The grade does not read that
+# adapter: the grader runs your cell on its own, **trains your two configs itself** (same data, same seed, so
 # the same adapter) and evaluates what it trained on the held-out split.
 # Hints: the layout comparison and the forgetting demo above contain everything you need.
 
 # %%
-shutil.rmtree(artifact_dir("03_sft"), ignore_errors=True)  # grade only what this run trains
+PRESET_ARGS = preset_sft_args(preset, LAYOUT)
 print_exercise("sft_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "sft_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-setup = SFTSetup(method="lora", max_steps=min(12, preset.step_budget), learning_rate=2e-3,
-                 batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r,
-                 layout=LAYOUT, seed=SEED)
+lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+sft_config = SFTConfig(output_dir="build/exercise", max_steps=min(12, preset.step_budget), learning_rate=2e-3,
+                       per_device_train_batch_size=preset.batch_size, lr_scheduler_type="cosine", warmup_steps=2,
+                       seed=SEED, **PRESET_ARGS)
 ### END SOLUTION
 
 # %%
-setup.validate(step_budget=preset.step_budget)
-tuned, result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"], setup,
-                          preset, "build/exercise")
-save_sft_artifacts(tuned, tokenizer, result, setup, artifact_dir("03_sft"))
-trainable = sum(p.numel() for p in tuned.parameters() if p.requires_grad)
-total = sum(p.numel() for p in tuned.parameters())
-print(f"{result.steps} steps in {result.seconds:.0f} s ({result.seconds / result.steps:.2f} s/step), "
-      f"final loss {result.losses[-1]:.4f}; trainable parameters {trainable:,} of {total:,} "
-      f"({trainable / total:.1%})")
-plots.loss_curves({f"{setup.method}, lr {setup.learning_rate:g}": result.losses}, "Your fine-tune");
+model = load_model(preset.model, preset.device, seed=SEED)
+torch.manual_seed(sft_config.seed)  # the trainer draws LoRA's A matrices when it wraps the model
+train_data = to_prompt_completion(  # grouped layout: batches of similar lengths, in a seeded order
+    length_grouped_order(tokenizer, splits["train"], sft_config.per_device_train_batch_size, sft_config.seed))
+recorder = TrainingRecorder(progress=False)  # TRL prints each step's log; the recorder keeps the curve
+trainer = trainer_class(preset)(model=model, args=sft_config, train_dataset=train_data, processing_class=tokenizer,
+                                peft_config=lora_config, callbacks=[recorder])
+trainer.train()
+trainer.save_model(artifact_dir("03_sft") / "adapter")  # the LoRA adapter (a few MB) and the tokenizer
+recorder.save(artifact_dir("03_sft"))
+steps, seconds = len(recorder.step_seconds), sum(recorder.step_seconds)
+trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+total = sum(p.numel() for p in trainer.model.parameters())
+print(f"{steps} steps in {seconds:.0f} s ({seconds / steps:.2f} s/step), final loss {recorder.losses[-1]:.4f}; "
+      f"trainable parameters {trainable:,} of {total:,} ({trainable / total:.1%})")
+plots.loss_curves({f"LoRA r{lora_config.r}, lr {sft_config.learning_rate:g}": recorder.losses}, "Your fine-tune");
 
 # %% [markdown]
 # Self-check on the public validation split (the same grader, in a separate process):
@@ -311,7 +364,7 @@ with quiet():
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 5 · Before and after
+# ## 6 · Before and after
 
 # %%
 m = verdict.metrics
@@ -323,7 +376,7 @@ plots.probe_bars({r["model"]: r for r in after_rows});
 write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", float("nan")), metric="exact match",
               probe_accuracy_base=base_probe.accuracy, probe_accuracy_tuned=m.get("probe_accuracy", float("nan")),
               layout=LAYOUT, fastest_layout=FASTEST_LAYOUT, layout_speedup=best["speedup_vs_padded"], padding_bound=bound,
-              seconds_per_step=result.seconds / result.steps)
+              seconds_per_step=seconds / steps)
 
 # %% [markdown]
 # ## Summary
