@@ -119,6 +119,10 @@ class TrainingPlan:
     attention_mask: bool = True  # padded batches pass a mask; packed rows do not
     quant_block: int = 64  # NF4 block size (weights per absmax scale)
     double_quant: bool = False
+    # Full fine-tunes with 16-bit weights: False = pure 16-bit (16-bit gradients and AdamW states: 8 bytes per
+    # parameter in all); True = the usual mixed precision (16-bit weights and gradients, plus a float32 master
+    # copy of the weights and float32 AdamW states in the optimizer: 2 + 2 + 12 = 16 bytes per parameter)
+    master_weights: bool = False
 
     def validate(self) -> None:
         """Raise an error that names the field for a plan the estimator cannot describe."""
@@ -253,16 +257,25 @@ def activation_bytes(shape: ModelShape, plan: TrainingPlan) -> int:
 
 
 def estimate_memory(shape: ModelShape, plan: TrainingPlan, optimizer: str = "adamw") -> MemoryBreakdown:
-    """Estimated bytes of parameters, gradients, optimizer states and saved activations for one step."""
+    """Estimated bytes of parameters, gradients, optimizer states and saved activations for one step.
+
+    Assumptions, stated: weights in `plan.weight_dtype` (QLoRA: NF4 codes + scales); a full fine-tune's
+    gradients in the weight dtype and AdamW's two states in it too (pure 16-bit: 8 bytes per parameter
+    with 16-bit weights), or with `master_weights` the usual mixed precision (16 bytes per parameter: the
+    optimizer keeps a float32 master copy and float32 states); adapters in float32. No allocator overhead,
+    no transient buffers (a measured peak is higher: notebook 01 shows both).
+    """
     plan.validate()
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}.")
     trainable = trainable_param_count(shape, plan)
     grad_bytes = DTYPE_BYTES[plan.weight_dtype] if plan.method == "full" else 4  # adapters train in float32
     states = {"adamw": 2, "sgd": 0}[optimizer]
+    state_bytes = trainable * grad_bytes * states
+    if plan.method == "full" and plan.master_weights and grad_bytes < 4:  # mixed precision: fp32 master + states
+        state_bytes = trainable * 4 * (states + 1)
     return MemoryBreakdown(parameters=parameter_bytes(shape, plan), gradients=trainable * grad_bytes,
-                           optimizer_states=trainable * grad_bytes * states,
-                           activations=activation_bytes(shape, plan))
+                           optimizer_states=state_bytes, activations=activation_bytes(shape, plan))
 
 
 # ---------------------------------------------------------------- compute
@@ -390,6 +403,9 @@ def measure_training_memory(model, plan: TrainingPlan, seed: int = 0, optimizer:
     import torch
 
     plan.validate()
+    if plan.master_weights and plan.method == "full" and plan.weight_dtype != "float32":
+        raise ValueError("measure_training_memory runs a plain AdamW on the model's own weights; a mixed-precision "
+                         "optimizer (master_weights=True) is estimated, not measured here.")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     vocab = vocab_size or model.config.vocab_size

@@ -343,6 +343,7 @@ def _table_rows(assignment: str, db: Path, verdicts_dir: Path, refused: dict, fa
         row["preset"] = summary.get("preset", "-")
         row["why"] = "; ".join(([f"refused: {why}"] if student in refused else [why] if why else []) + reasons) or "-"
         row["verdicts"] = summary.get("verdicts", {})
+        row["seconds"] = round(sum(v.get("metrics", {}).get("grading_seconds", 0) or 0 for v in row["verdicts"].values()), 1)
     return rows
 
 
@@ -356,9 +357,9 @@ def print_table(rows: dict, assignment: str) -> None:
     cells = [e.grade_id for e in for_notebook(assignment)]
     students = {s: r for s, r in rows.items() if not s.startswith("_")}
     lines = [{"student": s, **{c: r.get(c) for c in cells}, "total": f"{r.get('total', 0):g}/{r.get('max', 0):g}",
-              "preset": r.get("preset"), "manual": ", ".join(r.get("manual", [])) or "-", "why": r.get("why", "")[:150]}
-             for s, r in sorted(students.items())]
-    print(table(lines, ["student", *cells, "total", "preset", "manual", "why"]))
+              "preset": r.get("preset"), "grader_s": r.get("seconds", 0), "manual": ", ".join(r.get("manual", [])) or "-",
+              "why": r.get("why", "")[:150]} for s, r in sorted(students.items())]
+    print(table(lines, ["student", *cells, "total", "preset", "grader_s", "manual", "why"]))
     if any(r.get("manual") for r in students.values()):
         print("note: 'manual' lists manual scores in the gradebook; they replace the grader's score in the total.")
 

@@ -128,3 +128,18 @@ def test_plan_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "missing.json").write_text(json.dumps({"plan": {}}))
     with pytest.raises(ValueError, match="missing the field 'estimate'"):
         load_plan(tmp_path / "missing.json")
+
+
+def test_full_fine_tune_bytes_per_parameter_pure_16_bit_and_mixed_precision():
+    """The estimator's two stated assumptions: 8 bytes/parameter (pure 16-bit) and the usual 16 (mixed precision)."""
+    from ftcourse.estimator import TrainingPlan, estimate_memory, known_shape
+
+    shape = known_shape("llama-2-7b")
+    for master, expected in ((False, 8), (True, 16)):
+        e = estimate_memory(shape, TrainingPlan(method="full", weight_dtype="bfloat16", master_weights=master))
+        assert (e.parameters + e.gradients + e.optimizer_states) / shape.n_params == expected
+    fp32 = estimate_memory(shape, TrainingPlan(method="full", weight_dtype="float32", master_weights=True))
+    assert (fp32.parameters + fp32.gradients + fp32.optimizer_states) / shape.n_params == 16  # 4 + 4 + 8: no master copy
+    lora = TrainingPlan(method="lora", weight_dtype="bfloat16")
+    assert estimate_memory(shape, lora) == estimate_memory(shape, TrainingPlan(method="lora", weight_dtype="bfloat16",
+                                                                                master_weights=True))

@@ -31,3 +31,17 @@ def test_hub_model_falls_back_to_embedded_when_offline(monkeypatch):
     with pytest.warns(UserWarning, match="falling back to the embedded SmolLM2-135M-Instruct"):
         path = resolve_model_dir("HuggingFaceTB/SmolLM2-360M-Instruct")
     assert path == str(embedded_model_dir())
+
+
+def test_the_embedded_decoder_weights_sit_on_the_q4_1_grid(model_and_tokenizer):
+    """README and notebook 05 say so: each block of 32 weights of a decoder linear holds at most 16 values."""
+    import torch
+
+    model, _ = model_and_tokenizer
+    for layer in (0, len(model.model.layers) // 2, len(model.model.layers) - 1):
+        for linear in (model.model.layers[layer].self_attn.q_proj, model.model.layers[layer].mlp.down_proj):
+            blocks = linear.weight.detach().reshape(-1, 32)
+            distinct = (blocks.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1
+            assert int(distinct.max()) <= 16
+    embeddings = model.model.embed_tokens.weight.detach()[:2000].reshape(-1, 32)
+    assert int(((embeddings.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).max()) > 16  # Q8_0, not 4-bit

@@ -17,7 +17,8 @@
 # Fine-tuning is the expensive answer. Before spending compute a team should know what a prompt already
 # achieves, whether the problem is one a fine-tune can fix at all, and whether the planned run fits the
 # hardware. This notebook answers the three questions with measurements on a real pretrained model,
-# SmolLM2-135M-Instruct, which ships inside the course: prompting against a short fine-tune on the same
+# SmolLM2-135M-Instruct, which ships inside the course (distributed as a 4-bit Q4_1 file, de-quantised to
+# float32 on load: the README says what that means): prompting against a short fine-tune on the same
 # task, a decision guide that points to the notebook teaching each answer, and a memory and compute
 # estimator checked against what a training step really allocates.
 #
@@ -301,15 +302,22 @@ print(f"Totals: full {totals[0]['measured_gb']:.2f} GB, LoRA {totals[1]['measure
 #
 # ## 5 · Will it fit? A 7B model on a 16 GB T4
 # The same estimator, on shapes read from published configs, at the guide's plan with float16 weights
-# (a T4 has no bfloat16). `fits` keeps 1 GB for the CUDA context and fragmentation.
+# (a T4 has no bfloat16). `fits` keeps 1 GB for the CUDA context and fragmentation. Its assumptions, stated:
+# a full fine-tune is shown twice, in **pure 16-bit** (16-bit gradients and AdamW states: 2 + 2 + 4 = 8 bytes
+# per parameter) and in the usual **mixed precision** (16-bit weights and gradients, plus a float32 master
+# copy and float32 AdamW states: 2 + 2 + 12 = 16 bytes per parameter, what frameworks do by default when
+# they train in 16 bits); adapters train in float32; no allocator overhead or transient buffers (§4 shows
+# how far a count of tensors is from a process's measured peak).
 
 # %%
 t4_rows = []
 for name in ("llama-2-7b", "mistral-7b", "llama-3.1-8b"):
-    for method in METHODS:
-        plan = TrainingPlan(method=method, batch_size=4, seq_len=512, weight_dtype="float16", gradient_checkpointing=True)
+    for method, master in [("full", True), *((m, False) for m in METHODS)]:
+        plan = TrainingPlan(method=method, batch_size=4, seq_len=512, weight_dtype="float16", gradient_checkpointing=True,
+                            master_weights=master)
         estimate = estimate_memory(known_shape(name), plan)
-        t4_rows.append({"model": name, "method": method, **estimate.as_gb(), "fits a 16 GB T4": fits(estimate, 16)})
+        label = "full, mixed precision" if master else ("full, pure 16-bit" if method == "full" else method)
+        t4_rows.append({"model": name, "method": label, **estimate.as_gb(), "fits a 16 GB T4": fits(estimate, 16)})
 print(plots.table(t4_rows, ["model", "method", "parameters", "gradients", "optimizer_states", "activations", "total",
                             "fits a 16 GB T4"], floatfmt=".2f"))
 qlora_7b = next(r for r in t4_rows if r["model"] == "llama-2-7b" and r["method"] == "qlora")

@@ -18,7 +18,8 @@
 # outputs you want, and train it to produce them. It is also where most later stages begin (LoRA,
 # QLoRA, DPO and GRPO all start from an SFT-shaped model). Done carelessly it wastes compute on padding,
 # trains on the wrong tokens, or quietly makes the model worse at everything else. This notebook does it
-# properly on a real pretrained model, SmolLM2-135M-Instruct, which ships inside the course.
+# properly on a real pretrained model, SmolLM2-135M-Instruct, which ships inside the course (distributed as a
+# 4-bit Q4_1 file and de-quantised to float32 on load; notebook 05 measures what that means).
 #
 # **You will be able to**
 # 1. measure whether a base model can already do a task, before training;
