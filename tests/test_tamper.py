@@ -207,6 +207,7 @@ def graded_class(executed_solution, tmp_path_factory):
                    "y_untouched": None, "z_reference": reference}
     before = {name: _sha(path) for name, path in guarded.items()}
     rows = grade_class(SLUG, submissions, tmp_path, monkeypatch)
+    grade.print_table(rows, SLUG)  # shown with `pytest -s`: every attack, its score, the grader's seconds, why
     after = {name: _sha(path) for name, path in guarded.items()}
     identity = learner_identity()
     monkeypatch.undo()
