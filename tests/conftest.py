@@ -85,6 +85,26 @@ def check_stated_outcome(results: dict, slug: str) -> None:
     assert results["notebook"] == slug, results
     assert results["base_metric"] <= 0.2, results  # the task is one the base model fails ...
     assert results["tuned_metric"] >= results["base_metric"] + 0.4, results  # ... and the fine-tune fixes it
+    for claim in STATED_CLAIMS.get(slug, ()):  # each demo's stated direction, against its computed numbers
+        assert claim[1](results), (slug, claim[0], results)
+
+
+# What the notebooks' prose says their demos show, as checks on the numbers they computed (course_results.json).
+STATED_CLAIMS = {
+    "03_sft": [
+        ("a stable full fine-tune (lr 1e-4) learns the format", lambda r: r["full_ft_exact_match"] >= r["base_metric"] + 0.4),
+        ("... and its loss falls rather than diverges", lambda r: r["full_ft_final_loss"] < r["full_ft_first_loss"] / 4),
+        ("... without measurable forgetting at this budget",
+         lambda r: r["full_ft_probe_drop"] <= 0.03 and r["full_ft_perplexity_ratio"] <= 1.15),
+    ],
+    "05_quantization_qlora": [
+        ("the decoder weights sit on the Q4_1 grid (at most 16 values per block of 32)", lambda r: r["grid_values_max"] <= 16),
+        ("8 bits changes perplexity by a fraction of a percent", lambda r: abs(r["perplexity_8bit"] / r["perplexity_fp32"] - 1) < 0.01),
+        ("NF4 costs a clear step, more than a fifth", lambda r: 1.20 <= r["perplexity_nf4"] / r["perplexity_fp32"] <= 1.35),
+        ("NF4 beats evenly spaced int4", lambda r: r["perplexity_nf4"] < r["perplexity_int4"]),
+        ("below 4 bits the model degrades fast", lambda r: r["perplexity_nf3"] > 1.5 * r["perplexity_nf4"]),
+    ],
+}
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

@@ -43,6 +43,9 @@ def test_reference_earns_full_marks_and_untouched_zero(slug, executed_solution, 
     check_stated_outcome(json.loads((workdir / "course_results.json").read_text()), slug)
     submissions = {"reference": nbformat.read(executed, as_version=4), "untouched": None}
     rows = grade_class(slug, submissions, tmp_path, monkeypatch)
+    import grade  # on the path since grade_class
+
+    grade.print_table(rows, slug)  # shown with `pytest -s`: scores, the grader's seconds per submission, why
     _assert_round_trip(slug, rows, workdir)
 
 

@@ -33,8 +33,14 @@ class FunctionCheck:
 # ---------------------------------------------------------------- 1.1: the decision guide
 
 GPU_SIZES = (4, 6, 8, 12, 16, 24, 40, 48, 80, 141)
-N_BOUNDARY = {"few": (0, 1, 12, 40, 150, 199), "some": (200, 201, 900, 2_000, 5_000, 9_999),
-              "many": (10_000, 10_001, 30_000, 50_000, 250_000)}
+SUCCESS_RATES = (0.02, 0.1, 0.5)  # a model that sometimes succeeds; 0.0 is the other case
+
+
+def _n_boundary() -> dict:
+    from ..decision import MANY_DEMONSTRATIONS as many, MIN_DEMONSTRATIONS as least
+
+    return {"few": (0, 1, least // 4, least - 1), "some": (least, least + 1, 900, many - 1),
+            "many": (many, many + 1, 3 * many, 25 * many)}
 
 
 def _fits_table() -> dict:
@@ -51,61 +57,85 @@ def _hardware(rng: random.Random, table: dict, want: Callable) -> dict:
     return {"model": model, "gpu_gb": gpu}
 
 
-def decision_case(rule: int, rng: random.Random, table: dict) -> tuple[dict, str]:
-    """A scenario whose first applicable rule of the guide (notebook 01, §3) is `rule`, and that rule's answer.
+# the guide's cases: a signal rule (1-7, notebook 01 §3), and for the four training signals a parameterisation
+# rule (A: full, B: lora, C: qlora, D: nothing fits); GRPO has few demonstrations by its own rule, so no A
+DECISION_CASES = (["1", "2", "7"] + [f"{s}{p}" for s in "356" for p in "ABCD"] + [f"4{p}" for p in "BCD"])
+
+
+def decision_case(case: str, rng: random.Random, table: dict) -> tuple[dict, str]:
+    """A scenario whose first applicable signal rule, and parameterisation rule, is `case`, and its answer.
 
     Built by construction, not by a solver: every earlier rule is made false, the target rule true, and
     the fields of later rules are random, so the order of the rules is tested too.
     """
+    from ..decision import MIN_DEMONSTRATIONS
+
+    n = _n_boundary()
     coin = lambda: rng.random() < 0.5  # noqa: E731
     f = {"prompting_meets_target": False, "needs_fresh_knowledge": False, "wants_smaller_model": coin(),
-         "teacher_available": coin(), "has_verifiable_reward": coin(), "has_preference_pairs": coin(),
-         "n_demonstrations": rng.choice(N_BOUNDARY[rng.choice(["few", "some", "many"])]),
-         **_hardware(rng, table, lambda fits: True)}
-    if rule == 1:
+         "teacher_available": coin(), "has_verifiable_reward": coin(),
+         "base_success_rate": rng.choice((0.0, 0.0) + SUCCESS_RATES), "has_preference_pairs": coin(),
+         "n_demonstrations": rng.choice(n[rng.choice(["few", "some", "many"])]), **_hardware(rng, table, lambda fits: True)}
+    rule, param = case[0], case[1:]
+    if rule == "1":
         return f | {"prompting_meets_target": True, "needs_fresh_knowledge": coin()}, "prompting"
-    if rule == 2:
+    if rule == "2":
         return f | {"needs_fresh_knowledge": True}, "retrieval"
-    if rule == 3:
-        return f | {"wants_smaller_model": True, "teacher_available": True}, "distillation"
-    not_distillation = rng.choice([(False, False), (True, False), (False, True)])
-    f |= {"wants_smaller_model": not_distillation[0], "teacher_available": not_distillation[1]}
-    if rule == 4:
-        return f | {"has_verifiable_reward": True, "n_demonstrations": rng.choice(N_BOUNDARY["few"])}, "grpo"
-    if rule == 5:
-        if f["has_verifiable_reward"]:  # rule 4 must not apply first
-            f["n_demonstrations"] = rng.choice(N_BOUNDARY["some"] + N_BOUNDARY["many"])
-        return f | {"has_preference_pairs": True}, "dpo"
-    f |= {"has_preference_pairs": False}
-    if rule == 6:
-        return f | {"has_verifiable_reward": False, "n_demonstrations": rng.choice(N_BOUNDARY["few"])}, "dont_fine_tune"
-    many = rng.choice(N_BOUNDARY["many"])
-    some = rng.choice(N_BOUNDARY["some"])
-    if rule == 7:
-        return f | {"n_demonstrations": many, **_hardware(rng, table, lambda x: x["full"])}, "sft"
-    if rule == 8:
-        if coin():  # enough data for full, but full does not fit
-            return f | {"n_demonstrations": many, **_hardware(rng, table, lambda x: x["lora"] and not x["full"])}, "lora"
-        return f | {"n_demonstrations": some, **_hardware(rng, table, lambda x: x["lora"])}, "lora"
-    n = rng.choice([many, some])
-    if rule == 9:
-        return f | {"n_demonstrations": n, **_hardware(rng, table, lambda x: x["qlora"] and not x["lora"])}, "qlora"
-    if rule == 10:
-        return f | {"n_demonstrations": n, **_hardware(rng, table, lambda x: not any(x.values()))}, "dont_fine_tune"
-    raise ValueError(f"The guide has rules 1-10, got {rule}.")
+    if rule == "3":
+        f |= {"wants_smaller_model": True, "teacher_available": True}
+        signal = "distillation"
+    else:
+        not_distillation = rng.choice([(False, False), (True, False), (False, True)])
+        f |= {"wants_smaller_model": not_distillation[0], "teacher_available": not_distillation[1]}
+        grpo_applies = (f["has_verifiable_reward"] and f["base_success_rate"] > 0
+                        and f["n_demonstrations"] < MIN_DEMONSTRATIONS)
+        if rule == "4":
+            f |= {"has_verifiable_reward": True, "base_success_rate": rng.choice(SUCCESS_RATES),
+                  "n_demonstrations": rng.choice(n["few"])}
+            signal = "grpo"
+        elif rule == "5":
+            if grpo_applies:  # rule 4 must not apply first: the model never succeeds, or there are enough demonstrations
+                if coin():
+                    f["base_success_rate"] = 0.0
+                else:
+                    f["n_demonstrations"] = rng.choice(n["some"] + n["many"])
+            f["has_preference_pairs"] = True
+            signal = "dpo"
+        else:
+            f["has_preference_pairs"] = False
+            if rule == "6":
+                f["n_demonstrations"] = rng.choice(n["some"] + n["many"])
+                signal = "sft"
+            elif rule == "7":  # few demonstrations, and no reward the model can climb (none, or it never succeeds)
+                f["n_demonstrations"] = rng.choice(n["few"])
+                if f["has_verifiable_reward"]:
+                    f["base_success_rate"] = 0.0
+                return f, "collect_data"
+            else:
+                raise ValueError(f"The guide's signal rules are 1-7, got {rule!r}.")
+    if param == "A":  # many demonstrations and a full fine-tune fits
+        return f | {"n_demonstrations": rng.choice(n["many"]), **_hardware(rng, table, lambda x: x["full"])}, f"{signal}+full"
+    many = f["n_demonstrations"] >= n["many"][0]
+    if param == "B":
+        return f | _hardware(rng, table, lambda x: x["lora"] and not (many and x["full"])), f"{signal}+lora"
+    if param == "C":
+        return f | _hardware(rng, table, lambda x: x["qlora"] and not x["lora"] and not (many and x["full"])), f"{signal}+qlora"
+    if param == "D":
+        return f | _hardware(rng, table, lambda x: not any(x.values())), "smaller_model"
+    raise ValueError(f"The guide's parameterisation rules are A-D, got {param!r}.")
 
 
-def decision_cases(seed: int, n_extra: int = 10) -> tuple[list[dict], list[tuple[int, str]]]:
-    """Every rule once and `n_extra` more, shuffled: (scenario fields, [(rule, answer)])."""
+def decision_cases(seed: int, n_extra: int = 10) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every case once and `n_extra` more, shuffled: (scenario fields, [(case, answer)])."""
     rng = random.Random(seed)
     table = _fits_table()
-    rules = list(range(1, 11)) + [rng.randint(1, 10) for _ in range(n_extra)]
-    rng.shuffle(rules)
+    cases = list(DECISION_CASES) + [rng.choice(DECISION_CASES) for _ in range(n_extra)]
+    rng.shuffle(cases)
     scenarios, key = [], []
-    for i, rule in enumerate(rules):
-        fields, answer = decision_case(rule, rng, table)
+    for i, case in enumerate(cases):
+        fields, answer = decision_case(case, rng, table)
         scenarios.append({"description": f"unseen scenario {i + 1}", **fields})
-        key.append((rule, answer))
+        key.append((case, answer))
     return scenarios, key
 
 
@@ -116,13 +146,13 @@ def _decision_inputs(preset, secret):
 
 def _decision_judge(exercise, preset, inputs, key, answers) -> Verdict:
     expect(isinstance(answers, list) and len(answers) == len(key), "choose_approach gave no answer for every scenario.")
-    wrong_rules = sorted({rule for (rule, want), got in zip(key, answers) if got != want})
+    wrong = sorted({case for (case, want), got in zip(key, answers) if got != want})
     share = 1 - sum(got != want for (_, want), got in zip(key, answers)) / len(key)
     verdict = judge(exercise, "-", {"share_agreeing": share, "scenarios": len(key)}, preset)
-    if wrong_rules:  # which rules, not which scenarios: the scenarios stay hidden
+    if wrong:  # which rules, not which scenarios: the scenarios stay hidden
+        named = [f"signal rule {c[0]}" + (f" with parameterisation {c[1]}" if len(c) > 1 else "") for c in wrong]
         verdict.message = (f"{round((1 - share) * len(key))} of {len(key)} unseen scenarios differ from the guide; "
-                           f"they are scenarios where rule {', '.join(map(str, wrong_rules))} of the table applies "
-                           "first. " + verdict.message)
+                           f"they are scenarios where {'; '.join(named)} of the table applies first. " + verdict.message)
     return verdict
 
 

@@ -43,8 +43,9 @@ EXERCISES = (
         grade_id="decision_rules_tests", notebook="01_when_to_fine_tune", number="1.1",
         title="encode the decision guide", kind="function", points=3, solutions=("decision_rules",), provides=(),
         thresholds={"share_agreeing": (">=", 1.0)},
-        hints=("follow the table's rules in order: the first rule that applies wins",
-               "rules 7-10 depend on memory: call method_fits(scenario, 'full' | 'lora' | 'qlora')"),
+        hints=("follow the signal rules in order (the first that applies wins), then the parameterisation rules",
+               "GRPO needs a model that sometimes succeeds (base_success_rate > 0) and few demonstrations",
+               "rules A-C depend on memory: call method_fits(scenario, 'full' | 'lora' | 'qlora')"),
         summary="`choose_approach` follows the decision guide on unseen scenarios generated at grading time",
     ),
     Exercise(

@@ -313,8 +313,8 @@ print(f"NF4 (blocks of 64) raises perplexity from {base_perplexity:.2f} to {ppl[
 
 # %% [markdown]
 # Read the right-hand plot from the left, with the printed numbers: 8 bits changes the perplexity by a
-# fraction of a percent; NF4 at 4 bits costs a clear step (printed above, about +20 % on this model), less
-# than evenly spaced int4; below 4 bits the model degrades fast. Block size matters as much as bits: one
+# fraction of a percent; NF4 at 4 bits costs a clear step (printed above: more than a fifth on this model),
+# less than evenly spaced int4; below 4 bits the model degrades fast. Block size matters as much as bits: one
 # scale per matrix wastes the 4 bits on a few outliers. Remember what these weights are: each block of 32
 # already holds at most 16 values (Q4_1), which an 8-bit code of blocks of 64 nearly reproduces, while
 # NF4's 16 levels must cover two such blocks with different grids. On the original bfloat16 weights the
@@ -419,7 +419,8 @@ print(plots.table([{"model": "4-bit base", "exact_match": m.get("base_exact_matc
 write_results("05_quantization_qlora", base_metric=m.get("base_exact_match", float("nan")),
               tuned_metric=m.get("exact_match", float("nan")), metric="exact match (4-bit base)",
               nf4_relative_rmse=nf4_rmse / weight_rms, int4_relative_rmse=int4_rmse / weight_rms,
-              perplexity_fp32=base_perplexity, perplexity_nf4=ppl[(4, 64, "nf")],
+              perplexity_fp32=base_perplexity, perplexity_nf4=ppl[(4, 64, "nf")], perplexity_8bit=ppl[(8, 64, "nf")],
+              perplexity_int4=ppl[(4, 64, "int")], perplexity_nf3=ppl[(3, 64, "nf")], grid_values_max=int(distinct.max()),
               memory_full_gb=totals["full"]["measured_gb"], memory_lora_gb=totals["lora"]["measured_gb"],
               memory_qlora_gb=totals["qlora"]["measured_gb"], qlora_seconds_per_step=qlora_result.seconds / qlora_result.steps)
 print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
@@ -432,7 +433,7 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   spaced levels. Your implementation matched bitsandbytes.
 # - Double quantization cuts the scales' cost from 0.5 to about 0.127 bits per weight at almost no error.
 # - On this model (already on a 4-bit Q4_1 grid), 8 bits leaves perplexity almost unchanged, NF4 with blocks
-#   of 64 costs a clear step (about +20 %, less than int4), and below 4 bits it falls apart.
+#   of 64 costs a clear step (more than +20 % here, less than int4), and below 4 bits it falls apart.
 # - QLoRA trains a full-precision adapter through a frozen 4-bit base: on a 7B model, the difference between
 #   needing a large GPU and a 16 GB one.
 # - **The mistake to remember: evaluating on the wrong thing.** An adapter trained on a 4-bit base is
