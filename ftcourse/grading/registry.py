@@ -46,7 +46,7 @@ EXERCISES = (
         hints=("follow the signal rules in order (the first that applies wins), then the parameterisation rules",
                "GRPO needs a model that sometimes succeeds (base_success_rate > 0) and few demonstrations",
                "rules A-C depend on memory: call method_fits(scenario, 'full' | 'lora' | 'qlora')"),
-        summary="`choose_approach` follows the decision guide on unseen scenarios generated at grading time",
+        summary="`choose_approach` (signal + parameterisation) follows the decision guide on unseen scenarios generated at grading time",
     ),
     Exercise(
         grade_id="plan_final_outcome", notebook="01_when_to_fine_tune", number="1.2",
@@ -107,7 +107,7 @@ EXERCISES = (
         hints=("exact match too low: raise the learning rate (LoRA tolerates 1e-3) or use more of the step budget",
                "probe regressed: prefer LoRA over a full fine-tune, lower the learning rate, or train fewer steps",
                STEP_HINT),
-        summary="the grader trains your setup: held-out exact match ≥ 0.85, probe accuracy drop ≤ 0.03, "
+        summary="the grader trains your `LoraConfig` and `SFTConfig`: held-out exact match ≥ 0.85, probe accuracy drop ≤ 0.03, "
                 "perplexity ratio ≤ 1.15, steps ≤ budget",
     ),
     Exercise(
