@@ -97,6 +97,10 @@ STATED_CLAIMS = {
         ("... without measurable forgetting at this budget",
          lambda r: r["full_ft_probe_drop"] <= 0.03 and r["full_ft_perplexity_ratio"] <= 1.15),
     ],
+    "04_lora": [
+        ("in a short budget at a fixed scale, a larger rank learned the task faster",
+         lambda r: r["ablation_em_r1"] < r["ablation_em_r64"]),
+    ],
     "05_quantization_qlora": [
         ("the decoder weights sit on the Q4_1 grid (at most 16 values per block of 32)", lambda r: r["grid_values_max"] <= 16),
         ("8 bits changes perplexity by a fraction of a percent", lambda r: abs(r["perplexity_8bit"] / r["perplexity_fp32"] - 1) < 0.01),

@@ -291,6 +291,22 @@ fig.tight_layout()
 #   not kept, the problem one of `malformed`, `wrong_role`, `too_long`, `leaked`, `duplicate`,
 #   `near_duplicate`. Every row is either kept or flagged; the first of several copies is kept.
 #
+# What the grader's dump may contain, and what counts as right for each kind (checked in this order; a row
+# takes the first problem it has):
+# - `malformed`: not JSON; `messages` missing or not a list; a message without `role` or `content`; a content
+#   that is not a string, or is empty or only whitespace;
+# - `wrong_role`: a role that is not exactly `system`, `user` or `assistant` (roles are case-sensitive: the
+#   chat template renders `User` as other tokens, so a row written `User`/`Assistant` is flagged, not
+#   repaired), or user and assistant turns that do not alternate and end in a user turn followed by an
+#   assistant reply (a trailing user turn included: such a row has no reply to learn);
+# - `too_long`: longer than `max_tokens` once rendered with the chat template;
+# - `leaked`: its last user turn is a test prompt, exactly or nearly (same normalised text, or character
+#   5-gram Jaccard ≥ 0.7), with the same answer;
+# - `duplicate`: the same messages as a row kept earlier; `near_duplicate`: a near match of a kept row's
+#   prompt with the same answer.
+# `ftcourse.data_quality` gives you `parse_chat_row` (the first two kinds, as a `DataError` naming the row and
+# field), `normalize_text`, `char_ngrams` and `jaccard`.
+#
 # Graded on a dump the grader generates with other rows, other test items and variants of each problem
 # this dump does not show, on precision ≥ 0.95 and recall ≥ 0.95 over all planted problems and recall ≥ 0.8
 # for each kind. The grader runs this cell on its own: keep the imports in it.
