@@ -70,12 +70,13 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from ftcourse import evaluation, labs, plots, quantization
 from ftcourse.estimator import (ModelShape, TrainingPlan, build_model_for_plan, compare_estimate, estimate_memory,
                                 known_shape, measure_training_memory)
 from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
-from ftcourse.models import load_model_and_tokenizer, load_quantized_model
+from ftcourse.models import load_model_and_tokenizer, load_quantized_model, resolve_model_dir
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.probe import load_general_text
@@ -318,8 +319,9 @@ print(f"NF4 (blocks of 64) raises perplexity from {base_perplexity:.2f} to {ppl[
 # scale per matrix wastes the 4 bits on a few outliers. Remember what these weights are: each block of 32
 # already holds at most 16 values (Q4_1), which an 8-bit code of blocks of 64 nearly reproduces, while
 # NF4's 16 levels must cover two such blocks with different grids. On the original bfloat16 weights the
-# 8-bit cost would not be smaller, and the NF4 cost could differ either way: measure it on your own model. The lab below moves bits, block size and scheme on the
-# same matrix; "measure perplexity" quantizes the whole model at that setting (a few seconds).
+# 8-bit cost would not be smaller, and the NF4 cost could differ either way: measure it on your own model.
+# The lab below moves bits, block size and scheme on the same matrix; "measure perplexity" quantizes the
+# whole model at that setting (a few seconds).
 
 # %%
 labs.quantization_lab_widget(weight, model, tokenizer, general_text, error_rows, perplexity_rows, base_perplexity);
@@ -366,7 +368,7 @@ print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, 
 #
 # ### Exercise 5.2 — QLoRA fine-tune to the held-out threshold (6 points)
 # Choose an `SFTSetup` for a LoRA adapter trained on the 4-bit NF4 base (the cell after yours loads it with
-# `load_quantized_model` and trains with TRL), within `preset.step_budget` steps, so that **with the adapter
+# the `BitsAndBytesConfig` above and trains with TRL), within `preset.step_budget` steps, so that **with the adapter
 # loaded onto the 4-bit base in a separate process** the date task's held-out exact match reaches the
 # threshold below. The cell below prints the threshold, read from the grader itself, and loads the 4-bit base.
 # The grader runs your cell on its own, trains your setup itself on a freshly loaded 4-bit base and evaluates
@@ -375,11 +377,25 @@ print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, 
 # One trap, measured while writing this notebook: with bitsandbytes 0.50.2 on CPU, a 4-bit model that has
 # already *generated* text no longer trains (its loss rises instead of falling). Train a freshly loaded
 # 4-bit model, and evaluate in another process or on another copy, as the grader does.
+#
+# The 4-bit base is one `BitsAndBytesConfig` away, and every setting in it is something this notebook built
+# from scratch: the NF4 code book (§2; `"fp4"` is the other choice), blocks of 64 weights per absmax scale
+# (fixed by bitsandbytes' 4-bit layers), double quantization of the scales (§3), and the dtype the codes are
+# dequantized to for each matmul. `from_pretrained` quantizes every decoder linear as it loads; embeddings,
+# norms and the LM head stay in float32.
 
 # %%
 shutil.rmtree(artifact_dir("05_quantization_qlora"), ignore_errors=True)  # grade only what this run trains
 print_exercise("qlora_final_outcome", preset)
-base_4bit = load_quantized_model(preset.model, preset.compute_dtype, seed=SEED)
+bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+                                bnb_4bit_compute_dtype=getattr(torch, preset.compute_dtype))
+torch.manual_seed(SEED)
+base_4bit = AutoModelForCausalLM.from_pretrained(resolve_model_dir(preset.model), quantization_config=bnb_config,
+                                                 dtype=torch.float32).eval()
+linear = base_4bit.model.layers[0].mlp.down_proj
+print(f"{type(linear).__name__}: weight stored as {linear.weight.dtype} ({linear.weight.numel():,} bytes for "
+      f"{linear.in_features * linear.out_features:,} weights), quant type {linear.weight.quant_state.quant_type!r}, "
+      f"block {linear.weight.quant_state.blocksize}, compute dtype {bnb_config.bnb_4bit_compute_dtype}")
 
 # %% nbgrader={"grade": false, "grade_id": "qlora_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
