@@ -170,6 +170,7 @@ LORA_CHOICES = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 _WHERE = ("output_dir", "logging_dir", "run_name", "base_model_name_or_path", "revision")  # places, not choices
+_MACHINE = ("bf16", "fp16", "use_cpu")  # the grader's machine decides these; its own values are trained
 MAX_BATCH_FACTOR = 4  # a graded recipe may use up to 4x the preset's batch (memory stays bounded)
 
 
@@ -234,7 +235,8 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     sft_choices = {k: sft[k] for k in SFT_CHOICES if k in sft}
     if str(lora.get("task_type")) not in ("CAUSAL_LM", "TaskType.CAUSAL_LM"):
         raise RecipeError(f"lora_config.task_type must be 'CAUSAL_LM' (a causal language model), got {lora.get('task_type')!r}.")
-    _integer(lora_choices.get("r", 8), "lora_config.r", 1, 256)
+    if "r" in lora_choices:  # checked values are stored back: 8.0 must train as 8
+        lora_choices["r"] = _integer(lora_choices["r"], "lora_config.r", 1, 256)
     _real(lora_choices.get("lora_alpha", 8), "lora_config.lora_alpha", 0, 4096, low_open=True)
     _real(lora_choices.get("lora_dropout", 0.0), "lora_config.lora_dropout", 0, 0.5)
     targets = lora_choices.get("target_modules")
@@ -246,20 +248,23 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     steps = sft_choices.get("max_steps", -1)
     if isinstance(steps, int) and not isinstance(steps, bool) and steps > budget:
         raise RecipeError(f"sft_config.max_steps must be at most {budget} (the step budget), got {steps}.")
-    _integer(steps, "sft_config.max_steps (a graded fine-tune counts optimizer steps)", 1, budget)
+    sft_choices["max_steps"] = _integer(steps, "sft_config.max_steps (a graded fine-tune counts optimizer steps)", 1, budget)
     _real(sft_choices.get("learning_rate", 5e-5), "sft_config.learning_rate", 0, 1, low_open=True)
-    _integer(sft_choices.get("per_device_train_batch_size", 8), "sft_config.per_device_train_batch_size", 1,
-             MAX_BATCH_FACTOR * preset.batch_size)
+    if "per_device_train_batch_size" in sft_choices:
+        sft_choices["per_device_train_batch_size"] = _integer(sft_choices["per_device_train_batch_size"],
+                                                              "sft_config.per_device_train_batch_size", 1,
+                                                              MAX_BATCH_FACTOR * preset.batch_size)
     if sft_choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
         raise RecipeError(f"sft_config.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
                           f"got {sft_choices.get('lr_scheduler_type')!r}.")
     warmup = sft_choices.get("warmup_steps", 0)
     if isinstance(warmup, float) and not warmup.is_integer():
         _real(warmup, "sft_config.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
-    else:
-        _integer(warmup, "sft_config.warmup_steps", 0, budget)
+    elif "warmup_steps" in sft_choices:
+        sft_choices["warmup_steps"] = _integer(warmup, "sft_config.warmup_steps", 0, budget)
     _real(sft_choices.get("weight_decay", 0.0), "sft_config.weight_decay", 0, 1)
-    _integer(sft_choices.get("seed", 42), "sft_config.seed", 0, 2**32 - 1)
+    if "seed" in sft_choices:
+        sft_choices["seed"] = _integer(sft_choices["seed"], "sft_config.seed", 0, 2**32 - 1)
     fixed = preset_sft_args(preset, layout)
     try:
         lora_reference = LoraConfig(task_type="CAUSAL_LM", **lora_choices).to_dict()
@@ -269,7 +274,7 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     for what, data, reference, chosen in (("lora_config", lora, lora_reference, lora_choices),
                                           ("sft_config", sft, sft_reference, sft_choices)):
         for key, value in data.items():
-            if key in chosen or key in fixed or key in _WHERE or key not in reference:
+            if key in chosen or key in _MACHINE or key in _WHERE or key not in reference:
                 continue
             if not _same(value, reference[key]):
                 raise RecipeError(f"{what}.{key} = {value!r}: this exercise keeps it at {reference[key]!r}, so that "

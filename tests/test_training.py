@@ -171,3 +171,21 @@ def test_recipe_choices_refuse_a_missing_or_odd_lora_config():
                           (LoraConfig(r=16, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM"), "use_dora")):
         with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
             recipe_choices(lora, sft, preset)
+
+
+def test_recipe_choices_store_checked_integers_and_refuse_changed_machine_arguments():
+    """Data from the learner's child: 8.0 trains as 8; a machine argument changed from preset_sft_args is refused."""
+    from ftcourse.training import RecipeError, config_dict, preset_sft_args, recipe_choices
+
+    preset = get_preset("cpu")
+    lora, sft = _recipe(preset)
+    lora_data, sft_data = config_dict(lora, "lora_config"), config_dict(sft, "sft_config")
+    lora_choices, sft_choices = recipe_choices(lora_data | {"r": 16.0}, sft_data | {"max_steps": 12.0, "seed": 3.0,
+                                               "per_device_train_batch_size": 8.0}, preset)
+    assert [type(v) for v in (lora_choices["r"], sft_choices["max_steps"], sft_choices["seed"],
+                              sft_choices["per_device_train_batch_size"])] == [int] * 4
+    for field, value in (("max_length", 4096), ("train_sampling_strategy", "random"), ("gradient_checkpointing", True),
+                         ("logging_steps", 1000)):
+        assert value != preset_sft_args(preset, "grouped")[field]
+        with pytest.raises(RecipeError, match=f"sft_config.{field} = "):
+            recipe_choices(lora_data, sft_data | {field: value}, preset)

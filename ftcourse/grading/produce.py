@@ -53,7 +53,8 @@ def check_setup(raw, preset, what: str = "setup"):
 
 def _values(cells: Cells, exercise: Exercise, grade_id: str, names: list[str]) -> dict:
     values = call(cells, [grade_id], "values", {"names": names}, provides=exercise.provides)
-    expect(isinstance(values, dict), "The solution cell's values could not be read.")
+    expect(isinstance(values, dict) and all(name in values for name in names),
+           f"The solution cell's values could not be read (expected {', '.join(names)}).")
     return values
 
 
