@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .estimator import ALL_LINEAR
 from .presets import Preset
 from .tasks import Example
 
@@ -33,7 +34,7 @@ class SFTSetup:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: Sequence[str] = ALL_LINEAR
     layout: str = "padded"  # "padded" | "grouped" | "packed"
     pack_length: int | None = None  # tokens per packed row; None = batch_size * preset.max_length // 2
     max_length: int | None = None  # longest row in tokens (longer examples are cut); None = preset.max_length
@@ -167,7 +168,6 @@ def sft_config(setup: SFTSetup, preset: Preset, output_dir: str | Path):
 SFT_CHOICES = ("max_steps", "learning_rate", "per_device_train_batch_size", "lr_scheduler_type", "warmup_steps",
                "weight_decay", "seed")
 LORA_CHOICES = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 _WHERE = ("output_dir", "logging_dir", "run_name", "base_model_name_or_path", "revision")  # places, not choices
 _MACHINE = ("bf16", "fp16", "use_cpu")  # the grader's machine decides these; its own values are trained
@@ -240,8 +240,8 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     _real(lora_choices.get("lora_alpha", 8), "lora_config.lora_alpha", 0, 4096, low_open=True)
     _real(lora_choices.get("lora_dropout", 0.0), "lora_config.lora_dropout", 0, 0.5)
     targets = lora_choices.get("target_modules")
-    if not (isinstance(targets, list) and targets and all(t in LORA_TARGETS for t in targets)):
-        raise RecipeError(f"lora_config.target_modules must be a list of module names from {list(LORA_TARGETS)}, "
+    if not (isinstance(targets, list) and targets and all(t in ALL_LINEAR for t in targets)):
+        raise RecipeError(f"lora_config.target_modules must be a list of module names from {list(ALL_LINEAR)}, "
                           f"got {targets!r}.")
     if not isinstance(lora_choices.get("use_rslora", False), bool):
         raise RecipeError(f"lora_config.use_rslora must be True or False, got {lora_choices['use_rslora']!r}.")
@@ -373,16 +373,20 @@ class TrainingRecorder:
                 return [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
 
             def save(self, folder: str | Path) -> Path:
-                import json
-
-                folder = Path(folder)
-                folder.mkdir(parents=True, exist_ok=True)
-                record = {"steps": len(self.step_seconds), "losses": self.losses, "seconds": sum(self.step_seconds),
-                          "final_loss": self.losses[-1] if self.losses else None}
-                (folder / "training.json").write_text(json.dumps(record, indent=2))
-                return folder / "training.json"
+                return write_training_record(folder, len(self.step_seconds), self.losses, sum(self.step_seconds))
 
         return _Recorder()
+
+
+def write_training_record(folder: str | Path, steps: int, losses: list[float], seconds: float, **extra) -> Path:
+    """`training.json`, the record of a run the self-check shows: steps, losses, seconds, final loss."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"steps": steps, **extra, "final_loss": losses[-1] if losses else None, "losses": losses, "seconds": seconds}
+    (folder / "training.json").write_text(json.dumps(record, indent=2, default=list))
+    return folder / "training.json"
 
 
 def run_trainer(model, tokenizer, train_examples: Sequence[Example], peft_config, args, preset: Preset, layout: str,
@@ -438,36 +442,21 @@ def train_recipe(model, tokenizer, train_examples: Sequence[Example], lora, sft,
     return run_trainer(model, tokenizer, train_examples, lora, sft, preset, layout, "chat", progress)
 
 
-def save_recipe_artifacts(model, tokenizer, result: TrainResult, artifacts: str | Path) -> Path:
-    """Save what a recipe trained: the adapter (with tokenizer) and the record of the run."""
-    import json
-
-    artifacts = Path(artifacts)
-    adapter = artifacts / "adapter"
+def save_recipe_artifacts(model, tokenizer, result: TrainResult, artifacts: str | Path, **record) -> Path:
+    """Save what a recipe trained: the adapter (with tokenizer) and the record of the run (plus `record`)."""
+    adapter = Path(artifacts) / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
-    record = {"steps": result.steps, "losses": result.losses, "seconds": result.seconds,
-              "final_loss": result.losses[-1] if result.losses else None}
-    (artifacts / "training.json").write_text(json.dumps(record, indent=2))
+    write_training_record(artifacts, result.steps, result.losses, result.seconds, **record)
     return adapter
 
 
 def save_sft_artifacts(model, tokenizer, result: TrainResult, setup: SFTSetup, artifacts: str | Path) -> Path:
     """Save what the grader evaluates: the adapter (with tokenizer) and a record of the training run."""
-    import json
-
     if setup.method != "lora":
         raise ValueError("The graded exercise saves a LoRA adapter; set SFTSetup.method = 'lora'.")
-    artifacts = Path(artifacts)
-    adapter = artifacts / "adapter"
-    adapter.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)
-    record = {"steps": result.steps, "setup": dataclasses.asdict(setup), "final_loss": result.losses[-1] if result.losses else None,
-              "losses": result.losses, "seconds": result.seconds}
-    (artifacts / "training.json").write_text(json.dumps(record, indent=2, default=list))
-    return adapter
+    return save_recipe_artifacts(model, tokenizer, result, artifacts, setup=dataclasses.asdict(setup))
 
 
 def length_grouped_order(tokenizer, examples: Sequence[Example], batch_size: int, seed: int) -> list[Example]:

@@ -12,9 +12,10 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
 import sys
 from pathlib import Path
+
+from bench_io import measure_in_child, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,13 +63,10 @@ def main() -> int:
     preset = get_preset(args.preset)
     rows = []
     for layout in ("padded", "grouped", "packed"):
-        proc = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--examples", str(args.examples),
-                               "--one", layout], capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
-        if line is None:
-            print(proc.stderr[-3000:])
+        row = measure_in_child(__file__, "--preset", args.preset, "--examples", str(args.examples), "--one", layout)
+        if row is None:
             return 1
-        rows.append(json.loads(line[6:]))
+        rows.append(row)
     bound = 1 / (1 - rows[0]["padding_fraction"])
     for row in rows:
         row["speedup"] = row["real_tokens_per_s"] / rows[0]["real_tokens_per_s"]
@@ -78,12 +76,7 @@ def main() -> int:
     text = table(rows, columns)
     header = (f"preset={preset.name} ({preset.describe()}), {args.examples} examples, machine: "
               f"{platform.processor() or platform.machine()}, padding bound {bound:.3f}x")
-    out = ROOT / "build" / f"benchmark_layouts_{preset.name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"{header}\n\n```\n{text}\n```\n")
-    print(header)
-    print(text)
-    print(f"written to {out}")
+    write_report(ROOT / "build" / f"benchmark_layouts_{preset.name}.md", header, text)
     return 0
 
 

@@ -23,7 +23,6 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -297,13 +296,10 @@ def main() -> int:
     runs: dict = defaultdict(list)
     for run in range(args.runs):
         for path in (*PATHS, "eval"):
-            proc = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps),
-                                   "--one", path], capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
-            if line is None:
-                print(proc.stderr[-3000:])
+            row = measure_in_child(__file__, "--preset", args.preset, "--steps", str(args.steps), "--one", path)
+            if row is None:
                 return 1
-            runs[path].append(json.loads(line[6:]))
+            runs[path].append(row)
             print(f"run {run + 1}/{args.runs}: {path} done", flush=True)
     roofline = max(measure_matmul_flops(dtype, size=2048, device=preset.device) for _ in range(3))
     rows = []
@@ -339,13 +335,8 @@ def main() -> int:
         f"exact match, {preset.n_eval} validation prompts, 12 new tokens; predictions identical: {same}\n"
         + table(eval_rows, ["evaluation", "seconds_min", "seconds_median", "exact_match", "probe_seconds_median",
                             "probe_accuracy", "probe_perplexity"])])
-    out = ROOT / "build" / f"benchmark_training_{preset.name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"{header}\n\n```\n{text}\n```\n")
-    (out.with_suffix(".json")).write_text(json.dumps(runs))
-    print(header)
-    print(text)
-    print(f"written to {out}")
+    out = write_report(ROOT / "build" / f"benchmark_training_{preset.name}.md", header, text)
+    out.with_suffix(".json").write_text(json.dumps(runs))
     return 0
 
 

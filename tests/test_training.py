@@ -189,3 +189,31 @@ def test_recipe_choices_store_checked_integers_and_refuse_changed_machine_argume
         assert value != preset_sft_args(preset, "grouped")[field]
         with pytest.raises(RecipeError, match=f"sft_config.{field} = "):
             recipe_choices(lora_data, sft_data | {field: value}, preset)
+
+
+def test_every_training_record_has_the_fields_the_self_check_reads(tmp_path):
+    """training.json from the recorder (notebook 03), the recipe mirror and the SFTSetup path: one writer."""
+    import json
+
+    from ftcourse.grading.artifacts import recorded_steps
+    from ftcourse.training import TrainingRecorder, TrainResult, save_recipe_artifacts, save_sft_artifacts
+
+    class Saves:
+        def save_pretrained(self, folder):
+            (folder / "saved").write_text("x")
+
+    result = TrainResult(losses=[0.7, 0.2], steps=2, seconds=3.0, real_tokens=1, slot_tokens=1, step_seconds=[1.0, 2.0])
+    recorder = TrainingRecorder(progress=False)
+    recorder.losses, recorder.step_ends = [0.7, 0.2], [0.0, 1.0, 3.0]
+    recorder.save(tmp_path / "kernel")
+    save_recipe_artifacts(Saves(), Saves(), result, tmp_path / "recipe")
+    save_sft_artifacts(Saves(), Saves(), result, SFTSetup(max_steps=2), tmp_path / "sft")
+    for folder in ("kernel", "recipe", "sft"):
+        record = json.loads((tmp_path / folder / "training.json").read_text())
+        assert {k: record[k] for k in ("steps", "losses", "final_loss", "seconds")} == \
+            {"steps": 2, "losses": [0.7, 0.2], "final_loss": 0.2, "seconds": 3.0}, folder
+        assert recorded_steps(tmp_path / folder) == 2
+    assert json.loads((tmp_path / "sft" / "training.json").read_text())["setup"]["max_steps"] == 2
+    assert (tmp_path / "sft" / "adapter" / "saved").is_file()
+    with pytest.raises(ValueError, match="saves a LoRA adapter"):
+        save_sft_artifacts(Saves(), Saves(), result, SFTSetup(method="full"), tmp_path / "full")

@@ -40,7 +40,7 @@ def _sft_config(preset, seed):
 def _preset_args(preset, seed):  # 03, §3: what the machine and the grouped layout fix in an SFTConfig
     from ..training import preset_sft_args
 
-    return preset_sft_args(preset, "grouped")
+    return preset_sft_args(preset, _layout(preset, seed))
 
 
 def _layout(preset, seed):

@@ -13,6 +13,7 @@ import math
 import random
 from pathlib import Path
 
+from ..training import MAX_BATCH_FACTOR  # a graded setup may use up to 4x the preset's batch and row length
 from . import secret as secrets_
 from .context import PROVIDERS
 from .evaluate import capstone_draws, evaluate
@@ -20,7 +21,6 @@ from .learner import Cells, LearnerCodeError, as_dataclass, as_int, as_number, c
 from .registry import Exercise
 from .verdict import Verdict, failed
 
-MAX_BATCH_FACTOR = 4  # a graded setup may use up to 4x the preset's batch and row length (memory stays bounded)
 
 
 def check_setup(raw, preset, what: str = "setup"):
