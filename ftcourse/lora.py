@@ -144,40 +144,58 @@ def effective_rank(singular_values: torch.Tensor, energy: float = 0.9) -> int:
 
 # ---------------------------------------------------------------- rank and alpha, measured
 
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
 @dataclasses.dataclass(frozen=True)
 class AblationRun:
-    """One LoRA configuration of the ablation."""
+    """One LoRA configuration of the ablation: rank, alpha, the scaling rule and the modules it adapts."""
 
     r: int
     alpha: float
+    rslora: bool = False  # PEFT's use_rslora: scale alpha / sqrt(r) instead of alpha / r
+    targets: tuple[str, ...] = ATTENTION + MLP
 
     @property
     def label(self) -> str:
-        return f"r={self.r}, alpha={self.alpha:g}"
+        where = {ATTENTION + MLP: "", ATTENTION: ", attention only", MLP: ", MLP only"}.get(self.targets, f", {'+'.join(self.targets)}")
+        return f"r={self.r}, alpha={self.alpha:g}{', rsLoRA' if self.rslora else ''}{where}"
+
+
+def peft_scaling(model) -> float:
+    """The factor PEFT multiplies B A by (alpha / r, or alpha / sqrt(r) with rsLoRA), read from the model."""
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and scaling:
+            return float(next(iter(scaling.values())))
+    raise ValueError("no LoRA layer found: peft_scaling reads a PeftModel with a LoRA adapter.")
 
 
 def rank_ablation(runs: Sequence[AblationRun], train, validation, preset, tokenizer, max_steps: int, batch_size: int,
                   learning_rate: float, seed: int = 0, output_dir: str = "build/ablation", keep: int | None = None):
     """Train one LoRA per run from the same base weights and data; measure exact match and time.
 
-    Returns (rows, kept model): `keep` names the rank whose trained model is returned (for its ΔW).
+    Returns (rows, kept model): `keep` names the rank whose trained model is returned (for its ΔW): the
+    first run of that rank. Each row's `scale` is PEFT's own factor, read from the trained model.
     """
     from .evaluation import exact_match
     from .models import load_model
     from .training import SFTSetup, train_sft
 
     rows, kept = [], None
-    for run in runs:
+    for index, run in enumerate(runs):
         setup = SFTSetup(method="lora", max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
-                         lora_r=run.r, lora_alpha=run.alpha, seed=seed)
+                         lora_r=run.r, lora_alpha=run.alpha, use_rslora=run.rslora, target_modules=run.targets, seed=seed)
         print(run.label)
         model, result = train_sft(load_model(preset.model, preset.device, seed=seed), tokenizer, train, setup, preset,
-                                  f"{output_dir}/r{run.r}_a{run.alpha:g}")
+                                  f"{output_dir}/run{index}")
         with preset.autocast():
             em, _ = exact_match(model, tokenizer, validation, batch_size=preset.eval_batch_size)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append({"run": run.label, "r": run.r, "alpha": run.alpha, "scale": run.alpha / run.r,
-                     "trainable": trainable, "exact_match": em, "final_loss": result.losses[-1],
+        rows.append({"run": run.label, "r": run.r, "alpha": run.alpha, "rslora": run.rslora, "targets": run.targets,
+                     "scale": peft_scaling(model), "trainable": trainable, "exact_match": em,
+                     "final_loss": result.losses[-1],
                      "seconds_per_step": sum(result.step_seconds[1:]) / max(len(result.step_seconds) - 1, 1),
                      "losses": result.losses})
         if keep is not None and run.r == keep and kept is None:

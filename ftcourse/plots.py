@@ -106,29 +106,64 @@ def memory_bars(rows: Sequence[dict]):
     return fig
 
 
-def ablation_plot(rows: Sequence[dict]):
-    """LoRA rank/alpha ablation: exact match and seconds per step against rank; loss curves beside."""
+def ablation_plot(lines: dict[str, Sequence[dict]], bars: Sequence[dict] = ()):
+    """LoRA ablation: exact match against rank for each family of runs (`lines`: label -> rows, seconds per
+    step of the first family dashed), the target-module runs as bars (`bars`), and every run's loss curve."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    scales = sorted({r["scale"] for r in rows}, reverse=True)
-    for scale in scales:
-        group = sorted((r for r in rows if r["scale"] == scale), key=lambda r: r["r"])
-        left.plot([r["r"] for r in group], [r["exact_match"] for r in group], marker="o",
-                  label=f"exact match, alpha/r = {scale:g}")
-    main = sorted((r for r in rows if r["scale"] == scales[0]), key=lambda r: r["r"])
+    panels = 3 if bars else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+    left, right = axes[0], axes[-1]
+    for label, group in lines.items():
+        group = sorted(group, key=lambda r: r["r"])
+        left.plot([r["r"] for r in group], [r["exact_match"] for r in group], marker="o", label=label)
+    main = sorted(next(iter(lines.values())), key=lambda r: r["r"])
+    everything = [r for group in lines.values() for r in group] + list(bars)
     twin = left.twinx()
     twin.plot([r["r"] for r in main], [r["seconds_per_step"] for r in main], color="grey", linestyle="--",
               marker="x", label="seconds / step")
-    twin.set_ylabel("seconds per step", color="grey")
-    twin.set_ylim(0, max(r["seconds_per_step"] for r in rows) * 1.3)
+    twin.set_ylabel("seconds per step (first family)", color="grey")
+    twin.set_ylim(0, max(r["seconds_per_step"] for r in everything) * 1.3)
+    ranks = sorted({r["r"] for group in lines.values() for r in group})
     left.set(xscale="log", xlabel="rank r", ylabel="validation exact match", ylim=(-0.02, 1.02),
-             title="Quality and time against rank")
-    left.set_xticks([r["r"] for r in main], [str(r["r"]) for r in main])
-    left.legend(fontsize=8, loc="lower right")
-    for r in rows:
+             title="Quality against rank")
+    left.set_xticks(ranks, [str(r) for r in ranks])
+    left.legend(fontsize=7, loc="upper left")
+    if bars:
+        middle = axes[1]
+        names = [r["run"].split(", ")[-1] if "only" in r["run"] else "all linear" for r in bars]
+        middle.bar(range(len(bars)), [r["exact_match"] for r in bars], color="#4c72b0")
+        for k, r in enumerate(bars):
+            middle.annotate(f"{r['trainable'] / 1e6:.2f}M trained", (k, r["exact_match"]), ha="center",
+                            va="bottom", fontsize=7)
+        middle.set_xticks(range(len(bars)), names, fontsize=8)
+        middle.set(ylabel="validation exact match", ylim=(0, 1.05), title=f"Target modules at r={bars[0]['r']}")
+    seen = set()
+    for r in everything:
+        if r["run"] in seen:
+            continue
+        seen.add(r["run"])
         right.plot(range(1, len(r["losses"]) + 1), r["losses"], label=r["run"])
     right.set(xlabel="step", ylabel="training loss", yscale="log", title="Loss curves")
-    right.legend(fontsize=8)
+    right.legend(fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def leakage_plot(leaky: dict, clean: dict):
+    """Each test item's answer loss under the clean model (x) and the leaky one (y), leaked items in red:
+    below the diagonal, the leaky model finds the right answer more likely."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for part, color in (("unseen", "#999999"), ("leaked", "#c44e52")):
+        ax.scatter(clean[part]["losses"], leaky[part]["losses"], s=18, color=color, label=f"{part} test items")
+    values = [v for model in (leaky, clean) for part in ("leaked", "unseen") for v in model[part]["losses"]]
+    low, high = min(values) / 1.5, max(values) * 1.5
+    ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
+    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high), xlabel="answer loss, clean model",
+           ylabel="answer loss, leaky model", title="Per item: below the line, leakage helped")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+

@@ -35,6 +35,7 @@ class SFTSetup:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: Sequence[str] = ALL_LINEAR
+    use_rslora: bool = False  # scale the update by alpha / sqrt(r) instead of alpha / r (notebook 04)
     layout: str = "padded"  # "padded" | "grouped" | "packed"
     pack_length: int | None = None  # tokens per packed row; None = batch_size * preset.max_length // 2
     max_length: int | None = None  # longest row in tokens (longer examples are cut); None = preset.max_length
@@ -121,7 +122,7 @@ def lora_config(setup: SFTSetup):
     from peft import LoraConfig
 
     return LoraConfig(r=setup.lora_r, lora_alpha=setup.lora_alpha, lora_dropout=setup.lora_dropout,
-                      target_modules=list(setup.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(setup.target_modules), use_rslora=setup.use_rslora, task_type="CAUSAL_LM")
 
 
 def preset_sft_args(preset: Preset, layout: str = "grouped") -> dict:

@@ -120,3 +120,27 @@ def test_lora_lab_figure_and_widget_render():
     fig = labs.lora_lab_figure(spectra, errors, r=4)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # two spectra and the rank marker
     labs.lora_lab_widget(known_shape("smollm2-135m"), spectra, errors, "full", 8, 96, None, r=4, alpha=8)
+
+
+def test_peft_scaling_reads_alpha_over_r_and_rslora_alpha_over_sqrt_r():
+    """The ablation's `scale` column is PEFT's own factor: alpha / r, or alpha / sqrt(r) with use_rslora."""
+    from peft import LoraConfig, get_peft_model
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = nn.Linear(8, 8)
+
+    for rslora, expected in ((False, 16 / 64), (True, 16 / math.sqrt(64))):
+        model = get_peft_model(Tiny(), LoraConfig(r=64, lora_alpha=16, target_modules=["q_proj"], use_rslora=rslora))
+        assert lora.peft_scaling(model) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no LoRA layer"):
+        lora.peft_scaling(Tiny())
+
+
+def test_ablation_runs_name_what_differs():
+    assert lora.AblationRun(8, 16).label == "r=8, alpha=16"
+    assert lora.AblationRun(64, 16, rslora=True).label == "r=64, alpha=16, rsLoRA"
+    assert lora.AblationRun(8, 16, targets=lora.ATTENTION).label == "r=8, alpha=16, attention only"
+    assert lora.AblationRun(8, 16, targets=lora.MLP).label == "r=8, alpha=16, MLP only"
+    assert set(lora.ATTENTION + lora.MLP) == set(ALL_LINEAR)

@@ -65,7 +65,7 @@ def _base_reference(preset, split: str, examples, secret: int | None, max_new_to
     return cached(f"base_reference_{split}", key, compute, _signing(split, secret))
 
 
-def _prompting_reference(preset, split: str, examples, shots, secret: int | None) -> dict:
+def _prompting_reference(preset, split: str, examples, shots, secret: int | None, max_new_tokens: int = 12) -> dict:
     """The base model's exact match on the examples, zero-shot and with a few-shot prompt (cached)."""
 
     def compute():
@@ -74,12 +74,14 @@ def _prompting_reference(preset, split: str, examples, shots, secret: int | None
 
         model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
         with preset.autocast():
-            zero, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
-            few, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, shots=shots)
+            zero, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size,
+                                  max_new_tokens=max_new_tokens)
+            few, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, shots=shots,
+                                 max_new_tokens=max_new_tokens)
         return {"zero_shot_exact_match": zero, "few_shot_exact_match": few}
 
     key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.answer for e in examples],
-           [e.prompt for e in shots]]
+           [e.prompt for e in shots], [e.answer for e in shots], max_new_tokens]
     return cached(f"prompting_reference_{split}", key, compute, _signing(split, secret))
 
 
@@ -251,12 +253,17 @@ def evaluate_capstone(artifacts: Path, split: str, preset, secret, produced) -> 
     model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
     new_tokens = max_answer_tokens(tokenizer, examples)
     base = _base_reference(preset, f"capstone_{split}", examples, secret, max_new_tokens=new_tokens)
+    # the instructed few-shot prompt: the base model shown your first training examples as earlier turns
+    prompting = _prompting_reference(preset, f"capstone_{split}", examples, train[:FEW_SHOT_K], secret,
+                                     max_new_tokens=new_tokens)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size, max_new_tokens=new_tokens)
         probe = run_probe(model, tokenizer).as_dict()
     metrics = {"train_examples": len(train), "overlap_with_train": overlap,
                "top_answer_share": task_report(examples)["top_answer_share"],
                "exact_match": em, "base_exact_match": base["exact_match"], "margin_over_base": em - base["exact_match"],
+               "few_shot_exact_match": prompting["few_shot_exact_match"],
+               "margin_over_few_shot": em - prompting["few_shot_exact_match"],
                "steps": _steps(artifacts, produced), "n_examples": len(examples)}
     return judge(exercise, split, _with_probe(metrics, probe, base), preset)
 

@@ -129,6 +129,7 @@ EXERCISES = (
             "top_answer_share": ("<=", 0.5),  # the most common held-out answer: a task is more than one reply
             "base_exact_match": ("<=", 0.3),  # don't fine-tune what the model already does
             "margin_over_base": (">=", 0.3),  # the adapter's exact match minus the base model's
+            "margin_over_few_shot": (">=", 0.1),  # ... and minus the base model shown three training examples
             "probe_accuracy_drop": ("<=", 0.03),
             "probe_perplexity_ratio": ("<=", 1.15),
             "steps": ("<=", "step_budget"),
@@ -137,10 +138,13 @@ EXERCISES = (
                "base too high: the base model already does this task; pick a format or mapping it gets wrong",
                "margin too low: train more of the step budget or raise the learning rate; check the answers are "
                "a function of the prompt (the same prompt must always have the same answer)",
+               "few-shot margin too low: a prompt with three solved examples already does most of this task; make "
+               "the mapping one that examples in the prompt do not teach, or train the adapter further",
                "probe regressed: lower the learning rate or train fewer steps"),
         summary="the grader draws ≥ 1,000 training and fresh held-out examples from your `make_example` with its own "
                 "seed and trains your setup: ≤ 10 % of held-out draws repeat training (exact or near-duplicate), "
-                "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3, probe drop ≤ 0.03, "
+                "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3 and ≥ the base's 3-shot prompt + 0.1, "
+                "probe drop ≤ 0.03, "
                 "perplexity ratio ≤ 1.15, steps ≤ budget",
     ),
     Exercise(

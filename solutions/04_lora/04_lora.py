@@ -66,6 +66,7 @@ import torch
 from ftcourse import evaluation, labs, lora, plots
 from ftcourse.capstone import MIN_TRAIN_EXAMPLES, capstone_splits, max_answer_tokens, save_capstone, task_report
 from ftcourse.estimator import ALL_LINEAR, ModelShape, lora_param_count
+from ftcourse.evaluation import FEW_SHOT_K
 from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
@@ -178,37 +179,62 @@ del peft_model
 # The share grows linearly with the rank and with the modules targeted; the MLP's three projections hold
 # most of the layer's weights, so targeting them costs most. What that buys in quality is a measurement, next.
 #
-# ## 2 · Rank and alpha: a real ablation
-# We train the date-to-ISO task of notebook 03 with LoRA adapters of rank 1 to 64, everything else equal
-# (same data, steps, learning rate, seed), with $\alpha = 2r$ so the scale $\alpha/r$ stays 2. One
-# more run keeps rank 64 but sets $\alpha = 16$ (scale 0.25): the same adapter, a smaller step.
+# ## 2 · Rank, alpha, scaling rule and target modules: a real ablation
+# We train the date-to-ISO task of notebook 03 with LoRA adapters that differ in one choice at a time,
+# everything else equal (same data, steps, learning rate, seed), and read each run's scale from PEFT itself:
+# - **rank at a fixed scale:** r = 1, 8, 64 with $\alpha = 2r$, so $\alpha/r = 2$ throughout;
+# - **rank at a fixed $\alpha$ = 16, two scaling rules:** PEFT's default $\alpha/r$ (rank 8: 2, rank 64:
+#   0.25) against rsLoRA's $\alpha/\sqrt{r}$ (`use_rslora=True`; rank 8: 5.66, rank 64: 2);
+# - **target modules at r = 8, $\alpha$ = 16:** attention only (q, k, v, o), MLP only (gate, up, down),
+#   against all seven linears (the rank-8 run above).
 
 # %%
 splits = date_task_splits(preset.n_train, preset.n_eval)
 ablation_steps, ablation_batch = round(preset.step_budget / 5), max(preset.batch_size // 2, 1)
-runs = [lora.AblationRun(r, 2 * r) for r in (1, 8, 64)] + [lora.AblationRun(64, 16)]
-ablation_rows, rank64_model = lora.rank_ablation(runs, splits["train"], splits["validation"][:32], preset, tokenizer,
+rank_runs = [lora.AblationRun(r, 2 * r) for r in (1, 8, 64)]
+alpha16_runs = [lora.AblationRun(64, 16), lora.AblationRun(8, 16, rslora=True), lora.AblationRun(64, 16, rslora=True)]
+target_runs = [lora.AblationRun(8, 16, targets=lora.ATTENTION), lora.AblationRun(8, 16, targets=lora.MLP)]
+ablation_rows, rank64_model = lora.rank_ablation(rank_runs + alpha16_runs + target_runs, splits["train"],
+                                                 splits["validation"][:32], preset, tokenizer,
                                                  max_steps=ablation_steps, batch_size=ablation_batch,
                                                  learning_rate=2e-3, seed=SEED, keep=64)
+row = {r["run"]: r for r in ablation_rows}
 print(plots.table(ablation_rows, ["run", "scale", "trainable", "exact_match", "final_loss", "seconds_per_step"]))
-plots.ablation_plot(ablation_rows);
+scale2 = [row[run.label] for run in rank_runs]
+standard16 = [row["r=8, alpha=16"], row["r=64, alpha=16"]]
+rslora16 = [row["r=8, alpha=16, rsLoRA"], row["r=64, alpha=16, rsLoRA"]]
+targets = [row["r=8, alpha=16, attention only"], row["r=8, alpha=16, MLP only"], row["r=8, alpha=16"]]
+plots.ablation_plot({"alpha = 2r (scale 2)": scale2, "alpha = 16, alpha/r": standard16,
+                     "alpha = 16, alpha/sqrt(r) (rsLoRA)": rslora16}, targets);
 
 # %%
-scale2 = [row for row in ablation_rows if row["scale"] == 2]
-best_row = max(scale2, key=lambda row: (row["exact_match"], -row["r"]))
-small = next(row for row in ablation_rows if row["r"] == 64 and row["scale"] < 2)
-print(f"After {ablation_steps} steps of batch {ablation_batch}: rank {scale2[0]['r']} reaches "
-      f"{scale2[0]['exact_match']:.2f}, rank {best_row['r']} is the best at {best_row['exact_match']:.2f}; "
-      f"seconds per step range from {min(r['seconds_per_step'] for r in scale2):.2f} to "
-      f"{max(r['seconds_per_step'] for r in scale2):.2f}. Rank 64 at alpha 16 reaches {small['exact_match']:.2f}.")
+best_row = max(scale2, key=lambda r: (r["exact_match"], -r["r"]))
+print(f"After {ablation_steps} steps of batch {ablation_batch}, at scale 2: rank {scale2[0]['r']} reaches "
+      f"{scale2[0]['exact_match']:.2f}, rank {best_row['r']} is the best at {best_row['exact_match']:.2f}; seconds per "
+      f"step range from {min(r['seconds_per_step'] for r in scale2):.2f} to {max(r['seconds_per_step'] for r in scale2):.2f}.")
+print(f"At alpha 16, going from rank 8 to 64: alpha/r moves exact match {standard16[0]['exact_match']:.2f} -> "
+      f"{standard16[1]['exact_match']:.2f} (scale {standard16[0]['scale']:g} -> {standard16[1]['scale']:g}); "
+      f"rsLoRA {rslora16[0]['exact_match']:.2f} -> {rslora16[1]['exact_match']:.2f} "
+      f"(scale {rslora16[0]['scale']:.2f} -> {rslora16[1]['scale']:g}).")
+same_scale = rslora16[1]["losses"] == row["r=64, alpha=128"]["losses"]
+print(f"rsLoRA at r=64, alpha=16 and alpha/r at r=64, alpha=128 have the same scale, 2: identical loss curves: {same_scale}.")
+print("Target modules at r=8: " + "; ".join(f"{r['run'].split(', ')[-1] if 'only' in r['run'] else 'all linear'} "
+                                            f"{r['exact_match']:.2f} with {r['trainable'] / 1e6:.2f}M trained" for r in targets))
 
 # %% [markdown]
-# Read the plot with two facts in mind. Time per step barely moves with rank: the frozen model's forward
-# and backward dominate, and the adapter is a small share of the work. Quality after a *fixed, short*
-# budget depends on how fast the update grows: with $\alpha = 2r$ a larger rank moves more directions at
-# the same scale, while the same rank 64 at a smaller $\alpha$ moves them less per step. So the scale
-# $\alpha/r$ is a learning-rate knob as much as rank is a capacity knob; compare ranks at a fixed scale,
-# and on a narrow task expect the benefit of more rank to flatten once the budget is long enough.
+# Read the plot with the choices apart. **Time per step barely moves with rank:** the frozen model's
+# forward and backward dominate, and the adapter is a small share of the work. **At a fixed scale, rank
+# bought learning speed** in this short budget: a rank-64 update moves more directions at once than a
+# rank-1 update. **The scale is a step size:** at the same rank, the run with the larger $\alpha/r$ or
+# $\alpha/\sqrt{r}$ learned more in the same steps (compare each rank's two runs at $\alpha$ = 16), and two
+# runs with the same scale are the same adapter whichever rule produced it (rsLoRA at rank 64 and
+# $\alpha$ = 16 against $\alpha/r$ at $\alpha$ = 128). That is what rsLoRA is for: under $\alpha/r$, a rank
+# sweep at a fixed $\alpha$ is also a learning-rate sweep (the scale falls 8× from rank 8 to 64, and here
+# rank 64 learned *less* than rank 8); under $\alpha/\sqrt{r}$ it falls 2.8×, so large ranks are not
+# quietly slowed down as much. Either way, compare ranks
+# at a stated scale. **Target modules:** at the same rank and scale, adapting all seven linears of each
+# layer learned most here; the attention or the MLP projections alone learned less, with fewer trained
+# parameters. Which group matters most depends on the task; this is the measurement that decides it.
 #
 # ## 3 · LoRA Lab: how low-rank is a fine-tune's update?
 # LoRA's premise is that the update a task needs has low *intrinsic rank*. We can look. Below, the same
@@ -316,7 +342,9 @@ del reloaded, merged, full_model
 #   room: many values, several phrasings);
 # - answers that vary: the most common held-out answer at most half of them;
 # - the **base model** at most 0.3 exact match on the held-out (don't fine-tune what it already does);
-# - your adapter at least **0.3 above the base model**;
+# - your adapter at least **0.3 above the base model**, and at least **0.1 above the base model with an
+#   instructed few-shot prompt** (your first three training examples as earlier chat turns): 01's lesson,
+#   that a fine-tune must beat the cheaper option of putting examples in the prompt;
 # - the general probe of 03 within its limits (accuracy drop ≤ 0.03, perplexity ratio ≤ 1.15);
 # - at most `preset.step_budget` optimizer steps.
 #
@@ -363,9 +391,15 @@ answer_tokens = max_answer_tokens(tokenizer, validation)
 with preset.autocast():
     capstone_base_em, capstone_base_replies = evaluation.exact_match(model, tokenizer, validation,
                                                                      preset.eval_batch_size, max_new_tokens=answer_tokens)
-print(plots.table([{"prompt": e.prompt[:52], "expected": e.answer, "base model says": r.strip()[:40]}
-                   for e, r in zip(validation[:6], capstone_base_replies)], ["prompt", "expected", "base model says"]))
-print(f"\nbase exact match on your validation split: {capstone_base_em:.3f} (the grader allows at most 0.3)")
+    capstone_few_em, capstone_few_replies = evaluation.exact_match(model, tokenizer, validation, preset.eval_batch_size,
+                                                                   max_new_tokens=answer_tokens,
+                                                                   shots=capstone["train"][:FEW_SHOT_K])
+print(plots.table([{"prompt": e.prompt[:52], "expected": e.answer, "base model says": r.strip()[:30],
+                    f"with {FEW_SHOT_K} shots": f.strip()[:30]}
+                   for e, r, f in zip(validation[:6], capstone_base_replies, capstone_few_replies)],
+                  ["prompt", "expected", "base model says", f"with {FEW_SHOT_K} shots"]))
+print(f"\nbase exact match on your validation split: {capstone_base_em:.3f} (the grader allows at most 0.3); with "
+      f"{FEW_SHOT_K} training examples in the prompt: {capstone_few_em:.3f} (your adapter must beat it by 0.1)")
 
 # %% nbgrader={"grade": false, "grade_id": "capstone_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -405,14 +439,21 @@ m = verdict.metrics
 print(plots.table([{"model": "base", "exact_match": m.get("base_exact_match", float("nan")),
                     "probe_accuracy": m.get("base_probe_accuracy", float("nan")),
                     "probe_perplexity": m.get("base_probe_perplexity", float("nan"))},
+                   {"model": f"base, {FEW_SHOT_K}-shot prompt", "exact_match": m.get("few_shot_exact_match", float("nan")),
+                    "probe_accuracy": float("nan"), "probe_perplexity": float("nan")},
                    {"model": "your LoRA", "exact_match": m.get("exact_match", float("nan")),
                     "probe_accuracy": m.get("probe_accuracy", float("nan")),
                     "probe_perplexity": m.get("probe_perplexity", float("nan"))}],
                   ["model", "exact_match", "probe_accuracy", "probe_perplexity"]))
 write_results("04_lora", base_metric=m.get("base_exact_match", float("nan")),
               tuned_metric=m.get("exact_match", float("nan")), metric="exact match (own task)",
+              few_shot_metric=m.get("few_shot_exact_match", float("nan")),
               best_ablation_rank=best_row["r"], ablation_em_r1=scale2[0]["exact_match"],
-              ablation_em_r64=next(r["exact_match"] for r in scale2 if r["r"] == 64), ablation_em_r64_alpha16=small["exact_match"], lora_rank90=lora_row["rank_90"], full_rank90=full_row["rank_90"],
+              ablation_em_r64=scale2[-1]["exact_match"], ablation_em_r64_alpha16=standard16[1]["exact_match"],
+              ablation_em_r8_alpha16=standard16[0]["exact_match"], ablation_em_r8_alpha16_rslora=rslora16[0]["exact_match"],
+              ablation_em_r64_alpha16_rslora=rslora16[1]["exact_match"], ablation_same_scale_same_curve=same_scale,
+              ablation_em_attention=targets[0]["exact_match"], ablation_em_mlp=targets[1]["exact_match"],
+              ablation_em_all_linear=targets[2]["exact_match"], lora_rank90=lora_row["rank_90"], full_rank90=full_row["rank_90"],
               merge_max_logit_diff=merge_diff)
 print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 
@@ -420,9 +461,11 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 # ## Summary
 # - A LoRA layer is a frozen linear plus $\frac{\alpha}{r}BA$; with $B = 0$ at the start the adapted model
 #   starts as the base model. Yours matched PEFT's outputs and gradients.
-# - Rank costs almost no time per step. In a short budget at a fixed scale $\alpha/r$, a larger rank learned
-#   the task faster (rank 1 against rank 64 in the ablation); at rank 64 a smaller $\alpha$ is the same adapter
-#   with an eight-times smaller step (compare its row): the scale sets the step. Choose rank and scale from a measured ablation, not from a default.
+# - Rank costs almost no time per step. In a short budget at a fixed scale, a larger rank learned the task
+#   faster (rank 1 against rank 64 in the ablation). The scale ($\alpha/r$, or $\alpha/\sqrt{r}$ with rsLoRA)
+#   is a step size: the same rank learned more with a larger one, and the same scale gave the same adapter
+#   whichever rule produced it. Adapting every linear learned more than attention or MLP alone. Choose rank,
+#   scale and targets from a measured ablation, not from a default.
 # - A full fine-tune's update is spread over many directions, yet the task fits in a few: that is why a
 #   small adapter works. Merge for deployment; keep adapters separate to switch tasks.
 # - **The mistake to remember: evaluating on the wrong thing.** A task's held-out set must be new to
