@@ -275,3 +275,36 @@ def write_shipped_dump() -> Path:
     """Regenerate `ftcourse/data/raw_chat_dump.jsonl` (the tests check it matches the generator)."""
     lines, _, _ = shipped_dump()
     return write_dump(SHIPPED_DUMP, lines)
+
+
+def leakage_comparison(leaky: dict, clean: dict) -> dict:
+    """Per-item answer losses of a model trained with leaked test items against one trained without.
+
+    `leaky` and `clean` map "leaked" and "unseen" to {"exact_match": float, "losses": [per-item loss]} on the
+    same items in the same order. For each part: the mean over items of log(leaky loss / clean loss) and its
+    standard error; "memory" is what the leaked items gained beyond the unseen ones (the difference of the two
+    means, negative when leakage lowered the leaked items' loss more), with its standard error.
+    """
+    import math
+    import statistics
+
+    out: dict = {"rows": []}
+    errors = {}
+    for part in ("leaked", "unseen"):
+        a, b = leaky[part]["losses"], clean[part]["losses"]
+        if len(a) != len(b) or len(a) < 2:
+            raise ValueError(f"leakage_comparison needs the same items (at least 2) for both models in {part!r}; "
+                             f"got {len(a)} and {len(b)} losses.")
+        if min(a + b) <= 0:
+            raise ValueError(f"per-item losses must be positive (negative log-likelihoods); {part!r} has {min(a + b)}.")
+        logs = [math.log(x / y) for x, y in zip(a, b)]
+        out[part] = statistics.fmean(logs)
+        errors[part] = statistics.stdev(logs) / math.sqrt(len(logs))
+        out["rows"].append({"test items": part, "n": len(a), "exact_match, leaky": leaky[part]["exact_match"],
+                            "exact_match, clean": clean[part]["exact_match"],
+                            "median loss ratio": statistics.median(x / y for x, y in zip(a, b)),
+                            "mean log ratio": out[part], "standard error": errors[part]})
+    out["memory"] = out["leaked"] - out["unseen"]
+    out["memory_se"] = math.sqrt(errors["leaked"] ** 2 + errors["unseen"] ** 2)
+    return out
+

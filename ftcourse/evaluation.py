@@ -63,6 +63,34 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     return replies
 
 
+@torch.no_grad()
+def prefill_ms_per_query(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> float:
+    """Milliseconds per query to read rendered prompts once (the forward pass before the first new token),
+    batched and left-padded, with no cache shared between prompts, after one warm-up batch: the cost a
+    prompt's length adds to every call, apart from how long the reply is."""
+    import time
+
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batches = [tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                   for i in range(0, len(texts), batch_size)]
+        warm = {name: value[:2] for name, value in batches[0].items()}
+        model(**warm, logits_to_keep=1, use_cache=False)  # warm-up: first-call costs are not the prompt's
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch, logits_to_keep=1, use_cache=False)
+        return 1000 * (time.perf_counter() - start) / len(texts)
+    finally:
+        tokenizer.padding_side = old_side
+
+
+def reply_tokens(tokenizer, replies: Sequence[str]) -> float:
+    """Mean tokens per reply (the end token not counted): what generation pays per query, token by token."""
+    return sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies) / max(len(replies), 1)
+
+
 def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new_tokens: int, device) -> list[str]:
     """Greedy replies to `texts`, whose common first tokens are run once: rows are prefix, padding, rest."""
     from transformers import DynamicCache
@@ -211,17 +239,29 @@ def _shared_context_logprobs(model, tokenizer, contexts, continuations, batch_si
     return scores
 
 
-def answer_loss(model, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> float:
-    """Mean negative log-likelihood per token of the answer and its end-of-turn token, given the chat prompt.
-
-    Lower means the model finds the right answer more likely: the quantity memorisation lowers first.
-    """
+def _answer_nll(model, tokenizer, examples: Sequence[Example], batch_size: int) -> tuple[list[float], list[int]]:
+    """Each example's summed negative log-likelihood of its answer and end-of-turn token, and their count."""
     contexts = [chat_prompt(tokenizer, e.prompt) for e in examples]
     continuations = [e.answer + tokenizer.eos_token for e in examples]
     logprobs = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size)
     tokens = [len(tokenizer(c + a, add_special_tokens=False)["input_ids"]) - len(tokenizer(c, add_special_tokens=False)["input_ids"])
               for c, a in zip(contexts, continuations)]
-    return -sum(logprobs) / sum(tokens)
+    return [-lp for lp in logprobs], tokens
+
+
+def answer_loss(model, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> float:
+    """Mean negative log-likelihood per token of the answer and its end-of-turn token, given the chat prompt.
+
+    Lower means the model finds the right answer more likely: the quantity memorisation lowers first.
+    """
+    nll, tokens = _answer_nll(model, tokenizer, examples, batch_size)
+    return sum(nll) / sum(tokens)
+
+
+def answer_losses(model, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> list[float]:
+    """`answer_loss` of each example on its own (per token of its answer), for paired comparisons per item."""
+    nll, tokens = _answer_nll(model, tokenizer, examples, batch_size)
+    return [n / t for n, t in zip(nll, tokens)]
 
 
 @torch.no_grad()

@@ -114,3 +114,22 @@ def test_score_rejects_rows_outside_the_dump():
 def test_dump_needs_enough_examples():
     with pytest.raises(ValueError, match="make_raw_dump needs"):
         make_raw_dump(number_task_splits(10, 4)["train"], [], 0)
+
+
+def test_leakage_comparison_separates_memory_from_the_rule():
+    """Losses that fall on every item by the same factor show no memory; an extra fall on the leaked ones does."""
+    import math
+
+    from ftcourse.data_quality import leakage_comparison
+
+    clean = {"leaked": {"exact_match": 0.5, "losses": [0.4, 0.2, 0.8, 0.1]},
+             "unseen": {"exact_match": 0.5, "losses": [0.3, 0.6, 0.2, 0.5]}}
+    uniform = {part: {"exact_match": 0.6, "losses": [x / 2 for x in v["losses"]]} for part, v in clean.items()}
+    result = leakage_comparison(uniform, clean)
+    assert result["leaked"] == pytest.approx(math.log(0.5)) and result["memory"] == pytest.approx(0.0, abs=1e-12)
+    memorised = dict(uniform, leaked={"exact_match": 0.9, "losses": [x / 8 for x in clean["leaked"]["losses"]]})
+    result = leakage_comparison(memorised, clean)
+    assert result["memory"] == pytest.approx(math.log(1 / 4))
+    assert [row["test items"] for row in result["rows"]] == ["leaked", "unseen"]
+    with pytest.raises(ValueError, match="same items"):
+        leakage_comparison({**memorised, "unseen": {"exact_match": 0, "losses": [0.1]}}, clean)

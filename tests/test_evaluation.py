@@ -61,6 +61,14 @@ def test_prompt_formats_padding_side_and_answer_loss(model_and_tokenizer):
     right = Example("What is the capital of France? Answer with one word.", "Paris")
     wrong = Example("What is the capital of France? Answer with one word.", "Banana")
     assert answer_loss(model, tokenizer, [right]) < answer_loss(model, tokenizer, [wrong])
+    # per item, the same quantity: the token-weighted mean of the per-item losses is the pooled loss
+    from ftcourse.evaluation import answer_losses
+
+    per_item = answer_losses(model, tokenizer, [right, wrong])
+    counts = [len(tokenizer(a + tokenizer.eos_token, add_special_tokens=False)["input_ids"]) for a in ("Paris", "Banana")]
+    assert per_item[0] == pytest.approx(answer_loss(model, tokenizer, [right]), rel=1e-4)
+    assert sum(l * n for l, n in zip(per_item, counts)) / sum(counts) == pytest.approx(
+        answer_loss(model, tokenizer, [right, wrong]), rel=1e-3)
 
 
 def test_a_shared_prompt_prefix_changes_no_reply(model_and_tokenizer):
@@ -82,3 +90,14 @@ def test_shared_contexts_give_the_same_log_probabilities(model_and_tokenizer):
     plain = continuation_logprobs(model, tokenizer, contexts, continuations, share_contexts=False)
     shared = continuation_logprobs(model, tokenizer, contexts, continuations, share_contexts=True)
     assert shared == pytest.approx(plain, abs=1e-4)
+
+
+def test_prefill_timing_and_reply_tokens(model_and_tokenizer):
+    """The payback measurement's parts: a positive time per query, the tokenizer left as found, token counts."""
+    from ftcourse.evaluation import prefill_ms_per_query, reply_tokens
+
+    model, tokenizer = model_and_tokenizer
+    side = tokenizer.padding_side
+    assert prefill_ms_per_query(model, tokenizer, ["a short prompt", "and a slightly longer prompt"], batch_size=2) > 0
+    assert tokenizer.padding_side == side
+    assert reply_tokens(tokenizer, ["", "555-123-4567"]) == len(tokenizer("555-123-4567", add_special_tokens=False)["input_ids"]) / 2

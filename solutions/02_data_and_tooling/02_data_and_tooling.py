@@ -27,7 +27,8 @@
 # 2. avoid the tokenization traps: EOS, padding side, truncation, and mask the prompt with -100;
 # 3. load, map, filter, split and stream data with the `datasets` library;
 # 4. find malformed rows, wrong roles, over-long rows, exact and near duplicates, and train/test leakage;
-# 5. measure how leakage inflates an evaluation.
+# 5. measure how leakage inflates an evaluation;
+# 6. say what Axolotl and Unsloth add next to TRL, and write your recipe for each.
 #
 # **Prerequisites:** 01 helps (the options and the estimator); Python and basic PyTorch.
 #
@@ -60,6 +61,7 @@ SEED = 0
 # %%
 import collections
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -67,8 +69,8 @@ from datasets import Dataset, load_dataset
 
 from ftcourse import evaluation, plots
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, SHIPPED_POOL, DataError, char_ngrams, jaccard,
-                                   normalize_text, parse_chat_row, prompt_and_answer, score_cleaning,
-                                   shipped_dump)
+                                   leakage_comparison, normalize_text, parse_chat_row, prompt_and_answer,
+                                   score_cleaning, shipped_dump)
 from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
@@ -374,46 +376,16 @@ with quiet():
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 6 · What leakage does to an evaluation, measured
-# Suppose the pipeline had stopped after parsing and the length check: duplicates and the leaked test
-# items stay in. We train on that, with the same recipe as the clean run below, and evaluate on the test
-# split in three parts: the test items that leaked into training, the test items that did not, and the
-# public validation split (never in the dump).
+# ## 6 · Fine-tune on the cleaned data
+# A starting recipe for this task (a LoRA adapter and a step count within the budget); §7 retrains whatever
+# setup you choose, with the leaked rows put back:
 
 # %%
-leaky_rows = [parsed[i] for i in sorted(parsed) if flags.get(i) in (None, "leaked", "duplicate", "near_duplicate")]
 as_examples = lambda rows: [Example(*prompt_and_answer(r)) for r in rows]  # noqa: E731
-leaked_norm = {normalize_text(prompt_and_answer(parsed[i])[0]) for i, p in flags.items() if p == "leaked"}
-test_leaked = [e for e in test_split if normalize_text(e.prompt) in leaked_norm]
-test_unseen = [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]
 RECIPE = dict(method="lora", learning_rate=2e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
               lora_alpha=2 * preset.lora_r, seed=SEED)
-STEPS = min(16, preset.step_budget)  # the same budget for both runs
-leaky_model, _ = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, as_examples(leaky_rows),
-                           SFTSetup(max_steps=STEPS, **RECIPE), preset, "build/leaky")
-
-
-PARTS = (("leaked test items", test_leaked), ("unseen test items", test_unseen), ("validation", splits["validation"]))
-
-
-def three_way(model, validation_em: float | None = None) -> dict:
-    """Exact match and answer loss on the leaked test items, the unseen test items and the validation split
-    (`validation_em`: the validation exact match when the grader has measured it already)."""
-    scores = {}
-    with autocast:
-        for name, items in PARTS:
-            known = validation_em if name == "validation" else None
-            scores[name] = known if known is not None else evaluation.exact_match(model, tokenizer, items, preset.eval_batch_size)[0]
-            scores[f"{name} loss"] = evaluation.answer_loss(model, tokenizer, items, preset.eval_batch_size)
-    return scores
-
-
-leaky_scores = three_way(leaky_model)
-del leaky_model
-print(f"{len(leaky_rows)} rows trained ({len(leaky_rows) - len(kept_rows)} more than the clean set), {STEPS} steps; "
-      f"{len(test_leaked)} of {len(test_split)} test items leaked")
-print(plots.table([{"part": name, "exact_match": leaky_scores[name], "answer loss": leaky_scores[f"{name} loss"]}
-                   for name, _ in PARTS], ["part", "exact_match", "answer loss"]))
+STEPS = min(16, preset.step_budget)
+print(f"RECIPE = {RECIPE}, STEPS = {STEPS}")
 
 # %% [markdown]
 # ### Exercise 2.2 — fine-tune on the cleaned data (5 points)
@@ -432,7 +404,7 @@ print_exercise("cleaned_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "cleaned_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-setup = SFTSetup(max_steps=STEPS, **RECIPE)  # the leaky run's recipe: only the data differs
+setup = SFTSetup(max_steps=STEPS, **RECIPE)
 ### END SOLUTION
 
 # %%
@@ -457,24 +429,70 @@ with quiet():
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 7 · Leakage, templates and padding, measured on your model
+# ## 7 · What leakage does to an evaluation, measured
+# Now one change: your setup again, on your cleaned rows **plus the leaked rows put back** (the test
+# items the dump carried, each verbatim and twice reworded). Both models are evaluated on the test split
+# in two parts, the 16 items that leaked and the 48 that did not. The unseen items are the control: the
+# leaky run also has more rows to learn the rule from, and whatever that buys shows on the unseen items too.
+# What only the leaked items gain is memory.
+#
+# We measure two things per item: exact match, and the **answer loss** (the mean negative
+# log-likelihood of the right answer's tokens). Exact match moves in whole items; the loss moves as soon
+# as the model finds the right answer more likely, which is where memorisation shows first.
 
 # %%
-clean_scores = three_way(tuned, validation_em=verdict.metrics.get("exact_match"))  # the self-check measured it
-rows = [{"trained on": "leaky data (parse + length only)", **leaky_scores},
-        {"trained on": "cleaned data (yours)", **clean_scores}]
-print(plots.table(rows, ["trained on", "leaked test items", "unseen test items", "validation"]))
-print(plots.table(rows, ["trained on", "leaked test items loss", "unseen test items loss", "validation loss"]))
-inflation = leaky_scores["leaked test items"] - clean_scores["leaked test items"]
-loss_ratio = leaky_scores["leaked test items loss"] / clean_scores["leaked test items loss"]
-print(f"\nOn the test items that leaked, the leaky model scores {leaky_scores['leaked test items']:.2f} exact match "
-      f"against {clean_scores['leaked test items']:.2f} for the clean one ({inflation:+.2f}), and its answer loss there is "
-      f"{loss_ratio:.0%} of the clean model's; on the unseen items the two score "
-      f"{leaky_scores['unseen test items']:.2f} and {clean_scores['unseen test items']:.2f}.")
+leaked_rows = [parsed[i] for i in sorted(parsed) if planted[i] == "leaked"]
+leaked_norm = {normalize_text(prompt_and_answer(r)[0]) for r in leaked_rows}
+test_leaked = [e for e in test_split if normalize_text(e.prompt) in leaked_norm]
+test_unseen = [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]
+leaky_model, leaky_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer,
+                                      as_examples(kept_rows + leaked_rows), setup, preset, "build/leaky")
+print(f"{len(kept_rows)} cleaned rows + {len(leaked_rows)} leaked rows ({len(test_leaked)} test items), "
+      f"{leaky_result.steps} steps, the same setup")
+
+
+def per_item(model) -> dict:
+    """Exact match and per-item answer losses on the leaked and the unseen test items."""
+    with autocast:
+        return {name: {"exact_match": evaluation.exact_match(model, tokenizer, items, preset.eval_batch_size)[0],
+                       "losses": evaluation.answer_losses(model, tokenizer, items, preset.eval_batch_size)}
+                for name, items in (("leaked", test_leaked), ("unseen", test_unseen))}
+
+
+leaky_scores, clean_scores = per_item(leaky_model), per_item(tuned)
+del leaky_model
+comparison = leakage_comparison(leaky_scores, clean_scores)
+print(plots.table(comparison["rows"], ["test items", "n", "exact_match, leaky", "exact_match, clean",
+                                       "median loss ratio", "mean log ratio", "standard error"]))
+plots.leakage_plot(leaky_scores, clean_scores);
+
+# %%
+gap = comparison["memory"]
+print(f"Per item, the leaky model's answer loss relative to the clean model's: x{math.exp(comparison['leaked']):.2f} on the "
+      f"leaked items, x{math.exp(comparison['unseen']):.2f} on the unseen ones (geometric means). What only the leaked "
+      f"items gained: a factor {math.exp(gap):.2f} on their loss ({gap:+.2f} ± {comparison['memory_se']:.2f} in log). "
+      f"Exact match: {leaky_scores['leaked']['exact_match']:.2f} against {clean_scores['leaked']['exact_match']:.2f} "
+      f"on the leaked items, {leaky_scores['unseen']['exact_match']:.2f} against "
+      f"{clean_scores['unseen']['exact_match']:.2f} on the unseen ones.")
+
+# %% [markdown]
+# Read the table with its control. The leaky run also had 48 more rows to learn the rule from, and that
+# shows on the unseen items: their loss fell too. What the leaked items gained *beyond* that is memory,
+# the factor printed above; in the plot, the red points sit further below the line than the grey ones.
+# Exact match moves in whole items (one leaked item is 0.06), and this task has a rule that the model learns
+# from the clean rows alone, so most leaked items are answered right either way: here leakage inflates the
+# score by a couple of items, while the loss shows the memory plainly (the README gives the gap over three
+# training seeds). On a task with no rule to learn (facts, identifiers, a benchmark's particular answers)
+# memory is all there is, and every leaked item is a free point.
+#
+# A leaked test set measures memory, not skill, and it flatters exactly the items it leaked. The remedy is
+# the one in your pipeline: check every training row against the test set before training, and split only
+# after deduplication. The measurement is also how leakage is found after the fact: test items whose loss
+# is far below that of similar items were probably seen in training.
 
 # %%
 serving_rows = [{"trained with": "chat template", "served with": "chat", "padding": "left",
-                 "exact_match": clean_scores["validation"]}]  # measured above
+                 "exact_match": verdict.metrics.get("exact_match", float("nan"))}]  # the self-check measured it
 with autocast:
     for served, side in (("plain", "left"), ("chat", "right")):
         em, replies = evaluation.exact_match(tuned, tokenizer, splits["validation"], preset.eval_batch_size,
@@ -484,18 +502,52 @@ with autocast:
 print(plots.table(serving_rows, ["trained with", "served with", "padding", "exact_match", "first reply"]))
 write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.metrics.get("exact_match", float("nan")),
               metric="exact match", cleaning_precision=score["precision"], cleaning_recall=score["recall"],
-              leaked_items_leaky=leaky_scores["leaked test items"], leaked_items_clean=clean_scores["leaked test items"],
+              leaked_items_leaky=leaky_scores["leaked"]["exact_match"], leaked_items_clean=clean_scores["leaked"]["exact_match"],
+              unseen_items_leaky=leaky_scores["unseen"]["exact_match"], unseen_items_clean=clean_scores["unseen"]["exact_match"],
+              leaked_log_loss_ratio=comparison["leaked"], unseen_log_loss_ratio=comparison["unseen"],
+              memory_log_gap=gap, memory_log_gap_se=comparison["memory_se"],
               wrong_template_drop=serving_rows[0]["exact_match"] - serving_rows[1]["exact_match"],
               right_padding_drop=serving_rows[0]["exact_match"] - serving_rows[2]["exact_match"])
 
 # %% [markdown]
-# Read the first two tables: the same test items look better to the model that saw them in training, and
-# the answer loss shows it most plainly. A leaked test set measures memory, not skill, and it flatters
-# exactly the items it leaked. The remedy is the one in your pipeline: check every training row against
-# the test set before training, and split only after deduplication. The last table is the template and
-# padding lesson of §2–§3 on your own adapter: the same weights, served in a format they were not trained
-# in, or padded on the wrong side for generation.
+# The last table is the template and padding lesson of §2–§3 on your own adapter: the same weights,
+# served in a format they were not trained in, or padded on the wrong side for generation.
+
+# %% [markdown]
+# ## 8 · The same recipe in Axolotl and Unsloth
+# The course trains with TRL and PEFT: a Python library whose objects (`LoraConfig`, `SFTConfig`,
+# `SFTTrainer`) you build in code. Two tools that many fine-tuning guides start from sit on top of the
+# same libraries:
 #
+# | | what it is | what it adds next to TRL |
+# |---|---|---|
+# | **Axolotl** | a trainer driven by one YAML file (`axolotl train config.yml`), built on transformers, PEFT and TRL | dataset formats named in the file (`chat_template`, `alpaca`, …) with the loss mask set by `roles_to_train`/`train_on_inputs`; multipack sample packing; multi-GPU launch (DeepSpeed, FSDP) from the same file; a preprocessing cache |
+# | **Unsloth** | a library that patches a model on import with hand-written Triton kernels (RoPE, cross-entropy, the LoRA MLP and attention), then trains with TRL's `SFTTrainer` | speed and memory on NVIDIA, AMD and Intel GPUs; its own offloading gradient checkpointing (`use_gradient_checkpointing="unsloth"`); export to GGUF |
+#
+# Neither changes what is learned: the knobs are the ones you chose in Exercise 2.2, spelled
+# differently. Here is your recipe in each, written from the `LoraConfig` and `SFTConfig` it trained with
+# (`ftcourse.tooling`; a test checks that every value is carried over):
+
+# %%
+from ftcourse import tooling
+from ftcourse.training import lora_config, sft_config
+
+your_lora, your_sft = lora_config(setup), sft_config(setup, preset, "build/exercise")
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model's name on the Hugging Face Hub
+print("# Axolotl: config.yml\n" + tooling.axolotl_yaml(your_lora, your_sft, HUB_ID, "cleaned.jsonl"))
+print("# Unsloth: train.py\n" + tooling.unsloth_script(your_lora, your_sft, HUB_ID, "cleaned_prompt_completion.jsonl"))
+print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_carried(your_sft)))
+
+# %% [markdown]
+# **What cannot be measured here, said plainly.** Neither tool runs on this course's machines, so the
+# course makes no speed or memory claim for them: Axolotl's current release (0.21.0) requires Python ≥ 3.12
+# (these machines have 3.11; the installer refuses it), and Unsloth needs a GPU (its import raises
+# `NotImplementedError` when torch finds no accelerator) and brings its own CUDA build of torch. Their
+# published speed-ups are for GPUs, against TRL's defaults of the time; on a GPU preset, measure them
+# against the same recipe before you switch. What transfers without measuring: the data format (chat
+# rows with roles), the completion-only loss, and every hyperparameter above.
+
+# %% [markdown]
 # ## Summary
 # - Parse row by row with errors that name the row and the field; a library's first exception is not a
 #   data report.
@@ -503,6 +555,9 @@ write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.m
 #   let truncation cut the answer.
 # - `datasets` maps, filters and splits on disk, and streams when the data is larger than memory.
 # - **The mistake to remember: leakage.** Test items in the training data inflate the evaluation of
-#   exactly those items; deduplicate and check against the test split *before* training.
+#   exactly those items: measured here in their answer loss, beyond what the extra rows bought elsewhere;
+#   deduplicate and check against the test split *before* training.
+# - Axolotl and Unsloth run the same recipe with other spellings (a YAML file; patched kernels under TRL);
+#   what they add is launch and speed on GPUs, which this course cannot measure on its CPUs.
 #
 # **Next:** 03 fine-tunes with `SFTTrainer` properly: loss masks, batch layouts and forgetting.
