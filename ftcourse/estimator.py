@@ -17,8 +17,9 @@ on other shapes, ranks and architectures by the tests.
 Measurement (`measure_training_memory`) is deterministic: it counts bytes of tensors, not the process's
 resident memory. Parameters and buffers (4-bit quantisation state included), gradients after
 `backward()`, optimizer states after `step()`, and every tensor autograd saves during the forward pass,
-recorded by `torch.autograd.graph.saved_tensors_hooks` and deduplicated by storage. On a GPU the
-allocator's peak (`torch.cuda.max_memory_allocated`) is the other check, reported beside it.
+recorded by `torch.autograd.graph.saved_tensors_hooks` and deduplicated by storage. The process's own
+measurement is `measure_peak_rss` (resident memory sampled over one step in a fresh process; on a GPU also
+the CUDA allocator's peak, `torch.cuda.max_memory_allocated`), which notebook 01 sets beside the count.
 """
 
 from __future__ import annotations
@@ -263,7 +264,9 @@ def estimate_memory(shape: ModelShape, plan: TrainingPlan, optimizer: str = "ada
     gradients in the weight dtype and AdamW's two states in it too (pure 16-bit: 8 bytes per parameter
     with 16-bit weights), or with `master_weights` the usual mixed precision (16 bytes per parameter: the
     optimizer keeps a float32 master copy and float32 states); adapters in float32. No allocator overhead,
-    no transient buffers (a measured peak is higher: notebook 01 shows both).
+    no transient buffers, and the parts summed as if they all coexisted (notebook 01 sets a process's measured
+    peak beside the count: above it for adapters, below the sum for a full fine-tune whose activations are
+    freed before its optimizer states exist).
     """
     plan.validate()
     if optimizer not in ("adamw", "sgd"):
@@ -447,6 +450,76 @@ def measure_cuda_peak_bytes(model, plan: TrainingPlan, seed: int = 0) -> int:
     torch.cuda.reset_peak_memory_stats()
     measure_training_memory(model, plan, seed=seed)
     return torch.cuda.max_memory_allocated()
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; elsewhere the peak so far, from getrusage)."""
+    import os
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _peak_rss_child(request: str) -> None:
+    """In a fresh process: resident memory before the model, after building it, and its peak over one step."""
+    import json
+    import threading
+    import time
+
+    import torch  # imported before the baseline, as the parent process has its libraries loaded
+    import transformers  # noqa: F401
+
+    args = json.loads(request)
+    plan = TrainingPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in args["plan"].items()})
+    baseline = _resident_bytes()
+    model = build_model_for_plan(plan, args["model"], args["device"], seed=args["seed"])
+    built = _resident_bytes()
+    peak, running = [built], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.0005)
+
+    cuda = args["device"].startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    measure_training_memory(model, plan, seed=args["seed"])
+    running[0] = False
+    sampler.join()
+    peak[0] = max(peak[0], _resident_bytes())
+    report = {"baseline": baseline, "model_built": built - baseline, "step_peak": peak[0] - baseline}
+    if cuda:  # on a GPU the tensors live in the CUDA allocator: its peak is the measurement that matters
+        report["cuda_peak"] = torch.cuda.max_memory_allocated()
+    print("PEAK-RSS " + json.dumps(report))
+
+
+def measure_peak_rss(plan: TrainingPlan, model_name: str = "embedded", device: str = "cpu", seed: int = 0) -> dict:
+    """The process's measured memory for one training step, in a fresh Python process so that nothing else
+    is in it: bytes above the baseline (Python, torch and transformers imported) after the model is built
+    (`model_built`) and at the peak of one step (`step_peak`, sampled every half millisecond), and on a GPU
+    the CUDA allocator's peak (`cuda_peak`). Set it next
+    to `measure_training_memory`'s count: the difference is the allocator's overhead, transient buffers
+    and what the libraries keep."""
+    import json
+    import subprocess
+    import sys
+
+    request = json.dumps({"plan": dataclasses.asdict(plan), "model": model_name, "device": device, "seed": seed})
+    done = subprocess.run([sys.executable, "-c", f"from ftcourse.estimator import _peak_rss_child; _peak_rss_child({request!r})"],
+                          capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PEAK-RSS ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"measure_peak_rss: the measuring process failed (exit {done.returncode}): {done.stderr[-600:]}")
+    return json.loads(lines[-1][len("PEAK-RSS "):])
 
 
 def compare_estimate(shape: ModelShape, plan: TrainingPlan, measured: MemoryBreakdown) -> list[dict]:

@@ -91,6 +91,16 @@ def check_stated_outcome(results: dict, slug: str) -> None:
 
 # What the notebooks' prose says their demos show, as checks on the numbers they computed (course_results.json).
 STATED_CLAIMS = {
+    "01_when_to_fine_tune": [
+        ("a full fine-tune's process peak sits below the summed count (the parts do not coexist)",
+         lambda r: r["rss_peak_over_count_full"] < 1.0),
+        ("LoRA's process peak sits above its count (allocation overhead)", lambda r: r["rss_peak_over_count_lora"] > 1.0),
+        ("QLoRA's process keeps the freed float32 weights: far above its count", lambda r: r["rss_peak_over_count_qlora"] > 1.5),
+        ("the fine-tune saves prefill per query, so it pays back", lambda r: r["prefill_saved_ms"] > 0),
+    ],
+    "02_data_and_tooling": [
+        ("leakage lowered the leaked items' answer loss more than the unseen items'", lambda r: r["memory_log_gap"] < 0),
+    ],
     "03_sft": [
         ("a stable full fine-tune (lr 1e-4) learns the format", lambda r: r["full_ft_exact_match"] >= r["base_metric"] + 0.4),
         ("... and its loss falls rather than diverges", lambda r: r["full_ft_final_loss"] < r["full_ft_first_loss"] / 4),
@@ -100,6 +110,14 @@ STATED_CLAIMS = {
     "04_lora": [
         ("in a short budget at a fixed scale, a larger rank learned the task faster",
          lambda r: r["ablation_em_r1"] < r["ablation_em_r64"]),
+        ("the scale is a step size: at alpha 16 each rank learned more under alpha/sqrt(r) (the larger scale)",
+         lambda r: r["ablation_em_r8_alpha16_rslora"] > r["ablation_em_r8_alpha16"]
+         and r["ablation_em_r64_alpha16_rslora"] > r["ablation_em_r64_alpha16"]),
+        ("under alpha/r at a fixed alpha, rank 64 learned less than rank 8 (its scale cut 8x)",
+         lambda r: r["ablation_em_r64_alpha16"] < r["ablation_em_r8_alpha16"]),
+        ("the same scale is the same adapter, whichever rule produced it", lambda r: r["ablation_same_scale_same_curve"]),
+        ("all seven linears learned more than attention or MLP alone",
+         lambda r: r["ablation_em_all_linear"] > max(r["ablation_em_attention"], r["ablation_em_mlp"])),
     ],
     "05_quantization_qlora": [
         ("the decoder weights sit on the Q4_1 grid (at most 16 values per block of 32)", lambda r: r["grid_values_max"] <= 16),

@@ -143,3 +143,14 @@ def test_full_fine_tune_bytes_per_parameter_pure_16_bit_and_mixed_precision():
     lora = TrainingPlan(method="lora", weight_dtype="bfloat16")
     assert estimate_memory(shape, lora) == estimate_memory(shape, TrainingPlan(method="lora", weight_dtype="bfloat16",
                                                                                 master_weights=True))
+
+
+def test_peak_rss_is_measured_in_a_fresh_process_and_errors_name_the_failure():
+    """The process's own measurement beside the count: a step's peak is above what building the model added."""
+    from ftcourse.estimator import TrainingPlan, measure_peak_rss
+
+    plan = TrainingPlan(method="lora", batch_size=2, seq_len=32, lora_r=4)
+    peak = measure_peak_rss(plan)
+    assert 0 < peak["model_built"] < peak["step_peak"] < 8e9 and peak["baseline"] > 0
+    with pytest.raises(RuntimeError, match="measuring process failed"):
+        measure_peak_rss(plan, device="no-such-device")
