@@ -466,6 +466,18 @@ def _resident_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _resident_file_bytes() -> int:
+    """The part of resident memory backed by files (memory-mapped weights, libraries); 0 where unknown."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("RssFile:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _peak_rss_child(request: str) -> None:
     """In a fresh process: resident memory before the model, after building it, and its peak over one step."""
     import json
@@ -477,9 +489,9 @@ def _peak_rss_child(request: str) -> None:
 
     args = json.loads(request)
     plan = TrainingPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in args["plan"].items()})
-    baseline = _resident_bytes()
+    baseline, baseline_file = _resident_bytes(), _resident_file_bytes()
     model = build_model_for_plan(plan, args["model"], args["device"], seed=args["seed"])
-    built = _resident_bytes()
+    built, built_file = _resident_bytes(), _resident_file_bytes()
     peak, running = [built], [True]
 
     def sample() -> None:
@@ -496,17 +508,20 @@ def _peak_rss_child(request: str) -> None:
     running[0] = False
     sampler.join()
     peak[0] = max(peak[0], _resident_bytes())
-    report = {"baseline": baseline, "model_built": built - baseline, "step_peak": peak[0] - baseline}
-    if cuda:  # on a GPU the tensors live in the CUDA allocator: its peak is the measurement that matters
-        report["cuda_peak"] = torch.cuda.max_memory_allocated()
+    report = {"baseline": baseline, "model_built": built - baseline, "model_built_file": built_file - baseline_file,
+              "step_peak": peak[0] - baseline}
+    if cuda:  # on a GPU the tensors live in the CUDA allocator: what it reserved is what must fit
+        report["cuda_peak"] = torch.cuda.max_memory_reserved()
+        report["cuda_allocated_peak"] = torch.cuda.max_memory_allocated()
     print("PEAK-RSS " + json.dumps(report))
 
 
 def measure_peak_rss(plan: TrainingPlan, model_name: str = "embedded", device: str = "cpu", seed: int = 0) -> dict:
     """The process's measured memory for one training step, in a fresh Python process so that nothing else
     is in it: bytes above the baseline (Python, torch and transformers imported) after the model is built
-    (`model_built`) and at the peak of one step (`step_peak`, sampled every half millisecond), and on a GPU
-    the CUDA allocator's peak (`cuda_peak`). Set it next
+    (`model_built`, of which `model_built_file` is file-backed: memory-mapped weights count only once read)
+    and at the peak of one step (`step_peak`, sampled every half millisecond), and on a GPU what the CUDA
+    allocator reserved at its peak (`cuda_peak`) and the tensors' own peak (`cuda_allocated_peak`). Set it next
     to `measure_training_memory`'s count: the difference is the allocator's overhead, transient buffers
     and what the libraries keep."""
     import json

@@ -106,7 +106,8 @@ from datasets import load_dataset
 from trl import SFTConfig, SFTTrainer
 
 model, tokenizer = FastLanguageModel.from_pretrained(
-    model_name={base_model!r}, max_seq_length={sft.max_length}, load_in_4bit=False)
+    model_name={base_model!r}, max_seq_length={sft.max_length}, load_in_4bit=False,
+    dtype=None)  # None: bfloat16 or float16 on a GPU, whatever SFTConfig says; the course trained in float32
 model = FastLanguageModel.get_peft_model(
     model, r={lora.r}, lora_alpha={lora.lora_alpha}, lora_dropout={lora.lora_dropout},
     target_modules={targets!r}, use_rslora={bool(lora.use_rslora)},

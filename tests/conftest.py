@@ -94,8 +94,10 @@ STATED_CLAIMS = {
     "01_when_to_fine_tune": [
         ("a full fine-tune's process peak sits below the summed count (the parts do not coexist)",
          lambda r: r["rss_peak_over_count_full"] < 1.0),
-        ("LoRA's process peak sits above its count (allocation overhead)", lambda r: r["rss_peak_over_count_lora"] > 1.0),
-        ("QLoRA's process keeps the freed float32 weights: far above its count", lambda r: r["rss_peak_over_count_qlora"] > 1.5),
+        ("LoRA's measured peak sits above its count", lambda r: r["rss_peak_over_count_lora"] > 1.0),
+        ("QLoRA's measured peak is far above its count", lambda r: r["rss_peak_over_count_qlora"] > 1.5),
+        ("on the CPU path QLoRA's measured peak is the highest of the three",
+         lambda r: r["rss_peak_gb_qlora"] > max(r["rss_peak_gb_full"], r["rss_peak_gb_lora"])),
         ("the fine-tune saves prefill per query, so it pays back", lambda r: r["prefill_saved_ms"] > 0),
     ],
     "02_data_and_tooling": [
@@ -108,7 +110,7 @@ STATED_CLAIMS = {
          lambda r: r["full_ft_probe_drop"] <= 0.03 and r["full_ft_perplexity_ratio"] <= 1.15),
     ],
     "04_lora": [
-        ("in a short budget at a fixed scale, a larger rank learned the task faster",
+        ("in a short budget at a fixed alpha/r, rank 64 learned more than rank 1",
          lambda r: r["ablation_em_r1"] < r["ablation_em_r64"]),
         ("the scale is a step size: at alpha 16 each rank learned more under alpha/sqrt(r) (the larger scale)",
          lambda r: r["ablation_em_r8_alpha16_rslora"] > r["ablation_em_r8_alpha16"]

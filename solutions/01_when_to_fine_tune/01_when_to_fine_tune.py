@@ -20,8 +20,8 @@
 # SmolLM2-135M-Instruct, which ships inside the course (distributed as a 4-bit Q4_1 file, de-quantised to
 # float32 on load: the README says what that means): prompting against a short fine-tune on the same
 # task, a decision guide that points to the notebook teaching each answer, and a memory and compute
-# estimator checked against a count of every tensor a real training step holds (a count, not the process's
-# peak: the allocator's overhead and short-lived buffers come on top).
+# estimator checked against a count of every tensor a real training step holds, and that count set beside
+# the process's measured peak (which can sit above or below it: §4 shows why).
 #
 # **You will be able to**
 # 1. measure zero-shot prompting, few-shot prompting and a short LoRA fine-tune on one task, in quality
@@ -141,12 +141,14 @@ plots.quality_vs_cost(options);
 # %% [markdown]
 # **When does the fine-tune pay for itself?** Compare like with like. A query's cost has two parts:
 # reading the prompt (prefill, which grows with the prompt) and writing the reply (one forward pass per new
-# token, the same for both since the model is the same size; a merged adapter adds nothing). The fine-tune
-# saves the few-shot turns on every call, so we time only that: the same base weights reading the
-# few-shot prompts and the bare prompts, batched, after a warm-up, with nothing cached between queries.
+# token: nearly the same for both at this size, since the model is the same and a merged adapter adds
+# nothing; the shots only lengthen the cache each new token attends over). The fine-tune saves the
+# few-shot turns on every call, so we time only that: the same base weights reading the few-shot prompts
+# and the bare prompts, 16 queries in one batch, after a warm-up, with nothing cached between queries. It
+# is one timing on a shared machine: read the payback as an order of magnitude.
 
 # %%
-timed = splits["validation"][:16]  # 16 queries are enough to time a prompt's reading
+timed = splits["validation"][:16]  # one batch of 16 queries, timed once
 bare_texts = [evaluation.chat_prompt(tokenizer, e.prompt) for e in timed]
 shot_texts = [evaluation.chat_prompt(tokenizer, e.prompt, splits["train"][:FEW_SHOT_K]) for e in timed]
 with autocast:
@@ -345,8 +347,10 @@ print(f"Totals: full {totals[0]['measured_gb']:.2f} GB, LoRA {totals[1]['measure
 # %% [markdown]
 # A count of tensors is not what the operating system sees. The same step, run again in a fresh Python
 # process per method (so that nothing else is in it), with the process's resident memory sampled every
-# half millisecond: what building the model added to the process, and the peak over the step, both above
-# the process's memory before the model (Python, torch and transformers loaded).
+# half millisecond, above its memory before the model (Python and torch loaded): `rss_model_gb` is what
+# building the model added (the weights are memory-mapped from their file and count only once read, so it
+# can be less than the parameters), `rss_step_peak_gb` the peak over the step, and `peak_over_count` that
+# peak over the count above.
 
 # %%
 rss_rows = []
@@ -354,35 +358,44 @@ for method, total in zip(METHODS, totals):
     plan = TrainingPlan(method=method, batch_size=preset.batch_size, seq_len=longest,
                         autocast_dtype=preset.autocast_dtype, lora_r=preset.lora_r)
     peak = measure_peak_rss(plan, preset.model, preset.device, seed=SEED)
+    measured_peak = peak.get("cuda_peak", peak["step_peak"])  # on a GPU the tensors live in its allocator
     rss_rows.append({"method": method, "counted_gb": total["measured_gb"], "rss_model_gb": peak["model_built"] / 1e9,
-                     "rss_step_peak_gb": peak["step_peak"] / 1e9, "peak_over_count": peak["step_peak"] / 1e9 / total["measured_gb"],
+                     "rss_step_peak_gb": peak["step_peak"] / 1e9, "peak_over_count": measured_peak / 1e9 / total["measured_gb"],
                      **({"cuda_peak_gb": peak["cuda_peak"] / 1e9} if "cuda_peak" in peak else {})})
 print(plots.table(rss_rows, ["method", "counted_gb", "rss_model_gb", "rss_step_peak_gb", "peak_over_count"]
                   + (["cuda_peak_gb"] if "cuda_peak_gb" in rss_rows[0] else [])))
 rss = {row["method"]: row for row in rss_rows}
-print("; ".join(f"{m}: the process peaked at {row['peak_over_count']:.2f}x the count "
+print("; ".join(f"{m}: the measured peak is {row['peak_over_count']:.2f}x the count "
                 f"({'below' if row['peak_over_count'] < 1 else 'above'})" for m, row in rss.items()))
+order = sorted(rss, key=lambda m: -rss[m]["rss_step_peak_gb"])
+print(f"Counted, QLoRA needs the least ({rss['qlora']['counted_gb']:.2f} GB); measured in the process, the order is "
+      + " > ".join(f"{m} {rss[m]['rss_step_peak_gb']:.2f} GB" for m in order))
 
 # %% [markdown]
-# Three things separate what a process holds from a count of tensors, and each method shows one:
+# Three things separate what a process holds from a count of tensors. All three act on every method; each
+# is most visible in one of them here:
 # - **The parts do not all exist at once.** The count adds activations, gradients and AdamW states, but the
 #   backward pass frees the activations as it creates the gradients, and a first step's AdamW states appear
 #   only at its end. Where gradients and optimizer states are large (the full fine-tune) the peak can sit
 #   *below* the sum: the sum is an upper bound on one step's tensors, not a prediction of the peak.
 # - **Allocation costs more than the tensors.** The allocator's blocks, the libraries' scratch buffers and
-#   short-lived tensors (the softmax of the logits in the loss, the matmuls' workspaces) are in the process
-#   and in no count: LoRA's peak sits above its count.
-# - **A process keeps memory it has freed.** QLoRA builds its 4-bit model from the float32 one; the freed
-#   float32 weights stay in the process's heap (the C allocator rarely returns them to the system), so its
-#   resident memory is far above its count from the moment the model is built.
+#   short-lived tensors (the loss's logits-sized temporaries: 8 rows × ~95 positions × 49,152 words × 4 bytes
+#   is about 0.15 GB each; the matmuls' workspaces) are in the process and in no count: LoRA's peak sits
+#   above its count.
+# - **A process holds more than the model's tensors.** QLoRA builds its 4-bit model from the float32 one:
+#   building it added far more to the process (`rss_model_gb`) than its 4-bit parameters, likely the
+#   float32 weights read from their file during quantisation and freed memory the allocator keeps for
+#   reuse. On this CPU path QLoRA saves no process memory at all: its measured peak is the highest of the
+#   three, although its count is the lowest. Its saving is real where the weights live on a GPU.
 #
-# The estimator predicts the count; a plan needs headroom for the rest (§5 keeps 1 GB on a GPU, where
-# the CUDA allocator's peak, `torch.cuda.max_memory_allocated`, is the measurement to set beside it and
-# `cuda_peak_gb` appears in the table when a GPU preset runs).
+# The estimator predicts the count; a plan needs headroom for the rest. On a GPU the measurement to set
+# beside it is what the CUDA allocator reserved at its peak (`torch.cuda.max_memory_reserved`; it appears as
+# `cuda_peak_gb` when a GPU preset runs, and `peak_over_count` then uses it); the CUDA context and the
+# libraries' workspaces come on top, which is what §5's 1 GB reserve is for.
 #
 # At this size activations dominate LoRA and QLoRA: the adapters remove most gradients and optimizer
-# states, and 4-bit weights shrink the parameters, but the batch's saved tensors stay. On a 7B model the
-# proportions turn around.
+# states, and 4-bit weights shrink the parameters, but the batch's saved tensors stay. On a 7B model (with
+# gradient checkpointing, as §5's plans use) the proportions turn around.
 #
 # ## 5 · Will it fit? A 7B model on a 16 GB T4
 # The same estimator, on shapes read from published configs, at the guide's plan with float16 weights
@@ -510,6 +523,7 @@ write_results("01_when_to_fine_tune", base_metric=zero_shot["exact_match"], tune
               measured_memory_gb=m.get("measured_memory_gb", float("nan")),
               worst_method_estimate_error=abs(worst["error"]), seconds_per_step=step_seconds,
               **{f"rss_peak_over_count_{m}": row["peak_over_count"] for m, row in rss.items()},
+              **{f"rss_peak_gb_{m}": row["rss_step_peak_gb"] for m, row in rss.items()},
               payback_queries=1000 * quick_result.seconds / max(saved_ms, 1e-9), prefill_saved_ms=saved_ms)
 
 # %% [markdown]

@@ -432,13 +432,18 @@ with quiet():
 # ## 7 · What leakage does to an evaluation, measured
 # Now one change: your setup again, on your cleaned rows **plus the leaked rows put back** (the test
 # items the dump carried, each verbatim and twice reworded). Both models are evaluated on the test split
-# in two parts, the 16 items that leaked and the 48 that did not. The unseen items are the control: the
-# leaky run also has more rows to learn the rule from, and whatever that buys shows on the unseen items too.
-# What only the leaked items gain is memory.
+# in two parts, the 16 items that leaked and the 48 that did not. The unseen items are the control. Both
+# runs take the same steps of the same batch size; the leaky one spends about a third of its rows on the
+# leaked copies (valid examples of the rule too) and sees fewer of the clean rows, and whatever that swap
+# does to the rule shows on the unseen items as well. What only the leaked items gain is memory.
 #
 # We measure two things per item: exact match, and the **answer loss** (the mean negative
 # log-likelihood of the right answer's tokens). Exact match moves in whole items; the loss moves as soon
-# as the model finds the right answer more likely, which is where memorisation shows first.
+# as the model finds the right answer more likely, which is where memorisation shows first. The table
+# compares the two models item by item: the **loss ratio** of an item is the leaky model's answer loss over
+# the clean model's (below 1: the leaky model finds the right answer likelier); the **mean log ratio** is
+# the mean over the items of its logarithm (−0.69 is a factor 0.5), and its **standard error** is over the
+# items.
 
 # %%
 leaked_rows = [parsed[i] for i in sorted(parsed) if planted[i] == "leaked"]
@@ -476,19 +481,20 @@ print(f"Per item, the leaky model's answer loss relative to the clean model's: x
       f"{clean_scores['unseen']['exact_match']:.2f} on the unseen ones.")
 
 # %% [markdown]
-# Read the table with its control. The leaky run also had 48 more rows to learn the rule from, and that
-# shows on the unseen items: their loss fell too. What the leaked items gained *beyond* that is memory,
-# the factor printed above; in the plot, the red points sit further below the line than the grey ones.
-# Exact match moves in whole items (one leaked item is 0.06), and this task has a rule that the model learns
-# from the clean rows alone, so most leaked items are answered right either way: here leakage inflates the
-# score by a couple of items, while the loss shows the memory plainly (the README gives the gap over three
-# training seeds). On a task with no rule to learn (facts, identifiers, a benchmark's particular answers)
-# memory is all there is, and every leaked item is a free point.
+# Read the table with its control: the second row says what the swap of rows did to items neither run saw;
+# what the leaked items gained *beyond* that is memory, the factor printed above (in the plot, the red points
+# sit further below the line than the grey ones). One run on 16 leaked items is a small sample: the gap is
+# about one and a half standard errors from zero; the README repeats the measurement with three training
+# seeds, and it points the same way on each. Exact match moves in whole items (one leaked item is 0.06),
+# and this task has a rule that the model learns from the clean rows alone, so most leaked items are
+# answered right either way: across those seeds leakage added 0 to 2 of the 16 leaked items, within noise,
+# while the loss moved every time. On a task with no rule to learn (facts, identifiers, a benchmark's
+# particular answers) memory is all there is, and every leaked item is a free point.
 #
 # A leaked test set measures memory, not skill, and it flatters exactly the items it leaked. The remedy is
 # the one in your pipeline: check every training row against the test set before training, and split only
-# after deduplication. The measurement is also how leakage is found after the fact: test items whose loss
-# is far below that of similar items were probably seen in training.
+# after deduplication. The same measurement gives a clue after the fact: test items whose loss is far
+# below that of similar items may have been seen in training (one item's loss varies too much to prove it).
 
 # %%
 serving_rows = [{"trained with": "chat template", "served with": "chat", "padding": "left",
@@ -521,12 +527,14 @@ write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.m
 #
 # | | what it is | what it adds next to TRL |
 # |---|---|---|
-# | **Axolotl** | a trainer driven by one YAML file (`axolotl train config.yml`), built on transformers, PEFT and TRL | dataset formats named in the file (`chat_template`, `alpaca`, …) with the loss mask set by `roles_to_train`/`train_on_inputs`; multipack sample packing; multi-GPU launch (DeepSpeed, FSDP) from the same file; a preprocessing cache |
-# | **Unsloth** | a library that patches a model on import with hand-written Triton kernels (RoPE, cross-entropy, the LoRA MLP and attention), then trains with TRL's `SFTTrainer` | speed and memory on NVIDIA, AMD and Intel GPUs; its own offloading gradient checkpointing (`use_gradient_checkpointing="unsloth"`); export to GGUF |
+# | **Axolotl** | a trainer driven by one YAML file (`axolotl train config.yml`), built on transformers' `Trainer` and PEFT (TRL for its preference and RL trainers) | dataset formats named in the file (`chat_template`, `alpaca`, …) with the loss mask set by `roles_to_train`/`train_on_inputs`; multipack sample packing; multi-GPU launch (DeepSpeed, FSDP) from the same file; a preprocessing cache |
+# | **Unsloth** | a library that patches a model on import (Triton kernels for RoPE, RMSNorm, the cross-entropy and the MLP's activation; hand-derived backward passes for the LoRA projections), then trains with TRL's `SFTTrainer` | speed and memory on NVIDIA, AMD and Intel GPUs; its own offloading gradient checkpointing (`use_gradient_checkpointing="unsloth"`); export to GGUF |
 #
-# Neither changes what is learned: the knobs are the ones you chose in Exercise 2.2, spelled
-# differently. Here is your recipe in each, written from the `LoraConfig` and `SFTConfig` it trained with
-# (`ftcourse.tooling`; a test checks that every value is carried over):
+# The knobs are the ones you chose in Exercise 2.2, spelled differently: the same recipe, though not the
+# same run (each tool orders the data its own way, and Unsloth picks a 16-bit dtype on a GPU unless told).
+# Here is your recipe in each, written from the `LoraConfig` and `SFTConfig` it trained with
+# (`ftcourse.tooling`; a test checks that every value is carried over). The data files are the ones you
+# would write from `kept_rows`: chat rows for Axolotl, prompt/completion rows for Unsloth's `SFTTrainer`.
 
 # %%
 from ftcourse import tooling
@@ -542,7 +550,8 @@ print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_c
 # **What cannot be measured here, said plainly.** Neither tool runs on this course's machines, so the
 # course makes no speed or memory claim for them: Axolotl's current release (0.21.0) requires Python ≥ 3.12
 # (these machines have 3.11; the installer refuses it), and Unsloth needs a GPU (its import raises
-# `NotImplementedError` when torch finds no accelerator) and brings its own CUDA build of torch. Their
+# `NotImplementedError` when torch finds no accelerator) and pulls a CUDA build of torch from PyPI, which
+# replaces a CPU build. Their
 # published speed-ups are for GPUs, against TRL's defaults of the time; on a GPU preset, measure them
 # against the same recipe before you switch. What transfers without measuring: the data format (chat
 # rows with roles), the completion-only loss, and every hyperparameter above.
@@ -555,8 +564,8 @@ print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_c
 #   let truncation cut the answer.
 # - `datasets` maps, filters and splits on disk, and streams when the data is larger than memory.
 # - **The mistake to remember: leakage.** Test items in the training data inflate the evaluation of
-#   exactly those items: measured here in their answer loss, beyond what the extra rows bought elsewhere;
-#   deduplicate and check against the test split *before* training.
+#   exactly those items: measured here in their answer loss, beyond what the swap of rows did to unseen
+#   items; deduplicate and check against the test split *before* training.
 # - Axolotl and Unsloth run the same recipe with other spellings (a YAML file; patched kernels under TRL);
 #   what they add is launch and speed on GPUs, which this course cannot measure on its CPUs.
 #
