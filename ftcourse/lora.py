@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .estimator import ALL_LINEAR
+
 
 class _Holder(nn.Module):
     """A module with one linear named `proj`, so PEFT can inject an adapter into it."""
@@ -144,8 +146,7 @@ def effective_rank(singular_values: torch.Tensor, energy: float = 0.9) -> int:
 
 # ---------------------------------------------------------------- rank and alpha, measured
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
+ATTENTION, MLP = ALL_LINEAR[:4], ALL_LINEAR[4:]  # q, k, v, o | gate, up, down
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +156,16 @@ class AblationRun:
     r: int
     alpha: float
     rslora: bool = False  # PEFT's use_rslora: scale alpha / sqrt(r) instead of alpha / r
-    targets: tuple[str, ...] = ATTENTION + MLP
+    targets: tuple[str, ...] = ALL_LINEAR
+
+    @property
+    def target_group(self) -> str:
+        """The adapted modules in words: "all linear", "attention only", "MLP only", or their names."""
+        return {ALL_LINEAR: "all linear", ATTENTION: "attention only", MLP: "MLP only"}.get(self.targets, "+".join(self.targets))
 
     @property
     def label(self) -> str:
-        where = {ATTENTION + MLP: "", ATTENTION: ", attention only", MLP: ", MLP only"}.get(self.targets, f", {'+'.join(self.targets)}")
+        where = "" if self.targets == ALL_LINEAR else f", {self.target_group}"
         return f"r={self.r}, alpha={self.alpha:g}{', rsLoRA' if self.rslora else ''}{where}"
 
 
@@ -194,9 +200,8 @@ def rank_ablation(runs: Sequence[AblationRun], train, validation, preset, tokeni
             em, _ = exact_match(model, tokenizer, validation, batch_size=preset.eval_batch_size)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"run": run.label, "r": run.r, "alpha": run.alpha, "rslora": run.rslora, "targets": run.targets,
-                     "scale": peft_scaling(model), "trainable": trainable, "exact_match": em,
-                     "final_loss": result.losses[-1],
-                     "seconds_per_step": sum(result.step_seconds[1:]) / max(len(result.step_seconds) - 1, 1),
+                     "target_group": run.target_group, "scale": peft_scaling(model), "trainable": trainable,
+                     "exact_match": em, "seconds_per_step": sum(result.step_seconds[1:]) / max(len(result.step_seconds) - 1, 1),
                      "losses": result.losses})
         if keep is not None and run.r == keep and kept is None:
             kept = model

@@ -131,7 +131,7 @@ def ablation_plot(lines: dict[str, Sequence[dict]], bars: Sequence[dict] = ()):
     left.legend(fontsize=7, loc="upper left")
     if bars:
         middle = axes[1]
-        names = [r["run"].split(", ")[-1] if "only" in r["run"] else "all linear" for r in bars]
+        names = [r["target_group"] for r in bars]
         middle.bar(range(len(bars)), [r["exact_match"] for r in bars], color="#4c72b0")
         for k, r in enumerate(bars):
             middle.annotate(f"{r['trainable'] / 1e6:.2f}M trained", (k, r["exact_match"]), ha="center",

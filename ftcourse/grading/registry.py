@@ -143,9 +143,8 @@ EXERCISES = (
                "probe regressed: lower the learning rate or train fewer steps"),
         summary="the grader draws ≥ 1,000 training and fresh held-out examples from your `make_example` with its own "
                 "seed and trains your setup: ≤ 10 % of held-out draws repeat training (exact or near-duplicate), "
-                "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3 and ≥ the base's 3-shot prompt + 0.1, "
-                "probe drop ≤ 0.03, "
-                "perplexity ratio ≤ 1.15, steps ≤ budget",
+                "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3 and ≥ the base's 3-shot "
+                "prompt + 0.1, probe drop ≤ 0.03, perplexity ratio ≤ 1.15, steps ≤ budget",
     ),
     Exercise(
         grade_id="nf4_tests", notebook="05_quantization_qlora", number="5.1",

@@ -220,8 +220,8 @@ print(f"At alpha 16, going from rank 8 to 64: alpha/r moves exact match {standar
       f"(scale {rslora16[0]['scale']:.2f} -> {rslora16[1]['scale']:g}).")
 same_scale = rslora16[1]["losses"] == row["r=64, alpha=128"]["losses"]
 print(f"rsLoRA at r=64, alpha=16 and alpha/r at r=64, alpha=128 have the same scale, 2: identical loss curves: {same_scale}.")
-print("Target modules at r=8: " + "; ".join(f"{r['run'].split(', ')[-1] if 'only' in r['run'] else 'all linear'} "
-                                            f"{r['exact_match']:.2f} with {r['trainable'] / 1e6:.2f}M trained" for r in targets))
+print("Target modules at r=8: " + "; ".join(f"{r['target_group']} {r['exact_match']:.2f} with {r['trainable'] / 1e6:.2f}M "
+                                            "trained" for r in targets))
 
 # %% [markdown]
 # Read the table with the choices apart, and as what it is: one short run, scored on 32 items (one item is
