@@ -193,10 +193,11 @@ def load_model_and_tokenizer(model: str = "embedded", device: str = "cpu", seed:
 
 
 def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_compute_dtype: str | None = None,
-                       base: str | None = None):
+                       base: str | None = None, double_quant: bool = False):
     """Base model + a saved LoRA adapter, and the tokenizer saved beside it (or the base one).
 
-    With `base_4bit_compute_dtype` the base is loaded in 4-bit NF4 (QLoRA's base), computing in that dtype.
+    With `base_4bit_compute_dtype` the base is loaded in 4-bit NF4 (QLoRA's base), computing in that dtype,
+    its scales double-quantized when `double_quant` (load the base the adapter was trained on).
     With `base` (what the graders pass: the preset's model) the adapter goes onto that base with that base's
     tokenizer, whatever its own files name.
     """
@@ -219,6 +220,7 @@ def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_c
             base_name = "embedded"
         tokenizer = load_tokenizer(str(adapter_dir) if (adapter_dir / "tokenizer.json").exists() else "embedded")
     if base_4bit_compute_dtype:
-        return PeftModel.from_pretrained(load_quantized_model(base_name, base_4bit_compute_dtype), adapter_dir).eval(), tokenizer
+        return PeftModel.from_pretrained(load_quantized_model(base_name, base_4bit_compute_dtype, double_quant=double_quant),
+                                         adapter_dir).eval(), tokenizer
     model = load_model(base_name, device)
     return PeftModel.from_pretrained(model, adapter_dir).to(device).eval(), tokenizer

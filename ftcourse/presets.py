@@ -44,6 +44,12 @@ class Preset:
         return "bfloat16" if self.bf16 else "float16" if self.fp16 else None
 
     @property
+    def qlora_step_budget(self) -> int:
+        """Most optimizer steps of notebook 05's graded QLoRA fine-tune: a third of `step_budget`, since a step
+        through a 4-bit base costs more than a LoRA step (each matmul dequantizes its weights; 05 measures it)."""
+        return self.step_budget // 3
+
+    @property
     def compute_dtype(self) -> str:
         """What a 4-bit (QLoRA) base computes in on this preset: its autocast dtype, else float32."""
         return self.autocast_dtype or "float32"

@@ -179,16 +179,21 @@ class RecipeError(ValueError):
     """A LoraConfig or SFTConfig that the exercise cannot train, with the field and what is expected."""
 
 
+CONFIG_TYPES = ("LoraConfig", "SFTConfig", "BitsAndBytesConfig")
+
+
 def config_dict(config, what: str) -> dict:
-    """A LoraConfig or SFTConfig as plain data (its `to_dict()`, target modules sorted)."""
+    """A LoraConfig, SFTConfig or BitsAndBytesConfig as plain data (its `to_dict()`, target modules sorted)."""
     if isinstance(config, dict):
         data = dict(config)
-    elif hasattr(config, "to_dict") and type(config).__name__ in ("LoraConfig", "SFTConfig"):
-        data = dict(config.to_dict())
+    elif hasattr(config, "to_dict") and type(config).__name__ in CONFIG_TYPES:
+        data = {key: (str(value.value) if hasattr(value, "value") else value)  # enums (quant_method) as strings
+                for key, value in config.to_dict().items()}
     else:
-        expected = "LoraConfig" if what.startswith("lora") else "SFTConfig"
+        expected = ("LoraConfig" if what.startswith("lora") else "BitsAndBytesConfig" if what.startswith("bnb")
+                    else "SFTConfig")
         raise RecipeError(f"{what} must be a {expected}, got {type(config).__name__}: the graded exercise trains "
-                          f"a LoRA adapter with TRL's SFTTrainer, from the two configs your cell builds.")
+                          f"a LoRA adapter with TRL's SFTTrainer, from the configs your cell builds.")
     if isinstance(data.get("target_modules"), (set, frozenset, tuple)):
         data["target_modules"] = sorted(data["target_modules"])
     return data
@@ -284,6 +289,38 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     return lora_choices, sft_choices
 
 
+# what a QLoRA exercise's BitsAndBytesConfig must say; its compute dtype is the machine's (`preset.compute_dtype`)
+QLORA_BASE = {"load_in_4bit": True, "load_in_8bit": False, "bnb_4bit_quant_type": "nf4"}
+_BNB_MACHINE = ("bnb_4bit_compute_dtype", "quant_method", "_load_in_4bit", "_load_in_8bit")
+
+
+def qlora_base_choices(bnb) -> dict:
+    """The learner's BitsAndBytesConfig, checked: a 4-bit NF4 base; double quantization is the one choice.
+
+    Returns {"double_quant": bool}, what `models.load_quantized_model` loads. Every other field keeps its
+    default, so the grader loads the base the learner's run trained on.
+    """
+    from transformers import BitsAndBytesConfig
+
+    data = config_dict(bnb, "bnb_config")
+    for key, wanted in QLORA_BASE.items():
+        if data.get(key) != wanted:
+            raise RecipeError(f"bnb_config.{key} must be {wanted!r} for QLoRA's base (4-bit NF4 weights), "
+                              f"got {data.get(key)!r}.")
+    double_quant = data.get("bnb_4bit_use_double_quant", False)
+    if not isinstance(double_quant, bool):
+        raise RecipeError(f"bnb_config.bnb_4bit_use_double_quant must be True or False, got {double_quant!r}.")
+    reference = BitsAndBytesConfig(**QLORA_BASE, bnb_4bit_use_double_quant=double_quant).to_dict()
+    for key, value in data.items():
+        if key in _BNB_MACHINE or key in QLORA_BASE or key == "bnb_4bit_use_double_quant" or key not in reference:
+            continue
+        if not _same(value, reference[key]):
+            raise RecipeError(f"bnb_config.{key} = {value!r}: this exercise keeps it at {reference[key]!r}. Choose "
+                              f"load_in_4bit, bnb_4bit_quant_type, bnb_4bit_use_double_quant and "
+                              f"bnb_4bit_compute_dtype=preset.compute_dtype only.")
+    return {"double_quant": double_quant}
+
+
 def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout: str, output_dir: str | Path):
     """(LoraConfig, SFTConfig) from checked choices, with this preset's fixed arguments (the grader's side)."""
     from peft import LoraConfig
@@ -291,6 +328,19 @@ def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout
 
     return (LoraConfig(task_type="CAUSAL_LM", **lora_choices),
             SFTConfig(output_dir=str(output_dir), **preset_sft_args(preset, layout), **sft_choices))
+
+
+def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str = "grouped",
+                   output_dir: str | Path = "recipe"):
+    """(LoraConfig, SFTConfig, base choices) from a solution's configs, checked as the grader checks them.
+
+    `configs` holds `lora_config` and `sft_config`, and `bnb_config` in a QLoRA exercise (the base choices are
+    then `qlora_base_choices`'s, else {}). A RecipeError names the field that the exercise cannot train.
+    """
+    base = qlora_base_choices(configs["bnb_config"]) if "bnb_config" in configs else {}
+    lora_choices, sft_choices = recipe_choices(configs["lora_config"], configs["sft_config"], preset, layout,
+                                               step_budget)
+    return (*recipe_configs(lora_choices, sft_choices, preset, layout, output_dir), base)
 
 
 def completion_only_trainer():

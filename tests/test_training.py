@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from ftcourse.presets import get_preset
@@ -84,7 +86,9 @@ def test_the_completion_only_loss_equals_trls(tmp_path):
     from ftcourse.models import load_model_and_tokenizer
     from ftcourse.training import completion_only_trainer, lora_config, sft_config, to_prompt_completion
 
-    preset = get_preset("cpu")
+    # in float32: the two paths compute the same loss, and under bf16 autocast (a CPU with avx512_bf16) TRL's
+    # LM head runs in float32 tiles and ours in bf16, a 1 % difference that is precision, not definition
+    preset = dataclasses.replace(get_preset("cpu"), bf16=False)
     setup = SFTSetup(max_steps=1, batch_size=6)
     dataset = to_prompt_completion(make_date_examples(6, 3))
     results = {}

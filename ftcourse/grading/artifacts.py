@@ -68,3 +68,14 @@ def recorded_steps(artifacts: Path) -> int:
     except ArtifactError:
         return 10**9
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else 10**9
+
+
+def recorded_double_quant(artifacts: Path) -> bool:
+    """Whether the run's 4-bit base had double-quantized scales (training.json's `double_quant`; absent: False)."""
+    try:
+        value = read_json(artifacts / "training.json", "training record").get("double_quant", False)
+    except ArtifactError:
+        return False
+    if not isinstance(value, bool):
+        raise ArtifactError(f"training.json: double_quant must be true or false, got {value!r}.")
+    return value

@@ -53,9 +53,9 @@ def decode_tensor(raw: dict):
 
 def export(value, what: str):
     """A learner's value as JSON data: dataclasses become dicts, tuples lists; anything else is refused."""
-    if type(value).__name__ in ("LoraConfig", "SFTConfig") and hasattr(value, "to_dict"):  # the recipe's configs
-        from ftcourse.training import config_dict
+    from ftcourse.training import CONFIG_TYPES, config_dict
 
+    if type(value).__name__ in CONFIG_TYPES and hasattr(value, "to_dict"):  # the recipe's configs
         return export(config_dict(value, what), what)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: export(getattr(value, f.name), f"{what}.{f.name}") for f in dataclasses.fields(value)}

@@ -37,7 +37,13 @@ def _sft_config(preset, seed):
     return SFTConfig
 
 
-def _preset_args(preset, seed):  # 03, §3: what the machine and the grouped layout fix in an SFTConfig
+def _bnb_config(preset, seed):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig
+
+
+def _preset_args(preset, seed):  # 03, §3 and 05, §5: what the machine and the grouped layout fix in an SFTConfig
     from ..training import preset_sft_args
 
     return preset_sft_args(preset, _layout(preset, seed))
@@ -99,7 +105,7 @@ def _flops_per_s(preset, seed):  # 01, §6: this machine's measured matmul throu
 
 PROVIDERS: dict[str, Callable] = {
     "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "LoraConfig": _lora_config,
-    "SFTConfig": _sft_config, "PRESET_ARGS": _preset_args, "RECIPE": _recipe, "STEPS": _steps,
+    "SFTConfig": _sft_config, "BitsAndBytesConfig": _bnb_config, "PRESET_ARGS": _preset_args, "RECIPE": _recipe, "STEPS": _steps,
     "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
     "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s,
 }

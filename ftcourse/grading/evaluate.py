@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..evaluation import FEW_SHOT_K
 from . import secret as secrets_
-from .artifacts import ArtifactError, check_tree, read_json, recorded_steps
+from .artifacts import ArtifactError, check_tree, read_json, recorded_double_quant, recorded_steps
 from .learner import Cells, LearnerCodeError, call
 from .references import cached
 from .registry import outcome_exercise
@@ -35,8 +35,11 @@ def _signing(split: str, secret: int | None) -> int | None:
 
 
 def _base_reference(preset, split: str, examples, secret: int | None, max_new_tokens: int = 12,
-                    quantized: bool = False) -> dict:
-    """The base model's probe result and exact match on the examples (the model loads only on a cache miss)."""
+                    quantized: bool = False, double_quant: bool = False) -> dict:
+    """The base model's probe result and exact match on the examples (the model loads only on a cache miss).
+
+    `quantized`: the 4-bit NF4 base (QLoRA's), its scales double-quantized when `double_quant`.
+    """
 
     def compute():
         from ..evaluation import exact_match
@@ -44,7 +47,8 @@ def _base_reference(preset, split: str, examples, secret: int | None, max_new_to
         from ..probe import run_probe
 
         if quantized:
-            model, tokenizer = load_quantized_model(preset.model, preset.compute_dtype), load_tokenizer(preset.model)
+            model = load_quantized_model(preset.model, preset.compute_dtype, double_quant=double_quant)
+            tokenizer = load_tokenizer(preset.model)
         else:
             model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
 
@@ -53,7 +57,7 @@ def _base_reference(preset, split: str, examples, secret: int | None, max_new_to
                 return run_probe(model, tokenizer).as_dict()
 
         # the probe does not depend on the split: one cached result serves every split and task
-        result = dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, quantized], probe,
+        result = dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, quantized, double_quant], probe,
                              _signing(split, secret)))
         with preset.autocast():
             result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size,
@@ -61,7 +65,7 @@ def _base_reference(preset, split: str, examples, secret: int | None, max_new_to
         return result
 
     key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], max_new_tokens,
-           [e.answer for e in examples], quantized]
+           [e.answer for e in examples], quantized, double_quant]
     return cached(f"base_reference_{split}", key, compute, _signing(split, secret))
 
 
@@ -122,8 +126,12 @@ def _date_adapter(notebook: str, artifacts: Path, split: str, preset, secret, pr
     if early:
         return early
     examples = date_task_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed(notebook, split, secret))[split]
-    base = _base_reference(preset, split, examples, secret, quantized=quantized)
-    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model,
+    try:  # the adapter is evaluated on the base it was trained on
+        double_quant = quantized and (produced["double_quant"] if produced else recorded_double_quant(artifacts))
+    except ArtifactError as error:
+        return failed(exercise, split, str(error))
+    base = _base_reference(preset, split, examples, secret, quantized=quantized, double_quant=double_quant)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, double_quant=double_quant,
                                           base_4bit_compute_dtype=preset.compute_dtype if quantized else None)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
@@ -293,7 +301,7 @@ def warm_references(preset, secret: int | None) -> None:
         date = {nb: date_task_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed(nb, split, secret))[split]
                 for nb in ("03_sft", "05_quantization_qlora")}
         _base_reference(preset, split, date["03_sft"], secret)
-        _base_reference(preset, split, date["05_quantization_qlora"], secret, quantized=True)
+        _base_reference(preset, split, date["05_quantization_qlora"], secret, quantized=True, double_quant=True)
         phone = phone_task_splits(preset.n_train, preset.n_eval,
                                   heldout_seed=split_seed("01_when_to_fine_tune", split, secret))
         _prompting_reference(preset, split, phone[split], phone["train"][:FEW_SHOT_K], secret)

@@ -41,6 +41,21 @@ def print_exercise(grade_id: str, preset) -> None:
     print(describe(grade_id, preset))
 
 
+def check_recipe(grade_id: str, preset, **configs) -> None:
+    """The grader's checks of a recipe exercise's configs, run before training: a field it would refuse is named now.
+
+    `configs`: `lora_config`, `sft_config` (and `bnb_config` for QLoRA), as the solution cell built them.
+    """
+    from ..training import RecipeError, checked_recipe
+
+    budget = exercise(grade_id).threshold_values(preset)["steps"][1]
+    try:
+        checked_recipe(configs, preset, budget)
+    except RecipeError as error:
+        raise ValueError(f"The grader would not train these configs: {error}") from None
+    print(f"The grader accepts these configs ({', '.join(configs)}; step budget {budget}).")
+
+
 def self_check(notebook: str, preset, root: str | Path | None = None) -> Verdict:
     """The learner's visible check: the grader, in its own process, on the public validation split."""
     verdict = evaluate_artifacts(notebook, artifact_dir(notebook, root), "validation", preset.name)
@@ -82,5 +97,5 @@ def check_in_kernel(grade_id: str, preset, namespace: dict) -> Verdict:
     return verdict
 
 
-__all__ = ["artifact_dir", "assert_outcome", "check_in_kernel", "describe", "outcome_exercise", "print_exercise",
-           "self_check"]
+__all__ = ["artifact_dir", "assert_outcome", "check_in_kernel", "check_recipe", "describe", "outcome_exercise",
+           "print_exercise", "self_check"]

@@ -1,7 +1,7 @@
 """The grader produces what it grades: an outcome exercise trained here, from the learner's choices.
 
-The learner's solution cells *choose* (a `LoraConfig` and an `SFTConfig`, an `SFTSetup`, a `TrainingPlan`, a cleaning function's kept rows, a
-task generator); they run in a child and return those choices as data. This module checks them, trains
+The learner's solution cells *choose* (a `LoraConfig` and an `SFTConfig`, with a `BitsAndBytesConfig` for
+QLoRA; an `SFTSetup`, a `TrainingPlan`, a cleaning function's kept rows, a task generator); they run in a child and return those choices as data. This module checks them, trains
 the fine-tune in the grader's own process with the library (the packaged mirror of the notebook's own
 training cell, named below), and hands the artifacts it wrote to `evaluate`. The kernel's artifacts are
 never read here, so a forged `training.json`, a copied adapter or an over-budget run changes nothing.
@@ -128,41 +128,49 @@ def _produce_cleaned(exercise, cells, preset, secret, workdir):
     return result, {"kept_rows": len(kept)}
 
 
-def _produce_date(exercise, cells, preset, secret, workdir, grade_id: str, name: str, quantized: bool):
-    """03 and 05: the learner's setup trains on the date task (05: a freshly loaded 4-bit NF4 base)."""
-    from ..models import load_model, load_quantized_model, load_tokenizer
-    from ..tasks import date_task_splits
-    from ..training import save_sft_artifacts
+def _recipe(exercise, cells, preset, workdir, grade_id: str, quantized: bool = False):
+    """The learner's LoraConfig and SFTConfig (and, for QLoRA, BitsAndBytesConfig), checked (`checked_recipe`).
 
-    setup = check_setup(_values(cells, exercise, grade_id, [name])[name], preset, name)
-    tokenizer = load_tokenizer(preset.model)
-    model = (load_quantized_model(preset.model, preset.compute_dtype, seed=cells.seed) if quantized
-             else load_model(preset.model, preset.device, seed=cells.seed))
-    tuned, result = _train(model, tokenizer, date_task_splits(preset.n_train, preset.n_eval)["train"], setup, preset, workdir)
-    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
-    return result, {}
+    The step budget is the exercise's `steps` threshold. Returns (LoraConfig, SFTConfig, base choices).
+    """
+    from ..training import RecipeError, checked_recipe
+
+    values = _values(cells, exercise, grade_id, ["lora_config", "sft_config"] + (["bnb_config"] if quantized else []))
+    try:
+        return checked_recipe(values, preset, exercise.threshold_values(preset)["steps"][1],
+                              PROVIDERS["LAYOUT"](preset, cells.seed), workdir / "trainer")
+    except RecipeError as error:
+        raise LearnerCodeError(str(error)) from None
 
 
 def _produce_recipe(exercise, cells, preset, secret, workdir):
     """03: the learner's LoraConfig and SFTConfig, checked, trained here with SFTTrainer (`train_recipe`)."""
     from ..models import load_model, load_tokenizer
     from ..tasks import date_task_splits
-    from ..training import RecipeError, recipe_choices, recipe_configs, save_recipe_artifacts, train_recipe
+    from ..training import save_recipe_artifacts, train_recipe
 
-    values = _values(cells, exercise, "sft_setup", ["lora_config", "sft_config"])
-    layout = PROVIDERS["LAYOUT"](preset, cells.seed)
-    try:
-        lora_choices, sft_choices = recipe_choices(values["lora_config"], values["sft_config"], preset, layout,
-                                                   preset.step_budget)
-    except RecipeError as error:
-        raise LearnerCodeError(str(error)) from None
-    lora, args = recipe_configs(lora_choices, sft_choices, preset, layout, workdir / "trainer")
+    lora, args, _ = _recipe(exercise, cells, preset, workdir, "sft_setup")
     tokenizer = load_tokenizer(preset.model)
     tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
-                                 date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args, preset, layout,
-                                 progress=False)
+                                 date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args, preset,
+                                 PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
     save_recipe_artifacts(tuned, tokenizer, result, workdir)
     return result, {}
+
+
+def _produce_qlora(exercise, cells, preset, secret, workdir):
+    """05: the learner's BitsAndBytesConfig loads a fresh 4-bit base here; their LoraConfig and SFTConfig train it."""
+    from ..models import load_quantized_model, load_tokenizer
+    from ..tasks import date_task_splits
+    from ..training import save_recipe_artifacts, train_recipe
+
+    lora, args, base = _recipe(exercise, cells, preset, workdir, "qlora_setup", quantized=True)
+    tokenizer = load_tokenizer(preset.model)
+    model = load_quantized_model(preset.model, preset.compute_dtype, double_quant=base["double_quant"], seed=cells.seed)
+    tuned, result = train_recipe(model, tokenizer, date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args,
+                                 preset, PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
+    save_recipe_artifacts(tuned, tokenizer, result, workdir, double_quant=base["double_quant"])
+    return result, base
 
 
 def partition_pool(pool: list, n_candidates: int, secret: int) -> tuple[list, list]:
@@ -197,7 +205,7 @@ PRODUCERS = {
     "02_data_and_tooling": _produce_cleaned,
     "03_sft": _produce_recipe,
     "04_lora": _produce_capstone,
-    "05_quantization_qlora": lambda e, c, p, s, w: _produce_date(e, c, p, s, w, "qlora_setup", "qlora_setup", quantized=True),
+    "05_quantization_qlora": _produce_qlora,
 }
 
 

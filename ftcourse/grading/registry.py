@@ -159,12 +159,15 @@ EXERCISES = (
     Exercise(
         grade_id="qlora_final_outcome", notebook="05_quantization_qlora", number="5.2",
         title="QLoRA fine-tune to the held-out threshold", kind="outcome", points=6, solutions=("qlora_setup",),
-        provides=("preset", "SEED", "SFTSetup"),
-        thresholds={"exact_match": (">=", 0.8), "steps": ("<=", "step_budget")},
-        hints=("exact match too low: use more of the step budget or a higher learning rate (LoRA tolerates 1e-3 to 2e-3)",
-               "the grader trains and evaluates your adapter on the 4-bit NF4 base", STEP_HINT),
-        summary="the grader trains your setup as an adapter on the 4-bit NF4 base: held-out exact match ≥ 0.8, "
-                "steps ≤ budget",
+        provides=("preset", "SEED", "BitsAndBytesConfig", "LoraConfig", "SFTConfig", "PRESET_ARGS"),
+        thresholds={"exact_match": (">=", 0.8), "steps": ("<=", "qlora_step_budget")},
+        hints=("exact match too low: a third of 03's steps needs a higher learning rate or a larger batch",
+               "bnb_config: load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype=preset.compute_dtype; "
+               "double quantization is your choice",
+               "use at most preset.qlora_step_budget optimizer steps: the grader trains exactly the steps you chose"),
+        summary="the grader loads a fresh 4-bit base from your `BitsAndBytesConfig` (NF4) and trains your `LoraConfig` "
+                "and `SFTConfig` on it: held-out exact match ≥ 0.8 with the adapter on that base, "
+                "steps ≤ the QLoRA budget (a third of 03's)",
     ),
 )
 

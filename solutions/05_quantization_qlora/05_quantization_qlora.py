@@ -70,19 +70,21 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
+from peft import LoraConfig
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from trl import SFTConfig
 
 from ftcourse import evaluation, labs, plots, quantization
 from ftcourse.estimator import (ModelShape, TrainingPlan, build_model_for_plan, compare_estimate, estimate_memory,
                                 known_shape, measure_training_memory)
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.models import load_model_and_tokenizer, load_quantized_model, resolve_model_dir
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.probe import load_general_text
 from ftcourse.reporting import write_results
 from ftcourse.tasks import date_task_splits
-from ftcourse.training import SFTSetup, save_sft_artifacts, train_sft
+from ftcourse.training import preset_sft_args, save_recipe_artifacts, train_recipe
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
@@ -367,46 +369,64 @@ print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, 
 # gradients and Adam states are the same in both.
 #
 # ### Exercise 5.2 — QLoRA fine-tune to the held-out threshold (6 points)
-# Choose an `SFTSetup` for a LoRA adapter trained on the 4-bit NF4 base (the cell after yours loads it with
-# the `BitsAndBytesConfig` above and trains with TRL), within `preset.step_budget` steps, so that **with the adapter
-# loaded onto the 4-bit base in a separate process** the date task's held-out exact match reaches the
-# threshold below. The cell below prints the threshold, read from the grader itself, and loads the 4-bit base.
-# The grader runs your cell on its own, trains your setup itself on a freshly loaded 4-bit base and evaluates
-# what it trained.
+# Write the three configs of a QLoRA fine-tune of the date task (03's task), so that **with your adapter
+# loaded onto the same 4-bit base in a separate process** the held-out exact match reaches the threshold
+# printed below, within **`preset.qlora_step_budget` optimizer steps**: a third of 03's budget, because a step
+# through a 4-bit base costs more (every matmul dequantizes its weights first; the cell after yours prints
+# the time per step), so fewer steps must do the work that 03's run did.
+#
+# - `bnb_config`, a `BitsAndBytesConfig` for QLoRA's base: 4-bit weights (`load_in_4bit=True`), the NF4 code
+#   book of §2 (`bnb_4bit_quant_type="nf4"`), dequantized to `preset.compute_dtype` for each matmul
+#   (`bnb_4bit_compute_dtype`; the grader uses its machine's), and double quantization of the scales (§3)
+#   on or off: your choice (`bnb_4bit_use_double_quant`). Blocks of 64 weights are fixed by bitsandbytes'
+#   4-bit layers. `from_pretrained` quantizes every decoder linear as it loads; embeddings, norms and the LM
+#   head stay in float32.
+# - `lora_config`, a `LoraConfig` (`task_type="CAUSAL_LM"`; choose `r`, `lora_alpha`, `lora_dropout`,
+#   `target_modules`, `use_rslora`), and `sft_config`, an `SFTConfig` (choose `max_steps`, `learning_rate`,
+#   `per_device_train_batch_size` up to 4 × the preset's, `lr_scheduler_type`, `warmup_steps`,
+#   `weight_decay`, `seed`) with `**PRESET_ARGS`, the machine's arguments of 03's grouped layout.
+#
+# The grader runs your cell on its own (with `preset`, `SEED`, `BitsAndBytesConfig`, `LoraConfig`,
+# `SFTConfig` and `PRESET_ARGS` defined as here), loads a fresh 4-bit base from your `bnb_config`, **trains
+# your two configs itself** with `SFTTrainer` (03's recipe, `ftcourse.training.train_recipe`) and evaluates
+# the adapter on that base, on held-out dates it generates. Any other field of the three configs must keep
+# its default (the error names it).
 #
 # One trap, measured while writing this notebook: with bitsandbytes 0.50.2 on CPU, a 4-bit model that has
 # already *generated* text no longer trains (its loss rises instead of falling). Train a freshly loaded
 # 4-bit model, and evaluate in another process or on another copy, as the grader does.
-#
-# The 4-bit base is one `BitsAndBytesConfig` away, and every setting in it is something this notebook built
-# from scratch: the NF4 code book (§2; `"fp4"` is the other choice), blocks of 64 weights per absmax scale
-# (fixed by bitsandbytes' 4-bit layers), double quantization of the scales (§3), and the dtype the codes are
-# dequantized to for each matmul. `from_pretrained` quantizes every decoder linear as it loads; embeddings,
-# norms and the LM head stay in float32.
 
 # %%
 shutil.rmtree(artifact_dir("05_quantization_qlora"), ignore_errors=True)  # grade only what this run trains
+PRESET_ARGS = preset_sft_args(preset, "grouped")  # 03, §3: precision, device, the grouped layout's order, logging
+print(f"QLoRA step budget: {preset.qlora_step_budget} (03's: {preset.step_budget}); "
+      f"compute dtype: {preset.compute_dtype}")
 print_exercise("qlora_final_outcome", preset)
-bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
-                                bnb_4bit_compute_dtype=getattr(torch, preset.compute_dtype))
-torch.manual_seed(SEED)
-base_4bit = AutoModelForCausalLM.from_pretrained(resolve_model_dir(preset.model), quantization_config=bnb_config,
-                                                 dtype=torch.float32).eval()
-linear = base_4bit.model.layers[0].mlp.down_proj
-print(f"{type(linear).__name__}: weight stored as {linear.weight.dtype} ({linear.weight.numel():,} bytes for "
-      f"{linear.in_features * linear.out_features:,} weights), quant type {linear.weight.quant_state.quant_type!r}, "
-      f"block {linear.weight.quant_state.blocksize}, compute dtype {bnb_config.bnb_4bit_compute_dtype}")
 
 # %% nbgrader={"grade": false, "grade_id": "qlora_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-qlora_setup = SFTSetup(method="lora", max_steps=min(12, preset.step_budget), learning_rate=2e-3,
-                       batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r, seed=SEED)
+bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=preset.compute_dtype)
+lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+sft_config = SFTConfig(output_dir="build/qlora", max_steps=preset.qlora_step_budget, learning_rate=3e-3,
+                       per_device_train_batch_size=preset.batch_size, lr_scheduler_type="cosine", warmup_steps=2,
+                       seed=SEED, **PRESET_ARGS)
 ### END SOLUTION
 
 # %%
-qlora_setup.validate(step_budget=preset.step_budget)
-qlora_model, qlora_result = train_sft(base_4bit, tokenizer, splits["train"], qlora_setup, preset, "build/qlora")
-save_sft_artifacts(qlora_model, tokenizer, qlora_result, qlora_setup, artifact_dir("05_quantization_qlora"))
+check_recipe("qlora_final_outcome", preset, bnb_config=bnb_config, lora_config=lora_config, sft_config=sft_config)
+torch.manual_seed(SEED)
+base_4bit = AutoModelForCausalLM.from_pretrained(resolve_model_dir(preset.model), quantization_config=bnb_config,
+                                                 dtype=torch.float32)
+linear = base_4bit.model.layers[0].mlp.down_proj
+state = linear.weight.quant_state
+print(f"{type(linear).__name__}: weight stored as {linear.weight.dtype} ({linear.weight.numel():,} bytes for "
+      f"{linear.in_features * linear.out_features:,} weights), quant type {state.quant_type!r}, block "
+      f"{state.blocksize}, scales double-quantized: {state.nested}, compute dtype {bnb_config.bnb_4bit_compute_dtype}")
+qlora_model, qlora_result = train_recipe(base_4bit, tokenizer, splits["train"], lora_config, sft_config, preset)
+save_recipe_artifacts(qlora_model, tokenizer, qlora_result, artifact_dir("05_quantization_qlora"),
+                      double_quant=bnb_config.bnb_4bit_use_double_quant)
 print(f"{qlora_result.steps} steps in {qlora_result.seconds:.0f} s ({qlora_result.seconds / qlora_result.steps:.2f} s/step), "
       f"final loss {qlora_result.losses[-1]:.4f}")
 plots.loss_curves({"QLoRA": qlora_result.losses}, "Your QLoRA fine-tune");
