@@ -29,6 +29,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench_io import measure_in_child, write_report
+
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("course", "course_trl_head", "trl", "plain")
 # TRL computes its per-step metrics (entropy, token accuracy over the vocabulary) inside its fused LM head, so they

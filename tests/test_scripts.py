@@ -1,0 +1,42 @@
+"""The scripts a person runs by hand (`make benchmark`, the measurements the README quotes) are not executed by
+the suite: they take minutes. This checks what a refactor can break without running them: every name a script
+reads is defined somewhere in it, imported, or a builtin (a NameError found here, not after ten minutes)."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+
+import pytest
+from conftest import ROOT
+
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
+
+
+def undefined_names(source: str) -> set[str]:
+    """Names loaded anywhere in `source` that nothing in it binds (coarse: one scope for the whole file)."""
+    tree = ast.parse(source)
+    bound = set(dir(builtins)) | {"__file__", "__name__", "__doc__"}
+    loaded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return loaded - bound
+
+
+def test_the_check_finds_a_missing_import():
+    assert undefined_names("def main():\n    return measure_in_child('x')\n") == {"measure_in_child"}
+    assert undefined_names("from bench_io import measure_in_child\ndef main():\n    return measure_in_child('x')\n") == set()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_every_name_a_script_reads_is_defined(script):
+    assert not undefined_names(script.read_text()), f"{script.name} reads names it never defines or imports"
