@@ -142,9 +142,28 @@ class TrainingPlan:
             if unknown or not self.lora_targets:
                 raise ValueError(f"TrainingPlan.lora_targets must be a non-empty subset of {ALL_LINEAR}, got {self.lora_targets}.")
 
+    def validate_trainable(self) -> None:
+        """`validate`, and the fields the course's training run does not follow keep their defaults.
+
+        Notebook 01's exercise trains a plan with `SFTTrainer` as the course does (float32 weights under the
+        preset's autocast, no gradient checkpointing, padded batches), so a plan that changes any other field
+        would be measured as one run and trained as another.
+        """
+        self.validate()
+        default = TrainingPlan()
+        for field in dataclasses.fields(self):
+            if field.name not in TRAINED_FIELDS and getattr(self, field.name) != getattr(default, field.name):
+                raise ValueError(f"TrainingPlan.{field.name}={getattr(self, field.name)!r}: the run this plan trains "
+                                 f"keeps it at {getattr(default, field.name)!r}, so the plan must too (choose "
+                                 f"{', '.join(TRAINED_FIELDS)}).")
+
     @property
     def tokens(self) -> int:
         return self.batch_size * self.seq_len
+
+
+# the plan's fields that the course's training run follows (`grading.produce`, notebook 01's exercise)
+TRAINED_FIELDS = ("method", "batch_size", "seq_len", "autocast_dtype", "lora_r", "lora_targets")
 
 
 @dataclasses.dataclass

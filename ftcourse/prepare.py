@@ -1,4 +1,4 @@
-"""One-time set-up after install: convert the embedded model, then warm the base model's references.
+"""One-time set-up after install: convert the embedded model, decide the CPU preset's autocast, warm the references.
 
 `python -m ftcourse.prepare` (run by `make setup`). Both results are caches under `$FTCOURSE_CACHE`:
 deleting them only makes the next run slower. The references warmed are those of the public validation
@@ -18,6 +18,10 @@ def main() -> None:
 
     path = embedded_model_dir()
     print(f"embedded model ready: {path} ({time.perf_counter() - start:.1f} s)")
+    from .presets import cpu_bf16_autocast
+
+    print(f"CPU preset autocast on this machine: {'bf16' if cpu_bf16_autocast() else 'float32'} "
+          "(measured once, cached; see ftcourse.presets.cpu_bf16_autocast)")
     import warnings
 
     warnings.filterwarnings("ignore")

@@ -1,6 +1,7 @@
 """The leakage measurement of notebook 02 §7 over several training seeds (CPU preset).
 
-For each seed: the notebook's recipe (RECIPE, 16 steps) trained on the shipped dump's clean rows, and again on
+For each seed: the notebook's reference configs (Exercise 2.2: LoRA r=16 on every linear, 16 steps, lr 2e-3,
+grouped batches) trained on the shipped dump's clean rows, and again on
 the clean rows plus the leaked rows (16 test items, each verbatim and twice reworded); both evaluated on the
 test split's leaked and unseen items, exact match and per-item answer loss (`leakage_comparison`). The
 notebook prints one seed; this is the spread behind its claim.
@@ -21,11 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def measure(seed: int) -> dict:
     from ftcourse import evaluation
     from ftcourse.data_quality import DataError, leakage_comparison, normalize_text, parse_chat_row, prompt_and_answer, shipped_dump
+    from ftcourse.estimator import ALL_LINEAR
     from ftcourse.models import load_model, load_tokenizer
     from ftcourse.notebook import seed_everything
     from ftcourse.presets import get_preset
     from ftcourse.tasks import Example
-    from ftcourse.training import SFTSetup, train_sft
+    from ftcourse.training import recipe_configs, train_recipe
 
     preset = get_preset("cpu")
     seed_everything(seed)
@@ -42,13 +44,14 @@ def measure(seed: int) -> dict:
     leaked_norm = {normalize_text(prompt_and_answer(r)[0]) for r in leaked_rows}
     parts = {"leaked": [e for e in test_split if normalize_text(e.prompt) in leaked_norm],
              "unseen": [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]}
-    setup = SFTSetup(max_steps=min(16, preset.step_budget), method="lora", learning_rate=2e-3, batch_size=preset.batch_size,
-                     lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r, seed=seed)  # the notebook's RECIPE
+    lora, sft = recipe_configs(  # the reference solution of Exercise 2.2, at this seed
+        {"r": preset.lora_r, "lora_alpha": 2 * preset.lora_r, "target_modules": list(ALL_LINEAR)},
+        {"max_steps": min(16, preset.step_budget), "learning_rate": 2e-3, "per_device_train_batch_size": preset.batch_size,
+         "lr_scheduler_type": "cosine", "warmup_steps": 2, "seed": seed}, preset, "grouped", ROOT / "build" / "measure_leakage")
     scores = {}
     for name, data in (("clean", clean_rows), ("leaky", clean_rows + leaked_rows)):
-        model, _ = train_sft(load_model(preset.model, preset.device, seed=seed), tokenizer,
-                             [Example(*prompt_and_answer(r)) for r in data], setup, preset, ROOT / "build" / "measure_leakage",
-                             progress=False)
+        model, _ = train_recipe(load_model(preset.model, preset.device, seed=seed), tokenizer,
+                                [Example(*prompt_and_answer(r)) for r in data], lora, sft, preset, progress=False)
         with preset.autocast():
             scores[name] = {part: {"exact_match": evaluation.exact_match(model, tokenizer, items, preset.eval_batch_size)[0],
                                    "losses": evaluation.answer_losses(model, tokenizer, items, preset.eval_batch_size)}

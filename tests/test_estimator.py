@@ -154,3 +154,11 @@ def test_peak_rss_is_measured_in_a_fresh_process_and_errors_name_the_failure():
     assert 0 < peak["model_built"] < peak["step_peak"] < 8e9 and peak["baseline"] > 0
     with pytest.raises(RuntimeError, match="measuring process failed"):
         measure_peak_rss(plan, device="no-such-device")
+
+
+def test_a_plan_is_trained_as_planned_or_refused():
+    """Exercise 1.2 trains float32 weights without checkpointing: a plan saying otherwise is refused by field."""
+    TrainingPlan(batch_size=4, seq_len=64, lora_r=4, lora_targets=("q_proj",)).validate_trainable()
+    for change in ({"gradient_checkpointing": True}, {"weight_dtype": "bfloat16"}, {"double_quant": True}):
+        with pytest.raises(ValueError, match=f"TrainingPlan.{next(iter(change))}="):
+            TrainingPlan(**change).validate_trainable()

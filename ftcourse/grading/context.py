@@ -43,7 +43,7 @@ def _bnb_config(preset, seed):
     return BitsAndBytesConfig
 
 
-def _preset_args(preset, seed):  # 03, §3 and 05, §5: what the machine and the grouped layout fix in an SFTConfig
+def _preset_args(preset, seed):  # 02 §6, 03 §3, 05 §5: what the machine and the grouped layout fix in an SFTConfig
     from ..training import preset_sft_args
 
     return preset_sft_args(preset, _layout(preset, seed))
@@ -51,15 +51,6 @@ def _preset_args(preset, seed):  # 03, §3 and 05, §5: what the machine and the
 
 def _layout(preset, seed):
     return "grouped"  # 03, §3: the layout the notebook trains with
-
-
-def _recipe(preset, seed):  # 02, §6: the leaky run's recipe
-    return dict(method="lora", learning_rate=2e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
-                lora_alpha=2 * preset.lora_r, seed=seed)
-
-
-def _steps(preset, seed):  # 02, §6: the same budget for the leaky and the clean run
-    return min(16, preset.step_budget)
 
 
 def _training_plan(preset, seed):
@@ -105,7 +96,7 @@ def _flops_per_s(preset, seed):  # 01, §6: this machine's measured matmul throu
 
 PROVIDERS: dict[str, Callable] = {
     "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "LoraConfig": _lora_config,
-    "SFTConfig": _sft_config, "BitsAndBytesConfig": _bnb_config, "PRESET_ARGS": _preset_args, "RECIPE": _recipe, "STEPS": _steps,
+    "SFTConfig": _sft_config, "BitsAndBytesConfig": _bnb_config, "PRESET_ARGS": _preset_args,
     "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
     "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s,
 }

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..presets import CPU_BF16_ENV
 from . import secret as secrets_
 from .learner import LEARNER_CACHE_ENV, SITE_ENV, Cells, call
 from .registry import for_notebook, outcome_exercise
@@ -33,7 +34,7 @@ GRADER_BOOTSTRAP = ("import sys\n"
                     "sys.exit(main(sys.argv[2:]))\n")
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HOME",
               "FTCOURSE_CACHE", "FTCOURSE_REFERENCES", SITE_ENV, LEARNER_CACHE_ENV, "FTCOURSE_LEARNER_USER",
-              "FTCOURSE_CHILD_SECONDS", "FTCOURSE_CHILD_MEMORY_GB", "FTCOURSE_GRANT_TRAVERSE")
+              "FTCOURSE_CHILD_SECONDS", "FTCOURSE_CHILD_MEMORY_GB", "FTCOURSE_GRANT_TRAVERSE", CPU_BF16_ENV)
 
 
 def _secret_or_none() -> int | None:

@@ -74,7 +74,7 @@ def _produce_plan(exercise, cells, preset, secret, workdir):
     values = _values(cells, exercise, "plan_setup", ["plan", "estimate", "MAX_STEPS", "LEARNING_RATE"])
     plan = as_dataclass(TrainingPlan, values["plan"], "plan", tuples=("lora_targets",))
     try:
-        plan.validate()
+        plan.validate_trainable()
     except ValueError as error:
         raise LearnerCodeError(str(error)) from None
     estimate = values["estimate"]
@@ -101,11 +101,11 @@ def _produce_plan(exercise, cells, preset, secret, workdir):
 
 
 def _produce_cleaned(exercise, cells, preset, secret, workdir):
-    """02: the learner's clean_dump on the shipped dump chooses the rows; their setup trains on them."""
+    """02: the learner's clean_dump on the shipped dump chooses the rows; their LoraConfig and SFTConfig train on them."""
     from ..data_quality import DataError, parse_chat_row, prompt_and_answer, shipped_dump
     from ..models import load_model, load_tokenizer
     from ..tasks import Example
-    from ..training import save_sft_artifacts
+    from ..training import save_recipe_artifacts, train_recipe
 
     lines, _, tests = shipped_dump()
     data = call(cells, ["cleaning_pipeline"], "clean",
@@ -121,10 +121,11 @@ def _produce_cleaned(exercise, cells, preset, secret, workdir):
         except DataError:
             continue
     expect(len(kept) > 0, "clean_dump flagged every row: nothing is left to train on.")
-    setup = check_setup(_values(cells, exercise, "cleaned_setup", ["setup"])["setup"], preset)
+    lora, args, _ = _recipe(exercise, cells, preset, workdir, "cleaned_setup")
     tokenizer = load_tokenizer(preset.model)
-    tuned, result = _train(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, kept, setup, preset, workdir)
-    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
+    tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, kept, lora, args,
+                                 preset, PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
+    save_recipe_artifacts(tuned, tokenizer, result, workdir)
     return result, {"kept_rows": len(kept)}
 
 
@@ -182,21 +183,21 @@ def partition_pool(pool: list, n_candidates: int, secret: int) -> tuple[list, li
 
 
 def _produce_capstone(exercise, cells, preset, secret, workdir):
-    """04: one pool drawn from the learner's generator with a derived seed, split by the grader; their setup trains."""
+    """04: one pool drawn from the learner's generator with a derived seed, split by the grader; their configs train."""
     from ..capstone import MIN_TRAIN_EXAMPLES
     from ..models import load_model, load_tokenizer
-    from ..training import save_sft_artifacts
+    from ..training import save_recipe_artifacts, train_recipe
 
     n_candidates = 2 * preset.n_eval
     n_pool = MIN_TRAIN_EXAMPLES + n_candidates
     raw = call(cells, ["capstone_task"], "draw", {"n": n_pool, "seed": secrets_.derived_seed("04_lora/pool", secret)},
                secret_inputs=True)
     train, candidates = partition_pool(capstone_draws(raw, n_pool, "the grader's"), n_candidates, secret)
-    setup = check_setup(_values(cells, exercise, "capstone_setup", ["capstone_setup"])["capstone_setup"], preset,
-                        "capstone_setup")
+    lora, args, _ = _recipe(exercise, cells, preset, workdir, "capstone_setup")
     tokenizer = load_tokenizer(preset.model)
-    tuned, result = _train(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, train, setup, preset, workdir)
-    save_sft_artifacts(tuned, tokenizer, result, setup, workdir)
+    tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, train, lora, args,
+                                 preset, PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
+    save_recipe_artifacts(tuned, tokenizer, result, workdir)
     return result, {"train": train, "candidates": candidates}
 
 

@@ -78,13 +78,14 @@ EXERCISES = (
     Exercise(
         grade_id="cleaned_final_outcome", notebook="02_data_and_tooling", number="2.2",
         title="fine-tune on the cleaned data", kind="outcome", points=5,
-        solutions=("cleaning_pipeline", "cleaned_setup"), provides=("preset", "SEED", "SFTSetup", "RECIPE", "STEPS"),
+        solutions=("cleaning_pipeline", "cleaned_setup"), provides=("preset", "SEED", "LoraConfig", "SFTConfig",
+                                                                    "PRESET_ARGS"),
         thresholds={"exact_match": (">=", 0.6), "steps": ("<=", "step_budget")},
-        hints=("exact match too low: train on clean_dump's kept rows, with the chat template, for more of the step budget",
+        hints=("exact match too low: a LoRA adapter needs a learning rate near 1e-3 and more than a handful of steps",
                "check that clean_dump keeps the good rows: a pipeline that flags too much leaves too little to learn from",
                STEP_HINT),
-        summary="the grader cleans the shipped dump with your `clean_dump` and trains your setup on the kept rows: "
-                "words-to-digits held-out exact match ≥ 0.6, steps ≤ budget",
+        summary="the grader cleans the shipped dump with your `clean_dump` and trains your `LoraConfig` and `SFTConfig` "
+                "on the kept rows: words-to-digits held-out exact match ≥ 0.6, steps ≤ budget",
     ),
     Exercise(
         grade_id="sft_label_mask_tests", notebook="03_sft", number="3.1",
@@ -122,7 +123,8 @@ EXERCISES = (
     Exercise(
         grade_id="capstone_final_outcome", notebook="04_lora", number="4.2",
         title="design a task and beat the base model on it (capstone)", kind="outcome", points=8,
-        solutions=("capstone_task", "capstone_setup"), provides=("preset", "SEED", "SFTSetup"),
+        solutions=("capstone_task", "capstone_setup"), provides=("preset", "SEED", "LoraConfig", "SFTConfig",
+                                                                 "PRESET_ARGS"),
         thresholds={
             "train_examples": (">=", 1000),  # rows the grader trained on, drawn from your generator
             "overlap_with_train": ("<=", 0.1),  # share of fresh draws that repeat a training example (exact or near)
@@ -142,7 +144,7 @@ EXERCISES = (
                "the mapping one that examples in the prompt do not teach, or train the adapter further",
                "probe regressed: lower the learning rate or train fewer steps"),
         summary="the grader draws ≥ 1,000 training and fresh held-out examples from your `make_example` with its own "
-                "seed and trains your setup: ≤ 10 % of held-out draws repeat training (exact or near-duplicate), "
+                "seed and trains your `LoraConfig` and `SFTConfig`: ≤ 10 % of held-out draws repeat training (exact or near-duplicate), "
                 "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3 and ≥ the base's 3-shot "
                 "prompt + 0.1, probe drop ≤ 0.03, perplexity ratio ≤ 1.15, steps ≤ budget",
     ),

@@ -120,6 +120,9 @@ def _environment(workdir: Path, identity: Identity | None, cache: str | None) ->
         env["FTCOURSE_CACHE"] = cache
     if "OMP_NUM_THREADS" in os.environ:
         env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+    from ..presets import CPU_BF16_ENV, cpu_bf16_autocast
+
+    env[CPU_BF16_ENV] = "1" if cpu_bf16_autocast() else "0"  # the child's CPU preset is the grader's, not re-measured
     return env
 
 

@@ -445,7 +445,8 @@ print(f"matmul throughput {flops_per_s / 1e9:.0f} GFLOP/s ({preset.autocast_dtyp
 # ### Exercise 1.2 — plan a fine-tune, estimate it, run it (6 points)
 # Plan a LoRA fine-tune of the phone task and estimate it before it runs:
 # - `plan`: a `TrainingPlan` with `method="lora"` and `autocast_dtype=preset.autocast_dtype` (the dtype this
-#   preset trains in); you choose `batch_size`, `seq_len`, `lora_r` and `lora_targets`. Training cuts rows
+#   preset trains in); you choose `batch_size`, `seq_len`, `lora_r` and `lora_targets`, and every other
+#   field keeps its default (the run trains float32 weights without gradient checkpointing). Training cuts rows
 #   at `seq_len` tokens, so it must hold the longest example (printed below) or answers get cut.
 # - `estimate`: the estimated training memory of that plan (a `MemoryBreakdown`);
 #   `estimated_step_seconds`: its estimated step time;
@@ -476,7 +477,7 @@ MAX_STEPS, LEARNING_RATE = min(20, preset.step_budget), 2e-3
 ### END SOLUTION
 
 # %%
-plan.validate()
+plan.validate_trainable()  # the fields this run does not follow (weight dtype, checkpointing, ...) keep their defaults
 if plan.seq_len < longest:
     print(f"Note: seq_len={plan.seq_len} is shorter than the longest example ({longest} tokens); longer ones are cut.")
 setup = SFTSetup(method=plan.method, max_steps=MAX_STEPS, learning_rate=LEARNING_RATE, batch_size=plan.batch_size,

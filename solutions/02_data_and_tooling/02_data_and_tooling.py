@@ -66,18 +66,20 @@ import shutil
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
+from peft import LoraConfig
+from trl import SFTConfig
 
 from ftcourse import evaluation, plots
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, SHIPPED_POOL, DataError, char_ngrams, jaccard,
                                    leakage_comparison, normalize_text, parse_chat_row, prompt_and_answer,
                                    score_cleaning, shipped_dump)
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.reporting import write_results
 from ftcourse.tasks import Example, number_task_splits
-from ftcourse.training import SFTSetup, save_sft_artifacts, train_sft
+from ftcourse.training import preset_sft_args, save_recipe_artifacts, train_recipe
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
@@ -377,24 +379,35 @@ with quiet():
 
 # %% [markdown]
 # ## 6 · Fine-tune on the cleaned data
-# A starting recipe for this task (a LoRA adapter and a step count within the budget); §7 retrains whatever
-# setup you choose, with the leaked rows put back:
+# A fine-tune with TRL and PEFT is two configs and a trainer: a `LoraConfig` says which adapter to train
+# (its rank `r`, its scale `lora_alpha`, the layers it wraps), an `SFTConfig` says how to train it (steps,
+# learning rate, batch size, schedule, seed), and `SFTTrainer` runs them on prompt/completion rows. 03 takes
+# each piece apart and builds the trainer in view; here `train_recipe` (03's training cell, packaged) builds
+# it from your two configs. The machine decides a few arguments of the `SFTConfig` (precision, device, the
+# order of the batches, logging): they are in `PRESET_ARGS`, and your config takes them with `**PRESET_ARGS`.
 
 # %%
 as_examples = lambda rows: [Example(*prompt_and_answer(r)) for r in rows]  # noqa: E731
-RECIPE = dict(method="lora", learning_rate=2e-3, batch_size=preset.batch_size, lora_r=preset.lora_r,
-              lora_alpha=2 * preset.lora_r, seed=SEED)
-STEPS = min(16, preset.step_budget)
-print(f"RECIPE = {RECIPE}, STEPS = {STEPS}")
+PRESET_ARGS = preset_sft_args(preset, "grouped")  # 03, §3 explains each one
+print("PRESET_ARGS =", PRESET_ARGS)
 
 # %% [markdown]
 # ### Exercise 2.2 — fine-tune on the cleaned data (5 points)
-# Choose an `SFTSetup` for a LoRA fine-tune on the rows `clean_dump` kept (`kept_rows`), at most
-# `preset.step_budget` optimizer steps, that reaches the grader's exact-match threshold on held-out numbers
-# (generated at grading time, disjoint from the dump and the test split). The cell after yours trains and
-# saves the adapter to `artifacts/02_data_and_tooling/` for your self-check. The grader cleans the shipped
-# dump with your `clean_dump`, runs your setup cell on its own (with `preset`, `SEED`, `SFTSetup`, `RECIPE`
-# and `STEPS` as defined above), **trains it itself** on the rows you kept and evaluates what it trained.
+# Write `lora_config`, a `LoraConfig` (`task_type="CAUSAL_LM"`; choose `r`, `lora_alpha`, `lora_dropout`,
+# `target_modules` among the model's linear layers `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`,
+# `up_proj`, `down_proj`, and `use_rslora`), and `sft_config`, an `SFTConfig` with `**PRESET_ARGS` (choose
+# `max_steps` up to `preset.step_budget`, `learning_rate`, `per_device_train_batch_size` up to 4 × the
+# preset's, `lr_scheduler_type`, `warmup_steps`, `weight_decay`, `seed`), for a LoRA fine-tune on the rows
+# `clean_dump` kept (`kept_rows`) that reaches the grader's exact-match threshold on held-out numbers
+# (generated at grading time, disjoint from the dump and the test split). Any other field keeps its default
+# (the check after your cell names one that does not). A fact to start from: a LoRA adapter tolerates a far
+# higher learning rate than a full fine-tune (around 1e-3, against 1e-5); the cell below prints how many
+# steps one pass over your kept rows takes.
+#
+# The cell after yours trains and saves the adapter to `artifacts/02_data_and_tooling/` for your self-check.
+# The grader cleans the shipped dump with your `clean_dump`, runs your config cell on its own (with
+# `preset`, `SEED`, `LoraConfig`, `SFTConfig` and `PRESET_ARGS` defined as here), **trains your two configs
+# itself** on the rows you kept and evaluates what it trained.
 
 # %%
 shutil.rmtree(artifact_dir("02_data_and_tooling"), ignore_errors=True)  # grade only what this run trains
@@ -404,14 +417,18 @@ print_exercise("cleaned_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "cleaned_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-setup = SFTSetup(max_steps=STEPS, **RECIPE)
+lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+sft_config = SFTConfig(output_dir="build/exercise", max_steps=min(16, preset.step_budget), learning_rate=2e-3,
+                       per_device_train_batch_size=preset.batch_size, lr_scheduler_type="cosine", warmup_steps=2,
+                       seed=SEED, **PRESET_ARGS)
 ### END SOLUTION
 
 # %%
-setup.validate(step_budget=preset.step_budget)
-tuned, result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, as_examples(kept_rows), setup,
-                          preset, "build/exercise")
-save_sft_artifacts(tuned, tokenizer, result, setup, artifact_dir("02_data_and_tooling"))
+check_recipe("cleaned_final_outcome", preset, lora_config=lora_config, sft_config=sft_config)
+tuned, result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer, as_examples(kept_rows),
+                             lora_config, sft_config, preset)
+save_recipe_artifacts(tuned, tokenizer, result, artifact_dir("02_data_and_tooling"))
 print(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")
 plots.loss_curves({"cleaned data": result.losses}, "Your fine-tune");
 
@@ -430,7 +447,7 @@ with quiet():
 
 # %% [markdown]
 # ## 7 · What leakage does to an evaluation, measured
-# Now one change: your setup again, on your cleaned rows **plus the leaked rows put back** (the test
+# Now one change: your two configs again, on your cleaned rows **plus the leaked rows put back** (the test
 # items the dump carried, each verbatim and twice reworded). Both models are evaluated on the test split
 # in two parts, the 16 items that leaked and the 48 that did not. The unseen items are the control. Both
 # runs take the same steps of the same batch size; the leaky one spends about a third of its rows on the
@@ -450,10 +467,10 @@ leaked_rows = [parsed[i] for i in sorted(parsed) if planted[i] == "leaked"]
 leaked_norm = {normalize_text(prompt_and_answer(r)[0]) for r in leaked_rows}
 test_leaked = [e for e in test_split if normalize_text(e.prompt) in leaked_norm]
 test_unseen = [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]
-leaky_model, leaky_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer,
-                                      as_examples(kept_rows + leaked_rows), setup, preset, "build/leaky")
+leaky_model, leaky_result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer,
+                                         as_examples(kept_rows + leaked_rows), lora_config, sft_config, preset)
 print(f"{len(kept_rows)} cleaned rows + {len(leaked_rows)} leaked rows ({len(test_leaked)} test items), "
-      f"{leaky_result.steps} steps, the same setup")
+      f"{leaky_result.steps} steps, the same configs")
 
 
 def per_item(model) -> dict:
@@ -538,13 +555,11 @@ write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.m
 
 # %%
 from ftcourse import tooling
-from ftcourse.training import lora_config, sft_config
 
-your_lora, your_sft = lora_config(setup), sft_config(setup, preset, "build/exercise")
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model's name on the Hugging Face Hub
-print("# Axolotl: config.yml\n" + tooling.axolotl_yaml(your_lora, your_sft, HUB_ID, "cleaned.jsonl"))
-print("# Unsloth: train.py\n" + tooling.unsloth_script(your_lora, your_sft, HUB_ID, "cleaned_prompt_completion.jsonl"))
-print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_carried(your_sft)))
+print("# Axolotl: config.yml\n" + tooling.axolotl_yaml(lora_config, sft_config, HUB_ID, "cleaned.jsonl"))
+print("# Unsloth: train.py\n" + tooling.unsloth_script(lora_config, sft_config, HUB_ID, "cleaned_prompt_completion.jsonl"))
+print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_carried(sft_config)))
 
 # %% [markdown]
 # **What cannot be measured here, said plainly.** Neither tool runs on this course's machines, so the

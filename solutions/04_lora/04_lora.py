@@ -62,18 +62,19 @@ import time
 from pathlib import Path
 
 import torch
+from trl import SFTConfig
 
 from ftcourse import evaluation, labs, lora, plots
 from ftcourse.capstone import MIN_TRAIN_EXAMPLES, capstone_splits, max_answer_tokens, save_capstone, task_report
 from ftcourse.estimator import ALL_LINEAR, ModelShape, lora_param_count
 from ftcourse.evaluation import FEW_SHOT_K
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.reporting import write_results
 from ftcourse.tasks import date_task_splits
-from ftcourse.training import SFTSetup, save_sft_artifacts, train_sft
+from ftcourse.training import SFTSetup, preset_sft_args, save_recipe_artifacts, train_recipe, train_sft
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
@@ -337,14 +338,19 @@ del reloaded, merged, full_model
 # ### Exercise 4.2 — design a task and beat the base model on it (8 points)
 # Write `make_example(rng)` returning one `(prompt, answer)` pair of strings, using only `rng` (a
 # `random.Random`) for randomness. Keep everything it needs (word lists, imports) **inside** the function:
-# the grader runs its source on its own. Then choose an `SFTSetup`. The cells after yours draw
-# `MIN_TRAIN_EXAMPLES` (1,000) training examples, train within the step budget, and save the adapter, the
-# training set and the source of `make_example` to `artifacts/04_lora/`.
+# the grader runs its source on its own. Then write the recipe that trains it: `lora_config`, a `LoraConfig`
+# (`task_type="CAUSAL_LM"`; your choice of `r`, `lora_alpha`, `lora_dropout`, `target_modules`,
+# `use_rslora`: §2 measured what each does), and `sft_config`, an `SFTConfig` with `**PRESET_ARGS` (your
+# choice of `max_steps` up to the step budget, `learning_rate`, `per_device_train_batch_size` up to 4 × the
+# preset's, `lr_scheduler_type`, `warmup_steps`, `weight_decay`, `seed`; any other field keeps its
+# default). The cells after yours draw `MIN_TRAIN_EXAMPLES` (1,000) training examples, train your recipe
+# with 03's `SFTTrainer` recipe (`train_recipe`), and save the adapter, the training set and the source of
+# `make_example` to `artifacts/04_lora/`.
 #
 # The grader runs your two cells on their own, draws one pool of examples from your generator with a seed you
 # never see, and decides which of them it trains on (1,000) and which it holds out; it drops held-out examples
-# that repeat a training example (exactly, or as a near-duplicate with the same answer), **trains your setup
-# itself** and evaluates what it trained. It requires:
+# that repeat a training example (exactly, or as a near-duplicate with the same answer), **trains your two
+# configs itself** and evaluates what it trained. It requires:
 # - at least 1,000 training examples, and at most 10 % of fresh draws overlapping them (your task must have
 #   room: many values, several phrasings);
 # - answers that vary: the most common held-out answer at most half of them;
@@ -388,6 +394,7 @@ def make_example(rng):
 
 # %%
 print_exercise("capstone_final_outcome", preset)
+PRESET_ARGS = preset_sft_args(preset, "grouped")  # 03, §3: what the machine and the grouped layout fix
 capstone = capstone_splits(make_example, MIN_TRAIN_EXAMPLES, preset.n_eval)
 validation = capstone["validation"]
 report = task_report(capstone["train"])
@@ -410,19 +417,23 @@ print(f"\nbase exact match on your validation split: {capstone_base_em:.3f} (the
 
 # %% nbgrader={"grade": false, "grade_id": "capstone_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
-capstone_setup = SFTSetup(method="lora", max_steps=min(8, preset.step_budget), learning_rate=2e-3,
-                          batch_size=preset.batch_size, lora_r=preset.lora_r, lora_alpha=2 * preset.lora_r, seed=SEED)
+lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+sft_config = SFTConfig(output_dir="build/capstone", max_steps=min(8, preset.step_budget), learning_rate=2e-3,
+                       per_device_train_batch_size=preset.batch_size, lr_scheduler_type="cosine", warmup_steps=2,
+                       seed=SEED, **PRESET_ARGS)
 ### END SOLUTION
 
 # %%
 shutil.rmtree(artifact_dir("04_lora"), ignore_errors=True)  # grade only what this run trains
-capstone_setup.validate(step_budget=preset.step_budget)
-tuned, capstone_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, capstone["train"],
-                                   capstone_setup, preset, "build/capstone")
+check_recipe("capstone_final_outcome", preset, lora_config=lora_config, sft_config=sft_config)
+tuned, capstone_result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer, capstone["train"],
+                                      lora_config, sft_config, preset)
 save_capstone(make_example, capstone["train"], artifact_dir("04_lora"))
-save_sft_artifacts(tuned, tokenizer, capstone_result, capstone_setup, artifact_dir("04_lora"))
+save_recipe_artifacts(tuned, tokenizer, capstone_result, artifact_dir("04_lora"))
 print(f"{capstone_result.steps} steps in {capstone_result.seconds:.0f} s, final loss {capstone_result.losses[-1]:.4f}; "
-      f"training saw {capstone_result.steps * capstone_setup.batch_size} of the {len(capstone['train'])} examples")
+      f"training saw {capstone_result.steps * sft_config.per_device_train_batch_size} of the {len(capstone['train'])} "
+      "examples")
 plots.loss_curves({"capstone": capstone_result.losses}, "Your capstone fine-tune");
 
 # %% [markdown]
