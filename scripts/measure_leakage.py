@@ -1,7 +1,7 @@
 """The leakage measurement of notebook 02 §7 over several training seeds (CPU preset).
 
-For each seed: the notebook's reference configs (Exercise 2.2: LoRA r=16 on every linear, 16 steps, lr 2e-3,
-grouped batches) trained on the shipped dump's clean rows, and again on
+For each seed: the notebook's reference configs (Exercise 2.2: LoRA r=16 on every linear, lr 2e-3,
+grouped batches, the step budget: 24 steps) trained on the shipped dump's clean rows, and again on
 the clean rows plus the leaked rows (16 test items, each verbatim and twice reworded); both evaluated on the
 test split's leaked and unseen items, exact match and per-item answer loss (`leakage_comparison`). The
 notebook prints one seed; this is the spread behind its claim.
@@ -46,7 +46,7 @@ def measure(seed: int) -> dict:
              "unseen": [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]}
     lora, sft = recipe_configs(  # the reference solution of Exercise 2.2, at this seed
         {"r": preset.lora_r, "lora_alpha": 2 * preset.lora_r, "target_modules": list(ALL_LINEAR)},
-        {"max_steps": min(16, preset.step_budget), "learning_rate": 2e-3, "per_device_train_batch_size": preset.batch_size,
+        {"max_steps": preset.step_budget, "learning_rate": 2e-3, "per_device_train_batch_size": preset.batch_size,
          "lr_scheduler_type": "cosine", "warmup_steps": 2, "seed": seed}, preset, "grouped", ROOT / "build" / "measure_leakage")
     scores = {}
     for name, data in (("clean", clean_rows), ("leaky", clean_rows + leaked_rows)):

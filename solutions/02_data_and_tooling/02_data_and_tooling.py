@@ -419,7 +419,7 @@ print_exercise("cleaned_final_outcome", preset)
 ### BEGIN SOLUTION
 lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, task_type="CAUSAL_LM",
                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-sft_config = SFTConfig(output_dir="build/exercise", max_steps=min(16, preset.step_budget), learning_rate=2e-3,
+sft_config = SFTConfig(output_dir="build/exercise", max_steps=preset.step_budget, learning_rate=2e-3,
                        per_device_train_batch_size=preset.batch_size, lr_scheduler_type="cosine", warmup_steps=2,
                        seed=SEED, **PRESET_ARGS)
 ### END SOLUTION
@@ -492,23 +492,25 @@ plots.leakage_plot(leaky_scores, clean_scores);
 gap = comparison["memory"]
 print(f"Per item, the leaky model's answer loss relative to the clean model's: x{math.exp(comparison['leaked']):.2f} on the "
       f"leaked items, x{math.exp(comparison['unseen']):.2f} on the unseen ones (geometric means). What only the leaked "
-      f"items gained: a factor {math.exp(gap):.2f} on their loss ({gap:+.2f} ± {comparison['memory_se']:.2f} in log). "
+      f"items gained: a factor {math.exp(gap):.2f} on their loss ({gap:+.2f} ± {comparison['memory_se']:.2f} in log, "
+      f"{abs(gap) / comparison['memory_se']:.1f} standard errors from zero). "
       f"Exact match: {leaky_scores['leaked']['exact_match']:.2f} against {clean_scores['leaked']['exact_match']:.2f} "
       f"on the leaked items, {leaky_scores['unseen']['exact_match']:.2f} against "
       f"{clean_scores['unseen']['exact_match']:.2f} on the unseen ones.")
 
 # %% [markdown]
-# Read the table with its control: the second row says what the swap of rows did to items neither run saw;
-# what the leaked items gained *beyond* that is memory, the factor printed above (in the plot, the red points
-# sit further below the line than the grey ones). One run on 16 leaked items is a small sample: the gap is
-# about one and a half standard errors from zero; the README repeats the measurement with three training
-# seeds, and it points the same way on each. Exact match moves in whole items (one leaked item is 0.06),
-# and this task has a rule that the model learns from the clean rows alone, so most leaked items are
-# answered right either way: across those seeds leakage added 0 to 2 of the 16 leaked items, within noise,
-# while the loss moved every time. On a task with no rule to learn (facts, identifiers, a benchmark's
-# particular answers) memory is all there is, and every leaked item is a free point.
+# Read the table with its control. The unseen row is what the swap of rows did to items neither run saw
+# (it can help or hurt: the leaky run saw fewer clean rows); the leaked row is that same swap plus memory.
+# What the leaked items gained *beyond* the unseen ones is memory: the factor printed above, with its
+# distance from zero in standard errors (in the plot, the red points sit lower relative to the diagonal than
+# the grey ones). One run on 16 leaked items is a small sample; the README repeats the measurement with three
+# training seeds. Exact match moves in whole items (one leaked item is 0.06), and this task has a rule that
+# the model learns from the clean rows alone, so most leaked items are answered by the rule either way:
+# memory shows first in the loss, long before it flips an answer. On a task with no rule to learn (facts,
+# identifiers, a benchmark's particular answers) memory is all there is, and every leaked item it flips is
+# a free point.
 #
-# A leaked test set measures memory, not skill, and it flatters exactly the items it leaked. The remedy is
+# A leaked test set measures memory, not skill, and it favours exactly the items it leaked over the rest. The remedy is
 # the one in your pipeline: check every training row against the test set before training, and split only
 # after deduplication. The same measurement gives a clue after the fact: test items whose loss is far
 # below that of similar items may have been seen in training (one item's loss varies too much to prove it).
