@@ -222,3 +222,38 @@ def test_every_training_record_has_the_fields_the_self_check_reads(tmp_path):
     assert (tmp_path / "sft" / "adapter" / "saved").is_file()
     with pytest.raises(ValueError, match="saves a LoRA adapter"):
         save_sft_artifacts(Saves(), Saves(), result, SFTSetup(method="full"), tmp_path / "full")
+
+
+# ---------------------------------------------------------------- a learner's BitsAndBytesConfig (notebook 05)
+
+def test_the_qlora_base_is_a_4bit_nf4_config_and_double_quantization_is_the_one_choice():
+    """Exercise 5.2's BitsAndBytesConfig: 4-bit NF4 required, double quantization chosen, the compute dtype the
+    machine's; any other change is refused by field name, as is an object of another type."""
+    import json
+
+    from transformers import BitsAndBytesConfig
+
+    from ftcourse.grading.child import export
+    from ftcourse.training import RecipeError, checked_recipe, qlora_base_choices
+
+    preset = get_preset("cpu")
+    nf4 = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=preset.compute_dtype)
+    for double_quant in (True, False):
+        config = BitsAndBytesConfig(**nf4, bnb_4bit_use_double_quant=double_quant)
+        assert qlora_base_choices(config) == {"double_quant": double_quant}
+        as_data = json.loads(json.dumps(export(config, "bnb_config")))  # what a child sends back
+        assert qlora_base_choices(as_data) == {"double_quant": double_quant}
+    assert qlora_base_choices(BitsAndBytesConfig(**(nf4 | {"bnb_4bit_compute_dtype": "bfloat16"}))) == {"double_quant": False}
+    refused = {"load_in_4bit": BitsAndBytesConfig(load_in_8bit=True),
+               "bnb_4bit_quant_type": BitsAndBytesConfig(**(nf4 | {"bnb_4bit_quant_type": "fp4"})),
+               "llm_int8_skip_modules": BitsAndBytesConfig(**nf4, llm_int8_skip_modules=["q_proj"]),
+               "bnb_4bit_quant_storage": BitsAndBytesConfig(**nf4, bnb_4bit_quant_storage="bfloat16")}
+    for field, config in refused.items():
+        with pytest.raises(RecipeError, match=f"bnb_config.{field}"):
+            qlora_base_choices(config)
+    with pytest.raises(RecipeError, match="must be a BitsAndBytesConfig"):
+        qlora_base_choices(object())
+    lora, sft = _recipe(preset, max_steps=preset.qlora_step_budget + 1)  # the QLoRA budget is the exercise's
+    with pytest.raises(RecipeError, match=f"at most {preset.qlora_step_budget}"):
+        checked_recipe({"bnb_config": BitsAndBytesConfig(**nf4), "lora_config": lora, "sft_config": sft}, preset,
+                       preset.qlora_step_budget)
