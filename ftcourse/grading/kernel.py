@@ -48,7 +48,7 @@ def check_recipe(grade_id: str, preset, **configs) -> None:
     """
     from ..training import RecipeError, checked_recipe
 
-    budget = exercise(grade_id).threshold_values(preset)["steps"][1]
+    budget = exercise(grade_id).step_budget(preset)
     try:
         checked_recipe(configs, preset, budget)
     except RecipeError as error:

@@ -1,7 +1,8 @@
 """The grader produces what it grades: an outcome exercise trained here, from the learner's choices.
 
 The learner's solution cells *choose* (a `LoraConfig` and an `SFTConfig`, with a `BitsAndBytesConfig` for
-QLoRA; an `SFTSetup`, a `TrainingPlan`, a cleaning function's kept rows, a task generator); they run in a child and return those choices as data. This module checks them, trains
+QLoRA; a `TrainingPlan`, a cleaning function's kept rows, a task generator); they run in a child and return
+those choices as data. This module checks them, trains
 the fine-tune in the grader's own process with the library (the packaged mirror of the notebook's own
 training cell, named below), and hands the artifacts it wrote to `evaluate`. The kernel's artifacts are
 never read here, so a forged `training.json`, a copied adapter or an over-budget run changes nothing.
@@ -103,9 +104,8 @@ def _produce_plan(exercise, cells, preset, secret, workdir):
 def _produce_cleaned(exercise, cells, preset, secret, workdir):
     """02: the learner's clean_dump on the shipped dump chooses the rows; their LoraConfig and SFTConfig train on them."""
     from ..data_quality import DataError, parse_chat_row, prompt_and_answer, shipped_dump
-    from ..models import load_model, load_tokenizer
+    from ..models import load_model
     from ..tasks import Example
-    from ..training import save_recipe_artifacts, train_recipe
 
     lines, _, tests = shipped_dump()
     data = call(cells, ["cleaning_pipeline"], "clean",
@@ -122,10 +122,8 @@ def _produce_cleaned(exercise, cells, preset, secret, workdir):
             continue
     expect(len(kept) > 0, "clean_dump flagged every row: nothing is left to train on.")
     lora, args, _ = _recipe(exercise, cells, preset, workdir, "cleaned_setup")
-    tokenizer = load_tokenizer(preset.model)
-    tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, kept, lora, args,
-                                 preset, PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
-    save_recipe_artifacts(tuned, tokenizer, result, workdir)
+    result = _train_and_save(load_model(preset.model, preset.device, seed=cells.seed), kept, lora, args, preset, cells,
+                             workdir)
     return result, {"kept_rows": len(kept)}
 
 
@@ -138,39 +136,44 @@ def _recipe(exercise, cells, preset, workdir, grade_id: str, quantized: bool = F
 
     values = _values(cells, exercise, grade_id, ["lora_config", "sft_config"] + (["bnb_config"] if quantized else []))
     try:
-        return checked_recipe(values, preset, exercise.threshold_values(preset)["steps"][1],
+        return checked_recipe(values, preset, exercise.step_budget(preset),
                               PROVIDERS["LAYOUT"](preset, cells.seed), workdir / "trainer")
     except RecipeError as error:
         raise LearnerCodeError(str(error)) from None
 
 
-def _produce_recipe(exercise, cells, preset, secret, workdir):
-    """03: the learner's LoraConfig and SFTConfig, checked, trained here with SFTTrainer (`train_recipe`)."""
-    from ..models import load_model, load_tokenizer
-    from ..tasks import date_task_splits
+def _train_and_save(model, examples, lora, args, preset, cells, workdir: Path, **record):
+    """03's recipe (`train_recipe`) on `examples` in the grader's process, its adapter and record saved in `workdir`."""
+    from ..models import load_tokenizer
     from ..training import save_recipe_artifacts, train_recipe
 
-    lora, args, _ = _recipe(exercise, cells, preset, workdir, "sft_setup")
     tokenizer = load_tokenizer(preset.model)
-    tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
-                                 date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args, preset,
-                                 PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
-    save_recipe_artifacts(tuned, tokenizer, result, workdir)
+    tuned, result = train_recipe(model, tokenizer, examples, lora, args, preset, PROVIDERS["LAYOUT"](preset, cells.seed),
+                                 progress=False)
+    save_recipe_artifacts(tuned, tokenizer, result, workdir, **record)
+    return result
+
+
+def _produce_recipe(exercise, cells, preset, secret, workdir):
+    """03: the learner's LoraConfig and SFTConfig, checked, trained here with SFTTrainer (`train_recipe`)."""
+    from ..models import load_model
+    from ..tasks import date_task_splits
+
+    lora, args, _ = _recipe(exercise, cells, preset, workdir, "sft_setup")
+    result = _train_and_save(load_model(preset.model, preset.device, seed=cells.seed),
+                             date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args, preset, cells, workdir)
     return result, {}
 
 
 def _produce_qlora(exercise, cells, preset, secret, workdir):
     """05: the learner's BitsAndBytesConfig loads a fresh 4-bit base here; their LoraConfig and SFTConfig train it."""
-    from ..models import load_quantized_model, load_tokenizer
+    from ..models import load_quantized_model
     from ..tasks import date_task_splits
-    from ..training import save_recipe_artifacts, train_recipe
 
     lora, args, base = _recipe(exercise, cells, preset, workdir, "qlora_setup", quantized=True)
-    tokenizer = load_tokenizer(preset.model)
     model = load_quantized_model(preset.model, preset.compute_dtype, double_quant=base["double_quant"], seed=cells.seed)
-    tuned, result = train_recipe(model, tokenizer, date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args,
-                                 preset, PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
-    save_recipe_artifacts(tuned, tokenizer, result, workdir, double_quant=base["double_quant"])
+    result = _train_and_save(model, date_task_splits(preset.n_train, preset.n_eval)["train"], lora, args, preset, cells,
+                             workdir, double_quant=base["double_quant"])
     return result, base
 
 
@@ -185,8 +188,7 @@ def partition_pool(pool: list, n_candidates: int, secret: int) -> tuple[list, li
 def _produce_capstone(exercise, cells, preset, secret, workdir):
     """04: one pool drawn from the learner's generator with a derived seed, split by the grader; their configs train."""
     from ..capstone import MIN_TRAIN_EXAMPLES
-    from ..models import load_model, load_tokenizer
-    from ..training import save_recipe_artifacts, train_recipe
+    from ..models import load_model
 
     n_candidates = 2 * preset.n_eval
     n_pool = MIN_TRAIN_EXAMPLES + n_candidates
@@ -194,10 +196,8 @@ def _produce_capstone(exercise, cells, preset, secret, workdir):
                secret_inputs=True)
     train, candidates = partition_pool(capstone_draws(raw, n_pool, "the grader's"), n_candidates, secret)
     lora, args, _ = _recipe(exercise, cells, preset, workdir, "capstone_setup")
-    tokenizer = load_tokenizer(preset.model)
-    tuned, result = train_recipe(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, train, lora, args,
-                                 preset, PROVIDERS["LAYOUT"](preset, cells.seed), progress=False)
-    save_recipe_artifacts(tuned, tokenizer, result, workdir)
+    result = _train_and_save(load_model(preset.model, preset.device, seed=cells.seed), train, lora, args, preset, cells,
+                             workdir)
     return result, {"train": train, "candidates": candidates}
 
 

@@ -35,6 +35,10 @@ class Exercise:
         return {name: (cmp, getattr(preset, value) if isinstance(value, str) else value)
                 for name, (cmp, value) in self.thresholds.items()}
 
+    def step_budget(self, preset) -> int:
+        """Most optimizer steps an outcome exercise may train on this preset: its `steps` threshold."""
+        return self.threshold_values(preset)["steps"][1]
+
 
 STEP_HINT = "use at most preset.step_budget optimizer steps: the grader trains exactly the steps you chose"
 
