@@ -191,8 +191,10 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
 
 
 def _shared_context_logprobs(model, tokenizer, contexts, continuations, batch_size: int) -> list[float]:
-    """`continuation_logprobs` with each distinct context run once: contexts left-padded in a batch, their cache
-    selected for each of their continuations, the continuations (right-padded) run on top of it."""
+    """`continuation_logprobs` with each distinct context run once: contexts left-padded in a batch, their last
+    position scoring every continuation's first token; a continuation of several tokens then runs its tokens
+    but the last (each predicts the next) on top of its context's cache, at the same positions. A one-token
+    continuation (most answer choices) needs no second pass."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -213,29 +215,31 @@ def _shared_context_logprobs(model, tokenizer, contexts, continuations, batch_si
         mask = torch.zeros_like(ids)
         for row, seq in enumerate(ctx_ids):
             ids[row, width - len(seq):], mask[row, width - len(seq):] = torch.tensor(seq), 1
-        cache = DynamicCache(config=config)
+        members = [(row, index) for row, ctx in enumerate(group) for index in by_context[ctx]]
+        longer = [(row, index) for row, index in members if len(pairs[index][1]) > 1]
+        cache = DynamicCache(config=config) if longer else None
         first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                       position_ids=((mask.cumsum(-1) - 1).clamp(min=0)).to(device), past_key_values=cache,
-                      use_cache=True, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
-        members = [(row, index) for row, ctx in enumerate(group) for index in by_context[ctx]]
-        rows = torch.tensor([row for row, _ in members])
+                      use_cache=bool(longer), logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
+        for row, index in members:
+            scores[index] = first[row, pairs[index][1][0]].item()
+        if not longer:
+            continue
+        rows = torch.tensor([row for row, _ in longer])
         cache.batch_select_indices(rows.to(device))
-        conts = [pairs[index][1] for _, index in members]
-        cont_width = max(map(len, conts))
-        cont_ids = torch.full((len(members), cont_width), pad_id, dtype=torch.long)
+        conts = [pairs[index][1] for _, index in longer]
+        cont_width = max(map(len, conts)) - 1  # the last token of a continuation predicts nothing
+        cont_ids = torch.full((len(longer), cont_width), pad_id, dtype=torch.long)
         cont_mask = torch.zeros_like(cont_ids)
         for r, seq in enumerate(conts):
-            cont_ids[r, :len(seq)], cont_mask[r, :len(seq)] = torch.tensor(seq), 1
+            cont_ids[r, :len(seq) - 1], cont_mask[r, :len(seq) - 1] = torch.tensor(seq[:-1]), 1
         lengths = mask.sum(-1)[rows]
         positions = lengths[:, None] + torch.arange(cont_width)[None]
         logits = model(input_ids=cont_ids.to(device), attention_mask=torch.cat([mask[rows], cont_mask], 1).to(device),
                        position_ids=positions.to(device), past_key_values=cache, use_cache=True).logits.float()
-        logprobs = logits[:, :-1].log_softmax(-1)  # position j predicts continuation token j + 1
-        for r, ((row, index), seq) in enumerate(zip(members, conts)):
-            total = first[row, seq[0]].item()
-            if len(seq) > 1:
-                total += logprobs[r, torch.arange(len(seq) - 1), torch.tensor(seq[1:])].sum().item()
-            scores[index] = total
+        logprobs = logits.log_softmax(-1)  # position j predicts continuation token j + 1
+        for r, ((_, index), seq) in enumerate(zip(longer, conts)):
+            scores[index] += logprobs[r, torch.arange(len(seq) - 1), torch.tensor(seq[1:])].sum().item()
     return scores
 
 

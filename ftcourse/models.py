@@ -193,8 +193,12 @@ def load_model_and_tokenizer(model: str = "embedded", device: str = "cpu", seed:
 
 
 def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_compute_dtype: str | None = None,
-                       base: str | None = None, double_quant: bool = False):
+                       base: str | None = None, double_quant: bool = False, merge: bool = False):
     """Base model + a saved LoRA adapter, and the tokenizer saved beside it (or the base one).
+
+    `merge` (a float base only): the adapter's update is added into the base weights (`merge_and_unload`), so
+    evaluation runs one matmul per layer instead of three; greedy replies and probe picks are unchanged
+    (tests/test_evaluation.py), and the graders evaluate this way.
 
     With `base_4bit_compute_dtype` the base is loaded in 4-bit NF4 (QLoRA's base), computing in that dtype,
     its scales double-quantized when `double_quant` (load the base the adapter was trained on).
@@ -205,6 +209,8 @@ def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_c
 
     from peft import PeftModel
 
+    if merge and base_4bit_compute_dtype:
+        raise ValueError("merge=True needs a float base: merging into 4-bit weights would re-quantize them.")
     adapter_dir = Path(adapter_dir)
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.exists():
@@ -222,5 +228,5 @@ def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_c
     if base_4bit_compute_dtype:
         return PeftModel.from_pretrained(load_quantized_model(base_name, base_4bit_compute_dtype, double_quant=double_quant),
                                          adapter_dir).eval(), tokenizer
-    model = load_model(base_name, device)
-    return PeftModel.from_pretrained(model, adapter_dir).to(device).eval(), tokenizer
+    model = PeftModel.from_pretrained(load_model(base_name, device), adapter_dir).to(device).eval()
+    return (model.merge_and_unload() if merge else model), tokenizer

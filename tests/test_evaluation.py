@@ -101,3 +101,36 @@ def test_prefill_timing_and_reply_tokens(model_and_tokenizer):
     assert prefill_ms_per_query(model, tokenizer, ["a short prompt", "and a slightly longer prompt"], batch_size=2) > 0
     assert tokenizer.padding_side == side
     assert reply_tokens(tokenizer, ["", "555-123-4567"]) == len(tokenizer("555-123-4567", add_special_tokens=False)["input_ids"]) / 2
+
+
+def test_a_merged_adapter_gives_the_same_replies_and_probe_picks(tmp_path):
+    """The graders evaluate adapters merged into the base (faster); greedy replies and probe picks must not move.
+
+    The adapter has random, non-zero B matrices (a LoRA fresh from training init would be the identity)."""
+    from peft import LoraConfig, get_peft_model
+
+    from ftcourse.evaluation import generate_answers
+    from ftcourse.models import load_adapter_model, load_model
+    from ftcourse.probe import load_probe_items, run_probe
+    from ftcourse.tasks import date_task_splits
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(load_model(), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                         init_lora_weights=False))
+    with torch.no_grad():  # a modest update, like a short fine-tune's, not noise that swamps the model
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.05)
+    peft_model.save_pretrained(tmp_path)
+    prompts = [e.prompt for e in date_task_splits(8, 16)["validation"]]
+    items = load_probe_items()[:24]
+    results = []
+    for merge in (False, True):
+        model, tokenizer = load_adapter_model(tmp_path, base="embedded", merge=merge)
+        assert hasattr(model, "peft_config") != merge  # merged: a plain model
+        results.append((generate_answers(model, tokenizer, prompts, batch_size=16),
+                        run_probe(model, tokenizer, items=items).correct))
+    assert results[0] == results[1]
+    assert len(set(results[0][0])) > 1  # the replies are answers, not one repeated string
+    with pytest.raises(ValueError, match="float base"):
+        load_adapter_model(tmp_path, base="embedded", merge=True, base_4bit_compute_dtype="float32")

@@ -132,7 +132,8 @@ def _date_adapter(notebook: str, artifacts: Path, split: str, preset, secret, pr
         return failed(exercise, split, str(error))
     base = _base_reference(preset, split, examples, secret, quantized=quantized, double_quant=double_quant)
     model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, double_quant=double_quant,
-                                          base_4bit_compute_dtype=preset.compute_dtype if quantized else None)
+                                          base_4bit_compute_dtype=preset.compute_dtype if quantized else None,
+                                          merge=not quantized)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
         probe = run_probe(model, tokenizer).as_dict() if "probe_accuracy_drop" in exercise.thresholds else None
@@ -165,7 +166,7 @@ def evaluate_plan(artifacts: Path, split: str, preset, secret, produced) -> Verd
                                heldout_seed=split_seed("01_when_to_fine_tune", split, secret))
     measured = measure_training_memory(build_model_for_plan(plan, preset.model, preset.device), plan)
     prompting = _prompting_reference(preset, split, splits[split], splits["train"][:FEW_SHOT_K], secret)
-    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, splits[split], batch_size=preset.eval_batch_size)
     metrics = {
@@ -193,7 +194,7 @@ def evaluate_cleaned_sft(artifacts: Path, split: str, preset, secret, produced) 
     examples = number_task_splits(SHIPPED_POOL, preset.n_eval,
                                   heldout_seed=split_seed("02_data_and_tooling", split, secret))[split]
     base = _base_reference(preset, split, examples, secret)
-    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
     with preset.autocast():
         em, _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size)
     metrics = {"exact_match": em, "base_exact_match": base["exact_match"], "steps": _steps(artifacts, produced),
@@ -258,7 +259,7 @@ def evaluate_capstone(artifacts: Path, split: str, preset, secret, produced) -> 
     if len(examples) < preset.n_eval // 2:
         return failed(exercise, split, f"Only {len(kept)} of {len(candidates)} fresh draws differ from the training set: "
                                        + exercise.hints[0], {"overlap_with_train": overlap})
-    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
     new_tokens = max_answer_tokens(tokenizer, examples)
     base = _base_reference(preset, f"capstone_{split}", examples, secret, max_new_tokens=new_tokens)
     # the instructed few-shot prompt: the base model shown your first training examples as earlier turns
