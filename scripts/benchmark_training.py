@@ -239,7 +239,8 @@ def _summary(path, preset, step_ends, real, phases, losses, model) -> dict:
 # ---------------------------------------------------------------- evaluation
 
 def run_eval(preset, steps: int) -> dict:
-    """Exact match of one trained adapter, evaluated as before (adapter unmerged) and as the course does now."""
+    """Exact match and probe of one trained adapter, evaluated as before (adapter unmerged, no shared prefix or
+    contexts) and as the graders do now (merged, shared)."""
     import torch
 
     from ftcourse import evaluation
@@ -257,7 +258,9 @@ def run_eval(preset, steps: int) -> dict:
     save_sft_artifacts(tuned, tokenizer, result, setup, folder / "artifacts")
     out = {}
     for variant in ("before", "now"):
-        model, tokenizer = load_adapter_model(folder / "artifacts" / "adapter", preset.device, base=preset.model)
+        # now: as the graders evaluate, the adapter merged into the base, the prompts' shared prefix run once
+        model, tokenizer = load_adapter_model(folder / "artifacts" / "adapter", preset.device, base=preset.model,
+                                              merge=variant == "now")
         start = time.perf_counter()
         with preset.autocast():
             em, replies = evaluation.exact_match(model, tokenizer, splits["validation"], preset.eval_batch_size,

@@ -157,7 +157,7 @@ def test_peak_rss_is_measured_in_a_fresh_process_and_errors_name_the_failure():
 
 
 def test_a_plan_is_trained_as_planned_or_refused():
-    """Exercise 1.2 trains float32 weights without checkpointing: a plan saying otherwise is refused by field."""
+    """Exercise 1.3 trains float32 weights without checkpointing: a plan saying otherwise is refused by field."""
     TrainingPlan(batch_size=4, seq_len=64, lora_r=4, lora_targets=("q_proj",)).validate_trainable()
     for change in ({"gradient_checkpointing": True}, {"weight_dtype": "bfloat16"}, {"double_quant": True}):
         with pytest.raises(ValueError, match=f"TrainingPlan.{next(iter(change))}="):

@@ -62,7 +62,8 @@ def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner
 
 
 @pytest.mark.parametrize("grade_id,slug", [("lora_layer_tests", "04_lora"), ("nf4_tests", "05_quantization_qlora"),
-                                           ("decision_rules_tests", "01_when_to_fine_tune")])
+                                           ("decision_rules_tests", "01_when_to_fine_tune"),
+                                           ("static_bytes_tests", "01_when_to_fine_tune")])
 def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
     (solution_id,) = registry.exercise(grade_id).solutions
     reference = solution_sources(slug)[solution_id]
@@ -70,3 +71,50 @@ def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, 
     assert _through_a_child(grade_id, {solution_id: reference}).passed
     failed = _through_a_child(grade_id, {solution_id: stub})
     assert not failed.passed and "NotImplementedError" in failed.message, failed
+
+
+def _static_reference() -> str:
+    return solution_sources("01_when_to_fine_tune")["static_bytes"]
+
+
+@pytest.mark.parametrize("old,new,named", [
+    ("12 * shape.n_params if plan.master_weights and width < 4 else 2 * gradients", "2 * gradients",
+     "master_weights=True: optimizer_states is 0.3333x"),
+    ("gradients, states = 4 * adapters, 8 * adapters", "gradients, states = width * adapters, 2 * width * adapters",
+     "bfloat16 weights"),
+    ("blocks * (1 + 4 / 256) if plan.double_quant else blocks * 4", "blocks * 4", "double_quant=True: parameters"),
+])
+def test_a_count_that_misses_one_rule_fails_and_names_the_plan(old, new, named):
+    """Each rule of Exercise 1.2 is exercised by the unseen plans: dropping one fails, naming the plan, not the shape."""
+    reference = _static_reference()
+    assert old in reference
+    with pytest.raises(AssertionError, match=named) as failure:
+        check_in_kernel("static_bytes_tests", CPU, _define(reference.replace(old, new)))
+    assert "unseen-" not in str(failure.value)
+    assert check_in_kernel("static_bytes_tests", CPU, _define(reference)).passed
+
+
+@pytest.mark.parametrize("source,named", [
+    ("from ftcourse.estimator import estimate_memory as count\n"
+     "def static_bytes(shape, plan):\n    e = count(shape, plan)\n"
+     "    return {'parameters': e.parameters, 'gradients': e.gradients, 'optimizer_states': e.optimizer_states}\n",
+     "it called the estimator's estimate_memory"),
+    ("def static_bytes(shape, plan):\n    import ftcourse.estimator as e\n"
+     "    return {'parameters': e.parameter_bytes(shape, plan), 'gradients': 1, 'optimizer_states': 1}\n",
+     "it called the estimator's parameter_bytes"),
+    ("def static_bytes(shape, plan):\n    return {'parameters': float('nan'), 'gradients': float('nan'), "
+     "'optimizer_states': float('nan')}\n", "30 of 30 parts differ"),
+    ("def static_bytes(shape, plan):\n    return [1, 2, 3]\n", "must return a dict"),
+])
+def test_the_estimator_is_hidden_and_nonsense_is_refused(source, named, learner_runtime):
+    verdict = _through_a_child("static_bytes_tests", {"static_bytes": source})
+    assert not verdict.passed and named in verdict.message, verdict
+
+
+def test_the_kernel_gets_its_estimator_back_after_a_check():
+    import ftcourse.estimator as estimator
+
+    original = estimator.estimate_memory
+    namespace = _define("from ftcourse.estimator import estimate_memory\n" + _static_reference())
+    assert check_in_kernel("static_bytes_tests", CPU, namespace).passed
+    assert estimator.estimate_memory is original and namespace["estimate_memory"] is original

@@ -10,10 +10,12 @@ planted labels, the decision guide's answers by construction.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Callable
 
 from . import secret as secrets_
+from .child import STATIC_PARTS
 from .learner import LearnerCodeError, expect
 from .references import cached
 from .registry import Exercise
@@ -153,6 +155,85 @@ def _decision_judge(exercise, preset, inputs, key, answers) -> Verdict:
         named = [f"signal rule {c[0]}" + (f" with parameterisation {c[1]}" if len(c) > 1 else "") for c in wrong]
         verdict.message = (f"{round((1 - share) * len(key))} of {len(key)} unseen scenarios differ from the guide; "
                            f"they are scenarios where {'; '.join(named)} of the table applies first. " + verdict.message)
+    return verdict
+
+
+# ---------------------------------------------------------------- 1.2: the static bytes, counted by hand
+
+
+def _unseen_shape(rng: random.Random, index: int) -> dict:
+    """A Llama-style shape no notebook prints: head count and width, grouped KV heads, MLP ratio, vocabulary, tying."""
+    heads = rng.choice((8, 12, 16, 24, 32))
+    d_head = rng.choice((64, 128))
+    hidden = heads * d_head
+    return {"name": f"unseen-{index}", "n_layers": rng.randint(6, 40), "hidden": hidden,
+            "intermediate": 64 * round(rng.uniform(2.5, 3.6) * hidden / 64), "n_heads": heads,
+            "n_kv_heads": rng.choice([k for k in (1, 2, 4, 8, heads) if heads % k == 0]),
+            "vocab": rng.choice((32000, 32768, 49152, 50304, 128256, 151936)), "tied_embeddings": rng.random() < 0.5}
+
+
+def static_cases(seed: int) -> list[dict]:
+    """Unseen shapes with plans that cover every rule of the count: full fine-tunes in 32 and 16 bits (pure and
+    mixed precision), LoRA and QLoRA at random ranks and targets, QLoRA's block size and double quantization."""
+    from ..estimator import ALL_LINEAR
+
+    rng = random.Random(seed)
+
+    def adapter(method: str, **fields) -> dict:
+        targets = sorted(rng.sample(ALL_LINEAR, rng.randint(1, len(ALL_LINEAR))), key=ALL_LINEAR.index)
+        return {"method": method, "lora_r": rng.choice((1, 4, 8, 16, 32, 64)), "lora_targets": targets, **fields}
+
+    plans = [{"method": "full"}, {"method": "full", "weight_dtype": "bfloat16"},
+             {"method": "full", "weight_dtype": "float16", "master_weights": True},
+             {"method": "full", "weight_dtype": "bfloat16", "master_weights": True},
+             {"method": "full", "master_weights": True},  # float32 weights: the master copy is the weights themselves
+             adapter("lora"), adapter("lora", weight_dtype="bfloat16"),
+             adapter("qlora"), adapter("qlora", double_quant=True),
+             adapter("qlora", weight_dtype="bfloat16", double_quant=True, quant_block=128)]
+    rng.shuffle(plans)
+    return [{"shape": _unseen_shape(rng, i), "plan": plan} for i, plan in enumerate(plans)]
+
+
+def describe_plan(plan: dict) -> str:
+    """A plan in words, for a message that must not print the hidden shape's answer."""
+    words = [plan["method"], f"{plan.get('weight_dtype', 'float32')} weights"]
+    if plan["method"] == "full" and plan.get("master_weights"):
+        words.append("master_weights=True")
+    if plan["method"] != "full":
+        words.append(f"r={plan['lora_r']} on {len(plan['lora_targets'])} of 7 linears")
+    if plan["method"] == "qlora":
+        words.append(f"quant_block={plan.get('quant_block', 64)}, double_quant={bool(plan.get('double_quant'))}")
+    return ", ".join(words)
+
+
+def _static_inputs(preset, secret):
+    from ..estimator import ModelShape, TrainingPlan, estimate_memory
+
+    cases = static_cases(secrets_.derived_seed("01_when_to_fine_tune/static_bytes", secret))
+    key = []
+    for case in cases:
+        plan = TrainingPlan(**(case["plan"] | {"lora_targets": tuple(case["plan"].get("lora_targets", ()))
+                                               or TrainingPlan().lora_targets}))
+        estimate = estimate_memory(ModelShape(**case["shape"]), plan)
+        key.append({part: getattr(estimate, part) for part in STATIC_PARTS})
+    return {"cases": cases}, key
+
+
+def _static_judge(exercise, preset, inputs, key, rows) -> Verdict:
+    expect(isinstance(rows, list) and len(rows) == len(key), "static_bytes gave no result for every plan.")
+    worst, problems = 0.0, []
+    for case, want, got in zip(inputs["cases"], key, rows):
+        expect(isinstance(got, dict) and all(type(got.get(part)) in (int, float) for part in STATIC_PARTS),
+               f"static_bytes must return numbers for {', '.join(STATIC_PARTS)}.")
+        for part in STATIC_PARTS:  # not a finite number of bytes (NaN, infinity): as wrong as can be
+            error = abs(got[part] - want[part]) / want[part] if math.isfinite(got[part]) else math.inf
+            worst = max(worst, error)
+            if error > exercise.thresholds["max_relative_error"][1]:
+                problems.append(f"{describe_plan(case['plan'])}: {part} is {got[part] / want[part]:.4g}x the count")
+    verdict = judge(exercise, "-", {"max_relative_error": worst, "plans": len(key)}, preset)
+    if problems:
+        verdict.message = (f"{len(problems)} of {len(key) * len(STATIC_PARTS)} parts differ on unseen shapes: "
+                           + "; ".join(problems[:3]) + ". " + verdict.message)
     return verdict
 
 
@@ -413,6 +494,7 @@ def _nf4_judge(exercise, preset, inputs, key, data) -> Verdict:
 
 CHECKS = {
     "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
+    "static_bytes_tests": FunctionCheck("static_bytes", False, _static_inputs, _static_judge),
     "cleaning_tests": FunctionCheck("clean", True, _cleaning_inputs, _cleaning_judge),
     "sft_label_mask_tests": FunctionCheck("label_mask", False, _label_mask_inputs, _label_mask_judge),
     "lora_layer_tests": FunctionCheck("lora_layer", False, _lora_inputs, _lora_judge),

@@ -98,6 +98,53 @@ def op_decide(namespace: dict, inputs: dict):
     return answers
 
 
+STATIC_PARTS = ("parameters", "gradients", "optimizer_states")  # what Exercise 1.2's static_bytes returns
+# the estimator's functions that count those parts: hidden while the learner's static_bytes runs
+ESTIMATOR_COUNTS = ("estimate_memory", "parameter_bytes", "trainable_param_count", "lora_param_count")
+
+
+def op_static_bytes(namespace: dict, inputs: dict):
+    """The learner's `static_bytes` on each (shape, plan), with the estimator's own counts hidden while it runs."""
+    import ftcourse.estimator as estimator
+
+    count = _need(namespace, "static_bytes")
+    originals = {name: getattr(estimator, name) for name in ESTIMATOR_COUNTS}
+
+    def refused(name):
+        def call(*args, **kwargs):
+            raise CellError(f"static_bytes must count the bytes itself; it called the estimator's {name}().")
+        return call
+
+    hidden = {name: refused(name) for name in ESTIMATOR_COUNTS}
+    imported = {key: value for key, value in namespace.items() if any(value is f for f in originals.values())}
+    try:
+        for name, stand_in in hidden.items():
+            setattr(estimator, name, stand_in)
+        for key, value in imported.items():  # a name the cell imported: the same stand-in
+            namespace[key] = hidden[next(n for n, f in originals.items() if f is value)]
+        rows = []
+        for case in inputs["cases"]:
+            plan = dict(case["plan"])
+            if "lora_targets" in plan:
+                plan["lora_targets"] = tuple(plan["lora_targets"])
+            out = count(estimator.ModelShape(**case["shape"]), estimator.TrainingPlan(**plan))
+            if not isinstance(out, dict) or set(STATIC_PARTS) - set(out):
+                raise CellError(f"static_bytes must return a dict with {', '.join(STATIC_PARTS)}, got "
+                                f"{sorted(out) if isinstance(out, dict) else type(out).__name__}.")
+            row = {}
+            for part in STATIC_PARTS:
+                try:
+                    row[part] = float(out[part])
+                except (TypeError, ValueError):
+                    raise CellError(f"static_bytes()[{part!r}] must be a number of bytes, got {out[part]!r}.") from None
+            rows.append(row)
+        return rows
+    finally:
+        for name, function in originals.items():
+            setattr(estimator, name, function)
+        namespace.update(imported)
+
+
 def op_clean(namespace: dict, inputs: dict):
     from ftcourse.models import load_tokenizer
     from ftcourse.tasks import Example
@@ -197,7 +244,7 @@ def op_draw(namespace: dict, inputs: dict):
     return [[e.prompt, e.answer] for e in examples]
 
 
-OPS = {"values": op_values, "decide": op_decide, "clean": op_clean, "label_mask": op_label_mask,
+OPS = {"values": op_values, "decide": op_decide, "static_bytes": op_static_bytes, "clean": op_clean, "label_mask": op_label_mask,
        "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw}
 
 

@@ -66,7 +66,7 @@ def _train(model, tokenizer, examples, setup, preset, workdir: Path):
 
 
 def _produce_plan(exercise, cells, preset, secret, workdir):
-    """01: mirrors the notebook's training cell of Exercise 1.2 (the plan's fields make the SFTSetup)."""
+    """01: mirrors the notebook's training cell of Exercise 1.3 (the plan's fields make the SFTSetup)."""
     from ..estimator import MemoryBreakdown, TrainingPlan, estimate_memory, save_plan
     from ..models import load_model, load_tokenizer
     from ..tasks import phone_task_splits

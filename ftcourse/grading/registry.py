@@ -53,7 +53,22 @@ EXERCISES = (
         summary="`choose_approach` (signal + parameterisation) follows the decision guide on unseen scenarios generated at grading time",
     ),
     Exercise(
-        grade_id="plan_final_outcome", notebook="01_when_to_fine_tune", number="1.2",
+        grade_id="static_bytes_tests", notebook="01_when_to_fine_tune", number="1.2",
+        title="count the bytes of weights, gradients and optimizer states", kind="function", points=2,
+        solutions=("static_bytes",), provides=(),
+        thresholds={"max_relative_error": ("<=", 1e-6)},
+        hints=("adapters (LoRA and QLoRA) are r(in+out) per targeted linear of every layer, trained and stored in "
+               "float32; a full fine-tune's gradients and AdamW states are in the weight dtype",
+               "QLoRA: only the decoder's linears are 4-bit (half a byte each) plus one float32 absmax per quant_block "
+               "weights, or with double_quant one byte per absmax plus a float32 per 256 blocks",
+               "mixed precision (master_weights with 16-bit weights): a float32 master copy and two float32 states, "
+               "12 bytes per trainable parameter in the optimizer"),
+        summary="`static_bytes` (parameters, gradients, AdamW states, counted by hand) equals the estimator on unseen "
+                "model shapes and plans: full in 32 and 16 bits, pure and mixed precision, LoRA, QLoRA with and "
+                "without double quantization",
+    ),
+    Exercise(
+        grade_id="plan_final_outcome", notebook="01_when_to_fine_tune", number="1.3",
         title="plan a fine-tune, estimate its memory, run it", kind="outcome", points=6, solutions=("plan_setup",),
         provides=("preset", "SEED", "longest", "shape", "flops_per_s", "TrainingPlan", "estimate_memory",
                   "estimate_step_seconds"),

@@ -27,8 +27,9 @@
 # 1. measure zero-shot prompting, few-shot prompting and a short LoRA fine-tune on one task, in quality
 #    and in cost;
 # 2. choose between prompting, retrieval, SFT, LoRA, QLoRA, DPO, GRPO, distillation, or no fine-tune;
-# 3. estimate the memory of a fine-tune (parameters, gradients, optimizer states, activations) for full
-#    fine-tuning, LoRA and QLoRA, and check the estimate against a measurement;
+# 3. count by hand the bytes of a fine-tune's weights, gradients and optimizer states (full fine-tuning in
+#    32 and 16 bits, pure and mixed precision, LoRA, QLoRA), estimate its activations, and check the
+#    estimate against a measurement;
 # 4. estimate a step's time from its FLOPs and a measured throughput;
 # 5. plan a fine-tune under a memory budget, run it, and report estimate against measurement.
 #
@@ -423,6 +424,80 @@ print(f"\nLlama-2-7B QLoRA needs about {qlora_7b['total']:.1f} GB: {qlora_7b['pa
       f"{qlora_7b['activations']:.2f} GB of activations.")
 
 # %% [markdown]
+# ### Exercise 1.2 — count the bytes of weights, gradients and optimizer states (2 points)
+# The first three parts of the table above need no measurement: they follow from parameter counts and
+# bytes per number. Write `static_bytes(shape, plan)` returning a dict with `"parameters"`, `"gradients"`
+# and `"optimizer_states"` in bytes, for any `ModelShape` and `TrainingPlan` (`plan.method` is "full",
+# "lora" or "qlora"). The rules the table follows:
+# - **Bytes per number:** 4 for `"float32"`, 2 for `"bfloat16"` and `"float16"` (`plan.weight_dtype`).
+# - **Parameters:** all `shape.n_params` weights in the weight dtype. LoRA and QLoRA add adapters:
+#   $r(d_{in}+d_{out})$ for every targeted linear (`plan.lora_targets`, shapes from `shape.module_shapes()`,
+#   which maps a name to `(in, out)`) of each of the `shape.n_layers` layers, stored in float32. QLoRA stores
+#   the decoder's linear weights (`shape.n_layers * shape.linear_params_per_layer` of them) as 4-bit codes,
+#   half a byte each, plus one float32 absmax per `plan.quant_block` weights; with `plan.double_quant` each
+#   absmax is one byte, plus one float32 per 256 blocks. Embeddings and norms keep the weight dtype.
+# - **Gradients:** one per trainable number: a full fine-tune's every weight in the weight dtype; otherwise
+#   the adapters only, in float32.
+# - **AdamW states:** two per trainable number, in the gradient's dtype; except a full fine-tune with 16-bit
+#   weights and `plan.master_weights`, the mixed-precision set-up of §5: a float32 master copy and two float32
+#   states, 12 bytes per parameter.
+#
+# Count it yourself: while it runs your function, the grader hides the estimator's `estimate_memory`,
+# `parameter_bytes`, `trainable_param_count` and `lora_param_count`. It runs this cell on its own (keep any
+# import in it) on model shapes and plans you have not seen, and compares each part with the estimator's:
+# equal within a relative 1e-6.
+
+# %% nbgrader={"grade": false, "grade_id": "static_bytes", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def static_bytes(shape, plan) -> dict:
+    """Bytes of the parameters, gradients and AdamW states of `plan` on `shape` (activations not included)."""
+    ### BEGIN SOLUTION
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}[plan.weight_dtype]
+    modules = shape.module_shapes()
+    adapters = 0 if plan.method == "full" else \
+        shape.n_layers * sum(plan.lora_r * (modules[t][0] + modules[t][1]) for t in plan.lora_targets)
+    if plan.method == "qlora":
+        quantized = shape.n_layers * shape.linear_params_per_layer
+        blocks = quantized / plan.quant_block
+        scales = blocks * (1 + 4 / 256) if plan.double_quant else blocks * 4
+        parameters = (shape.n_params - quantized) * width + quantized / 2 + scales + 4 * adapters
+    else:
+        parameters = shape.n_params * width + 4 * adapters
+    if plan.method == "full":
+        gradients = shape.n_params * width
+        states = 12 * shape.n_params if plan.master_weights and width < 4 else 2 * gradients
+    else:
+        gradients, states = 4 * adapters, 8 * adapters
+    return {"parameters": parameters, "gradients": gradients, "optimizer_states": states}
+    ### END SOLUTION
+
+
+# %% [markdown]
+# Self-check against the estimator on the shapes and plans of §4 and §5:
+
+# %%
+static_plans = [(shape, TrainingPlan(method=m, batch_size=preset.batch_size, seq_len=longest, lora_r=preset.lora_r))
+                for m in METHODS]
+static_plans += [(known_shape("llama-2-7b"), TrainingPlan(method=m, weight_dtype="float16", master_weights=master))
+                 for m, master in (("full", False), ("full", True), ("qlora", False))]
+static_rows = []
+for model_shape, plan in static_plans:
+    mine, count = static_bytes(model_shape, plan), estimate_memory(model_shape, plan)
+    for part in ("parameters", "gradients", "optimizer_states"):
+        want = getattr(count, part)
+        static_rows.append({"model": model_shape.name, "plan": plan.method + (", mixed precision" if plan.master_weights else ""),
+                            "part": part, "yours_gb": mine[part] / 1e9, "estimator_gb": want / 1e9,
+                            "equal": abs(mine[part] - want) <= 1e-6 * want})
+print(plots.table(static_rows, ["model", "plan", "part", "yours_gb", "estimator_gb", "equal"], floatfmt=".4f"))
+print(f"\n{sum(r['equal'] for r in static_rows)} of {len(static_rows)} parts equal the estimator's")
+
+# %% nbgrader={"grade": true, "grade_id": "static_bytes_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+# Hidden tests compare static_bytes with the estimator on model shapes and plans you have not seen.
+### BEGIN HIDDEN TESTS
+with quiet():
+    check_in_kernel("static_bytes_tests", preset, globals())
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## 6 · Compute: a step's time from its FLOPs
 # A matmul of a weight with $n$ parameters costs $2n$ FLOPs per token forward. Backward costs the same
 # again for the gradients of activations, and once more for the gradients of trainable weights: a full
@@ -442,7 +517,7 @@ print(f"matmul throughput {flops_per_s / 1e9:.0f} GFLOP/s ({preset.autocast_dtyp
       f"({estimated_s / measured_s:.0%} of peak)")
 
 # %% [markdown]
-# ### Exercise 1.2 — plan a fine-tune, estimate it, run it (6 points)
+# ### Exercise 1.3 — plan a fine-tune, estimate it, run it (6 points)
 # Plan a LoRA fine-tune of the phone task and estimate it before it runs:
 # - `plan`: a `TrainingPlan` with `method="lora"` and `autocast_dtype=preset.autocast_dtype` (the dtype this
 #   preset trains in); you choose `batch_size`, `seq_len`, `lora_r` and `lora_targets`, and every other
