@@ -99,6 +99,13 @@ STATED_CLAIMS = {
         ("on the CPU path QLoRA's measured peak is the highest of the three",
          lambda r: r["rss_peak_gb_qlora"] > max(r["rss_peak_gb_full"], r["rss_peak_gb_lora"])),
         ("the fine-tune saves prefill per query, so it pays back", lambda r: r["prefill_saved_ms"] > 0),
+        ("the adapter trained on the notes learned almost none of their facts, asked or reciting",
+         lambda r: r["knowledge_lora"] <= 0.15 and r["knowledge_lora_recite"] <= 0.15),
+        ("retrieval found the right note for nearly every question", lambda r: r["knowledge_right_note"] >= 0.9),
+        ("retrieval answered most questions, far above the adapter",
+         lambda r: r["knowledge_retrieval"] >= 0.5 and r["knowledge_retrieval"] >= r["knowledge_lora"] + 0.5),
+        ("retrieval answered the changed facts about as well, with no training",
+         lambda r: abs(r["knowledge_retrieval_changed"] - r["knowledge_retrieval"]) <= 0.15),
     ],
     "02_data_and_tooling": [
         ("leakage lowered the leaked items' answer loss more than the unseen items'", lambda r: r["memory_log_gap"] < 0),
