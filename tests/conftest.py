@@ -105,7 +105,8 @@ STATED_CLAIMS = {
         ("retrieval answered most questions, far above the adapter",
          lambda r: r["knowledge_retrieval"] >= 0.5 and r["knowledge_retrieval"] >= r["knowledge_lora"] + 0.5),
         ("retrieval answered the changed facts about as well, with no training",
-         lambda r: abs(r["knowledge_retrieval_changed"] - r["knowledge_retrieval"]) <= 0.15),
+         lambda r: abs(r["knowledge_retrieval_changed"] - r["knowledge_retrieval"]) <= 0.15
+         and r["knowledge_retrieval_changed_only"] >= r["knowledge_retrieval"] - 0.2),
     ],
     "02_data_and_tooling": [
         ("leakage lowered the leaked items' answer loss more than the unseen items'", lambda r: r["memory_log_gap"] < 0),

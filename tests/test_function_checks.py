@@ -98,13 +98,17 @@ def test_a_count_that_misses_one_rule_fails_and_names_the_plan(old, new, named):
     ("from ftcourse.estimator import estimate_memory as count\n"
      "def static_bytes(shape, plan):\n    e = count(shape, plan)\n"
      "    return {'parameters': e.parameters, 'gradients': e.gradients, 'optimizer_states': e.optimizer_states}\n",
-     "it called the estimator's estimate_memory"),
+     "EstimatorFunctionHidden (cell static_bytes, line 3)"),
     ("def static_bytes(shape, plan):\n    import ftcourse.estimator as e\n"
      "    return {'parameters': e.parameter_bytes(shape, plan), 'gradients': 1, 'optimizer_states': 1}\n",
-     "it called the estimator's parameter_bytes"),
+     "EstimatorFunctionHidden (cell static_bytes, line 3)"),
     ("def static_bytes(shape, plan):\n    return {'parameters': float('nan'), 'gradients': float('nan'), "
      "'optimizer_states': float('nan')}\n", "30 of 30 parts differ"),
-    ("def static_bytes(shape, plan):\n    return [1, 2, 3]\n", "must return a dict"),
+    ("def static_bytes(shape, plan):\n    return [1, 2, 3]\n", "raised CellError"),
+    ("import ftcourse.labs as labs\ndef static_bytes(shape, plan):\n    e = labs.estimate_memory(shape, plan)\n"
+     "    return {'parameters': e.parameters, 'gradients': e.gradients, 'optimizer_states': e.optimizer_states}\n",
+     "EstimatorFunctionHidden"),  # a copy of the function in another module is hidden too
+    ("def static_bytes(shape, plan):\n    raise ValueError(repr(shape) + repr(plan))\n", "does not show its message"),
 ])
 def test_the_estimator_is_hidden_and_nonsense_is_refused(source, named, learner_runtime):
     verdict = _through_a_child("static_bytes_tests", {"static_bytes": source})

@@ -226,10 +226,10 @@ def _static_judge(exercise, preset, inputs, key, rows) -> Verdict:
         expect(isinstance(got, dict) and all(type(got.get(part)) in (int, float) for part in STATIC_PARTS),
                f"static_bytes must return numbers for {', '.join(STATIC_PARTS)}.")
         for part in STATIC_PARTS:  # not a finite number of bytes (NaN, infinity): as wrong as can be
-            error = abs(got[part] - want[part]) / want[part] if math.isfinite(got[part]) else math.inf
+            error = abs(got[part] - want[part]) / max(want[part], 1) if math.isfinite(got[part]) else math.inf
             worst = max(worst, error)
             if error > exercise.thresholds["max_relative_error"][1]:
-                problems.append(f"{describe_plan(case['plan'])}: {part} is {got[part] / want[part]:.4g}x the count")
+                problems.append(f"{describe_plan(case['plan'])}: {part} is {got[part] / max(want[part], 1):.4g}x the count")
     verdict = judge(exercise, "-", {"max_relative_error": worst, "plans": len(key)}, preset)
     if problems:
         verdict.message = (f"{len(problems)} of {len(key) * len(STATIC_PARTS)} parts differ on unseen shapes: "
@@ -494,7 +494,7 @@ def _nf4_judge(exercise, preset, inputs, key, data) -> Verdict:
 
 CHECKS = {
     "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
-    "static_bytes_tests": FunctionCheck("static_bytes", False, _static_inputs, _static_judge),
+    "static_bytes_tests": FunctionCheck("static_bytes", True, _static_inputs, _static_judge),
     "cleaning_tests": FunctionCheck("clean", True, _cleaning_inputs, _cleaning_judge),
     "sft_label_mask_tests": FunctionCheck("label_mask", False, _label_mask_inputs, _label_mask_judge),
     "lora_layer_tests": FunctionCheck("lora_layer", False, _lora_inputs, _lora_judge),

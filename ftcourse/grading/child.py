@@ -22,6 +22,11 @@ class CellError(Exception):
     """What the learner's cells did not provide, or provided in the wrong shape."""
 
 
+class EstimatorFunctionHidden(CellError):
+    """Exercise 1.2's static_bytes reached a function of the estimator that counts the bytes for it. Its name is
+    its message: under hidden inputs the grader shows a learner error's type and line, not its text."""
+
+
 # ---------------------------------------------------------------- tensors as data
 
 def encode_tensor(tensor) -> dict:
@@ -99,29 +104,34 @@ def op_decide(namespace: dict, inputs: dict):
 
 
 STATIC_PARTS = ("parameters", "gradients", "optimizer_states")  # what Exercise 1.2's static_bytes returns
-# the estimator's functions that count those parts: hidden while the learner's static_bytes runs
-ESTIMATOR_COUNTS = ("estimate_memory", "parameter_bytes", "trainable_param_count", "lora_param_count")
 
 
 def op_static_bytes(namespace: dict, inputs: dict):
-    """The learner's `static_bytes` on each (shape, plan), with the estimator's own counts hidden while it runs."""
+    """The learner's `static_bytes` on each (shape, plan), with the estimator's own counts hidden while it runs:
+    every module attribute and cell name bound to one of them is replaced by a stand-in that refuses. A deterrent
+    with a clear message, not a wall: code that ran before this op could have kept a reference."""
+    import sys
+
     import ftcourse.estimator as estimator
 
     count = _need(namespace, "static_bytes")
-    originals = {name: getattr(estimator, name) for name in ESTIMATOR_COUNTS}
+    names = ("estimate_memory", "parameter_bytes", "trainable_param_count", "lora_param_count")
+    originals = {id(getattr(estimator, name)): name for name in names}
 
     def refused(name):
         def call(*args, **kwargs):
-            raise CellError(f"static_bytes must count the bytes itself; it called the estimator's {name}().")
+            raise EstimatorFunctionHidden(f"static_bytes must count the bytes itself; it reached the estimator's {name}().")
         return call
 
-    hidden = {name: refused(name) for name in ESTIMATOR_COUNTS}
-    imported = {key: value for key, value in namespace.items() if any(value is f for f in originals.values())}
+    stand_ins = {name: refused(name) for name in names}
+    replaced = []  # (a module's or the cells' dict, key, original)
+    places = [vars(module) for module in list(sys.modules.values()) if module is not None] + [namespace]
     try:
-        for name, stand_in in hidden.items():
-            setattr(estimator, name, stand_in)
-        for key, value in imported.items():  # a name the cell imported: the same stand-in
-            namespace[key] = hidden[next(n for n, f in originals.items() if f is value)]
+        for place in places:
+            for key, value in list(place.items()):
+                if callable(value) and id(value) in originals:
+                    replaced.append((place, key, value))
+                    place[key] = stand_ins[originals[id(value)]]
         rows = []
         for case in inputs["cases"]:
             plan = dict(case["plan"])
@@ -135,14 +145,14 @@ def op_static_bytes(namespace: dict, inputs: dict):
             for part in STATIC_PARTS:
                 try:
                     row[part] = float(out[part])
-                except (TypeError, ValueError):
-                    raise CellError(f"static_bytes()[{part!r}] must be a number of bytes, got {out[part]!r}.") from None
+                except (TypeError, ValueError, OverflowError):
+                    raise CellError(f"static_bytes()[{part!r}] must be a number of bytes, got a "
+                                    f"{type(out[part]).__name__}.") from None
             rows.append(row)
         return rows
     finally:
-        for name, function in originals.items():
-            setattr(estimator, name, function)
-        namespace.update(imported)
+        for place, key, value in replaced:
+            place[key] = value
 
 
 def op_clean(namespace: dict, inputs: dict):

@@ -226,7 +226,7 @@ print(f"\nMIN_DEMONSTRATIONS = {MIN_DEMONSTRATIONS}, MANY_DEMONSTRATIONS = {MANY
 # A team's knowledge arrives as documents. Here are 24 facts about invented institutes, people and ships
 # (names built from syllables, so no pretraining text holds them), each one sentence, a "note". Two ways to make
 # the model answer questions about them, on the same questions: **fine-tune** a LoRA adapter on the notes
-# (12 steps of 8: each note seen four times), or **retrieve**: embed the notes and each question with the
+# (12 steps of the preset's batch: on the CPU preset each note is seen four times; the cell prints it), or **retrieve**: embed the notes and each question with the
 # course's sentence-embedding model (all-MiniLM-L6-v2; notebook 10 fine-tunes it), and put the closest note in
 # the prompt. Scored by whether the reply states the answer. Then a quarter of the facts change, as documents
 # do, and retrieval is asked again over the new notes (an adapter would have to be trained again).
@@ -265,29 +265,38 @@ runs = {  # name: (facts, model, prompts)
     "retrieval_changed": ("a quarter changed", "base model, retrieved note in the prompt", model,
                           retrieval_examples(changed, changed_notes, picked_changed), changed),
 }
-knowledge, knowledge_rows, lora_replies = {}, [], None
+knowledge, knowledge_rows, lora_replies, retrieval_replies = {}, [], None, None
 for key, (label, name, m, examples, fs) in runs.items():
     knowledge[key], replies = answers_found(m, examples, fs)
     lora_replies = replies if key == "lora" else lora_replies
+    retrieval_replies = replies if key == "retrieval_changed" else retrieval_replies
     knowledge_rows.append({"facts": label, "approach": name, "answer_found": knowledge[key]})
+moved = [i for i, (a, b) in enumerate(zip(facts, changed)) if a != b]
+knowledge["retrieval_changed_only"] = answer_found([retrieval_replies[i] for i in moved], [changed[i] for i in moved])
 retrieved = {"original": sum(i == j for j, i in enumerate(picked)) / len(facts),
              "a quarter changed": sum(i == j for j, i in enumerate(picked_changed)) / len(changed)}
 print(plots.table(knowledge_rows, ["facts", "approach", "answer_found"]))
-print(f"\nthe retriever picked the right note for {retrieved['original']:.0%} of the questions "
-      f"({retrieved['a quarter changed']:.0%} after the change); the LoRA trained {facts_result.steps} steps in "
-      f"{facts_result.seconds:.0f} s, final loss {facts_result.losses[-1]:.3f}. Its replies to the first three questions:")
+exposures = FACT_STEPS * preset.batch_size / len(facts)
+print(f"\nthe LoRA trained {facts_result.steps} steps of {preset.batch_size} ({exposures:.0f} exposures per note) in "
+      f"{facts_result.seconds:.0f} s, final loss {facts_result.losses[-1]:.3f}; its replies to the first three questions:")
 for fact, reply in zip(facts[:3], lora_replies):
     print(f"  {fact.question}  expected {fact.answer!r}; the adapter says {reply.strip()!r}")
+print(f"the retriever picked the right note for {retrieved['original']:.0%} of the questions "
+      f"({retrieved['a quarter changed']:.0%} after the change); on the {len(moved)} changed facts alone, retrieval "
+      f"answered {knowledge['retrieval_changed_only']:.0%}. Its misses after the change:")
+for fact, reply in zip(changed, retrieval_replies):
+    if not answer_found([reply], [fact]):
+        print(f"  {fact.question}  expected {fact.answer!r}; the reply is {reply.strip()!r}")
 del facts_model
 
 # %% [markdown]
-# The adapter learned the notes' *form* (its replies are notes, with an invented year, town or crew) and
-# almost none of their content, not even when asked to write out the very notes it was trained on: four
-# exposures teach a format, not a fact (02 measures how much a repeated item is remembered). Retrieval found
-# the right note for nearly every question and answered most of them (the misses are replies that restate the
-# question instead), and after the change it answered the new facts about as well, with no training at all.
-# A fine-tune would have to be trained again for each change, and could not say where an answer came from.
-# That is rule 2: behaviour in the weights, facts in the context.
+# In this run the adapter learned the notes' *form* (its replies are notes, with an invented year, town or
+# crew) and almost none of their content, not even when asked to write out the very notes it was trained on:
+# a few exposures taught a format, not the facts (02 measures how much a repeated item is remembered).
+# Retrieval found the right note for (nearly) every question and answered most of them, and after the change
+# it answered the new facts as well, with no training at all; read its misses above. A fine-tune would have to
+# be trained again for each change, and nothing in its weights says where an answer came from, where a
+# retrieved note does. That is rule 2: behaviour in the weights, facts in the context.
 
 # %% [markdown]
 # ### Exercise 1.1 — encode the decision guide (3 points)
@@ -498,22 +507,28 @@ print(f"\nLlama-2-7B QLoRA needs about {qlora_7b['total']:.1f} GB: {qlora_7b['pa
 # and `"optimizer_states"` in bytes, for any `ModelShape` and `TrainingPlan` (`plan.method` is "full",
 # "lora" or "qlora"). The rules the table follows:
 # - **Bytes per number:** 4 for `"float32"`, 2 for `"bfloat16"` and `"float16"` (`plan.weight_dtype`).
-# - **Parameters:** all `shape.n_params` weights in the weight dtype. LoRA and QLoRA add adapters:
-#   $r(d_{in}+d_{out})$ for every targeted linear (`plan.lora_targets`, shapes from `shape.module_shapes()`,
-#   which maps a name to `(in, out)`) of each of the `shape.n_layers` layers, stored in float32. QLoRA stores
-#   the decoder's linear weights (`shape.n_layers * shape.linear_params_per_layer` of them) as 4-bit codes,
-#   half a byte each, plus one float32 absmax per `plan.quant_block` weights; with `plan.double_quant` each
-#   absmax is one byte, plus one float32 per 256 blocks. Embeddings and norms keep the weight dtype.
+# - **Parameters:** all `shape.n_params` weights in the weight dtype (embeddings, norms, the decoder's linears,
+#   and the LM head when it is not tied to the embeddings; `n_params` already counts it once or twice). LoRA and
+#   QLoRA add adapters: $r(d_{in}+d_{out})$ for every targeted linear (`plan.lora_targets`, shapes from
+#   `shape.module_shapes()`, which maps a name to `(in, out)`) of each of the `shape.n_layers` layers, stored in
+#   float32. QLoRA stores the decoder's linear weights (`shape.n_layers * shape.linear_params_per_layer` of
+#   them) as 4-bit codes, half a byte each, plus one float32 absmax per `plan.quant_block` weights; with
+#   `plan.double_quant` each absmax is one byte, plus one float32 per 256 blocks. Count the blocks over all
+#   those weights at once (a fraction is fine; bitsandbytes rounds up per module and keeps a small code book,
+#   which the estimator leaves out: a few bytes in millions). Everything else keeps the weight dtype.
 # - **Gradients:** one per trainable number: a full fine-tune's every weight in the weight dtype; otherwise
 #   the adapters only, in float32.
-# - **AdamW states:** two per trainable number, in the gradient's dtype; except a full fine-tune with 16-bit
-#   weights and `plan.master_weights`, the mixed-precision set-up of §5: a float32 master copy and two float32
-#   states, 12 bytes per parameter.
+# - **AdamW states:** two per trainable number, in the gradient's dtype. The one exception is a full fine-tune
+#   with 16-bit weights and `plan.master_weights=True`, the mixed-precision set-up of §5: the optimizer keeps a
+#   float32 master copy of the weights and two float32 states, 12 bytes per parameter, all counted as optimizer
+#   states (the 16-bit weights and gradients stay where they were). With float32 weights, or with adapters,
+#   `master_weights` changes nothing.
 #
-# Count it yourself: while it runs your function, the grader hides the estimator's `estimate_memory`,
-# `parameter_bytes`, `trainable_param_count` and `lora_param_count`. It runs this cell on its own (keep any
-# import in it) on model shapes and plans you have not seen, and compares each part with the estimator's:
-# equal within a relative 1e-6.
+# Count it yourself: while it runs your function, the grader replaces the estimator's `estimate_memory`,
+# `parameter_bytes`, `trainable_param_count` and `lora_param_count`, wherever they are imported, by stand-ins
+# that raise `EstimatorFunctionHidden`. It runs this cell on its own (keep any import in it) on model shapes
+# and plans you have not seen (their errors are reported by type and line, not by message, since a message
+# could carry them), and compares each part with the estimator's: equal within a relative 1e-5.
 
 # %% nbgrader={"grade": false, "grade_id": "static_bytes", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def static_bytes(shape, plan) -> dict:
