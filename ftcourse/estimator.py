@@ -161,6 +161,12 @@ class TrainingPlan:
     def tokens(self) -> int:
         return self.batch_size * self.seq_len
 
+    @classmethod
+    def from_data(cls, raw: dict) -> "TrainingPlan":
+        """The plan of its JSON form (`dataclasses.asdict` through JSON): lists back to tuples, absent fields at
+        their defaults."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()})
+
 
 # the plan's fields that the course's training run follows (`grading.produce`, notebook 01's exercise)
 TRAINED_FIELDS = ("method", "batch_size", "seq_len", "autocast_dtype", "lora_r", "lora_targets")
@@ -507,7 +513,7 @@ def _peak_rss_child(request: str) -> None:
     import transformers  # noqa: F401
 
     args = json.loads(request)
-    plan = TrainingPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in args["plan"].items()})
+    plan = TrainingPlan.from_data(args["plan"])
     baseline, baseline_file = _resident_bytes(), _resident_file_bytes()
     model = build_model_for_plan(plan, args["model"], args["device"], seed=args["seed"])
     built, built_file = _resident_bytes(), _resident_file_bytes()
@@ -588,10 +594,10 @@ def load_plan(path) -> tuple[TrainingPlan, dict]:
     for field in ("plan", "estimate"):
         if field not in record:
             raise ValueError(f"{path}: missing the field {field!r}; write the file with ftcourse.estimator.save_plan.")
-    raw = dict(record["plan"])
-    raw["lora_targets"] = tuple(raw.get("lora_targets", ALL_LINEAR))
+    if not isinstance(record["plan"], dict):
+        raise ValueError(f"{path}: the plan must be an object of TrainingPlan's fields, got {type(record['plan']).__name__}.")
     try:
-        plan = TrainingPlan(**raw)
+        plan = TrainingPlan.from_data(record["plan"])
     except TypeError as exc:
         raise ValueError(f"{path}: the plan has a field TrainingPlan does not know ({exc}).") from None
     plan.validate()

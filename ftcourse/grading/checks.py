@@ -212,9 +212,7 @@ def _static_inputs(preset, secret):
     cases = static_cases(secrets_.derived_seed("01_when_to_fine_tune/static_bytes", secret))
     key = []
     for case in cases:
-        plan = TrainingPlan(**(case["plan"] | {"lora_targets": tuple(case["plan"].get("lora_targets", ()))
-                                               or TrainingPlan().lora_targets}))
-        estimate = estimate_memory(ModelShape(**case["shape"]), plan)
+        estimate = estimate_memory(ModelShape(**case["shape"]), TrainingPlan.from_data(case["plan"]))
         key.append({part: getattr(estimate, part) for part in STATIC_PARTS})
     return {"cases": cases}, key
 

@@ -134,10 +134,7 @@ def op_static_bytes(namespace: dict, inputs: dict):
                     place[key] = stand_ins[originals[id(value)]]
         rows = []
         for case in inputs["cases"]:
-            plan = dict(case["plan"])
-            if "lora_targets" in plan:
-                plan["lora_targets"] = tuple(plan["lora_targets"])
-            out = count(estimator.ModelShape(**case["shape"]), estimator.TrainingPlan(**plan))
+            out = count(estimator.ModelShape(**case["shape"]), estimator.TrainingPlan.from_data(case["plan"]))
             if not isinstance(out, dict) or set(STATIC_PARTS) - set(out):
                 raise CellError(f"static_bytes must return a dict with {', '.join(STATIC_PARTS)}, got "
                                 f"{sorted(out) if isinstance(out, dict) else type(out).__name__}.")
