@@ -31,6 +31,37 @@ def _pre(text: str) -> str:
     return f"<pre style='margin:0'>{html.escape(text)}</pre>"
 
 
+def _error_html(error: BaseException) -> str:
+    """An exception as the learner sees it in a lab: red, with its traceback (ipywidgets would swallow it)."""
+    import html
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return (f"<pre class='ftcourse-lab-error' style='margin:0;color:#b00020;white-space:pre-wrap'>"
+            f"{html.escape(trace)}</pre>")
+
+
+def _shown(callback, errors):
+    """`callback` for a widget's observe/on_click whose exceptions go to the `errors` HTML widget, not to nowhere.
+
+    ipywidgets runs callbacks in the comm handler, which logs an exception out of the learner's sight; here it is
+    shown under the controls, and cleared by the next call that succeeds.
+    """
+    import functools
+
+    @functools.wraps(callback)
+    def wrapped(*args, **kwargs):
+        try:
+            result = callback(*args, **kwargs)
+        except Exception as error:  # shown to the learner, not swallowed
+            errors.value = _error_html(error)
+            return None
+        errors.value = ""
+        return result
+
+    return wrapped
+
+
 # ---------------------------------------------------------------- LoRA Lab (notebook 04)
 
 def lora_lab_numbers(shape: ModelShape, r: int, alpha: float, targets: Sequence[str], batch_size: int, seq_len: int,
@@ -108,7 +139,7 @@ def lora_lab_widget(shape: ModelShape, spectra: dict, errors: dict, full_label: 
     alpha_slider = widgets.FloatLogSlider(value=alpha, base=2, min=0, max=9, step=1, description="alpha")
     boxes = {t: widgets.Checkbox(value=True, description=t, indent=False, layout=widgets.Layout(width="110px"))
              for t in ALL_LINEAR}
-    text, image = widgets.HTML(), widgets.Image(format="png")
+    text, image, shown_error = widgets.HTML(), widgets.Image(format="png"), widgets.HTML()
     error_of_full = errors[full_label]
 
     def redraw(*_):
@@ -122,10 +153,12 @@ def lora_lab_widget(shape: ModelShape, spectra: dict, errors: dict, full_label: 
         text.value = _pre(lora_lab_text(numbers))
         image.value = _figure_png(lora_lab_figure(spectra, errors, rank.value))
 
+    redraw = _shown(redraw, shown_error)
     for control in (rank, alpha_slider, *boxes.values()):
         control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox([rank, alpha_slider]), widgets.HBox(list(boxes.values())), text, image])
+    box = widgets.VBox([widgets.HBox([rank, alpha_slider]), widgets.HBox(list(boxes.values())), text, shown_error,
+                        image])
     display(box)
     return box
 
@@ -161,10 +194,17 @@ def quantization_lab_text(numbers: dict, perplexity: float | None = None, base_p
 
 
 def quantization_lab_figure(error_rows: list[dict], perplexity_rows: list[dict], base_perplexity: float,
-                            marker: tuple | None = None):
-    """Left: reconstruction error of a matrix against bits (per scheme). Right: model perplexity against bits."""
+                            marker: tuple | None = None, measured: dict | None = None):
+    """Left: reconstruction error of a matrix against bits (per scheme). Right: model perplexity against bits.
+
+    Both curves are drawn at the error rows' block size only (rows at other block sizes, e.g. a whole-matrix
+    scale, would join the same line with a jump); `measured` (a `perplexity_grid` row) is drawn as a star with
+    its setting in the legend, whatever its block.
+    """
     import matplotlib.pyplot as plt
 
+    blocks = {r["block"] for r in error_rows if r["scheme"] != "bf16"}
+    perplexity_rows = [r for r in perplexity_rows if r["scheme"] == "bf16" or r["block"] in blocks]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for scheme in sorted({r["scheme"] for r in error_rows if r["scheme"] != "bf16"}):
         group = sorted((r for r in error_rows if r["scheme"] in (scheme, "bf16")), key=lambda r: r["bits"])
@@ -172,6 +212,10 @@ def quantization_lab_figure(error_rows: list[dict], perplexity_rows: list[dict],
         pgroup = sorted((r for r in perplexity_rows if r["scheme"] in (scheme, "bf16")), key=lambda r: r["bits"])
         right.semilogy([r["bits"] for r in pgroup], [min(r["perplexity"], 1e4) for r in pgroup], marker="o", label=scheme)
     right.axhline(base_perplexity, color="grey", linestyle=":", label="float32 model")
+    if measured is not None:
+        right.semilogy([measured["bits"]], [min(measured["perplexity"], 1e4)], marker="*", markersize=14,
+                       linestyle="none", color="#d62728",
+                       label=f"measured: {measured['bits']} bits, {measured['scheme']}, block {measured['block']}")
     if marker is not None:
         left.axvline(marker[0], color="grey", linestyle="--")
         right.axvline(marker[0], color="grey", linestyle="--")
@@ -197,22 +241,27 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
                              description="block")
     scheme = widgets.ToggleButtons(options=["nf", "int"], value="nf", description="scheme")
     measure = widgets.Button(description="measure perplexity")
-    text, image = widgets.HTML(), widgets.Image(format="png")
+    readout, image, shown_error = widgets.HTML(), widgets.Image(format="png"), widgets.HTML()
 
-    def redraw(*_, perplexity=None):
+    def redraw(*_, measured=None):
         numbers = quantization_lab_numbers(weight, bits.value, block.value, scheme.value)
-        text.value = _pre(quantization_lab_text(numbers, perplexity, base_perplexity))
+        readout.value = _pre(quantization_lab_text(numbers, measured and measured["perplexity"], base_perplexity))
         image.value = _figure_png(quantization_lab_figure(error_rows, perplexity_rows, base_perplexity,
-                                                          marker=(bits.value,)))
+                                                          marker=(bits.value,), measured=measured))
 
     def on_measure(_):
-        row = perplexity_grid(model, tokenizer, text, [(bits.value, block.value, scheme.value)])[0]
-        redraw(perplexity=row["perplexity"])
+        measure.disabled, measure.description = True, "measuring..."
+        try:
+            row = perplexity_grid(model, tokenizer, text, [(bits.value, block.value, scheme.value)])[0]
+        finally:
+            measure.disabled, measure.description = False, "measure perplexity"
+        redraw(measured=row)
 
+    redraw, on_measure = _shown(redraw, shown_error), _shown(on_measure, shown_error)
     for control in (bits, block, scheme):
         control.observe(redraw, names="value")
     measure.on_click(on_measure)
     redraw()
-    box = widgets.VBox([widgets.HBox([bits, block]), widgets.HBox([scheme, measure]), text, image])
+    box = widgets.VBox([widgets.HBox([bits, block]), widgets.HBox([scheme, measure]), readout, shown_error, image])
     display(box)
     return box

@@ -119,7 +119,28 @@ def test_lora_lab_figure_and_widget_render():
     errors = {k: lora.low_rank_error(v) for k, v in spectra.items()}
     fig = labs.lora_lab_figure(spectra, errors, r=4)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # two spectra and the rank marker
-    labs.lora_lab_widget(known_shape("smollm2-135m"), spectra, errors, "full", 8, 96, None, r=4, alpha=8)
+    box = labs.lora_lab_widget(known_shape("smollm2-135m"), spectra, errors, "full", 8, 96, None, r=4, alpha=8)
+    (rank, alpha), boxes, readout, shown_error, image = box.children[0].children, box.children[1].children, *box.children[2:]
+    first_text, first_png = readout.value, image.value
+    assert "trainable" in first_text.lower() and first_png[:4] == b"\x89PNG" and shown_error.value == ""
+    rank.value = 32
+    assert readout.value != first_text and image.value != first_png  # the readout and the rank marker move
+    after_rank = readout.value
+    alpha.value = 128
+    assert readout.value != after_rank
+    for checkbox in boxes:
+        checkbox.value = False  # no target left: the lab says so instead of failing silently
+    assert "at least one target" in readout.value and shown_error.value == ""
+
+
+def test_lab_callback_errors_are_shown_not_swallowed():
+    import ipywidgets as widgets
+
+    shown = widgets.HTML()
+    failing = labs._shown(lambda *_: 1 / 0, shown)
+    assert failing() is None and "ZeroDivisionError" in shown.value and "ftcourse-lab-error" in shown.value
+    labs._shown(lambda *_: 7, shown)()
+    assert shown.value == ""  # cleared by the next call that succeeds
 
 
 def test_peft_scaling_reads_alpha_over_r_and_rslora_alpha_over_sqrt_r():

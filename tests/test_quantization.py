@@ -108,3 +108,35 @@ def test_quantization_lab_numbers_and_figure():
     fig = labs.quantization_lab_figure(rows, ppl, 9.0, marker=(4,))
     assert len(fig.axes) == 2
     assert "4.500 bits per weight" in labs.quantization_lab_text(four, 12.0, 11.0)
+
+
+def test_quantization_lab_widget_controls_and_measure_button(model_and_tokenizer):
+    """Every control changes the readout or the figure; the button measures the model's perplexity live."""
+    import matplotlib
+
+    from ftcourse.quantization import perplexity_grid
+
+    matplotlib.use("Agg")
+    model, tokenizer = model_and_tokenizer
+    weight = model.model.layers[0].mlp.down_proj.weight.detach()
+    text = "The course measures what it teaches. " * 6
+    rows = [labs.quantization_lab_numbers(weight, b, 64, s) for s in ("nf", "int") for b in (8, 4, 2)]
+    grid = perplexity_grid(model, tokenizer, text, [(4, 64, "nf"), (4, None, "nf")])
+    base = perplexity_grid(model, tokenizer, text, [(16, None, "nf")])[0]["perplexity"]
+    whole_matrix = labs.quantization_lab_figure(rows, grid, base)
+    assert all(len(line.get_xdata()) == 1 for line in whole_matrix.axes[1].lines if line.get_label() == "nf")  # block 64 only
+    box = labs.quantization_lab_widget(weight, model, tokenizer, text, rows, grid, base)
+    (bits, block), (scheme, measure) = box.children[0].children, box.children[1].children
+    readout, shown_error, image = box.children[2:]
+    seen = [(readout.value, image.value)]
+    for control, value in ((bits, 2), (block, None), (scheme, "int")):
+        control.value = value
+        assert readout.value != seen[-1][0], f"{control.description} left the readout unchanged"
+        seen.append((readout.value, image.value))
+    assert seen[1][1] != seen[0][1]  # the bits marker moved
+    measure.click()
+    assert shown_error.value == "", shown_error.value
+    assert "model perplexity on the course text" in readout.value and image.value != seen[-1][1]
+    assert measure.description == "measure perplexity" and not measure.disabled
+    expected = perplexity_grid(model, tokenizer, text, [(2, None, "int")])[0]["perplexity"]
+    assert f"{min(expected, 1e30):.2f}" in readout.value
