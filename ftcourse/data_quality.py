@@ -14,6 +14,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from .tasks import Example
@@ -21,7 +22,7 @@ from .tasks import Example
 PROBLEMS = ("malformed", "wrong_role", "too_long", "leaked", "duplicate", "near_duplicate")
 ROLES = ("system", "user", "assistant")
 DUMP_SEED = 77  # the shipped dump's seed; the grader's comes from $FTCOURSE_HELDOUT_SEED
-SHIPPED_DUMP = Path(__file__).resolve().parent / "data" / "raw_chat_dump.jsonl"  # package data
+SHIPPED_DUMP = Path(str(resources.files("ftcourse").joinpath("data", "raw_chat_dump.jsonl")))  # package data
 
 
 class DataError(ValueError):

@@ -13,6 +13,8 @@ TESTED = {
 
 def check_versions(required: dict[str, str] | None = None) -> list[str]:
     """Print installed vs tested versions; return the packages that differ or are missing."""
+    from .install import install_advice
+
     differ = []
     for name, tested in (required or TESTED).items():
         try:
@@ -21,6 +23,9 @@ def check_versions(required: dict[str, str] | None = None) -> list[str]:
             installed = "missing"
         if installed.split("+")[0] != tested:
             differ.append(name)
-            print(f"  {name}: installed {installed}, tested {tested}" + (" -> pip install -r requirements.txt" if installed == "missing" else " (may still work)"))
-    print("All tested versions installed." if not differ else f"{len(differ)} package(s) differ from the tested set.")
+            print(f"  {name}: installed {installed}, tested {tested}" + ("" if installed == "missing" else " (may still work)"))
+    if not differ:
+        print("All tested versions installed.")
+    else:
+        print(f"{len(differ)} package(s) differ from the tested set. To install the tested ones: {install_advice()}.")
     return differ

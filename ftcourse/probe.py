@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from importlib import resources
 from pathlib import Path
 
 from .evaluation import continuation_logprobs, perplexity
 
-ASSETS = Path(__file__).resolve().parent / "data"  # the course's shipped data, installed with the package
+ASSETS = Path(str(resources.files("ftcourse").joinpath("data")))  # the course's shipped data: package data
 
 
 @dataclasses.dataclass(frozen=True)

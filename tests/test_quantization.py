@@ -129,11 +129,12 @@ def test_quantization_lab_widget_controls_and_measure_button(model_and_tokenizer
     (bits, block), (scheme, measure) = box.children[0].children, box.children[1].children
     readout, shown_error, image = box.children[2:]
     seen = [(readout.value, image.value)]
-    for control, value in ((bits, 2), (block, None), (scheme, "int")):
+    for control, value in ((bits, 2), (block, 0), (scheme, "int")):
         control.value = value
         assert readout.value != seen[-1][0], f"{control.description} left the readout unchanged"
         seen.append((readout.value, image.value))
     assert seen[1][1] != seen[0][1]  # the bits marker moved
+    assert block.label == "whole matrix" and "block tensor" in readout.value
     measure.click()
     assert shown_error.value == "", shown_error.value
     assert "model perplexity on the course text" in readout.value and image.value != seen[-1][1]

@@ -83,3 +83,18 @@ def test_grading_modules_import_only_downwards():
                 imported.add(node.module.split(".")[2])
         upward = {m.split(".")[0] for m in imported} - set(GRADING_LAYERS[:position])
         assert not upward, f"grading/{name}.py imports {sorted(upward)}, which come after it"
+
+
+@pytest.mark.parametrize("slug", registry.notebooks())
+def test_each_notebook_states_the_learners_study_time(slug):
+    """The introduction's study time is `study_time` of the released notebook (reading rates, exercise estimates)."""
+    import nbformat
+
+    from ftcourse.grading.registry import study_time, study_time_sentence
+
+    cells = nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4).cells
+    stated = " ".join(cells[0].source.split())
+    sentence = study_time_sentence(slug, cells)
+    assert sentence in stated, f"{slug}'s introduction should state (then `make release`):\n{sentence}"
+    t = study_time(slug, cells)
+    assert t["total"] == t["reading"] + t["exercises"] and t["reading"] >= 10 and t["n_exercises"] >= 2

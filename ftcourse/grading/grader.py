@@ -49,8 +49,9 @@ def _scrub(text: str, secret: int | None) -> str:
     return text.replace(str(secret), "<secret>") if secret is not None else text
 
 
-def grade_submission(notebook: str, sources: dict, preset_name: str, seed: int, log=print) -> dict[str, Verdict]:
-    """Every exercise of `notebook`, graded from the submission's solution-cell sources."""
+def grade_submission(notebook: str, sources: dict, preset_name: str, seed: int, log=print,
+                     only: list[str] | None = None) -> dict[str, Verdict]:
+    """Every exercise of `notebook` (or those of `only`), graded from the submission's solution-cell sources."""
     from ..models import embedded_model_dir
     from ..presets import get_preset
     from .checks import CHECKS, run_check
@@ -63,6 +64,8 @@ def grade_submission(notebook: str, sources: dict, preset_name: str, seed: int, 
     cells = Cells(sources, preset.name, seed)
     verdicts = {}
     for exercise in for_notebook(notebook):
+        if only is not None and exercise.grade_id not in only:
+            continue
         start = time.perf_counter()
         try:
             if exercise.kind == "function":
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     request = json.loads(sys.stdin.read())
     verdicts = grade_submission(request["notebook"], request["cells"], request["preset"], request["seed"],
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
+                                log=lambda line: print(line, file=sys.stderr, flush=True), only=request.get("only"))
     Path(args.out).write_text(json.dumps({k: v.to_dict() for k, v in verdicts.items()}))
     return 0
 

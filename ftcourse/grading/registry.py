@@ -29,6 +29,7 @@ class Exercise:
     thresholds: dict  # metric -> (comparison, value); a string value names a preset field ("step_budget")
     hints: tuple[str, ...]
     summary: str  # one line for the points tables
+    study_minutes: int = 20  # a learner's working time on it (reading its spec, writing, running, reading the verdict)
 
     def threshold_values(self, preset) -> dict:
         """The thresholds with preset-dependent values resolved: {metric: (comparison, number)}."""
@@ -51,6 +52,7 @@ EXERCISES = (
                "GRPO needs a model that sometimes succeeds (base_success_rate > 0) and few demonstrations",
                "rules A-C depend on memory: call method_fits(scenario, 'full' | 'lora' | 'qlora')"),
         summary="`choose_approach` (signal + parameterisation) follows the decision guide on unseen scenarios generated at grading time",
+        study_minutes=25,
     ),
     Exercise(
         grade_id="static_bytes_tests", notebook="01_when_to_fine_tune", number="1.2",
@@ -66,6 +68,7 @@ EXERCISES = (
         summary="`static_bytes` (parameters, gradients, AdamW states, counted by hand) equals the estimator on unseen "
                 "model shapes and plans: full in 32 and 16 bits, pure and mixed precision, LoRA, QLoRA with and "
                 "without double quantization",
+        study_minutes=20,
     ),
     Exercise(
         grade_id="plan_final_outcome", notebook="01_when_to_fine_tune", number="1.3",
@@ -84,6 +87,7 @@ EXERCISES = (
                STEP_HINT),
         summary="memory estimate within 15 % of the grader's byte count of the plan, the plan within the preset's "
                 "memory budget; the grader trains the plan: held-out exact match ≥ few-shot + 0.15, steps ≤ budget",
+        study_minutes=25,
     ),
     Exercise(
         grade_id="cleaning_tests", notebook="02_data_and_tooling", number="2.1",
@@ -93,6 +97,7 @@ EXERCISES = (
                "every row is either kept or flagged, and the first of several copies is kept"),
         summary="`clean_dump` on a dump generated at grading time (other rows, other variants of each problem): "
                 "precision ≥ 0.95, recall ≥ 0.95, recall ≥ 0.8 per problem",
+        study_minutes=35,
     ),
     Exercise(
         grade_id="cleaned_final_outcome", notebook="02_data_and_tooling", number="2.2",
@@ -105,6 +110,7 @@ EXERCISES = (
                STEP_HINT),
         summary="the grader cleans the shipped dump with your `clean_dump` and trains your `LoraConfig` and `SFTConfig` "
                 "on the kept rows: words-to-digits held-out exact match ≥ 0.6, steps ≤ budget",
+        study_minutes=20,
     ),
     Exercise(
         grade_id="sft_label_mask_tests", notebook="03_sft", number="3.1",
@@ -113,6 +119,7 @@ EXERCISES = (
         hints=("prompt tokens, up to and including the generation prompt, are -100; the completion keeps its tokens, "
                "<|im_end|> and the newline after it included",),
         summary="label mask equals TRL's on unseen examples",
+        study_minutes=20,
     ),
     Exercise(
         grade_id="sft_final_outcome", notebook="03_sft", number="3.2",
@@ -129,6 +136,7 @@ EXERCISES = (
                STEP_HINT),
         summary="the grader trains your `LoraConfig` and `SFTConfig`: held-out exact match ≥ 0.85, probe accuracy drop ≤ 0.03, "
                 "perplexity ratio ≤ 1.15, steps ≤ budget",
+        study_minutes=30,
     ),
     Exercise(
         grade_id="lora_layer_tests", notebook="04_lora", number="4.1",
@@ -138,6 +146,7 @@ EXERCISES = (
                "alpha / r; the base layer's parameters are frozen",),
         summary="`LoRALinear` equals PEFT's LoRA layer (output, dL/dA, dL/dB, dL/dx within 1e-5; r(in+out) trainable; "
                 "base frozen) on three unseen shapes",
+        study_minutes=25,
     ),
     Exercise(
         grade_id="capstone_final_outcome", notebook="04_lora", number="4.2",
@@ -166,6 +175,7 @@ EXERCISES = (
                 "seed and trains your `LoraConfig` and `SFTConfig`: ≤ 10 % of held-out draws repeat training (exact or near-duplicate), "
                 "most common answer ≤ 50 %, base exact match ≤ 0.3, adapter ≥ base + 0.3 and ≥ the base's 3-shot "
                 "prompt + 0.1, probe drop ≤ 0.03, perplexity ratio ≤ 1.15, steps ≤ budget",
+        study_minutes=45,
     ),
     Exercise(
         grade_id="nf4_tests", notebook="05_quantization_qlora", number="5.1",
@@ -176,6 +186,7 @@ EXERCISES = (
                "the nearest level wins (compare with the midpoints between levels)",),
         summary="NF4 quantize/dequantize against bitsandbytes on four unseen tensors (partial last block, outlier, "
                 "heavy tails): same absmax, ≥ 99.9 % equal indices, dequantisation within 1e-6",
+        study_minutes=35,
     ),
     Exercise(
         grade_id="qlora_final_outcome", notebook="05_quantization_qlora", number="5.2",
@@ -189,6 +200,7 @@ EXERCISES = (
         summary="the grader loads a fresh 4-bit base from your `BitsAndBytesConfig` (NF4) and trains your `LoraConfig` "
                 "and `SFTConfig` on it: held-out exact match ≥ 0.8 with the adapter on that base, "
                 "steps ≤ the QLoRA budget (a third of 03's)",
+        study_minutes=25,
     ),
 )
 
@@ -229,3 +241,31 @@ def points_table() -> str:
     for e in EXERCISES:
         rows.append(f"| `{e.grade_id}` | {e.number} ({e.kind}): {e.title} | {e.summary} | {e.points} |")
     return "\n".join(rows)
+
+
+READING_WORDS_PER_MINUTE = 150  # technical prose, read to be understood
+READING_CODE_LINES_PER_MINUTE = 15  # code lines (not comments) of the cells a learner reads and runs
+
+
+def study_time(notebook: str, cells) -> dict:
+    """A learner's time on a notebook in minutes: reading its prose and code at the rates above (rounded to 5),
+    and the exercises' `study_minutes`. `cells`: the released notebook's cells (what the learner reads)."""
+    import re
+
+    words = sum(len(re.findall(r"\S+", c.source)) for c in cells if c.cell_type == "markdown")
+    lines = sum(1 for c in cells if c.cell_type == "code" for line in c.source.splitlines()
+                if line.strip() and not line.strip().startswith("#"))
+    reading = 5 * round((words / READING_WORDS_PER_MINUTE + lines / READING_CODE_LINES_PER_MINUTE) / 5)
+    exercises = sum(e.study_minutes for e in for_notebook(notebook))
+    return {"reading": reading, "exercises": exercises, "total": reading + exercises, "words": words, "code_lines": lines,
+            "n_exercises": len(for_notebook(notebook))}
+
+
+def study_time_sentence(notebook: str, cells) -> str:
+    """The sentence each notebook's introduction states (tests/test_registry.py checks it against `study_time`)."""
+    t = study_time(notebook, cells)
+    hours, minutes = divmod(t["total"], 60)
+    total = f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+    return (f"**Study time:** about {total}: reading about {t['reading']} min (prose at "
+            f"{READING_WORDS_PER_MINUTE} words and code at {READING_CODE_LINES_PER_MINUTE} lines a minute) and the "
+            f"{t['n_exercises']} exercises about {t['exercises']} min (the registry's estimate for each).")

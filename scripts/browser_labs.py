@@ -1,0 +1,323 @@
+"""Open every lab notebook in real JupyterLab in Chromium, run it as a learner would, try every control.
+
+    python scripts/browser_labs.py [--out build/browser] [slug ...]
+
+A lab notebook is one of course/ that calls a `*_lab_widget` (so the RLHF and Distillation Labs join when they
+land). For each: a working copy of the released notebook with the exercises filled in from the reference
+solutions (a learner who has done them), JupyterLab started on those copies, the notebook opened in Chromium
+(Debian's package, driven by Playwright), Run > Run All Cells from the menu bar, then every slider, drop-down,
+toggle, check box and button of the lab tried in turn. After each one the lab's readout and figure are compared
+with before, and the lab's error area (where a callback's exception is shown) must stay empty. Screenshots and
+report.json go to --out. Exit status 1 when anything failed; the report says what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("FTCOURSE_CHROMIUM", "/usr/bin/chromium")
+RUN_TIMEOUT_S = 20 * 60  # one notebook's Run All (04 takes ~4 min on the 2-core CPU preset)
+CONTROL_TIMEOUT_S = 180  # one control's effect (the perplexity button measures the whole model)
+
+# JupyterLab settings a first-time learner would not want in the way: no news pop-up, no update check, and every
+# cell kept in the page (JupyterLab 4 renders only visible cells by default, which a test cannot wait on).
+SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+}
+
+
+def lab_notebooks(course: Path = ROOT / "course") -> list[str]:
+    """Slugs of the released notebooks that show a lab widget."""
+    return sorted(p.parent.name for p in course.glob("[0-9][0-9]_*/*.ipynb")
+                  if p.stem == p.parent.name and "_lab_widget(" in p.read_text())
+
+
+def learner_copy(slug: str, work: Path) -> Path:
+    """course/<slug>/ copied to `work`, its solution cells holding the reference solutions' code."""
+    import jupytext
+    import nbformat
+
+    solved = {c.metadata["nbgrader"]["grade_id"]: c.source
+              for c in jupytext.read(ROOT / "solutions" / slug / f"{slug}.py").cells
+              if c.metadata.get("nbgrader", {}).get("solution")}
+    nb = nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4)
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution") and grade_id in solved:
+            cell.source = solved[grade_id]
+    for extra in (ROOT / "course" / slug).iterdir():
+        if extra.name != f"{slug}.ipynb" and extra.is_file():
+            shutil.copy(extra, work / extra.name)
+    path = work / f"{slug}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_lab(root: Path, state: Path) -> tuple[subprocess.Popen, str, str]:
+    """JupyterLab on `root` with the settings above; returns the process, its URL and its token."""
+    settings = state / "settings"
+    for name, value in SETTINGS.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(value))
+    port, token = _free_port(), "ftcourse-browser-test"
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
+           "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime")}
+    log = open(state / "jupyterlab.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+                                "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+                                "--ServerApp.password=", "--LabApp.news_url=None", "--allow-root"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            return process, url, token
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited: see {state / 'jupyterlab.log'}")
+            time.sleep(0.5)
+    raise RuntimeError(f"JupyterLab did not answer in 120 s: see {state / 'jupyterlab.log'}")
+
+
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in front
+PROMPTS_JS = """() => [...document.querySelectorAll('%s .jp-CodeCell .jp-InputPrompt')]
+                     .map(p => p.textContent.trim())""" % PANEL
+
+
+def shut_down_kernels(url: str, token: str) -> None:
+    """End every kernel session (a finished notebook's kernel would hold its memory while the next one runs)."""
+    headers = {"Authorization": f"token {token}"}
+    sessions = json.loads(urllib.request.urlopen(urllib.request.Request(f"{url}/api/sessions", headers=headers)).read())
+    for session in sessions:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/sessions/{session['id']}", headers=headers,
+                                                      method="DELETE"))
+
+
+def run_all(page, report: dict) -> None:
+    """Run > Run All Cells, then wait until no cell is queued or running."""
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu .lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+    start, quiet = time.time(), 0
+    while time.time() - start < RUN_TIMEOUT_S:
+        time.sleep(3)
+        prompts = page.evaluate(PROMPTS_JS)
+        busy = any("*" in p for p in prompts)
+        quiet = 0 if busy else quiet + 1
+        if quiet >= 3:  # nine seconds without a queued or running cell
+            break
+    else:
+        raise TimeoutError(f"Run All did not finish in {RUN_TIMEOUT_S} s")
+    report["run_all_s"] = round(time.time() - start, 1)
+    report["cells_run"] = sum(p not in ("[ ]:", "") for p in prompts)
+    report["code_cells"] = len(prompts)
+
+
+def saved_problems(path: Path) -> dict:
+    """The saved notebook's error outputs and stderr streams (what the learner saw in red)."""
+    nb = json.loads(path.read_text())
+    errors, stderr = [], []
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                errors.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+                stderr.append(f"cell {i}: {''.join(out.get('text', ''))[:300]}")
+    return {"errors": errors, "stderr": stderr}
+
+
+def _state(lab) -> tuple[str, str, str]:
+    return (lab.locator(".ftcourse-lab-readout").inner_text(), lab.locator(".ftcourse-lab-figure").get_attribute("src") or "",
+            lab.locator(".ftcourse-lab-errors").inner_text().strip())
+
+
+def _controls(lab) -> list[tuple[str, object, str]]:
+    """(kind, locator, label) of every control in the lab, in page order."""
+    found = []
+    for kind, selector in (("slider", ".widget-slider"), ("dropdown", ".widget-dropdown"),
+                           ("toggle", ".widget-toggle-buttons"), ("checkbox", ".widget-checkbox"),
+                           ("button", "button.widget-button")):
+        for i in range(lab.locator(selector).count()):
+            control = lab.locator(selector).nth(i)
+            label = control.locator(".widget-label").first.inner_text() if kind != "button" else control.inner_text()
+            if kind == "checkbox":
+                label = control.inner_text().strip() or label
+            found.append((kind, control, label.strip()))
+    return found
+
+
+def _act(page, kind: str, control, step: int) -> str:
+    """Change one control the way a learner would; return what was done."""
+    if kind == "slider":
+        handle = control.locator(".noUi-handle").first
+        handle.click()
+        key = "ArrowLeft" if step % 2 == 0 else "ArrowRight"
+        page.keyboard.press(key)
+        return f"handle focused, {key}"
+    if kind == "dropdown":
+        select = control.locator("select")
+        current = select.evaluate("s => s.selectedIndex")
+        options = select.locator("option").count()
+        target = options - 1 if current != options - 1 else 0
+        select.select_option(index=target)
+        return f"option {current} -> {target} ({select.locator('option').nth(target).inner_text()})"
+    if kind == "toggle":
+        choice = control.locator("button:not(.mod-active)").first
+        name = choice.inner_text()
+        choice.click()
+        return f"clicked {name}"
+    if kind == "checkbox":
+        control.locator("input").click()
+        return "clicked"
+    control.click()
+    return "clicked"
+
+
+def _settle(lab, before: tuple, busy, quiet_s: float = 3.0) -> tuple:
+    """The lab's state once a control's effect has arrived and nothing has moved for `quiet_s` (the readout and
+    the figure arrive as separate messages; a button is busy while it is disabled)."""
+    deadline = time.time() + CONTROL_TIMEOUT_S
+    after = _state(lab)
+    while after[:2] == before[:2] and not after[2] and time.time() < deadline:
+        time.sleep(0.5)
+        after = _state(lab)
+    still_since = time.time()
+    while time.time() < deadline and time.time() - still_since < quiet_s:
+        time.sleep(0.5)
+        now = _state(lab)
+        if now != after or busy():
+            after, still_since = now, time.time()
+    return after
+
+
+def try_lab(page, slug: str, out: Path, report: dict) -> None:
+    lab = page.locator(f"{PANEL} .ftcourse-lab").first
+    lab.wait_for(timeout=60_000)
+    lab.scroll_into_view_if_needed()
+    before = _state(lab)
+    lab.screenshot(path=str(out / f"{slug}-0-start.png"))
+    report["start"] = {"readout": before[0], "errors": before[2]}
+    report["controls"] = []
+    for step, (kind, control, label) in enumerate(_controls(lab), start=1):
+        control.scroll_into_view_if_needed()
+        action = _act(page, kind, control, step)
+        after = _settle(lab, before, busy=control.is_disabled if kind == "button" else (lambda: False))
+        shot = out / f"{slug}-{step}-{kind}-{''.join(c if c.isalnum() else '_' for c in label)[:30]}.png"
+        lab.screenshot(path=str(shot))
+        report["controls"].append({"kind": kind, "label": label, "action": action,
+                                   "readout_changed": after[0] != before[0], "figure_changed": after[1] != before[1],
+                                   "error": after[2], "readout": after[0], "screenshot": str(shot.relative_to(ROOT))
+                                   if shot.is_relative_to(ROOT) else str(shot)})
+        before = after
+
+
+def run(slugs: list[str], out: Path) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    results: dict = {"chromium": CHROMIUM, "notebooks": {}}
+    with tempfile.TemporaryDirectory(prefix="ftcourse-browser-") as tmp:
+        work, state = Path(tmp) / "course", Path(tmp) / "state"
+        work.mkdir()
+        state.mkdir()
+        paths = {slug: learner_copy(slug, work) for slug in slugs}
+        process, url, token = start_lab(work, state)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+                for slug in slugs:
+                    report: dict = {}
+                    results["notebooks"][slug] = report
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page_errors: list[str] = []
+                    page.on("pageerror", lambda e: page_errors.append(str(e)))
+                    try:
+                        # a workspace of its own, reset: the notebook opens alone, as on a learner's first visit
+                        page.goto(f"{url}/lab/workspaces/{slug}/tree/{paths[slug].name}?reset&token={token}")
+                        page.locator(f"{PANEL} .jp-Cell").first.wait_for(timeout=120_000)
+                        page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-KernelStatus, .jp-Toolbar", timeout=60_000)
+                        time.sleep(3)
+                        report["dialog_on_open"] = page.locator(".jp-Dialog").count() > 0
+                        page.screenshot(path=str(out / f"{slug}-opened.png"))
+                        run_all(page, report)
+                        page.keyboard.press("Control+s")
+                        time.sleep(2)
+                        report.update(saved_problems(paths[slug]))
+                        try_lab(page, slug, out, report)
+                        page.screenshot(path=str(out / f"{slug}-end.png"), full_page=False)
+                    except Exception as error:  # recorded; the next notebook still runs
+                        report["failure"] = f"{type(error).__name__}: {error}"
+                        page.screenshot(path=str(out / f"{slug}-failure.png"))
+                    report["page_errors"] = page_errors
+                    page.close()
+                    shut_down_kernels(url, token)
+                browser.close()
+        finally:
+            os.killpg(process.pid, 15)
+            process.wait(timeout=30)
+            shutil.copy(state / "jupyterlab.log", out / "jupyterlab.log")
+    results["problems"] = problems(results)
+    (out / "report.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def problems(results: dict) -> list[str]:
+    """Everything that a learner would have met as a failure."""
+    found = []
+    for slug, r in results["notebooks"].items():
+        if "failure" in r:
+            found.append(f"{slug}: {r['failure']}")
+            continue
+        if r.get("dialog_on_open"):
+            found.append(f"{slug}: a dialog opened with the notebook (kernel selection?)")
+        if r.get("cells_run") != r.get("code_cells"):
+            found.append(f"{slug}: Run All ran {r.get('cells_run')} of {r.get('code_cells')} code cells")
+        found += [f"{slug}: {e}" for e in r.get("errors", [])]
+        if not r.get("controls"):
+            found.append(f"{slug}: no control found in the lab")
+        for c in r.get("controls", []):
+            if c["error"]:
+                found.append(f"{slug}: {c['kind']} {c['label']!r} showed an error: {c['error'][-300:]}")
+            elif not (c["readout_changed"] or c["figure_changed"]):
+                found.append(f"{slug}: {c['kind']} {c['label']!r} ({c['action']}) changed neither readout nor figure")
+        if r.get("controls") and not any(c["figure_changed"] for c in r["controls"]):
+            found.append(f"{slug}: no control changed the figure")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("slugs", nargs="*")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "browser")
+    args = parser.parse_args()
+    results = run(args.slugs or lab_notebooks(), args.out)
+    for slug, r in results["notebooks"].items():
+        print(f"{slug}: Run All {r.get('run_all_s')} s, {r.get('cells_run')}/{r.get('code_cells')} cells")
+        for c in r.get("controls", []):
+            print(f"  {c['kind']:8} {c['label'][:24]:24} {c['action'][:40]:40} readout {'changed' if c['readout_changed'] else 'same':7}"
+                  f" figure {'changed' if c['figure_changed'] else 'same'}")
+    print("\n".join(results["problems"]) or "no problems")
+    return 1 if results["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The labs as a learner meets them: real JupyterLab in Chromium (scripts/browser_labs.py), every control tried.
+
+Needs Debian's `chromium` (`.ci/run` installs it when missing) and Playwright (requirements.txt). Outside CI a
+machine without Chromium skips this test and says why; in CI (CI=true) a missing Chromium fails it.
+Screenshots and report.json: build/browser/.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import browser_labs  # noqa: E402
+
+
+def test_lab_notebooks_are_found_and_each_lab_widget_is_marked():
+    assert browser_labs.lab_notebooks() == ["04_lora", "05_quantization_qlora"]
+    labs_source = (ROOT / "ftcourse" / "labs.py").read_text()
+    widgets = [line.split("def ")[1].split("(")[0] for line in labs_source.splitlines() if line.startswith("def ")
+               and "_lab_widget(" in line]
+    assert widgets and labs_source.count("_mark(widgets.VBox(") == len(widgets)  # each lab carries its CSS classes
+
+
+def test_labs_in_a_real_browser():
+    if not Path(browser_labs.CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{browser_labs.CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip(f"{browser_labs.CHROMIUM} is missing (apt-get install chromium); CI runs this test")
+    out = ROOT / "build" / "browser"
+    results = browser_labs.run(browser_labs.lab_notebooks(), out)
+    print(json.dumps({slug: {k: r.get(k) for k in ("run_all_s", "cells_run", "code_cells", "dialog_on_open")}
+                      for slug, r in results["notebooks"].items()}, indent=1))
+    assert not results["problems"], "\n".join(results["problems"])
+    for slug, report in results["notebooks"].items():
+        assert report["dialog_on_open"] is False and report["cells_run"] == report["code_cells"] > 0
+        controls = report["controls"]
+        assert any(c["readout_changed"] for c in controls) and any(c["figure_changed"] for c in controls)
+        assert all(c["readout_changed"] or c["figure_changed"] for c in controls)
+        assert all(Path(ROOT / c["screenshot"]).is_file() for c in controls)
+    quantization = results["notebooks"]["05_quantization_qlora"]["controls"]
+    button = next(c for c in quantization if c["kind"] == "button")
+    assert button["readout_changed"] and button["figure_changed"] and "model perplexity" in button["readout"]
+    kinds = {c["kind"] for c in results["notebooks"]["04_lora"]["controls"]}
+    assert kinds == {"slider", "checkbox"}

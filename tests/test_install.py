@@ -1,0 +1,182 @@
+"""The one install path: the setup cell, the package's declared dependencies and data, a wheel in a fresh venv."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from ftcourse import install
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup_cell(cells) -> str:
+    found = [c.source for c in cells if c.cell_type == "code" and "setup_notebook()" in c.source]
+    assert len(found) == 1, f"expected one setup cell, found {len(found)}"
+    return found[0].strip()
+
+
+@pytest.mark.parametrize("slug", sorted(p.name for p in (ROOT / "solutions").glob("[0-9][0-9]_*")))
+def test_every_setup_cell_is_the_one_in_ftcourse_install(slug):
+    import nbformat
+
+    assert _setup_cell(jupytext.read(ROOT / "solutions" / slug / f"{slug}.py").cells) == install.SETUP_CELL
+    assert _setup_cell(nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4).cells) == install.SETUP_CELL
+
+
+def _pins(lines) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(==|>=)\s*([^\s#;]+)", line)
+        if match:
+            pins[match.group(1).lower()] = (match.group(2), match.group(3))
+    return pins
+
+
+def test_declared_dependencies_agree_with_the_tested_pins():
+    declared = _pins(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    tested = {k: v for k, (_, v) in _pins((ROOT / "requirements.txt").read_text().splitlines()).items()}
+    for name, (op, version) in declared.items():
+        assert name in tested, f"{name} is declared by pyproject.toml but not pinned in requirements.txt"
+        if op == "==":
+            assert tested[name] == version, f"{name}: pyproject {version}, requirements.txt {tested[name]}"
+        else:  # a lower bound the tested version meets
+            as_tuple = lambda v: tuple(int(x) for x in re.findall(r"\d+", v)[:3])  # noqa: E731
+            assert as_tuple(tested[name]) >= as_tuple(version), f"{name}: tested {tested[name]} below {version}"
+    for name in ("peft", "trl", "datasets", "accelerate", "bitsandbytes", "sentence-transformers", "transformers"):
+        assert declared[name][0] == "==", f"{name}, a library the course teaches, must be the tested pin"
+    assert declared["torch"][0] == ">=", "torch is taken as the kernel has it (Colab's CUDA build)"
+    embedded = [line.strip() for line in (ROOT / "requirements-embedded.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert embedded == list(install.MODEL_WHEELS.values())
+
+
+def test_package_data_is_declared_and_read_through_importlib_resources():
+    from ftcourse import data_quality, probe
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ftcourse"]
+    assert declared == ["data/*"]
+    for path in (probe.ASSETS / "general_probe.jsonl", probe.ASSETS / "general_text.txt", data_quality.SHIPPED_DUMP):
+        assert path.is_file() and path.parent == ROOT / "ftcourse" / "data"
+    sources = (ROOT / "ftcourse" / "probe.py").read_text() + (ROOT / "ftcourse" / "data_quality.py").read_text()
+    assert "resources.files(" in sources and "__file__" not in sources
+
+
+def test_install_advice_fits_where_the_kernel_runs(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.delenv(install.INSTALL_FROM_ENV, raising=False)
+    assert install.install_advice().startswith(f"run `make setup` in {ROOT}")
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
+    assert install.install_advice().startswith(f"!pip install -q --force-reinstall '{install.COURSE_ADDRESS}'")
+    monkeypatch.delenv("COLAB_RELEASE_TAG")
+    monkeypatch.setattr(install, "checkout_root", lambda: None)  # a plain pip install outside a checkout
+    assert install.install_advice().startswith(f"{sys.executable} -m pip install -q --force-reinstall '")
+
+
+SMOKE = r'''
+import importlib, json, os, re, sys, time
+from pathlib import Path
+
+root, report = Path(sys.argv[1]), {}
+start = time.time()
+exec(compile(sys.argv[2], "<setup cell>", "exec"))  # the notebooks' setup cell, as it is
+report["setup_cell_s"] = round(time.time() - start, 1)
+import ftcourse
+report["ftcourse"] = ftcourse.__file__
+modules = set()
+for source in sorted(root.glob("solutions/[0-9][0-9]_*/*.py")):
+    modules |= set(re.findall(r"^\s*(?:from|import) (ftcourse[\w.]*)", source.read_text(), re.M))
+    modules |= {f"ftcourse.{m}" for line in re.findall(r"^\s*from ftcourse import ([\w, ]+)", source.read_text(), re.M)
+                for m in line.replace(" ", "").split(",")}
+for name in sorted(modules):
+    importlib.import_module(name)
+report["modules"] = sorted(modules)
+from ftcourse import data_quality, probe
+report["probe_items"] = len(probe.load_probe_items())
+report["general_text_chars"] = len(probe.load_general_text())
+report["dump_lines"] = len(data_quality.SHIPPED_DUMP.read_text(encoding="utf-8").splitlines())
+report["data_folder"] = str(probe.ASSETS)
+
+from ftcourse.models import load_model_and_tokenizer
+from ftcourse.presets import get_preset
+from ftcourse.tasks import number_task_splits
+from ftcourse.training import SFTSetup, train_sft
+import tempfile
+
+preset = get_preset("cpu")
+start = time.time()
+model, tokenizer = load_model_and_tokenizer()
+report["model_load_s"] = round(time.time() - start, 1)
+train = number_task_splits(16, 4)["train"][:8]
+start = time.time()
+trained, result = train_sft(model, tokenizer, train, SFTSetup(max_steps=1, batch_size=4), preset,
+                            tempfile.mkdtemp(), progress=False)
+report["train_step_s"] = round(time.time() - start, 1)
+report["train_losses"] = result.losses
+
+import jupytext
+from ftcourse.grading.grader import launch
+from ftcourse.grading.registry import for_notebook
+slug = "05_quantization_qlora"
+function_ids = {e.grade_id for e in for_notebook(slug) if e.kind == "function"}
+cells = {c.metadata["nbgrader"]["grade_id"]: c.source for c in jupytext.read(root / "solutions" / slug / f"{slug}.py").cells
+         if c.metadata.get("nbgrader", {}).get("solution")}
+start = time.time()
+raw, why = launch(["grade"], stdin=json.dumps({"notebook": slug, "cells": cells, "preset": "cpu", "seed": preset.seed,
+                                               "only": sorted(function_ids)}), with_secret=True)
+report["grader_s"] = round(time.time() - start, 1)
+report["grader"] = {k: (v["passed"], v["points"]) for k, v in (raw or {}).items()} or why
+print(json.dumps(report))
+'''
+
+
+def test_the_wheel_installs_like_the_setup_cell_into_a_fresh_venv(tmp_path):
+    """Build the wheel; a fresh venv holding only torch and transformers (what Colab preinstalls that matters);
+    the setup cell pointed at the wheel; then every notebook's modules, the data, the model, a step, a grader call."""
+    import tempfile
+
+    # outside pytest's private tmp: the grader's child runs as the learner user, who must reach the venv's Python
+    shared = Path(tempfile.mkdtemp(prefix="ftcourse-install-test-"))
+    shared.chmod(0o755)
+    dist, venv = tmp_path / "dist", shared / "venv"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
+                    str(ROOT)], check=True)
+    wheel = next(dist.glob("ftcourse-*.whl"))
+    # a system Python (the grader's child runs as another user, who must be able to run it)
+    base = os.path.realpath(sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    tested = {k: v for k, (_, v) in _pins((ROOT / "requirements.txt").read_text().splitlines()).items()}
+    uv = Path(sys.executable).parent / "uv"
+    preinstall = [f"torch=={tested['torch']}", f"transformers=={tested['transformers']}"]
+    if uv.exists():
+        subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *preinstall], check=True,
+                       env={**os.environ, "UV_FIND_LINKS": os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS", "")})
+    else:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *preinstall], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTCOURSE_", "PYTHON", "VIRTUAL_ENV"))}
+    env |= {install.INSTALL_FROM_ENV: str(wheel), "FTCOURSE_CACHE": str(shared / "cache"),
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "FTCOURSE_ALLOW_PUBLIC_SEED": "1",
+            "FTCOURSE_HELDOUT_SEED": "918273"}  # the public test seed: no class secret on a test run
+    # jupytext reads the reference solutions for the grader call; it is a test tool, not a course dependency
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"jupytext=={tested['jupytext']}"], check=True, env=env)
+    try:
+        done = subprocess.run([str(python), "-c", SMOKE, str(ROOT), install.SETUP_CELL], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=1800)
+    finally:
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(report, indent=1))
+    assert report["ftcourse"].startswith(str(venv)), "ftcourse must come from the installed wheel, not the checkout"
+    assert report["data_folder"].startswith(str(venv)) and report["probe_items"] > 0 and report["dump_lines"] > 0
+    assert len(report["train_losses"]) == 1 and report["train_losses"][0] > 0
+    assert report["grader"] and all(passed for passed, _ in report["grader"].values()), report["grader"]
