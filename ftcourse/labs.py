@@ -225,7 +225,8 @@ def quantization_lab_figure(error_rows: list[dict], perplexity_rows: list[dict],
     if measured is not None:
         right.semilogy([measured["bits"]], [min(measured["perplexity"], 1e4)], marker="*", markersize=14,
                        linestyle="none", color="#d62728",
-                       label=f"measured: {measured['bits']} bits, {measured['scheme']}, block {measured['block']}")
+                       label=f"measured: {measured['bits']} bits, {measured['scheme']}, block {measured['block']}: "
+                             f"{measured['perplexity']:.3g}" + (" (drawn at the 1e4 cap)" if measured["perplexity"] > 1e4 else ""))
     if marker is not None:
         left.axvline(marker[0], color="grey", linestyle="--")
         right.axvline(marker[0], color="grey", linestyle="--")

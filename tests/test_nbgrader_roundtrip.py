@@ -58,3 +58,22 @@ def test_every_notebook_has_a_round_trip():
     from release import sources
 
     assert {s.stem for s in sources()} == set(registry.notebooks())
+
+
+# stderr a notebook shows on purpose: 02's first load of the raw dump, where `datasets` logs the row it cannot parse
+# (the lesson: the loader refuses the dump, and says where)
+EXPECTED_STDERR = {"02_data_and_tooling": ("Failed to load JSON from file",)}
+
+
+@pytest.mark.parametrize("slug", registry.notebooks())
+def test_no_warning_reaches_a_cell_output(slug, executed_solution):
+    """Library chatter a learner cannot act on (deprecations, bitsandbytes' missing `kernels`, progress bars on
+    stderr) stays out of the cells; an error output anywhere is a failure too."""
+    executed, _ = executed_solution(slug)
+    nb = nbformat.read(executed, as_version=4)
+    allowed = EXPECTED_STDERR.get(slug, ())
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error", (slug, index, output.get("ename"), output.get("evalue"))
+            if output.output_type == "stream" and output.name == "stderr":
+                assert any(text in output.text for text in allowed), f"{slug} cell {index} wrote to stderr: {output.text[:500]}"
