@@ -1,31 +1,58 @@
-"""The versions the course was tested with, and a check a notebook's setup cell runs."""
+"""The versions the course was tested with, and the check a notebook's setup cell runs.
+
+What must match comes from the package's own declared dependencies (pyproject.toml, read back through
+`importlib.metadata`): the libraries the course teaches are exact pins and must be those versions; torch,
+matplotlib, ipywidgets, numpy are taken as the kernel has them (Colab's CUDA torch stays) and must only meet
+their lower bound, with the tested version printed beside a different one for information.
+"""
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 
-# Keep in step with requirements.txt (tests/test_environment.py checks that they agree).
+# The versions of requirements.txt (tests/test_environment.py checks that they agree), for the information line.
 TESTED = {
     "torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "trl": "1.16.0", "datasets": "5.2.0",
     "accelerate": "1.15.0", "bitsandbytes": "0.50.2", "matplotlib": "3.11.2", "ipywidgets": "8.1.9",
 }
 
 
-def check_versions(required: dict[str, str] | None = None) -> list[str]:
-    """Print installed vs tested versions; return the packages that differ or are missing."""
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def declared_requirements(package: str = "ftcourse") -> dict[str, tuple[str, str]]:
+    """{name: (operator, version)} of the package's declared dependencies ('==' or '>=')."""
+    found = {}
+    for line in metadata.requires(package) or []:
+        match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(==|>=)\s*([^\s;,]+)", line)
+        if match and ";" not in line:  # extras and markers are not the course's
+            found[match.group(1).lower()] = (match.group(2), match.group(3))
+    return found
+
+
+def check_versions(required: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """Print what differs from the tested set; return the requirements that are not met ('name==x', 'name>=y')."""
     from .install import install_advice
 
-    differ = []
-    for name, tested in (required or TESTED).items():
+    unmet, notes = [], []
+    for name, (op, version) in (required or declared_requirements()).items():
         try:
             installed = metadata.version(name)
         except metadata.PackageNotFoundError:
-            installed = "missing"
-        if installed.split("+")[0] != tested:
-            differ.append(name)
-            print(f"  {name}: installed {installed}, tested {tested}" + ("" if installed == "missing" else " (may still work)"))
-    if not differ:
+            installed = None
+        if installed is None or (op == "==" and installed.split("+")[0] != version) or (
+                op == ">=" and _version_tuple(installed) < _version_tuple(version)):
+            unmet.append(f"{name}{op}{version}")
+            print(f"  {name}: installed {installed or 'nothing'}, needs {op}{version}")
+        elif op == ">=" and name in TESTED and installed.split("+")[0] != TESTED[name]:
+            notes.append(f"{name} {installed}")
+    if notes:
+        print(f"In use as this kernel has them: {', '.join(notes)} (the course was tested with "
+              + ", ".join(f"{n.split()[0]} {TESTED[n.split()[0]]}" for n in notes) + ").")
+    if not unmet:
         print("All tested versions installed.")
     else:
-        print(f"{len(differ)} package(s) differ from the tested set. To install the tested ones: {install_advice()}.")
-    return differ
+        print(f"{len(unmet)} requirement(s) not met. To fix: {install_advice(unmet)}.")
+    return unmet

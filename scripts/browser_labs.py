@@ -130,9 +130,26 @@ def run_all(page, report: dict) -> None:
     report["code_cells"] = len(prompts)
 
 
-def saved_problems(path: Path) -> dict:
+def save_and_read(page, path: Path, code_cells: int) -> dict:
+    """File > Save Notebook, then wait until the file on disk holds the executed notebook."""
+    before = path.stat().st_mtime
+    page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
+    page.locator(".lm-Menu .lm-Menu-itemLabel").get_by_text("Save Notebook", exact=True).click()
+    for _ in range(120):
+        time.sleep(0.5)
+        if path.stat().st_mtime != before:
+            try:
+                nb = json.loads(path.read_text())
+            except ValueError:  # caught mid-write
+                continue
+            counts = [c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"]
+            if len(counts) == code_cells and all(counts):
+                return nb
+    raise TimeoutError(f"the saved {path.name} did not show every code cell executed within 60 s")
+
+
+def saved_problems(nb: dict) -> dict:
     """The saved notebook's error outputs and stderr streams (what the learner saw in red)."""
-    nb = json.loads(path.read_text())
     errors, stderr = [], []
     for i, cell in enumerate(nb["cells"]):
         for out in cell.get("outputs", []):
@@ -167,8 +184,9 @@ def _act(page, kind: str, control, step: int) -> str:
     """Change one control the way a learner would; return what was done."""
     if kind == "slider":
         handle = control.locator(".noUi-handle").first
+        now, top = (float(handle.get_attribute(a) or 0) for a in ("aria-valuenow", "aria-valuemax"))
         handle.click()
-        key = "ArrowLeft" if step % 2 == 0 else "ArrowRight"
+        key = "ArrowLeft" if now >= top else "ArrowRight"  # away from the end it sits at
         page.keyboard.press(key)
         return f"handle focused, {key}"
     if kind == "dropdown":
@@ -259,10 +277,9 @@ def run(slugs: list[str], out: Path) -> dict:
                         report["dialog_on_open"] = page.locator(".jp-Dialog").count() > 0
                         page.screenshot(path=str(out / f"{slug}-opened.png"))
                         run_all(page, report)
-                        page.keyboard.press("Control+s")
-                        time.sleep(2)
-                        report.update(saved_problems(paths[slug]))
+                        report.update(saved_problems(save_and_read(page, paths[slug], report["code_cells"])))
                         try_lab(page, slug, out, report)
+                        report["dialog_at_end"] = page.locator(".jp-Dialog").count() > 0
                         page.screenshot(path=str(out / f"{slug}-end.png"), full_page=False)
                     except Exception as error:  # recorded; the next notebook still runs
                         report["failure"] = f"{type(error).__name__}: {error}"
@@ -287,8 +304,12 @@ def problems(results: dict) -> list[str]:
         if "failure" in r:
             found.append(f"{slug}: {r['failure']}")
             continue
-        if r.get("dialog_on_open"):
-            found.append(f"{slug}: a dialog opened with the notebook (kernel selection?)")
+        if r.get("dialog_on_open") or r.get("dialog_at_end"):
+            found.append(f"{slug}: a dialog opened ({'with the notebook: kernel selection?' if r.get('dialog_on_open') else 'while the lab was tried'})")
+        found += [f"{slug}: stderr in {e}" for e in r.get("stderr", [])]
+        found += [f"{slug}: JavaScript error in the page: {e[:300]}" for e in r.get("page_errors", [])]
+        if r.get("start", {}).get("errors"):
+            found.append(f"{slug}: the lab showed an error before any control was touched: {r['start']['errors'][-300:]}")
         if r.get("cells_run") != r.get("code_cells"):
             found.append(f"{slug}: Run All ran {r.get('cells_run')} of {r.get('code_cells')} code cells")
         found += [f"{slug}: {e}" for e in r.get("errors", [])]

