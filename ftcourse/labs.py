@@ -112,14 +112,27 @@ def lora_lab_text(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-def lora_lab_figure(spectra: dict, errors: dict, r: int | None = None, title: str = ""):
+def lora_lab_figure(spectra: dict, errors: dict, r: int | None = None, title: str = "", numbers: dict | None = None):
     """Left: singular values of each ΔW (normalised by the largest). Right: rank-k approximation error.
 
     `spectra` and `errors` map a label ("LoRA r=64", "full fine-tune") to `lora.spectrum` / `lora.low_rank_error`.
+    With `numbers` (a `lora_lab_numbers` result, as the lab passes) a third panel shows that setting's estimated
+    training memory against a full fine-tune, and the title its scale and targets: every control moves the figure.
     """
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if numbers is None:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    else:
+        fig, (left, right, memory) = plt.subplots(1, 3, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1, 1, 0.55]})
+        bars = memory.bar(["LoRA", "full"], [numbers["lora_memory_gb"], numbers["full_memory_gb"]],
+                          color=["#1f77b4", "#ff7f0e"])
+        memory.bar_label(bars, fmt="%.2f GB", fontsize=8)
+        memory.set(ylabel="estimated training memory (GB)", ylim=(0, 1.2 * numbers["full_memory_gb"]),
+                   title=f"{numbers['trainable']:,} trainable\n({numbers['trainable_share']:.2%} of the model)")
+        memory.title.set_fontsize(9)
+        title = title or (f"r = {numbers['r']}, alpha = {numbers['alpha']:g}: scale {numbers['scale']:.3g}; "
+                          f"targets: {', '.join(numbers['targets'])}")
     for label, s in spectra.items():
         s = s.double()
         left.semilogy(range(1, len(s) + 1), (s / s[0]).clamp_min(1e-12).numpy(), label=label)
@@ -161,7 +174,7 @@ def lora_lab_widget(shape: ModelShape, spectra: dict, errors: dict, full_label: 
             text.value = _pre(str(error))
             return
         text.value = _pre(lora_lab_text(numbers))
-        image.value = _figure_png(lora_lab_figure(spectra, errors, rank.value))
+        image.value = _figure_png(lora_lab_figure(spectra, errors, rank.value, numbers=numbers))
 
     redraw()  # the first draw raises as any cell would (papermill, CI); the controls' callbacks show theirs
     for control in (rank, alpha_slider, *boxes.values()):
@@ -203,12 +216,13 @@ def quantization_lab_text(numbers: dict, perplexity: float | None = None, base_p
 
 
 def quantization_lab_figure(error_rows: list[dict], perplexity_rows: list[dict], base_perplexity: float,
-                            marker: tuple | None = None, measured: dict | None = None):
+                            marker: tuple | None = None, measured: dict | None = None, current: dict | None = None):
     """Left: reconstruction error of a matrix against bits (per scheme). Right: model perplexity against bits.
 
     Both curves are drawn at the error rows' block size only (rows at other block sizes, e.g. a whole-matrix
     scale, would join the same line with a jump); `measured` (a `perplexity_grid` row) is drawn as a star with
-    its setting in the legend, whatever its block.
+    its setting in the legend, whatever its block; `current` (a `quantization_lab_numbers` row, the lab's setting)
+    as a diamond on the error panel.
     """
     import matplotlib.pyplot as plt
 
@@ -221,6 +235,10 @@ def quantization_lab_figure(error_rows: list[dict], perplexity_rows: list[dict],
         pgroup = sorted((r for r in perplexity_rows if r["scheme"] in (scheme, "bf16")), key=lambda r: r["bits"])
         right.semilogy([r["bits"] for r in pgroup], [min(r["perplexity"], 1e4) for r in pgroup], marker="o", label=scheme)
     right.axhline(base_perplexity, color="grey", linestyle=":", label="float32 model")
+    if current is not None:
+        left.semilogy([current["bits"]], [max(current["relative_rmse"], 1e-6)], marker="D", markersize=9,
+                      linestyle="none", color="#2ca02c",
+                      label=f"this setting: {current['scheme']}, block {current['block']}: {current['relative_rmse']:.2%}")
     if measured is not None:
         right.semilogy([measured["bits"]], [min(measured["perplexity"], 1e4)], marker="*", markersize=14,
                        linestyle="none", color="#d62728",
@@ -258,7 +276,7 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
         numbers = quantization_lab_numbers(weight, bits.value, block.value or None, scheme.value)
         readout.value = _pre(quantization_lab_text(numbers, measured and measured["perplexity"], base_perplexity))
         image.value = _figure_png(quantization_lab_figure(error_rows, perplexity_rows, base_perplexity,
-                                                          marker=(bits.value,), measured=measured))
+                                                          marker=(bits.value,), measured=measured, current=numbers))
 
     def on_measure(_):
         measure.disabled, measure.description = True, "measuring..."

@@ -233,11 +233,16 @@ def try_lab(page, slug: str, out: Path, report: dict) -> None:
     lab.screenshot(path=str(out / f"{slug}-0-start.png"))
     report["start"] = {"readout": before[0], "errors": before[2]}
     report["controls"] = []
-    for step, (kind, control, label) in enumerate(_controls(lab), start=1):
+    steps = [(kind, control, label, "") for kind, control, label in _controls(lab)]
+    # a check box is clicked, then clicked back: only one is ever off (a lab may need at least one on)
+    steps = [s for kind, control, label, _ in steps
+             for s in ([(kind, control, label, "off"), (kind, control, label, "back on")] if kind == "checkbox"
+                       else [(kind, control, label, "")])]
+    for step, (kind, control, label, phase) in enumerate(steps, start=1):
         control.scroll_into_view_if_needed()
-        action = _act(page, kind, control, step)
+        action = _act(page, kind, control, step) + (f" ({phase})" if phase else "")
         after = _settle(lab, before, busy=control.is_disabled if kind == "button" else (lambda: False))
-        shot = out / f"{slug}-{step}-{kind}-{''.join(c if c.isalnum() else '_' for c in label)[:30]}.png"
+        shot = out / f"{slug}-{step}-{kind}-{''.join(c if c.isalnum() else '_' for c in label + phase)[:30]}.png"
         lab.screenshot(path=str(shot))
         report["controls"].append({"kind": kind, "label": label, "action": action,
                                    "readout_changed": after[0] != before[0], "figure_changed": after[1] != before[1],
@@ -318,10 +323,9 @@ def problems(results: dict) -> list[str]:
         for c in r.get("controls", []):
             if c["error"]:
                 found.append(f"{slug}: {c['kind']} {c['label']!r} showed an error: {c['error'][-300:]}")
-            elif not (c["readout_changed"] or c["figure_changed"]):
-                found.append(f"{slug}: {c['kind']} {c['label']!r} ({c['action']}) changed neither readout nor figure")
-        if r.get("controls") and not any(c["figure_changed"] for c in r["controls"]):
-            found.append(f"{slug}: no control changed the figure")
+            elif not (c["readout_changed"] and c["figure_changed"]):
+                unchanged = " and ".join(k for k in ("readout", "figure") if not c[f"{k}_changed"])
+                found.append(f"{slug}: {c['kind']} {c['label']!r} ({c['action']}) left the {unchanged} unchanged")
     return found
 
 

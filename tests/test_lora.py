@@ -123,11 +123,11 @@ def test_lora_lab_figure_and_widget_render():
     (rank, alpha), boxes, readout, shown_error, image = box.children[0].children, box.children[1].children, *box.children[2:]
     first_text, first_png = readout.value, image.value
     assert "trainable" in first_text.lower() and first_png[:4] == b"\x89PNG" and shown_error.value == ""
-    rank.value = 32
-    assert readout.value != first_text and image.value != first_png  # the readout and the rank marker move
-    after_rank = readout.value
-    alpha.value = 128
-    assert readout.value != after_rank
+    seen = (first_text, first_png)
+    for control, value in [(rank, 32), (alpha, 128)] + [(box, False) for box in boxes[:-1]]:
+        control.value = value  # every control moves the readout and the figure (its memory panel and title)
+        assert readout.value != seen[0] and image.value != seen[1], control.description
+        seen = (readout.value, image.value)
     for checkbox in boxes:
         checkbox.value = False  # no target left: the lab says so instead of failing silently
     assert "at least one target" in readout.value and shown_error.value == ""
