@@ -14,15 +14,15 @@ import random
 import re
 import unicodedata
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
+from . import DATA_DIR
 from .tasks import Example
 
 PROBLEMS = ("malformed", "wrong_role", "too_long", "leaked", "duplicate", "near_duplicate")
 ROLES = ("system", "user", "assistant")
 DUMP_SEED = 77  # the shipped dump's seed; the grader's comes from $FTCOURSE_HELDOUT_SEED
-SHIPPED_DUMP = Path(str(resources.files("ftcourse").joinpath("data", "raw_chat_dump.jsonl")))  # package data
+SHIPPED_DUMP = DATA_DIR / "raw_chat_dump.jsonl"  # package data
 
 
 class DataError(ValueError):

@@ -22,14 +22,16 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
+def parse_requirement(line: str) -> tuple[str, str, str] | None:
+    """('name', '==' or '>=', 'version') of a requirement line, lower-cased name; None for anything else
+    (comments, other operators, extras and markers, which are not the course's)."""
+    match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(==|>=)\s*([^\s;,#]+)", line)
+    return (match.group(1).lower(), match.group(2), match.group(3)) if match and ";" not in line else None
+
+
 def declared_requirements(package: str = "ftcourse") -> dict[str, tuple[str, str]]:
     """{name: (operator, version)} of the package's declared dependencies ('==' or '>=')."""
-    found = {}
-    for line in metadata.requires(package) or []:
-        match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(==|>=)\s*([^\s;,]+)", line)
-        if match and ";" not in line:  # extras and markers are not the course's
-            found[match.group(1).lower()] = (match.group(2), match.group(3))
-    return found
+    return {parsed[0]: parsed[1:] for parsed in map(parse_requirement, metadata.requires(package) or []) if parsed}
 
 
 def check_versions(required: dict[str, tuple[str, str]] | None = None) -> list[str]:
@@ -47,10 +49,10 @@ def check_versions(required: dict[str, tuple[str, str]] | None = None) -> list[s
             unmet.append(f"{name}{op}{version}")
             print(f"  {name}: installed {installed or 'nothing'}, needs {op}{version}")
         elif op == ">=" and name in TESTED and installed.split("+")[0] != TESTED[name]:
-            notes.append(f"{name} {installed}")
+            notes.append((name, installed))
     if notes:
-        print(f"In use as this kernel has them: {', '.join(notes)} (the course was tested with "
-              + ", ".join(f"{n.split()[0]} {TESTED[n.split()[0]]}" for n in notes) + ").")
+        print(f"In use as this kernel has them: {', '.join(f'{n} {v}' for n, v in notes)} (the course was tested "
+              f"with {', '.join(f'{n} {TESTED[n]}' for n, _ in notes)}).")
     if not unmet:
         print("All tested versions installed.")
     else:

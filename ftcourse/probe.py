@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from importlib import resources
 from pathlib import Path
 
+from . import DATA_DIR
 from .evaluation import continuation_logprobs, perplexity
 
-ASSETS = Path(str(resources.files("ftcourse").joinpath("data")))  # the course's shipped data: package data
+ASSETS = DATA_DIR  # the course's shipped data: package data
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ import jupytext
 import pytest
 
 from ftcourse import install
+from ftcourse.environment_check import parse_requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,13 +31,8 @@ def test_every_setup_cell_is_the_one_in_ftcourse_install(slug):
     assert _setup_cell(nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4).cells) == install.SETUP_CELL
 
 
-def _pins(lines) -> dict[str, str]:
-    pins = {}
-    for line in lines:
-        match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(==|>=)\s*([^\s#;]+)", line)
-        if match:
-            pins[match.group(1).lower()] = (match.group(2), match.group(3))
-    return pins
+def _pins(lines) -> dict[str, tuple[str, str]]:
+    return {parsed[0]: parsed[1:] for parsed in map(parse_requirement, lines) if parsed}
 
 
 def test_declared_dependencies_agree_with_the_tested_pins():
@@ -58,14 +54,16 @@ def test_declared_dependencies_agree_with_the_tested_pins():
 
 
 def test_package_data_is_declared_and_read_through_importlib_resources():
+    import ftcourse
     from ftcourse import data_quality, probe
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ftcourse"]
     assert declared == ["data/*"]
     for path in (probe.ASSETS / "general_probe.jsonl", probe.ASSETS / "general_text.txt", data_quality.SHIPPED_DUMP):
         assert path.is_file() and path.parent == ROOT / "ftcourse" / "data"
-    sources = (ROOT / "ftcourse" / "probe.py").read_text() + (ROOT / "ftcourse" / "data_quality.py").read_text()
-    assert "resources.files(" in sources and "__file__" not in sources
+    assert probe.ASSETS == data_quality.SHIPPED_DUMP.parent == ftcourse.DATA_DIR
+    sources = "".join((ROOT / "ftcourse" / f).read_text() for f in ("__init__.py", "probe.py", "data_quality.py"))
+    assert "resources.files(" in (ROOT / "ftcourse" / "__init__.py").read_text() and "__file__" not in sources
 
 
 def test_install_advice_fits_where_the_kernel_runs(monkeypatch):
@@ -183,7 +181,7 @@ def test_the_wheel_installs_like_the_setup_cell_into_a_fresh_venv(tmp_path):
     python = venv / "bin" / "python"
     tested = {k: v for k, (_, v) in _pins((ROOT / "requirements.txt").read_text().splitlines()).items()}
     uv = Path(sys.executable).parent / "uv"
-    preinstall = [f"torch=={tested['torch']}", f"transformers=={tested['transformers']}"]
+    preinstall = [f"{name}=={tested[name]}" for name in install.COLAB_PREINSTALLED]
     if uv.exists():
         subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *preinstall], check=True,
                        env={**os.environ, "UV_FIND_LINKS": os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS", "")})
