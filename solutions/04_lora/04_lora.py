@@ -30,7 +30,7 @@
 #
 # **Prerequisites:** 03 (SFT with TRL); the memory estimator of 01 helps for the LoRA Lab.
 #
-# **Study time:** about 1 h 35 min: reading about 25 min (prose at 150 words and code at 15 lines a minute) and
+# **Study time:** about 1 h 40 min: reading about 30 min (prose at 150 words and code at 15 lines a minute) and
 # the 2 exercises about 70 min (the registry's estimate for each).
 #
 # **Machine time:** the README's course table gives the whole notebook's run time on the `cpu` preset (a
