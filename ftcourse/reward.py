@@ -1,0 +1,128 @@
+"""Reward models (notebook 06): the embedded model with a scalar head, trained with TRL's `RewardTrainer`.
+
+Notebook 06 builds the recipe in view (PEFT's `LoraConfig` with `task_type="SEQ_CLS"`, TRL's `RewardConfig`,
+`RewardTrainer`); this module holds the instruments around it: the model with its score head, the data in
+TRL's preference format, the machine's `RewardConfig` arguments, scores and pairwise accuracy by pair kind,
+and `train_reward_model`, the packaged mirror of the notebook's training cell that the grader trains with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .preferences import PreferencePair
+from .presets import Preset
+
+
+def load_reward_model(model: str = "embedded", device: str = "cpu", seed: int = 0):
+    """The base model as a sequence classifier with one output: its reward for a whole conversation.
+
+    `AutoModelForSequenceClassification` keeps the pretrained decoder and replaces the language-model head with
+    a linear `score` head (576 -> 1), drawn from `seed`. The reward is read at the last token that is not padding,
+    so the model's config must know the pad token.
+    """
+    import logging
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from .models import _quiet_transformers, load_tokenizer, resolve_model_dir
+
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    scorer = AutoModelForSequenceClassification.from_pretrained(resolve_model_dir(model), num_labels=1,
+                                                                dtype=torch.float32)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    scorer.config.pad_token_id = load_tokenizer(model).pad_token_id
+    return scorer.to(device).eval()
+
+
+def preference_dataset(pairs: Sequence[PreferencePair], margins: Sequence[float] | None = None):
+    """TRL's conversational preference format (prompt, chosen, rejected; a `margin` column when given)."""
+    from datasets import Dataset
+
+    if margins is not None and len(margins) != len(pairs):
+        raise ValueError(f"margins must have one value per pair: {len(margins)} for {len(pairs)} pairs.")
+    rows = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, PreferencePair):
+            raise TypeError(f"pair {i} must be a PreferencePair, got {type(pair).__name__}.")
+        rows.append(pair.conversational() | ({"margin": float(margins[i])} if margins is not None else {}))
+    return Dataset.from_list(rows)
+
+
+def preset_reward_args(preset: Preset) -> dict:
+    """The `RewardConfig` arguments the machine fixes, not the learner (as `preset_sft_args` for SFT)."""
+    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", gradient_checkpointing=False,
+                max_length=preset.max_length, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                dataloader_num_workers=0)
+
+
+def reward_texts(tokenizer, prompts: Sequence[str], replies: Sequence[str]) -> list[str]:
+    """Each (prompt, reply) as the conversation the reward model reads, rendered by the chat template."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                          tokenize=False) for p, r in zip(prompts, replies)]
+
+
+def reward_scores(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 32) -> list[float]:
+    """The reward model's score of each reply to its prompt (no gradient)."""
+    import torch
+
+    if len(prompts) != len(replies):
+        raise ValueError(f"one reply per prompt: got {len(prompts)} prompts and {len(replies)} replies.")
+    device = next(model.parameters()).device
+    scores = []
+    texts = reward_texts(tokenizer, prompts, replies)
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            with torch.no_grad():
+                scores += model(**batch).logits.float().squeeze(-1).tolist()
+    finally:
+        tokenizer.padding_side = side
+    return scores
+
+
+def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> dict:
+    """Share of pairs whose chosen reply the model scores higher, overall and by kind, with the margins."""
+    if not pairs:
+        raise ValueError("pairwise_accuracy needs at least one pair.")
+    prompts = [p.prompt for p in pairs]
+    chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size)
+    rejected = reward_scores(model, tokenizer, prompts, [p.rejected for p in pairs], batch_size)
+    right = [c > r for c, r in zip(chosen, rejected)]
+    kinds = {}
+    for pair, ok in zip(pairs, right):
+        kinds.setdefault(pair.kind, []).append(ok)
+    return {"accuracy": sum(right) / len(right), "by_kind": {k: sum(v) / len(v) for k, v in kinds.items()},
+            "chosen": chosen, "rejected": rejected, "right": right, "n_pairs": len(pairs)}
+
+
+def train_reward_model(model, tokenizer, pairs: Sequence[PreferencePair], lora, args, preset: Preset,
+                       margins: Sequence[float] | None = None, progress: bool = True):
+    """The packaged mirror of notebook 06's training cell: `RewardTrainer` with a LoraConfig and a RewardConfig.
+
+    `model` is `load_reward_model`'s; returns (trained model, TrainResult).
+    """
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+    from trl import RewardTrainer
+
+    from .training import TrainingRecorder, TrainResult
+
+    torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
+    recorder = TrainingRecorder(progress=progress)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    trainer = RewardTrainer(model=model, args=args, train_dataset=preference_dataset(pairs, margins),
+                            processing_class=tokenizer, peft_config=lora, callbacks=[recorder])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    from accelerate.utils import extract_model_from_parallel
+
+    trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
+    seconds = recorder.step_seconds
+    return trained, TrainResult(losses=recorder.losses, steps=len(seconds), seconds=sum(seconds), real_tokens=0,
+                                slot_tokens=0, step_seconds=seconds)
