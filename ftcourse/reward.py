@@ -53,8 +53,11 @@ def preference_dataset(pairs: Sequence[PreferencePair], margins: Sequence[float]
 
 
 def preset_reward_args(preset: Preset) -> dict:
-    """The `RewardConfig` arguments the machine fixes, not the learner (as `preset_sft_args` for SFT)."""
-    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", gradient_checkpointing=False,
+    """The `RewardConfig` arguments the machine fixes, not the learner (as `preset_sft_args` for SFT).
+
+    Checkpointing off under its transformers 5 name, `activation_checkpointing` (the old `gradient_checkpointing`
+    prints a deprecation warning on a RewardConfig, whose default for it is True)."""
+    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", activation_checkpointing=False,
                 max_length=preset.max_length, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                 dataloader_num_workers=0)
 

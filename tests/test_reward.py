@@ -22,9 +22,14 @@ def test_preference_dataset_is_trls_conversational_format_with_optional_margins(
 def test_the_machine_fixes_precision_logging_and_checkpointing():
     from trl import RewardConfig
 
+    import warnings
+
     args = reward.preset_reward_args(get_preset("cpu"))
-    assert args["use_cpu"] and not args["gradient_checkpointing"] and args["report_to"] == "none"
-    config = RewardConfig(output_dir="unused", **args)  # every argument is one RewardConfig takes
+    assert args["use_cpu"] and args["report_to"] == "none"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation warning may reach a learner's cell
+        config = RewardConfig(output_dir="unused", **args)  # every argument is one RewardConfig takes
+    assert not config.gradient_checkpointing and not config.activation_checkpointing
     assert config.logging_steps == 1 and config.max_length == args["max_length"]
 
 
