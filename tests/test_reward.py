@@ -20,9 +20,9 @@ def test_preference_dataset_is_trls_conversational_format_with_optional_margins(
 
 
 def test_the_machine_fixes_precision_logging_and_checkpointing():
-    from trl import RewardConfig
-
     import warnings
+
+    from trl import RewardConfig
 
     args = reward.preset_reward_args(get_preset("cpu"))
     assert args["use_cpu"] and args["report_to"] == "none"
