@@ -430,7 +430,7 @@ print(f"\nbase exact match on your validation split: {capstone_base_em:.3f} (the
 ### BEGIN SOLUTION
 lora_config = LoraConfig(r=preset.lora_r, lora_alpha=2 * preset.lora_r, task_type="CAUSAL_LM",
                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-sft_config = SFTConfig(output_dir="build/capstone", max_steps=min(8, preset.step_budget), learning_rate=2e-3,
+sft_config = SFTConfig(output_dir="build/capstone", max_steps=min(12, preset.step_budget), learning_rate=1.5e-3,
                        per_device_train_batch_size=preset.batch_size, lr_scheduler_type="cosine", warmup_steps=2,
                        seed=SEED, **PRESET_ARGS)
 ### END SOLUTION
