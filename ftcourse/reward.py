@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from .preferences import PreferencePair
 from .presets import Preset
+from .training import preset_sft_args
 
 
 def load_reward_model(model: str = "embedded", device: str = "cpu", seed: int = 0):
@@ -53,13 +54,8 @@ def preference_dataset(pairs: Sequence[PreferencePair], margins: Sequence[float]
 
 
 def preset_reward_args(preset: Preset) -> dict:
-    """The `RewardConfig` arguments the machine fixes, not the learner (as `preset_sft_args` for SFT).
-
-    Checkpointing off under its transformers 5 name, `activation_checkpointing` (the old `gradient_checkpointing`
-    prints a deprecation warning on a RewardConfig, whose default for it is True)."""
-    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", activation_checkpointing=False,
-                max_length=preset.max_length, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-                dataloader_num_workers=0)
+    """The `RewardConfig` arguments the machine fixes, not the learner: `preset_sft_args`'s, with shuffled pairs."""
+    return preset_sft_args(preset, "padded")
 
 
 def reward_texts(tokenizer, prompts: Sequence[str], replies: Sequence[str]) -> list[str]:

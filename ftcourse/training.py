@@ -128,14 +128,15 @@ def lora_config(setup: SFTSetup):
 def preset_sft_args(preset: Preset, layout: str = "grouped") -> dict:
     """The `SFTConfig` arguments that the machine and the batch layout fix, not the learner.
 
-    Precision and device come from the preset; gradient checkpointing is off (+45 % time on a CPU and no
-    memory pressure at this size); "grouped" batches arrive already ordered in length buckets
+    Precision and device come from the preset; activation (gradient) checkpointing is off (+45 % time on a CPU
+    and no memory pressure at this size), under its transformers 5 name (TRL's configs default it to on, and
+    the old name `gradient_checkpointing` prints a deprecation warning); "grouped" batches arrive already ordered in length buckets
     (`length_grouped_order`), so the trainer must not shuffle them; a loss is logged at every step.
     """
     if layout not in ("padded", "grouped"):
         raise ValueError(f"preset_sft_args takes layout 'padded' or 'grouped', got {layout!r} (packing is "
                          "SFTSetup(layout='packed'), which notebook 03 compares).")
-    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", gradient_checkpointing=False,
+    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", activation_checkpointing=False,
                 max_length=preset.max_length, train_sampling_strategy="sequential" if layout == "grouped" else "random",
                 logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
 

@@ -180,6 +180,8 @@ def test_recipe_choices_refuse_a_missing_or_odd_lora_config():
 
 def test_recipe_choices_store_checked_integers_and_refuse_changed_machine_arguments():
     """Data from the learner's child: 8.0 trains as 8; a machine argument changed from preset_sft_args is refused."""
+    from trl import SFTConfig
+
     from ftcourse.training import RecipeError, config_dict, preset_sft_args, recipe_choices
 
     preset = get_preset("cpu")
@@ -189,11 +191,35 @@ def test_recipe_choices_store_checked_integers_and_refuse_changed_machine_argume
                                                "per_device_train_batch_size": 8.0}, preset)
     assert [type(v) for v in (lora_choices["r"], sft_choices["max_steps"], sft_choices["seed"],
                               sft_choices["per_device_train_batch_size"])] == [int] * 4
-    for field, value in (("max_length", 4096), ("train_sampling_strategy", "random"), ("gradient_checkpointing", True),
+    for field, value in (("max_length", 4096), ("train_sampling_strategy", "random"), ("activation_checkpointing", True),
                          ("logging_steps", 1000)):
         assert value != preset_sft_args(preset, "grouped")[field]
         with pytest.raises(RecipeError, match=f"sft_config.{field} = "):
             recipe_choices(lora_data, sft_data | {field: value}, preset)
+    # checkpointing under its deprecated name is the same field: still refused, whichever name is reported
+    on = config_dict(SFTConfig(output_dir="x", **(preset_sft_args(preset) | {"activation_checkpointing": None}),
+                               gradient_checkpointing=True), "sft_config")
+    with pytest.raises(RecipeError, match=r"sft_config\.(gradient|activation)_checkpointing = True"):
+        recipe_choices(lora_data, sft_data | {k: on[k] for k in ("gradient_checkpointing", "activation_checkpointing")},
+                       preset)
+
+
+def test_preset_args_build_configs_without_deprecation_warnings():
+    """Every config the course builds from preset_sft_args says checkpointing under its transformers 5 name."""
+    import warnings
+
+    from trl import RewardConfig, SFTConfig
+
+    from ftcourse.reward import preset_reward_args
+    from ftcourse.training import preset_sft_args
+
+    preset = get_preset("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        sft = SFTConfig(output_dir="x", **preset_sft_args(preset))
+        rm = RewardConfig(output_dir="x", **preset_reward_args(preset))
+    assert not (sft.activation_checkpointing or sft.gradient_checkpointing or rm.activation_checkpointing
+                or rm.gradient_checkpointing)
 
 
 def test_every_training_record_has_the_fields_the_self_check_reads(tmp_path):
