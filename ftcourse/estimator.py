@@ -393,7 +393,7 @@ def prepare_for_plan(model, plan: TrainingPlan, seed: int = 0):
             if p.requires_grad:
                 p.data = p.data.float()
     if plan.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
 
 
