@@ -130,8 +130,9 @@ def preset_sft_args(preset: Preset, layout: str = "grouped") -> dict:
 
     Precision and device come from the preset; activation (gradient) checkpointing is off (+45 % time on a CPU
     and no memory pressure at this size), under its transformers 5 name (TRL's configs default it to on, and
-    the old name `gradient_checkpointing` prints a deprecation warning); "grouped" batches arrive already ordered in length buckets
-    (`length_grouped_order`), so the trainer must not shuffle them; a loss is logged at every step.
+    the old name `gradient_checkpointing` prints a deprecation warning); "grouped" batches arrive already
+    ordered in length buckets (`length_grouped_order`), so the trainer must not shuffle them; a loss is logged
+    at every step.
     """
     if layout not in ("padded", "grouped"):
         raise ValueError(f"preset_sft_args takes layout 'padded' or 'grouped', got {layout!r} (packing is "
