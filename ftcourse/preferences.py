@@ -9,7 +9,10 @@ mistakes can be read off by kind:
 - `padded`: concise right vs padded right (the judge prefers brevity);
 - `wrong`: concise right vs concise wrong (correctness);
 - `padded_wrong`: padded right vs concise wrong (correctness beats brevity: a reward model that learned
-  "shorter is better" gets these wrong, the known bias notebook 06's reward hacking starts from).
+  "shorter is better" gets these wrong, the known bias notebook 06's reward hacking starts from);
+- `no_count`: concise right vs a brief reply that gives no count at all (an answer needs its number);
+- `echo`: concise right vs a reply that restates the list instead of answering (the base model's habit: the
+  right number is in it, among the others).
 Every pair is checked against the judge when it is made (the chosen reply scores strictly higher).
 """
 
@@ -23,7 +26,8 @@ ITEMS = ("apples", "pears", "plums", "lemons", "cups", "plates", "forks", "spoon
          "chairs", "lamps", "keys", "coins", "shells", "stones", "cards", "bells", "hats")
 INSTRUCTION = "Answer the question about the list."
 CONCISE_WORDS = 6  # a reply of at most this many words counts as brief
-PAIR_KINDS = ("padded", "wrong", "padded_wrong")
+PAIR_KINDS = ("padded", "wrong", "padded_wrong", "no_count", "echo")
+REWARD_KINDS = ("padded", "no_count", "echo")  # what a small reward model must rank (Exercise 6.2's held-out kinds)
 OPENERS = ("Great question! ", "Sure, I can help with that. ", "Let me look at the list carefully. ",
            "Thanks for asking! ", "Of course! ")
 CLOSERS = (" I hope this helps!", " Let me know if you have any other questions.", " Happy to help further.",
@@ -82,6 +86,19 @@ def padded_reply(question: Question, count: int, rng: random.Random) -> str:
             f"the number of {question.item} is {count}.{rng.choice(CLOSERS)}")
 
 
+NO_COUNT = ("Some {item}.", "I cannot tell from the list.", "There are a few {item}.", "The list has {item}.",
+            "Not sure.")
+
+
+def no_count_reply(question: Question, rng: random.Random) -> str:
+    return rng.choice(NO_COUNT).format(item=question.item)
+
+
+def echo_reply(question: Question, rng: random.Random) -> str:
+    listing = question.prompt.split("\n")[1:-1]
+    return rng.choice(("The list says:\n", "Here is the list:\n", "")) + "\n".join(listing)
+
+
 def wrong_count(question: Question, rng: random.Random) -> int:
     """A count other than the answer: another item's count from the list when there is one (a plausible mistake)."""
     others = [int(c) for c in re.findall(r": (\d+)", question.prompt) if int(c) != question.answer]
@@ -103,10 +120,11 @@ def judge(question: Question, reply: str) -> float:
 
 
 def make_pairs(questions: list[Question], seed: int, kinds: tuple[str, ...] = PAIR_KINDS) -> list[PreferencePair]:
-    """One pair per question, the kinds in turn; each checked against the judge."""
-    unknown = set(kinds) - set(PAIR_KINDS)
-    if unknown or not kinds:
-        raise ValueError(f"kinds must be a non-empty subset of {PAIR_KINDS}, got {kinds}")
+    """One pair per question, the kinds in turn (a kind named twice gets twice the share); each checked
+    against the judge."""
+    if isinstance(kinds, str) or not kinds or any(k not in PAIR_KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty sequence of names from {PAIR_KINDS} (repeats allowed), "
+                         f"got {kinds!r}")
     rng, pairs = random.Random(seed), []
     for i, q in enumerate(questions):
         kind = kinds[i % len(kinds)]
@@ -114,8 +132,12 @@ def make_pairs(questions: list[Question], seed: int, kinds: tuple[str, ...] = PA
             chosen, rejected = concise_reply(q, q.answer, rng), padded_reply(q, q.answer, rng)
         elif kind == "wrong":
             chosen, rejected = concise_reply(q, q.answer, rng), concise_reply(q, wrong_count(q, rng), rng)
-        else:
+        elif kind == "padded_wrong":
             chosen, rejected = padded_reply(q, q.answer, rng), concise_reply(q, wrong_count(q, rng), rng)
+        elif kind == "no_count":
+            chosen, rejected = concise_reply(q, q.answer, rng), no_count_reply(q, rng)
+        else:
+            chosen, rejected = concise_reply(q, q.answer, rng), echo_reply(q, rng)
         if not judge(q, chosen) > judge(q, rejected):
             raise AssertionError(f"pair {i} ({kind}) does not follow the judge: {chosen!r} vs {rejected!r}")
         pairs.append(PreferencePair(q.prompt, chosen, rejected, kind))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .preferences import PreferencePair
+from .preferences import PAIR_KINDS, PreferencePair, make_pairs, preference_splits
 from .presets import Preset
 from .training import preset_sft_args
 
@@ -37,6 +37,20 @@ def load_reward_model(model: str = "embedded", device: str = "cpu", seed: int = 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     scorer.config.pad_token_id = load_tokenizer(model).pad_token_id
     return scorer.to(device).eval()
+
+
+def reward_pairs(kinds: Sequence[str] = PAIR_KINDS, n_train: int = 240, split: str = "train", n_eval: int = 150,
+                 heldout_seed: int | None = None, seed: int = 0) -> list[PreferencePair]:
+    """Pairs of the given kinds (a kind named twice gets twice the share) on one split of `preference_splits`.
+
+    "train" has `n_train` questions, "validation" and "heldout" (with the grader's seed) `n_eval` each; a split's
+    pairs are drawn with `seed` (the kinds in turn, so every kind is present once n >= len(kinds)).
+    """
+    splits = preference_splits(n_train, n_eval, heldout_seed)
+    if split not in splits:
+        raise ValueError(f"split must be one of {list(splits)}, got {split!r}"
+                         + (" (the held-out split needs the grader's seed)" if split == "heldout" else ""))
+    return make_pairs(splits[split], seed, tuple(kinds))
 
 
 def preference_dataset(pairs: Sequence[PreferencePair], margins: Sequence[float] | None = None):
@@ -100,6 +114,29 @@ def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_s
             "chosen": chosen, "rejected": rejected, "right": right, "n_pairs": len(pairs)}
 
 
+def load_reward_adapter(folder, model: str = "embedded", device: str = "cpu"):
+    """A reward model saved by `save_reward_adapter` (or `trainer.save_model`): the base scorer with its LoRA
+    adapter and trained score head. A folder without a sequence-classification LoRA adapter is an error."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    config = Path(folder) / "adapter_config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"No adapter in {folder}: expected adapter_config.json (a saved LoRA reward model).")
+    saved = json.loads(config.read_text())
+    if saved.get("peft_type") != "LORA" or saved.get("task_type") != "SEQ_CLS":
+        raise ValueError(f"{config} must be a LoRA adapter with task_type 'SEQ_CLS' (a reward model), got "
+                         f"peft_type={saved.get('peft_type')!r}, task_type={saved.get('task_type')!r}.")
+    return PeftModel.from_pretrained(load_reward_model(model, device), str(folder)).eval()
+
+
+def save_reward_adapter(model, folder) -> None:
+    """The trained reward model's adapter and score head (PEFT saves the head as a module to save)."""
+    model.save_pretrained(str(folder))
+
+
 def train_reward_model(model, tokenizer, pairs: Sequence[PreferencePair], lora, args, preset: Preset,
                        margins: Sequence[float] | None = None, progress: bool = True):
     """The packaged mirror of notebook 06's training cell: `RewardTrainer` with a LoraConfig and a RewardConfig.
@@ -112,7 +149,10 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PreferencePair], lora, 
 
     from .training import TrainingRecorder, TrainResult
 
+    import copy
+
     torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
+    lora = copy.deepcopy(lora)  # PEFT fills in modules_to_save on the config it is given: the caller's stays as built
     recorder = TrainingRecorder(progress=progress)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     trainer = RewardTrainer(model=model, args=args, train_dataset=preference_dataset(pairs, margins),

@@ -177,25 +177,58 @@ _MACHINE = ("bf16", "fp16", "use_cpu")  # the grader's machine decides these; it
 MAX_BATCH_FACTOR = 4  # a graded recipe may use up to 4x the preset's batch (memory stays bounded)
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipeKind:
+    """What a graded recipe trains: its trainer's config class, the LoRA task type, the choices it leaves open.
+
+    "sft" is notebooks 02-05's LoraConfig + SFTConfig (SFTTrainer); "reward" is notebook 06's LoraConfig with
+    task_type="SEQ_CLS" + RewardConfig (RewardTrainer), which also lets the learner choose which layers get
+    adapters and the reward-centring coefficient. `names` are the solution cell's variables.
+    """
+
+    name: str
+    config_class: str
+    task_type: str
+    lora_choices: tuple[str, ...]
+    train_choices: tuple[str, ...]
+    names: tuple[str, str]
+
+
+RECIPE_KINDS = {
+    "sft": RecipeKind("sft", "SFTConfig", "CAUSAL_LM", LORA_CHOICES, SFT_CHOICES, ("lora_config", "sft_config")),
+    "reward": RecipeKind("reward", "RewardConfig", "SEQ_CLS", LORA_CHOICES + ("layers_to_transform",),
+                         SFT_CHOICES + ("center_rewards_coefficient",), ("lora_config", "reward_config")),
+}
+
+
 class RecipeError(ValueError):
-    """A LoraConfig or SFTConfig that the exercise cannot train, with the field and what is expected."""
+    """A LoraConfig or trainer config that the exercise cannot train, with the field and what is expected."""
 
 
-CONFIG_TYPES = ("LoraConfig", "SFTConfig", "BitsAndBytesConfig")
+CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "BitsAndBytesConfig")
 
 
-def config_dict(config, what: str) -> dict:
-    """A LoraConfig, SFTConfig or BitsAndBytesConfig as plain data (its `to_dict()`, target modules sorted)."""
+def _recipe_kind(kind: str) -> RecipeKind:
+    if kind not in RECIPE_KINDS:
+        raise ValueError(f"kind must be one of {list(RECIPE_KINDS)}, got {kind!r}.")
+    return RECIPE_KINDS[kind]
+
+
+def config_dict(config, what: str, expected: str | None = None) -> dict:
+    """A LoraConfig, SFTConfig, RewardConfig or BitsAndBytesConfig as plain data (its `to_dict()`, target modules
+    sorted). `expected` names the class a wrong object should have been (guessed from `what` otherwise)."""
     if isinstance(config, dict):
         data = dict(config)
-    elif hasattr(config, "to_dict") and type(config).__name__ in CONFIG_TYPES:
+    elif hasattr(config, "to_dict") and type(config).__name__ in CONFIG_TYPES \
+            and type(config).__name__ == (expected or type(config).__name__):
         data = {key: (str(value.value) if hasattr(value, "value") else value)  # enums (quant_method) as strings
                 for key, value in config.to_dict().items()}
     else:
-        expected = ("LoraConfig" if what.startswith("lora") else "BitsAndBytesConfig" if what.startswith("bnb")
-                    else "SFTConfig")
+        expected = expected or ("LoraConfig" if what.startswith("lora") else "BitsAndBytesConfig"
+                                if what.startswith("bnb") else "RewardConfig" if what.startswith("reward")
+                                else "SFTConfig")
         raise RecipeError(f"{what} must be a {expected}, got {type(config).__name__}: the graded exercise trains "
-                          f"a LoRA adapter with TRL's SFTTrainer, from the configs your cell builds.")
+                          f"a LoRA adapter from the configs your cell builds.")
     if isinstance(data.get("target_modules"), (set, frozenset, tuple)):
         data["target_modules"] = sorted(data["target_modules"])
     return data
@@ -222,73 +255,109 @@ def _same(a, b) -> bool:
     return norm(a) == norm(b)
 
 
-def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budget: int | None = None,
-                   ) -> tuple[dict, dict]:
-    """The learner's choices in a LoraConfig and an SFTConfig (objects or their `to_dict()`), checked.
+def _trainer_config(kind: RecipeKind):
+    import trl
 
-    A choice is one of `LORA_CHOICES` / `SFT_CHOICES`, within the step budget and the machine's sizes. The
-    arguments `preset_sft_args` fixes are the grader's own. Every other field must keep its default: a
-    grader that trains the recipe must train what the learner's own run trained, so a field it would not
-    train is an error that names it, never a silent difference.
+    return getattr(trl, kind.config_class)
+
+
+def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budget: int | None = None,
+                   kind: str = "sft") -> tuple[dict, dict]:
+    """The learner's choices in a LoraConfig and a trainer config (objects or their `to_dict()`), checked.
+
+    `sft` is the SFTConfig (kind "sft") or RewardConfig (kind "reward"). A choice is one of the kind's
+    `lora_choices` / `train_choices`, within the step budget and the machine's sizes. The arguments
+    `preset_sft_args` fixes are the grader's own. Every other field must keep its default: a grader that
+    trains the recipe must train what the learner's own run trained, so a field it would not train is an
+    error that names it, never a silent difference.
     """
     from peft import LoraConfig
-    from trl import SFTConfig
 
+    recipe = _recipe_kind(kind)
+    lora_name, train_name = recipe.names
     if lora is None:
-        raise RecipeError("lora_config must be a LoraConfig, got None: the graded exercise trains and saves a "
+        raise RecipeError(f"{lora_name} must be a LoraConfig, got None: the graded exercise trains and saves a "
                           "LoRA adapter (a full fine-tune has no adapter to grade).")
-    lora, sft = config_dict(lora, "lora_config"), config_dict(sft, "sft_config")
+    lora, sft = config_dict(lora, lora_name, "LoraConfig"), config_dict(sft, train_name, recipe.config_class)
     budget = step_budget or preset.step_budget
-    lora_choices = {k: lora[k] for k in LORA_CHOICES if k in lora}
-    sft_choices = {k: sft[k] for k in SFT_CHOICES if k in sft}
-    if str(lora.get("task_type")) not in ("CAUSAL_LM", "TaskType.CAUSAL_LM"):
-        raise RecipeError(f"lora_config.task_type must be 'CAUSAL_LM' (a causal language model), got {lora.get('task_type')!r}.")
+    lora_choices = {k: lora[k] for k in recipe.lora_choices if k in lora}
+    sft_choices = {k: sft[k] for k in recipe.train_choices if k in sft}
+    if str(lora.get("task_type")) not in (recipe.task_type, f"TaskType.{recipe.task_type}"):
+        what = "a causal language model" if recipe.task_type == "CAUSAL_LM" else "a sequence scorer: the reward head"
+        raise RecipeError(f"{lora_name}.task_type must be {recipe.task_type!r} ({what}), got {lora.get('task_type')!r}.")
     if "r" in lora_choices:  # checked values are stored back: 8.0 must train as 8
-        lora_choices["r"] = _integer(lora_choices["r"], "lora_config.r", 1, 256)
-    _real(lora_choices.get("lora_alpha", 8), "lora_config.lora_alpha", 0, 4096, low_open=True)
-    _real(lora_choices.get("lora_dropout", 0.0), "lora_config.lora_dropout", 0, 0.5)
+        lora_choices["r"] = _integer(lora_choices["r"], f"{lora_name}.r", 1, 256)
+    _real(lora_choices.get("lora_alpha", 8), f"{lora_name}.lora_alpha", 0, 4096, low_open=True)
+    _real(lora_choices.get("lora_dropout", 0.0), f"{lora_name}.lora_dropout", 0, 0.5)
     targets = lora_choices.get("target_modules")
     if not (isinstance(targets, list) and targets and all(t in ALL_LINEAR for t in targets)):
-        raise RecipeError(f"lora_config.target_modules must be a list of module names from {list(ALL_LINEAR)}, "
+        raise RecipeError(f"{lora_name}.target_modules must be a list of module names from {list(ALL_LINEAR)}, "
                           f"got {targets!r}.")
     if not isinstance(lora_choices.get("use_rslora", False), bool):
-        raise RecipeError(f"lora_config.use_rslora must be True or False, got {lora_choices['use_rslora']!r}.")
+        raise RecipeError(f"{lora_name}.use_rslora must be True or False, got {lora_choices['use_rslora']!r}.")
+    layers = lora_choices.get("layers_to_transform")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = lora_choices["layers_to_transform"] = [layers]
+    if layers is not None:
+        n_layers = preset_layers(preset)
+        if not (isinstance(layers, (list, tuple)) and layers and len(set(layers)) == len(layers)
+                and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers for i in layers)):
+            raise RecipeError(f"{lora_name}.layers_to_transform must be None (every layer) or distinct layer "
+                              f"indices from 0 to {n_layers - 1}, got {layers!r}.")
+        lora_choices["layers_to_transform"] = sorted(layers)
     steps = sft_choices.get("max_steps", -1)
     if isinstance(steps, int) and not isinstance(steps, bool) and steps > budget:
-        raise RecipeError(f"sft_config.max_steps must be at most {budget} (the step budget), got {steps}.")
-    sft_choices["max_steps"] = _integer(steps, "sft_config.max_steps (a graded fine-tune counts optimizer steps)", 1, budget)
-    _real(sft_choices.get("learning_rate", 5e-5), "sft_config.learning_rate", 0, 1, low_open=True)
+        raise RecipeError(f"{train_name}.max_steps must be at most {budget} (the step budget), got {steps}.")
+    sft_choices["max_steps"] = _integer(steps, f"{train_name}.max_steps (a graded fine-tune counts optimizer steps)",
+                                        1, budget)
+    _real(sft_choices.get("learning_rate", 5e-5), f"{train_name}.learning_rate", 0, 1, low_open=True)
     if "per_device_train_batch_size" in sft_choices:
         sft_choices["per_device_train_batch_size"] = _integer(sft_choices["per_device_train_batch_size"],
-                                                              "sft_config.per_device_train_batch_size", 1,
+                                                              f"{train_name}.per_device_train_batch_size", 1,
                                                               MAX_BATCH_FACTOR * preset.batch_size)
     if sft_choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
-        raise RecipeError(f"sft_config.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
+        raise RecipeError(f"{train_name}.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
                           f"got {sft_choices.get('lr_scheduler_type')!r}.")
     warmup = sft_choices.get("warmup_steps", 0)
     if isinstance(warmup, float) and not warmup.is_integer():
-        _real(warmup, "sft_config.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
+        _real(warmup, f"{train_name}.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
     elif "warmup_steps" in sft_choices:
-        sft_choices["warmup_steps"] = _integer(warmup, "sft_config.warmup_steps", 0, budget)
-    _real(sft_choices.get("weight_decay", 0.0), "sft_config.weight_decay", 0, 1)
+        sft_choices["warmup_steps"] = _integer(warmup, f"{train_name}.warmup_steps", 0, budget)
+    _real(sft_choices.get("weight_decay", 0.0), f"{train_name}.weight_decay", 0, 1)
     if "seed" in sft_choices:
-        sft_choices["seed"] = _integer(sft_choices["seed"], "sft_config.seed", 0, 2**32 - 1)
+        sft_choices["seed"] = _integer(sft_choices["seed"], f"{train_name}.seed", 0, 2**32 - 1)
+    if sft_choices.get("center_rewards_coefficient") is not None:
+        _real(sft_choices["center_rewards_coefficient"], f"{train_name}.center_rewards_coefficient", 0, 1)
     fixed = preset_sft_args(preset, layout)
     try:
-        lora_reference = LoraConfig(task_type="CAUSAL_LM", **lora_choices).to_dict()
-        sft_reference = SFTConfig(output_dir="recipe", **fixed, **sft_choices).to_dict()
+        lora_reference = LoraConfig(task_type=recipe.task_type, **lora_choices).to_dict()
+        sft_reference = _trainer_config(recipe)(output_dir="recipe", **fixed, **sft_choices).to_dict()
     except (TypeError, ValueError) as error:
         raise RecipeError(f"These choices do not make a valid config: {error}") from None
-    for what, data, reference, chosen in (("lora_config", lora, lora_reference, lora_choices),
-                                          ("sft_config", sft, sft_reference, sft_choices)):
+    for what, data, reference, chosen, open_ in ((lora_name, lora, lora_reference, lora_choices, recipe.lora_choices),
+                                                 (train_name, sft, sft_reference, sft_choices, recipe.train_choices)):
+        foreign = sorted(set(data) - set(reference) - set(_MACHINE) - set(_WHERE))
+        if foreign:  # a config of another class, read back as data: its fields give it away
+            raise RecipeError(f"{what} has fields {', '.join(foreign[:4])} that a "
+                              f"{'LoraConfig' if what == lora_name else recipe.config_class} does not have: it must "
+                              f"be a {'LoraConfig' if what == lora_name else recipe.config_class}.")
         for key, value in data.items():
-            if key in chosen or key in _MACHINE or key in _WHERE or key not in reference:
+            if key in chosen or key in _MACHINE or key in _WHERE:
                 continue
             if not _same(value, reference[key]):
                 raise RecipeError(f"{what}.{key} = {value!r}: this exercise keeps it at {reference[key]!r}, so that "
                                   f"the grader trains exactly what your run trained. Change only "
-                                  f"{', '.join(LORA_CHOICES if what == 'lora_config' else SFT_CHOICES)}.")
+                                  f"{', '.join(open_)}.")
     return lora_choices, sft_choices
+
+
+def preset_layers(preset: Preset) -> int:
+    """The number of decoder layers of the preset's model (what `layers_to_transform` indexes)."""
+    import json
+
+    from .models import resolve_model_dir
+
+    return int(json.loads((Path(resolve_model_dir(preset.model)) / "config.json").read_text())["num_hidden_layers"])
 
 
 # what a QLoRA exercise's BitsAndBytesConfig must say; its compute dtype is the machine's (`preset.compute_dtype`)
@@ -323,26 +392,30 @@ def qlora_base_choices(bnb) -> dict:
     return {"double_quant": double_quant}
 
 
-def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout: str, output_dir: str | Path):
-    """(LoraConfig, SFTConfig) from checked choices, with this preset's fixed arguments (the grader's side)."""
+def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout: str, output_dir: str | Path,
+                   kind: str = "sft"):
+    """(LoraConfig, trainer config) from checked choices, with this preset's fixed arguments (the grader's side)."""
     from peft import LoraConfig
-    from trl import SFTConfig
 
-    return (LoraConfig(task_type="CAUSAL_LM", **lora_choices),
-            SFTConfig(output_dir=str(output_dir), **preset_sft_args(preset, layout), **sft_choices))
+    recipe = _recipe_kind(kind)
+    return (LoraConfig(task_type=recipe.task_type, **lora_choices),
+            _trainer_config(recipe)(output_dir=str(output_dir), **preset_sft_args(preset, layout), **sft_choices))
 
 
 def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str = "grouped",
                    output_dir: str | Path = "recipe"):
-    """(LoraConfig, SFTConfig, base choices) from a solution's configs, checked as the grader checks them.
+    """(LoraConfig, trainer config, base choices) from a solution's configs, checked as the grader checks them.
 
-    `configs` holds `lora_config` and `sft_config`, and `bnb_config` in a QLoRA exercise (the base choices are
-    then `qlora_base_choices`'s, else {}). A RecipeError names the field that the exercise cannot train.
+    `configs` holds `lora_config` and `sft_config` (an SFT recipe) or `reward_config` (a reward-model recipe,
+    kind "reward"), and `bnb_config` in a QLoRA exercise (the base choices are then `qlora_base_choices`'s,
+    else {}). A RecipeError names the field that the exercise cannot train.
     """
+    kind = "reward" if "reward_config" in configs else "sft"
+    lora_name, train_name = RECIPE_KINDS[kind].names
     base = qlora_base_choices(configs["bnb_config"]) if "bnb_config" in configs else {}
-    lora_choices, sft_choices = recipe_choices(configs["lora_config"], configs["sft_config"], preset, layout,
-                                               step_budget)
-    return (*recipe_configs(lora_choices, sft_choices, preset, layout, output_dir), base)
+    lora_choices, sft_choices = recipe_choices(configs[lora_name], configs[train_name], preset, layout, step_budget,
+                                               kind)
+    return (*recipe_configs(lora_choices, sft_choices, preset, layout, output_dir, kind), base)
 
 
 def completion_only_trainer():

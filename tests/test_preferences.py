@@ -30,7 +30,9 @@ def test_questions_are_deterministic_distinct_and_answerable_from_the_list():
 def test_every_pair_follows_the_judge_and_kinds_isolate_one_property():
     questions = prefs.make_questions(90, 3)
     pairs = prefs.make_pairs(questions, seed=4)
-    assert [p.kind for p in pairs[:3]] == list(prefs.PAIR_KINDS)
+    assert [p.kind for p in pairs[:5]] == list(prefs.PAIR_KINDS) and set(prefs.REWARD_KINDS) <= set(prefs.PAIR_KINDS)
+    twice = prefs.make_pairs(questions[:6], seed=4, kinds=("echo", "echo", "padded"))
+    assert [p.kind for p in twice] == ["echo", "echo", "padded"] * 2  # a kind named twice gets twice the share
     for q, p in zip(questions, pairs):
         chosen, rejected = prefs.judge(q, p.chosen), prefs.judge(q, p.rejected)
         assert chosen > rejected
@@ -38,12 +40,19 @@ def test_every_pair_follows_the_judge_and_kinds_isolate_one_property():
             assert (chosen, rejected) == (1.0, 0.5)
         elif p.kind == "wrong":
             assert (chosen, rejected) == (1.0, 0.0) and len(p.rejected.split()) <= prefs.CONCISE_WORDS
-        else:  # the length-biased trap: the longer reply is the right one
+        elif p.kind == "padded_wrong":  # the length-biased trap: the longer reply is the right one
             assert (chosen, rejected) == (0.5, 0.0) and len(p.chosen) > len(p.rejected)
+        elif p.kind == "no_count":
+            assert (chosen, rejected) == (1.0, 0.0) and not prefs.reply_numbers(p.rejected)
+        else:  # echo: the right number is there, among the list's others
+            assert p.kind == "echo" and (chosen, rejected) == (1.0, 0.0) and q.answer in prefs.reply_numbers(p.rejected)
+            assert len(set(prefs.reply_numbers(p.rejected))) >= 3
     row = pairs[0].conversational()
     assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
-    with pytest.raises(ValueError, match="subset of"):
+    with pytest.raises(ValueError, match="sequence of names from"):
         prefs.make_pairs(questions, 0, kinds=("louder",))
+    with pytest.raises(ValueError, match="sequence of names"):
+        prefs.make_pairs(questions, 0, kinds="padded")
 
 
 def test_splits_are_disjoint_and_the_heldout_one_needs_the_seed():

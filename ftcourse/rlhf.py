@@ -1,0 +1,350 @@
+"""RLHF (notebook 06): replies sampled from the policy, the judge and a reward model as reward functions, RLOO's
+advantage written out, and the RLHF Lab (clicks that train a Bradley-Terry model).
+
+Notebook 06 builds the RL recipe in view (PEFT's `LoraConfig`, TRL's `RLOOConfig` and `RLOOTrainer`); this module
+holds the instruments around it:
+- `sample_replies` / `judge_replies`: what a policy says to held-out questions, and the judge's score of it;
+- `reward_model_reward` and `judge_reward`: reward functions in the signature `RLOOTrainer` calls;
+- `rloo_sequence_kl` and `rloo_advantages`: TRL's RLOO advantage (first-order KL summed over the reply, a
+  leave-one-out baseline), from scratch; tests/test_rlhf.py checks them against a real `RLOOTrainer` batch;
+- the RLHF Lab: a pool of real replies, a Bradley-Terry model (a linear reward head over the frozen model's
+  features) that each click trains, its loss curve and its agreement with the judge on held-out questions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+
+from .preferences import Question, judge
+from .presets import Preset
+
+
+# ---------------------------------------------------------------- sampling and judging a policy
+
+def sample_replies(model, tokenizer, questions: Sequence[Question], n: int = 1, max_new_tokens: int = 16,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[list[str]]:
+    """`n` sampled replies per question (temperature 0: one greedy reply repeated), chat template, left padding."""
+    import torch
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    device = next(model.parameters()).device
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q.prompt}], tokenize=False,
+                                           add_generation_prompt=True) for q in questions]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    torch.manual_seed(seed)
+    replies: list[list[str]] = []
+    greedy = temperature == 0
+    per_batch = max(1, batch_size // (1 if greedy else n))
+    try:
+        for start in range(0, len(texts), per_batch):
+            batch = tokenizer(texts[start:start + per_batch], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                                     temperature=temperature if not greedy else None, top_p=None, top_k=None,
+                                     num_return_sequences=1 if greedy else n, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+            decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            step = 1 if greedy else n
+            replies += [[r.strip() for r in decoded[i:i + step]] * (n if greedy else 1)
+                        for i in range(0, len(decoded), step)]
+    finally:
+        tokenizer.padding_side = side
+    return replies
+
+
+def judge_replies(questions: Sequence[Question], replies: Sequence[Sequence[str]]) -> dict:
+    """The judge on sampled replies: mean score, share right (score > 0), mean words, all averaged over every reply."""
+    if len(questions) != len(replies):
+        raise ValueError(f"one list of replies per question: {len(questions)} questions, {len(replies)} lists.")
+    scores = [judge(q, r) for q, rs in zip(questions, replies) for r in rs]
+    words = [len(r.split()) for rs in replies for r in rs]
+    return {"judge": sum(scores) / len(scores), "right": sum(s > 0 for s in scores) / len(scores),
+            "words": sum(words) / len(words), "n": len(scores)}
+
+
+def rl_dataset(questions: Sequence[Question]):
+    """The prompts RLOOTrainer samples from (conversational), with each question's answer for the judge."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": q.prompt}], "answer": q.answer,
+                               "item": q.item} for q in questions])
+
+
+def _reply_text(completion) -> str:
+    return completion[-1]["content"] if isinstance(completion, list) else str(completion)
+
+
+def judge_reward(prompts, completions, answer, item, **_) -> list[float]:
+    """The judge as a reward function (RLOOTrainer's signature): logged, never optimised in this course's RL runs."""
+    return [judge(Question("", it, int(a)), _reply_text(c)) for c, a, it in zip(completions, answer, item)]
+
+
+def reward_model_reward(model, tokenizer) -> Callable:
+    """A trained reward model as a reward function for RLOOTrainer: its score of each (prompt, completion)."""
+    from .reward import reward_scores
+
+    def reward_model(prompts, completions, **_) -> list[float]:
+        return reward_scores(model, tokenizer, [p[-1]["content"] if isinstance(p, list) else p for p in prompts],
+                             [_reply_text(c) for c in completions])
+
+    return reward_model
+
+
+def preset_rl_args(preset: Preset) -> dict:
+    """The `RLOOConfig` arguments the machine fixes: precision, device, no checkpointing, a log line per step."""
+    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", activation_checkpointing=False,
+                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+
+
+# ---------------------------------------------------------------- RLOO from scratch
+
+def rloo_sequence_kl(policy_logps, reference_logps, mask):
+    """RLOO's KL estimate of each reply: the first-order log ratio log pi(y_t) - log pi_ref(y_t), summed over the
+    reply's tokens (`mask` marks them). Per token it can be negative; its expectation under the policy is the KL."""
+    return ((policy_logps - reference_logps) * mask).sum(-1)
+
+
+def rloo_advantages(rewards, num_generations: int, kl=None, beta: float = 0.0, normalize: bool = False):
+    """RLOO's advantage: reward minus beta times the reply's KL, minus the mean of the *other* replies to the same
+    prompt (the leave-one-out baseline; no value model). `rewards` is ordered prompt by prompt, `num_generations`
+    replies each; `normalize` scales all advantages to unit standard deviation (TRL's option)."""
+    import torch
+
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if num_generations < 2 or rewards.numel() % num_generations:
+        raise ValueError(f"rewards must hold num_generations >= 2 replies per prompt; got {rewards.numel()} rewards "
+                         f"for num_generations={num_generations}.")
+    if beta:
+        rewards = rewards - beta * torch.as_tensor(kl, dtype=torch.float32)
+    grouped = rewards.view(-1, num_generations)
+    baseline = (grouped.sum(1, keepdim=True) - grouped) / (num_generations - 1)
+    advantages = (grouped - baseline).view(-1)
+    if normalize:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-4)
+    return advantages
+
+
+# ---------------------------------------------------------------- the RLHF Lab
+
+@dataclasses.dataclass
+class LabPool:
+    """Real replies of the model to lab questions, their features for a reward head and the judge's scores."""
+
+    questions: list
+    replies: list  # [question][reply] text
+    features: object  # torch tensor [question, reply, hidden], standardised
+    scores: list  # [question][reply] judge score
+
+
+def reply_features(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 32):
+    """The frozen model's last-layer state at each conversation's last token: what a reward head reads."""
+    import torch
+
+    from .reward import reward_texts
+
+    texts = reward_texts(tokenizer, prompts, replies)
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    rows = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            with torch.no_grad():
+                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+            last = batch["attention_mask"].sum(1) - 1
+            rows.append(hidden[torch.arange(hidden.shape[0]), last].float())
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(rows)
+
+
+def lab_pool(model, tokenizer, questions: Sequence[Question], n_replies: int = 4, max_new_tokens: int = 16,
+             seed: int = 0) -> LabPool:
+    """`n_replies` sampled replies per question (real ones, temperature 1), their features and judge scores."""
+    replies = sample_replies(model, tokenizer, questions, n_replies, max_new_tokens, temperature=1.0, seed=seed)
+    flat_prompts = [q.prompt for q, rs in zip(questions, replies) for _ in rs]
+    features = reply_features(model, tokenizer, flat_prompts, [r for rs in replies for r in rs])
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    return LabPool(list(questions), replies, features.view(len(questions), n_replies, -1),
+                   [[judge(q, r) for r in rs] for q, rs in zip(questions, replies)])
+
+
+RATERS = ("judge", "longer", "shorter")
+
+
+def rater_pick(rater: str, question: Question, a: str, b: str, rng: random.Random) -> str:
+    """A scripted rater's click: "judge" follows the judge, "longer" / "shorter" go by word count; ties: a coin."""
+    if rater == "judge":
+        key = lambda r: judge(question, r)
+    elif rater in ("longer", "shorter"):
+        key = (lambda r: len(r.split())) if rater == "longer" else (lambda r: -len(r.split()))
+    else:
+        raise ValueError(f"rater must be one of {RATERS}, got {rater!r}")
+    ka, kb = key(a), key(b)
+    return "A" if ka > kb else "B" if kb > ka else rng.choice("AB")
+
+
+class BradleyTerryLab:
+    """Clicks train a Bradley-Terry reward model: a linear head over the frozen model's features of a reply.
+
+    The first `n_train` questions of the pool are shown to the rater; the rest are held out. Each click adds one
+    (winner, loser) pair and runs `steps_per_click` Adam steps of the Bradley-Terry loss
+    -log sigmoid(r_winner - r_loser) over every pair so far; the loss of each step is kept. `agreement()` is the
+    share of held-out reply pairs (different judge scores) that the head orders as the judge does (a tie: half).
+    """
+
+    def __init__(self, pool: LabPool, n_train: int, steps_per_click: int = 8, learning_rate: float = 0.05,
+                 seed: int = 0):
+        import torch
+
+        if not 0 < n_train < len(pool.questions):
+            raise ValueError(f"n_train must leave held-out questions: 0 < n_train < {len(pool.questions)}, got {n_train}")
+        self.pool, self.n_train, self.steps_per_click = pool, n_train, steps_per_click
+        self.learning_rate, self.seed = learning_rate, seed
+        self.rng = random.Random(seed)
+        torch.manual_seed(seed)
+        self.head = torch.nn.Linear(pool.features.shape[-1], 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        self.optimizer = torch.optim.Adam(self.head.parameters(), lr=learning_rate)
+        self.picks: list[tuple[int, int, int]] = []  # (question, winner, loser)
+        self.losses: list[float] = []
+        self.agreements: list[float] = [self.agreement()]
+        self.pending = self._draw()
+
+    def _draw(self) -> tuple[int, int, int]:
+        """The next pair to show: a training question and two of its replies with different texts."""
+        for _ in range(1000):
+            q = self.rng.randrange(self.n_train)
+            i, j = self.rng.sample(range(len(self.pool.replies[q])), 2)
+            if self.pool.replies[q][i] != self.pool.replies[q][j]:
+                return q, i, j
+        raise ValueError("the pool's training questions have no two different replies to show")
+
+    def shown(self) -> tuple[str, str, str]:
+        """(prompt, reply A, reply B) of the pair waiting for a click."""
+        q, i, j = self.pending
+        return self.pool.questions[q].prompt, self.pool.replies[q][i], self.pool.replies[q][j]
+
+    def rewards(self):
+        import torch
+
+        with torch.no_grad():
+            return self.head(self.pool.features).squeeze(-1)
+
+    def click(self, choice: str) -> float:
+        """Record "A" or "B" for the pair shown, train on every pick so far, draw the next pair; returns the loss."""
+        import torch
+        import torch.nn.functional as F
+
+        if choice not in ("A", "B"):
+            raise ValueError(f"choice must be 'A' or 'B', got {choice!r}")
+        q, i, j = self.pending
+        self.picks.append((q, i, j) if choice == "A" else (q, j, i))
+        qs = torch.tensor([p[0] for p in self.picks])
+        winners = self.pool.features[qs, torch.tensor([p[1] for p in self.picks])]
+        losers = self.pool.features[qs, torch.tensor([p[2] for p in self.picks])]
+        for _ in range(self.steps_per_click):
+            loss = -F.logsigmoid(self.head(winners) - self.head(losers)).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.losses.append(loss.item())
+        self.agreements.append(self.agreement())
+        self.pending = self._draw()
+        return self.losses[-1]
+
+    def agreement(self, questions: range | None = None) -> float:
+        """Share of reply pairs (different judge scores) of the held-out questions ordered as the judge orders them."""
+        rewards = self.rewards()
+        right = total = 0
+        for q in questions or range(self.n_train, len(self.pool.questions)):
+            s = self.pool.scores[q]
+            for i in range(len(s)):
+                for j in range(i + 1, len(s)):
+                    if s[i] != s[j]:
+                        total += 1
+                        if rewards[q, i] == rewards[q, j]:
+                            right += 0.5  # a tie is a coin
+                        else:
+                            right += (rewards[q, i] > rewards[q, j]).item() == (s[i] > s[j])
+        return right / total if total else float("nan")
+
+    def top_replies(self, k: int = 3) -> list[tuple[str, float, float]]:
+        """For the first k held-out questions: the reply the head ranks first, its reward and its judge score."""
+        rewards = self.rewards()
+        rows = []
+        for q in range(self.n_train, min(len(self.pool.questions), self.n_train + k)):
+            best = int(rewards[q].argmax())
+            rows.append((self.pool.replies[q][best], float(rewards[q, best]), self.pool.scores[q][best]))
+        return rows
+
+    def scripted(self, rater: str, clicks: int) -> "BradleyTerryLab":
+        """`clicks` picks by a scripted rater (headless runs: papermill, tests)."""
+        rng = random.Random(self.seed + 1)
+        for _ in range(clicks):
+            prompt, a, b = self.shown()
+            self.click(rater_pick(rater, self.pool.questions[self.pending[0]], a, b, rng))
+        return self
+
+
+def rlhf_lab_text(lab: BradleyTerryLab) -> str:
+    last = f"{lab.losses[-1]:.3f}" if lab.losses else "-"
+    lines = [f"clicks {len(lab.picks)}   Bradley-Terry loss {last}   held-out agreement with the judge "
+             f"{lab.agreements[-1]:.2f} (0.50 = a coin)"]
+    for reply, reward_, score in lab.top_replies():
+        lines.append(f"  ranked first: {reply[:60]!r}  reward {reward_:+.2f}  judge {score:.1f}")
+    return "\n".join(lines)
+
+
+def rlhf_lab_figure(labs: dict):
+    """Left: each lab's Bradley-Terry loss per gradient step; right: held-out agreement with the judge per click."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, lab in labs.items():
+        left.plot(range(1, len(lab.losses) + 1), lab.losses, label=name)
+        right.plot(range(len(lab.agreements)), lab.agreements, marker=".", label=name)
+    left.set(xlabel="gradient step", ylabel="Bradley-Terry loss", title="loss while clicking")
+    right.axhline(0.5, color="grey", lw=0.8, ls=":")
+    right.set(xlabel="clicks", ylabel="agreement with the judge", ylim=(0, 1), title="held-out ranking")
+    right.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rlhf_lab_widget(lab: BradleyTerryLab):
+    """Two real replies and buttons A / B: each click trains the lab's reward head; loss and ranking redrawn."""
+    import html
+
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from .labs import _figure_png, _mark, _pre, _shown
+
+    shown, readout, image, errors = widgets.HTML(), widgets.HTML(), widgets.Image(format="png"), widgets.HTML()
+    pick_a, pick_b = widgets.Button(description="A is better"), widgets.Button(description="B is better")
+
+    def redraw():
+        prompt, a, b = lab.shown()
+        shown.value = (f"<pre style='margin:0'>{html.escape(prompt)}</pre><b>A:</b> {html.escape(a)}<br>"
+                       f"<b>B:</b> {html.escape(b)}")
+        readout.value = _pre(rlhf_lab_text(lab))
+        image.value = _figure_png(rlhf_lab_figure({"your clicks": lab}))
+
+    def clicked(choice):
+        lab.click(choice)
+        redraw()
+
+    redraw()
+    pick_a.on_click(_shown(lambda _: clicked("A"), errors))
+    pick_b.on_click(_shown(lambda _: clicked("B"), errors))
+    box = _mark(widgets.VBox([shown, widgets.HBox([pick_a, pick_b]), readout, errors, image]), "rlhf", readout,
+                image, errors)
+    display(box)
+    return box

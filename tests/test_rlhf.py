@@ -1,0 +1,140 @@
+"""Notebook 06's RL instruments: RLOO's advantage from scratch against a real RLOOTrainer batch, the reward
+functions, sampling and the RLHF Lab's Bradley-Terry clicks."""
+
+import random
+
+import pytest
+import torch
+
+from ftcourse import preferences as prefs
+from ftcourse import rlhf
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    from ftcourse.models import load_model, load_tokenizer
+
+    return load_model(), load_tokenizer()
+
+
+def test_rloo_kl_and_leave_one_out_advantage_equal_trls_on_the_same_batch(model_and_tokenizer, tmp_path):
+    """One real RLOOTrainer step with beta > 0 on a policy that differs from its reference (LoRA initialised at
+    random, so the KL is not zero): its own per-token log-probabilities and rewards, recomputed from scratch."""
+    from peft import LoraConfig
+    from trl import RLOOConfig, RLOOTrainer
+
+    from ftcourse.models import load_model
+    from ftcourse.presets import get_preset
+
+    _, tokenizer = model_and_tokenizer
+    seen = {"rewards": [], "logps": [], "batch": []}
+
+    def length_reward(prompts, completions, **_):
+        rewards = [len(rlhf._reply_text(c)) / 10 for c in completions]
+        seen["rewards"].append(rewards)
+        return rewards
+
+    args = RLOOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=8, beta=0.05, seed=0, **rlhf.preset_rl_args(get_preset("cpu")))
+    trainer = RLOOTrainer(model=load_model(), reward_funcs=[length_reward], args=args,
+                          train_dataset=rlhf.rl_dataset(prefs.make_questions(8, 1)), processing_class=tokenizer,
+                          peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj"],
+                                                 init_lora_weights=False))
+    logps, score = trainer._get_per_token_logps_and_entropies, trainer._generate_and_score_completions
+
+    def recording_logps(*a, **k):
+        out = logps(*a, **k)
+        if not torch.is_grad_enabled():  # the policy's and the reference's log-probabilities of the sampled replies
+            seen["logps"].append(out[0].detach().clone())
+        return out
+
+    def recording_score(*a, **k):
+        out = score(*a, **k)
+        seen["batch"].append({k: v.detach().clone() for k, v in out.items() if torch.is_tensor(v)})
+        return out
+
+    trainer._get_per_token_logps_and_entropies, trainer._generate_and_score_completions = recording_logps, recording_score
+    trainer.train()
+    policy, reference = seen["logps"][:2]
+    mask = seen["batch"][0]["completion_mask"]
+    kl = rlhf.rloo_sequence_kl(policy, reference, mask)
+    assert kl.abs().sum() > 0.1  # the adapter moved the policy: the KL term matters in this check
+    mine = rlhf.rloo_advantages(seen["rewards"][0], 2, kl=kl, beta=0.05, normalize=args.normalize_advantages)
+    assert mine == pytest.approx(seen["batch"][0]["advantages"], abs=1e-5)
+    assert trainer.state.log_history[0]["kl"] == pytest.approx((kl.sum() / mask.sum()).item(), rel=1e-4)
+    without = rlhf.rloo_advantages(seen["rewards"][0], 2)
+    assert not torch.allclose(mine, without)  # beta * KL changes the advantage
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_replies():
+    advantages = rlhf.rloo_advantages([1.0, 2.0, 6.0, 0.0, 0.0, 3.0], num_generations=3)
+    assert advantages.tolist() == pytest.approx([1 - 4, 2 - 3.5, 6 - 1.5, 0 - 1.5, 0 - 1.5, 3 - 0])
+    assert rlhf.rloo_advantages([1.0, 2.0, 6.0, 0.0], 2, normalize=True).std().item() == pytest.approx(1, abs=1e-3)
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        rlhf.rloo_advantages([1.0, 2.0, 3.0], 2)
+
+
+def test_reward_functions_take_trls_conversational_batches():
+    q = prefs.make_questions(1, 2)[0]
+    completions = [[{"role": "assistant", "content": f"{q.answer}"}], [{"role": "assistant", "content": "Some."}]]
+    assert rlhf.judge_reward(None, completions, answer=[q.answer] * 2, item=[q.item] * 2) == [1.0, 0.0]
+    row = rlhf.rl_dataset([q])[0]
+    assert row["prompt"] == [{"role": "user", "content": q.prompt}] and row["answer"] == q.answer
+
+
+def test_sampled_replies_are_seeded_and_judged(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    questions = prefs.make_questions(3, 4)
+    first = rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, seed=1)
+    assert first == rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, seed=1)
+    assert [len(r) for r in first] == [2, 2, 2]
+    greedy = rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, temperature=0)
+    assert all(a == b for a, b in greedy)
+    judged = rlhf.judge_replies(questions, first)
+    assert judged["n"] == 6 and 0 <= judged["right"] <= 1 and judged["judge"] <= judged["right"]
+
+
+def _toy_pool(n_questions=12, n_replies=3):
+    """A pool whose features carry the judge's score in one direction (a head can learn it)."""
+    questions = prefs.make_questions(n_questions, 7)
+    rng = random.Random(0)
+    replies = [[f"{q.answer}", "Some.", f"{q.answer} {q.item}. " + "More words here. " * rng.randint(1, 3)]
+               for q in questions]
+    scores = [[prefs.judge(q, r) for r in rs] for q, rs in zip(questions, replies)]
+    torch.manual_seed(0)
+    features = torch.randn(n_questions, n_replies, 8)
+    features[..., 0] = 3 * torch.tensor(scores)
+    return rlhf.LabPool(questions, replies, features, scores)
+
+
+def test_each_click_trains_the_bradley_terry_head_and_a_judge_rater_teaches_the_judge():
+    lab = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=5)
+    assert lab.agreements == [0.5] and lab.rewards().abs().sum() == 0  # an untrained head ties everything
+    prompt, a, b = lab.shown()
+    assert prompt.startswith(prefs.INSTRUCTION) and a != b
+    lab.scripted("judge", 12)
+    assert len(lab.picks) == 12 and len(lab.losses) == 60 and len(lab.agreements) == 13
+    assert lab.losses[-1] < lab.losses[0] and lab.agreements[-1] == 1.0
+    assert "held-out agreement with the judge 1.00" in rlhf.rlhf_lab_text(lab)
+    shorter = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=5).scripted("shorter", 12)
+    assert shorter.agreements[-1] < lab.agreements[-1]  # a head learns its rater, not the judge
+    with pytest.raises(ValueError, match="'A' or 'B'"):
+        lab.click("C")
+    with pytest.raises(ValueError, match="rater must be one of"):
+        rlhf.rater_pick("loud", prefs.make_questions(1, 0)[0], "a", "b", random.Random(0))
+
+
+def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    lab = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=2)
+    fig = rlhf.rlhf_lab_figure({"judge": lab.scripted("judge", 3)})
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2  # the agreement line and the coin's
+    box = rlhf.rlhf_lab_widget(lab)
+    shown, buttons, readout, errors, image = box.children
+    before = (shown.value, readout.value, image.value)
+    buttons.children[0].click()
+    assert errors.value == "" and len(lab.picks) == 4
+    assert shown.value != before[0] and readout.value != before[1] and image.value != before[2]
+    assert "ftcourse-lab-rlhf" in box._dom_classes
