@@ -10,9 +10,10 @@ mistakes can be read off by kind:
 - `wrong`: concise right vs concise wrong (correctness);
 - `padded_wrong`: padded right vs concise wrong (correctness beats brevity: a reward model that learned
   "shorter is better" gets these wrong, the known bias notebook 06's reward hacking starts from);
-- `no_count`: concise right vs a brief reply that gives no count at all (an answer needs its number);
-- `echo`: concise right vs a reply that restates the list instead of answering (the base model's habit: the
-  right number is in it, among the others).
+- `no_count`: a brief right reply vs a *briefer* one with no count at all (an answer needs its number; a
+  reward model that only learned "shorter is better" gets these wrong);
+- `echo`: a padded right reply vs the list restated instead of an answer, which is shorter (the right number
+  is in it, among the others; again brevity points the wrong way).
 Every pair is checked against the judge when it is made (the chosen reply scores strictly higher).
 """
 
@@ -86,12 +87,11 @@ def padded_reply(question: Question, count: int, rng: random.Random) -> str:
             f"the number of {question.item} is {count}.{rng.choice(CLOSERS)}")
 
 
-NO_COUNT = ("Some {item}.", "I cannot tell from the list.", "There are a few {item}.", "The list has {item}.",
-            "Not sure.")
+NO_COUNT = ("Some.", "Few.", "Unsure.", "Several.", "Many.")  # shorter than any brief right reply
 
 
 def no_count_reply(question: Question, rng: random.Random) -> str:
-    return rng.choice(NO_COUNT).format(item=question.item)
+    return rng.choice(NO_COUNT)
 
 
 def echo_reply(question: Question, rng: random.Random) -> str:
@@ -135,9 +135,9 @@ def make_pairs(questions: list[Question], seed: int, kinds: tuple[str, ...] = PA
         elif kind == "padded_wrong":
             chosen, rejected = padded_reply(q, q.answer, rng), concise_reply(q, wrong_count(q, rng), rng)
         elif kind == "no_count":
-            chosen, rejected = concise_reply(q, q.answer, rng), no_count_reply(q, rng)
+            chosen, rejected = rng.choice((f"{q.answer} {q.item}.", f"There are {q.answer}.")), no_count_reply(q, rng)
         else:
-            chosen, rejected = concise_reply(q, q.answer, rng), echo_reply(q, rng)
+            chosen, rejected = padded_reply(q, q.answer, rng), echo_reply(q, rng)
         if not judge(q, chosen) > judge(q, rejected):
             raise AssertionError(f"pair {i} ({kind}) does not follow the judge: {chosen!r} vs {rejected!r}")
         pairs.append(PreferencePair(q.prompt, chosen, rejected, kind))

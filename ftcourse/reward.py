@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .preferences import PAIR_KINDS, PreferencePair, make_pairs, preference_splits
+from .preferences import PAIR_KINDS, REWARD_KINDS, PreferencePair, make_pairs, preference_splits
 from .presets import Preset
 from .training import preset_sft_args
+
+
+REWARD_STEP_BUDGET = 40  # Exercise 6.2: most optimizer steps a graded reward model may train
+# an evaluation split: 24 pairs of each graded kind (preferences.REWARD_KINDS), 9 of each other kind
+EVAL_KINDS = tuple(REWARD_KINDS) * 8 + tuple(k for k in PAIR_KINDS if k not in REWARD_KINDS) * 3
+REWARD_EVAL_PAIRS = 90
 
 
 def load_reward_model(model: str = "embedded", device: str = "cpu", seed: int = 0):
@@ -39,12 +45,13 @@ def load_reward_model(model: str = "embedded", device: str = "cpu", seed: int = 
     return scorer.to(device).eval()
 
 
-def reward_pairs(kinds: Sequence[str] = PAIR_KINDS, n_train: int = 240, split: str = "train", n_eval: int = 150,
+def reward_pairs(kinds: Sequence[str] = PAIR_KINDS, n_train: int = 400, split: str = "train", n_eval: int = 150,
                  heldout_seed: int | None = None, seed: int = 0) -> list[PreferencePair]:
     """Pairs of the given kinds (a kind named twice gets twice the share) on one split of `preference_splits`.
 
-    "train" has `n_train` questions, "validation" and "heldout" (with the grader's seed) `n_eval` each; a split's
-    pairs are drawn with `seed` (the kinds in turn, so every kind is present once n >= len(kinds)).
+    "train" has `n_train` questions, "validation" and "heldout" (with the grader's seed) `n_eval` each, none of
+    them among the first `n_train` training questions (pass the `n_train` that training used); a split's pairs
+    are drawn with `seed` (the kinds in turn, so every kind is present once n >= len(kinds)).
     """
     splits = preference_splits(n_train, n_eval, heldout_seed)
     if split not in splits:
@@ -99,13 +106,69 @@ def reward_scores(model, tokenizer, prompts: Sequence[str], replies: Sequence[st
     return scores
 
 
+def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """The reward of each pair's chosen and rejected reply, their shared prompt run once.
+
+    The two conversations of a pair have the same tokens up to the reply. That prefix runs once per pair (left
+    padded, positions counted from its first real token) and its cache is copied for the two replies, which run
+    on top of it at the same positions; the reward is read at each reply's last token that is not padding, as
+    `reward_scores` reads it (tests/test_reward.py checks that the two agree). About 40 % fewer tokens here.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    chosen_texts = reward_texts(tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs])
+    rejected_texts = reward_texts(tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs])
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), max(1, batch_size // 2)):
+        ids = [(encode(c), encode(r)) for c, r in zip(chosen_texts[start:start + batch_size // 2 or 1],
+                                                      rejected_texts[start:start + batch_size // 2 or 1])]
+        shared = []
+        for a, b in ids:
+            n = 0
+            limit = min(len(a), len(b)) - 1  # each reply keeps at least one token of its own
+            while n < limit and a[n] == b[n]:
+                n += 1
+            shared.append(n)
+        width = max(shared)
+        prefix = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        prefix_mask = torch.zeros_like(prefix)
+        for row, ((a, _), n) in enumerate(zip(ids, shared)):
+            if n:
+                prefix[row, width - n:], prefix_mask[row, width - n:] = torch.tensor(a[:n]), 1
+        rests = [seq[n:] for (a, b), n in zip(ids, shared) for seq in (a, b)]  # chosen, rejected, chosen, ...
+        rest_width = max(map(len, rests))
+        rest = torch.full((len(rests), rest_width), pad_id, dtype=torch.long)
+        rest_mask = torch.zeros_like(rest)
+        for row, seq in enumerate(rests):
+            rest[row, :len(seq)], rest_mask[row, :len(seq)] = torch.tensor(seq), 1
+        cache = DynamicCache(config=base.config)
+        with torch.no_grad():
+            if width:
+                base.model(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
+                           position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device), past_key_values=cache,
+                           use_cache=True)
+                cache.batch_repeat_interleave(2)
+            lengths = prefix_mask.sum(-1).repeat_interleave(2)
+            positions = lengths[:, None] + torch.arange(rest_width)[None]
+            scores = model(input_ids=rest.to(device),
+                           attention_mask=torch.cat([prefix_mask.repeat_interleave(2, 0), rest_mask], 1).to(device),
+                           position_ids=positions.to(device), past_key_values=cache if width else None,
+                           use_cache=False).logits.float().squeeze(-1).tolist()
+        chosen += scores[0::2]
+        rejected += scores[1::2]
+    return chosen, rejected
+
+
 def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> dict:
     """Share of pairs whose chosen reply the model scores higher, overall and by kind, with the margins."""
     if not pairs:
         raise ValueError("pairwise_accuracy needs at least one pair.")
-    prompts = [p.prompt for p in pairs]
-    chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size)
-    rejected = reward_scores(model, tokenizer, prompts, [p.rejected for p in pairs], batch_size)
+    chosen, rejected = pair_scores(model, tokenizer, pairs, batch_size)
     right = [c > r for c, r in zip(chosen, rejected)]
     kinds = {}
     for pair, ok in zip(pairs, right):

@@ -163,14 +163,16 @@ def reply_features(model, tokenizer, prompts: Sequence[str], replies: Sequence[s
     return torch.cat(rows)
 
 
-def lab_pool(model, tokenizer, questions: Sequence[Question], n_replies: int = 4, max_new_tokens: int = 16,
-             seed: int = 0) -> LabPool:
-    """`n_replies` sampled replies per question (real ones, temperature 1), their features and judge scores."""
-    replies = sample_replies(model, tokenizer, questions, n_replies, max_new_tokens, temperature=1.0, seed=seed)
+def lab_pool(model, tokenizer, questions: Sequence[Question], replies: Sequence[Sequence[str]]) -> LabPool:
+    """The lab's pool: real replies to each question (the same number for each), the judge's scores, and the
+    features `model` reads of each conversation (standardised over the pool)."""
+    if len(replies) != len(questions) or len({len(r) for r in replies}) != 1 or len(replies[0]) < 2:
+        raise ValueError("lab_pool needs the same number (at least 2) of replies for every question; got "
+                         f"{[len(r) for r in replies][:8]} for {len(questions)} questions.")
     flat_prompts = [q.prompt for q, rs in zip(questions, replies) for _ in rs]
     features = reply_features(model, tokenizer, flat_prompts, [r for rs in replies for r in rs])
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    return LabPool(list(questions), replies, features.view(len(questions), n_replies, -1),
+    return LabPool(list(questions), [list(r) for r in replies], features.view(len(questions), len(replies[0]), -1),
                    [[judge(q, r) for r in rs] for q, rs in zip(questions, replies)])
 
 

@@ -402,15 +402,16 @@ def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout
             _trainer_config(recipe)(output_dir=str(output_dir), **preset_sft_args(preset, layout), **sft_choices))
 
 
-def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str = "grouped",
+def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str | None = None,
                    output_dir: str | Path = "recipe"):
     """(LoraConfig, trainer config, base choices) from a solution's configs, checked as the grader checks them.
 
-    `configs` holds `lora_config` and `sft_config` (an SFT recipe) or `reward_config` (a reward-model recipe,
-    kind "reward"), and `bnb_config` in a QLoRA exercise (the base choices are then `qlora_base_choices`'s,
+    `configs` holds `lora_config` and `sft_config` (an SFT recipe, layout "grouped" unless given) or
+    `reward_config` (a reward-model recipe, kind "reward", layout "padded"), and `bnb_config` in a QLoRA exercise (the base choices are then `qlora_base_choices`'s,
     else {}). A RecipeError names the field that the exercise cannot train.
     """
     kind = "reward" if "reward_config" in configs else "sft"
+    layout = layout or ("padded" if kind == "reward" else "grouped")  # a reward model trains on shuffled pairs
     lora_name, train_name = RECIPE_KINDS[kind].names
     base = qlora_base_choices(configs["bnb_config"]) if "bnb_config" in configs else {}
     lora_choices, sft_choices = recipe_choices(configs[lora_name], configs[train_name], preset, layout, step_budget,

@@ -136,6 +136,20 @@ STATED_CLAIMS = {
         ("NF4 beats evenly spaced int4", lambda r: r["perplexity_nf4"] < r["perplexity_int4"]),
         ("below 4 bits the model degrades fast", lambda r: r["perplexity_nf3"] > 1.5 * r["perplexity_nf4"]),
     ],
+    "06_reward_models_rlhf": [
+        ("padded pairs alone teach padded pairs, not echo pairs (where brevity points the wrong way)",
+         lambda r: r["demo_padded_accuracy"] >= 0.9 and r["demo_echo_accuracy"] < 0.5),
+        ("the reward model prefers a concise wrong reply to a padded right one", lambda r: r["padded_wrong_accuracy"] < 0.5),
+        ("on wrong pairs it is far from reliable: it does not check the count", lambda r: r["wrong_accuracy"] < 0.8),
+        ("with the penalty almost off, the proxy rose while the judge's score fell",
+         lambda r: r["rl_reward_off"] > r["rl_reward_base"] and r["rl_judge_off"] < r["rl_judge_base"]),
+        ("with the penalty on, the KL stayed small and the judge's score near the base model's",
+         lambda r: r["rl_kl_on"] < r["rl_kl_off"] / 3 and r["rl_judge_on"] >= r["rl_judge_base"] - 0.1),
+        ("the lab's head learns its rater's clicks, and the judge's clicks teach only part of the judge's ranking",
+         lambda r: r["lab_loss_last_judge"] < r["lab_loss_first_judge"] / 10 and 0.5 < r["lab_agreement_judge"] < 0.9),
+        ("on this pool, the longer-reply rater's head agrees with the judge more (the hacked short replies are wrong)",
+         lambda r: r["lab_agreement_longer"] > r["lab_agreement_judge"]),
+    ],
 }
 
 

@@ -63,7 +63,8 @@ def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner
 
 @pytest.mark.parametrize("grade_id,slug", [("lora_layer_tests", "04_lora"), ("nf4_tests", "05_quantization_qlora"),
                                            ("decision_rules_tests", "01_when_to_fine_tune"),
-                                           ("static_bytes_tests", "01_when_to_fine_tune")])
+                                           ("static_bytes_tests", "01_when_to_fine_tune"),
+                                           ("bradley_terry_tests", "06_reward_models_rlhf")])
 def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
     (solution_id,) = registry.exercise(grade_id).solutions
     reference = solution_sources(slug)[solution_id]
@@ -122,3 +123,28 @@ def test_the_kernel_gets_its_estimator_back_after_a_check():
     namespace = _define("from ftcourse.estimator import estimate_memory\n" + _static_reference())
     assert check_in_kernel("static_bytes_tests", CPU, namespace).passed
     assert estimator.estimate_memory is original and namespace["estimate_memory"] is original
+
+
+@pytest.mark.parametrize("old,new,named", [
+    ("-F.logsigmoid(difference).mean()", "-torch.log(torch.sigmoid(difference)).mean()", "plain"),  # overflows
+    ("difference - margin", "difference + margin", "with margins"),
+    ("torch.mean((rewards_chosen + rewards_rejected) ** 2)", "torch.mean(rewards_chosen ** 2 + rewards_rejected ** 2)",
+     "with centring"),
+    ("-F.logsigmoid(difference).mean()", "-F.logsigmoid(difference).sum()", "plain"),
+])
+def test_a_bradley_terry_loss_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
+    """Each part of Exercise 6.1 is exercised by the unseen batches: a naive log-sigmoid, a margin with the wrong
+    sign, the wrong centring term, a sum instead of a mean each fail, naming the first batch that shows it."""
+    reference = "\n".join(line for line in solution_sources("06_reward_models_rlhf")["bradley_terry_loss"].splitlines()
+                          if "###" not in line)
+    assert old in reference
+    assert check_in_kernel("bradley_terry_tests", CPU, _define(reference)).passed
+    with pytest.raises(AssertionError, match=named):
+        check_in_kernel("bradley_terry_tests", CPU, _define(reference.replace(old, new)))
+
+
+def test_a_bradley_terry_loss_without_a_gradient_is_refused(learner_runtime):
+    source = ("import torch\ndef bradley_terry_loss(c, r, margin=None, center_rewards_coefficient=None):\n"
+              "    return torch.tensor(0.5)\n")
+    verdict = _through_a_child("bradley_terry_tests", {"bradley_terry_loss": source})
+    assert not verdict.passed and "no gradient" in verdict.message

@@ -42,11 +42,12 @@ def test_every_pair_follows_the_judge_and_kinds_isolate_one_property():
             assert (chosen, rejected) == (1.0, 0.0) and len(p.rejected.split()) <= prefs.CONCISE_WORDS
         elif p.kind == "padded_wrong":  # the length-biased trap: the longer reply is the right one
             assert (chosen, rejected) == (0.5, 0.0) and len(p.chosen) > len(p.rejected)
-        elif p.kind == "no_count":
+        elif p.kind == "no_count":  # brevity points the wrong way: the reply without a count is shorter
             assert (chosen, rejected) == (1.0, 0.0) and not prefs.reply_numbers(p.rejected)
-        else:  # echo: the right number is there, among the list's others
-            assert p.kind == "echo" and (chosen, rejected) == (1.0, 0.0) and q.answer in prefs.reply_numbers(p.rejected)
-            assert len(set(prefs.reply_numbers(p.rejected))) >= 3
+            assert len(p.rejected.split()) < len(p.chosen.split())
+        else:  # echo: the right number is there, among the list's others, in fewer words than the padded answer
+            assert p.kind == "echo" and (chosen, rejected) == (0.5, 0.0) and q.answer in prefs.reply_numbers(p.rejected)
+            assert len(set(prefs.reply_numbers(p.rejected))) >= 3 and len(p.rejected.split()) < len(p.chosen.split())
     row = pairs[0].conversational()
     assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
     with pytest.raises(ValueError, match="sequence of names from"):

@@ -45,6 +45,11 @@ def test_the_reward_model_scores_each_reply_and_pairwise_accuracy_counts_by_kind
     batched = reward.reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], batch_size=3)
     assert batched == pytest.approx(one_by_one, abs=1e-4)  # padding does not move the reward (read at the last real token)
     result = reward.pairwise_accuracy(model, tokenizer, pairs)
+    five = prefs.make_pairs(prefs.make_questions(5, 6), seed=3)  # every kind: replies that share more or less
+    shared = reward.pair_scores(model, tokenizer, five, batch_size=4)  # the prompt run once per pair (two batches)
+    alone = [reward.reward_scores(model, tokenizer, [p.prompt for p in five], [getattr(p, side) for p in five])
+             for side in ("chosen", "rejected")]
+    assert shared[0] == pytest.approx(alone[0], abs=1e-3) and shared[1] == pytest.approx(alone[1], abs=1e-3)
     assert set(result["by_kind"]) == set(prefs.PAIR_KINDS[:3]) and result["n_pairs"] == 3
     assert result["accuracy"] == sum(c > r for c, r in zip(result["chosen"], result["rejected"])) / 3
     with pytest.raises(ValueError, match="one reply per prompt"):
@@ -91,3 +96,48 @@ def test_a_reward_recipe_is_checked_like_an_sft_recipe_with_its_own_task_and_cho
     for message, configs in bad.items():
         with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
             checked_recipe(configs, preset, 40, "padded")
+
+
+REFERENCE_SETUP = ("pair_kinds = ('padded', 'no_count', 'echo')\n"
+                   "lora_config = LoraConfig(task_type='SEQ_CLS', r=16, lora_alpha=32, target_modules=['q_proj', 'v_proj'],"
+                   " layers_to_transform=list(range(24, 30)))\n"
+                   "reward_config = RewardConfig(output_dir='x', max_steps=24, learning_rate=1e-3, "
+                   "lr_scheduler_type='constant', per_device_train_batch_size=4, seed=SEED, **REWARD_ARGS)\n")
+
+
+def _grade_reward_setup(source: str, tmp_path):
+    from ftcourse.grading import registry
+    from ftcourse.grading.learner import Cells
+    from ftcourse.grading.produce import produce_and_evaluate
+    from ftcourse.grading.secret import heldout_seed
+
+    exercise = registry.exercise("reward_final_outcome")
+    return produce_and_evaluate(exercise, Cells({"reward_setup": source}, "cpu", 0), get_preset("cpu"), heldout_seed(),
+                                tmp_path)
+
+
+@pytest.mark.parametrize("change,named", [
+    (("max_steps=24", "max_steps=41"), "at most 40"),
+    (("task_type='SEQ_CLS'", "task_type='CAUSAL_LM'"), "task_type must be 'SEQ_CLS'"),
+    (("('padded', 'no_count', 'echo')", "('padded', 'louder')"), "unknown kinds"),
+    (("('padded', 'no_count', 'echo')", "'padded'"), "tuple of 1 to 20 kind names"),
+    (("reward_config = RewardConfig(", "from trl import SFTConfig\nreward_config = SFTConfig("), "does not have"),
+    (("seed=SEED,", "seed=SEED, gradient_accumulation_steps=4,"), "gradient_accumulation_steps"),
+    (("layers_to_transform=list(range(24, 30))", "layers_to_transform=[40]"), "from 0 to 29"),
+])
+def test_exercise_6_2_refuses_what_it_would_not_train_before_training(change, named, learner_runtime, tmp_path):
+    """Part of the tamper suite for 6.2: choices the grader cannot train fail with the field named, at no cost."""
+    old, new = change
+    assert old in REFERENCE_SETUP
+    verdict = _grade_reward_setup(REFERENCE_SETUP.replace(old, new), tmp_path)
+    assert not verdict.passed and named in verdict.message, verdict
+    assert not (tmp_path / "adapter").exists()  # refused before any training
+
+
+def test_exercise_6_2_padded_pairs_only_fail_on_held_out_kinds(learner_runtime, tmp_path):
+    """The skill of 6.2 is choosing the pairs: §3's demo data (padded pairs only) with the reference recipe trains,
+    and fails held-out no_count and echo pairs, where brevity points the wrong way."""
+    verdict = _grade_reward_setup(REFERENCE_SETUP.replace("('padded', 'no_count', 'echo')", "('padded',)"), tmp_path)
+    assert not verdict.passed and verdict.metrics["steps"] == 24, verdict
+    assert verdict.metrics["padded_accuracy"] >= 0.9
+    assert min(verdict.metrics["no_count_accuracy"], verdict.metrics["echo_accuracy"]) < 0.9

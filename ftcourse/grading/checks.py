@@ -490,6 +490,67 @@ def _nf4_judge(exercise, preset, inputs, key, data) -> Verdict:
     return verdict
 
 
+# ---------------------------------------------------------------- 6.1: the Bradley-Terry loss
+
+def _bt_inputs(preset, secret):
+    """Four unseen batches: plain, with margins, with reward centring, with both; one pair far apart (a naive
+    log(sigmoid) overflows there), so only a numerically stable loss matches."""
+    import torch
+
+    from .child import encode_tensor
+
+    g = torch.Generator().manual_seed(secrets_.derived_seed("06_reward_models_rlhf/bradley_terry", secret))
+    cases = []
+    for size, margin, center in ((8, False, None), (5, True, None), (6, False, 0.01), (7, True, 0.05)):
+        chosen, rejected = torch.randn(size, generator=g) * 2, torch.randn(size, generator=g) * 2
+        rejected[0] = chosen[0] + 150.0  # a confident mistake: -log sigmoid(-150) is 150, not inf
+        cases.append({"chosen": encode_tensor(chosen), "rejected": encode_tensor(rejected),
+                      "margin": encode_tensor(torch.rand(size, generator=g) * 2) if margin else None, "center": center})
+    return {"cases": cases}, None
+
+
+def trl_bradley_terry(case: dict) -> dict:
+    """TRL's RewardTrainer loss on a case, with its gradients with respect to the rewards."""
+    from ..preferences import reward_trainer_loss
+    from .child import decode_tensor
+
+    chosen = decode_tensor(case["chosen"]).requires_grad_(True)
+    rejected = decode_tensor(case["rejected"]).requires_grad_(True)
+    margin = decode_tensor(case["margin"]) if case["margin"] is not None else None
+    loss = reward_trainer_loss(chosen, rejected, margin, case["center"])
+    loss.backward()
+    return {"loss": loss.item(), "grad_chosen": chosen.grad, "grad_rejected": rejected.grad}
+
+
+def _bt_judge(exercise, preset, inputs, key, results) -> Verdict:
+    from .child import decode_tensor
+
+    cases = inputs["cases"]
+    expect(isinstance(results, list) and len(results) == len(cases), "bradley_terry_loss gave no result for every batch.")
+    worst, problems = 0.0, []
+    names = ("plain", "with margins", "with centring", "with margins and centring")
+    for name, case, got in zip(names, cases, results):
+        want = trl_bradley_terry(case)
+        try:  # the child's answer is data from learner code: read it defensively
+            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
+            tensors = {part: decode_tensor(got[part]) for part in ("grad_chosen", "grad_rejected")}
+        except (KeyError, TypeError, ValueError) as error:
+            raise LearnerCodeError(f"bradley_terry_loss's result for the {name} batch could not be read: {error}")
+        for part, tensor in tensors.items():
+            diffs[part] = (float((tensor - want[part]).abs().max()) if tensor.shape == want[part].shape
+                           else float("inf"))
+        worst = max(worst, *diffs.values())
+        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
+        if bad:
+            problems.append(f"{name} (batch of {len(want['grad_chosen'])}): {', '.join(bad)} differ from TRL's "
+                            f"(loss {float(got['loss']):.4g}, TRL's {want['loss']:.4g})")
+    verdict = judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset)
+    if problems:
+        verdict.passed = False
+        verdict.message = "; ".join(problems[:2]) + ". " + verdict.message
+    return verdict
+
+
 CHECKS = {
     "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
     "static_bytes_tests": FunctionCheck("static_bytes", True, _static_inputs, _static_judge),
@@ -497,6 +558,7 @@ CHECKS = {
     "sft_label_mask_tests": FunctionCheck("label_mask", False, _label_mask_inputs, _label_mask_judge),
     "lora_layer_tests": FunctionCheck("lora_layer", False, _lora_inputs, _lora_judge),
     "nf4_tests": FunctionCheck("nf4", False, _nf4_inputs, _nf4_judge),
+    "bradley_terry_tests": FunctionCheck("bradley_terry", False, _bt_inputs, _bt_judge),
 }
 
 

@@ -243,6 +243,29 @@ def op_nf4(namespace: dict, inputs: dict):
     return {"quantized": quantized, "restored": restored}
 
 
+def op_bradley_terry(namespace: dict, inputs: dict):
+    """Each case: the learner's loss on the given rewards, its value and its gradients with respect to them."""
+    import torch
+
+    loss_fn = _need(namespace, "bradley_terry_loss")
+    results = []
+    for case in inputs["cases"]:
+        chosen = decode_tensor(case["chosen"]).requires_grad_(True)
+        rejected = decode_tensor(case["rejected"]).requires_grad_(True)
+        margin = decode_tensor(case["margin"]) if case["margin"] is not None else None
+        loss = loss_fn(chosen, rejected, margin=margin, center_rewards_coefficient=case["center"])
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+            raise CellError(f"bradley_terry_loss must return a one-element tensor (the batch's mean loss), got "
+                            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
+        if not loss.requires_grad:
+            raise CellError("bradley_terry_loss's result has no gradient: compute it with torch operations on the "
+                            "rewards (a reward model trains through this loss).")
+        loss.reshape(()).backward()
+        results.append({"loss": loss.item(), "grad_chosen": encode_tensor(chosen.grad.to(torch.float32)),
+                        "grad_rejected": encode_tensor(rejected.grad.to(torch.float32))})
+    return results
+
+
 def op_draw(namespace: dict, inputs: dict):
     """`n` distinct examples from the learner's `make_example`, drawn with the seed the grader chose."""
     from ftcourse.capstone import draw_task
@@ -252,7 +275,7 @@ def op_draw(namespace: dict, inputs: dict):
 
 
 OPS = {"values": op_values, "decide": op_decide, "static_bytes": op_static_bytes, "clean": op_clean, "label_mask": op_label_mask,
-       "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw}
+       "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw, "bradley_terry": op_bradley_terry}
 
 
 # ---------------------------------------------------------------- the process

@@ -94,11 +94,30 @@ def _flops_per_s(preset, seed):  # 01, §6: this machine's measured matmul throu
     return measure_matmul_flops(preset.autocast_dtype or "float32", device=preset.device)
 
 
+def _reward_config(preset, seed):
+    from trl import RewardConfig
+
+    return RewardConfig
+
+
+def _reward_args(preset, seed):  # 06, §3: what the machine fixes in a RewardConfig
+    from ..reward import preset_reward_args
+
+    return preset_reward_args(preset)
+
+
+def _pair_kinds(preset, seed):  # 06, §1: the kinds of preference pairs the course generates
+    from ..preferences import PAIR_KINDS
+
+    return PAIR_KINDS
+
+
 PROVIDERS: dict[str, Callable] = {
     "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "LoraConfig": _lora_config,
     "SFTConfig": _sft_config, "BitsAndBytesConfig": _bnb_config, "PRESET_ARGS": _preset_args,
     "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
-    "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s,
+    "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s, "RewardConfig": _reward_config,
+    "REWARD_ARGS": _reward_args, "PAIR_KINDS": _pair_kinds,
 }
 
 

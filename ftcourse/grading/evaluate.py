@@ -277,12 +277,38 @@ def evaluate_capstone(artifacts: Path, split: str, preset, secret, produced) -> 
     return judge(exercise, split, _with_probe(metrics, probe, base), preset)
 
 
+def evaluate_reward_model(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """06: the reward model's pairwise accuracy by kind on the split's pairs (generated here: 24 of each graded
+    kind, 9 of each other)."""
+    from ..preferences import PAIR_KINDS
+    from ..reward import EVAL_KINDS, REWARD_EVAL_PAIRS, load_reward_adapter, pairwise_accuracy, reward_pairs
+    from ..models import load_tokenizer
+
+    exercise = outcome_exercise("06_reward_models_rlhf")
+    adapter, early = _open_adapter(exercise, artifacts, split)
+    if early:
+        return early
+    try:
+        model = load_reward_adapter(adapter, preset.model, preset.device)
+    except (ValueError, OSError, RuntimeError) as error:
+        return failed(exercise, split, f"The saved reward model could not be loaded: {str(error)[:300]}")
+    pairs = reward_pairs(EVAL_KINDS, n_train=preset.n_train, split=split, n_eval=REWARD_EVAL_PAIRS,
+                         heldout_seed=split_seed("06_reward_models_rlhf", split, secret),
+                         seed=secrets_.derived_seed("06_reward_models_rlhf/pairs", secret) if split == "heldout" else 1)
+    with preset.autocast():
+        result = pairwise_accuracy(model, load_tokenizer(preset.model), pairs, batch_size=preset.eval_batch_size)
+    metrics = {f"{kind}_accuracy": result["by_kind"][kind] for kind in PAIR_KINDS}
+    metrics |= {"accuracy": result["accuracy"], "n_pairs": result["n_pairs"], "steps": _steps(artifacts, produced)}
+    return judge(exercise, split, metrics, preset)
+
+
 EVALUATORS = {
     "01_when_to_fine_tune": evaluate_plan,
     "02_data_and_tooling": evaluate_cleaned_sft,
     "03_sft": lambda a, s, p, k, d: _date_adapter("03_sft", a, s, p, k, d, quantized=False),
     "04_lora": evaluate_capstone,
     "05_quantization_qlora": lambda a, s, p, k, d: _date_adapter("05_quantization_qlora", a, s, p, k, d, quantized=True),
+    "06_reward_models_rlhf": evaluate_reward_model,
 }
 
 

@@ -201,12 +201,46 @@ def _produce_capstone(exercise, cells, preset, secret, workdir):
     return result, {"train": train, "candidates": candidates}
 
 
+def check_pair_kinds(raw) -> tuple[str, ...]:
+    """The learner's choice of training pairs: kind names from PAIR_KINDS, a repeat giving a kind more share."""
+    from ..preferences import PAIR_KINDS
+
+    expect(isinstance(raw, (list, tuple)) and 1 <= len(raw) <= 20 and all(isinstance(k, str) for k in raw),
+           f"pair_kinds must be a tuple of 1 to 20 kind names from {PAIR_KINDS}, got {str(raw)[:120]}.")
+    unknown = sorted({k for k in raw if k not in PAIR_KINDS})
+    expect(not unknown, f"pair_kinds names unknown kinds {unknown}; the course generates {PAIR_KINDS}.")
+    return tuple(raw)
+
+
+def _produce_reward(exercise, cells, preset, secret, workdir):
+    """06: the learner's pair kinds choose the training pairs; their LoraConfig (SEQ_CLS) and RewardConfig train a
+    reward model here with RewardTrainer (`reward.train_reward_model`, the mirror of the notebook's §3 cell)."""
+    from ..models import load_tokenizer
+    from ..reward import load_reward_model, reward_pairs, save_reward_adapter, train_reward_model
+    from ..training import RecipeError, checked_recipe, write_training_record
+
+    values = _values(cells, exercise, "reward_setup", ["pair_kinds", "lora_config", "reward_config"])
+    kinds = check_pair_kinds(values["pair_kinds"])
+    try:
+        lora, args, _ = checked_recipe({"lora_config": values["lora_config"], "reward_config": values["reward_config"]},
+                                       preset, exercise.step_budget(preset), "padded", workdir / "trainer")
+    except RecipeError as error:
+        raise LearnerCodeError(str(error)) from None
+    tokenizer = load_tokenizer(preset.model)
+    model, result = train_reward_model(load_reward_model(preset.model, preset.device, seed=cells.seed), tokenizer,
+                                       reward_pairs(kinds, n_train=preset.n_train), lora, args, preset, progress=False)
+    save_reward_adapter(model, workdir / "adapter")
+    write_training_record(workdir, result.steps, result.losses, result.seconds, pair_kinds=list(kinds))
+    return result, {"pair_kinds": list(kinds)}
+
+
 PRODUCERS = {
     "01_when_to_fine_tune": _produce_plan,
     "02_data_and_tooling": _produce_cleaned,
     "03_sft": _produce_recipe,
     "04_lora": _produce_capstone,
     "05_quantization_qlora": _produce_qlora,
+    "06_reward_models_rlhf": _produce_reward,
 }
 
 

@@ -202,6 +202,35 @@ EXERCISES = (
                 "steps ≤ the QLoRA budget (a third of 03's)",
         study_minutes=25,
     ),
+    Exercise(
+        grade_id="bradley_terry_tests", notebook="06_reward_models_rlhf", number="6.1",
+        title="the Bradley-Terry loss from scratch", kind="function", points=2, solutions=("bradley_terry_loss",),
+        provides=(), thresholds={"max_difference": ("<=", 1e-5)},  # loss relative to max(1, |loss|); gradients absolute
+        hints=("the loss is the batch mean of -log sigmoid(r_chosen - r_rejected - margin); use a numerically stable "
+               "log-sigmoid (torch.nn.functional.logsigmoid): log(sigmoid(x)) is -inf for a large negative x",
+               "reward centring adds coefficient x mean((r_chosen + r_rejected)^2) to the loss"),
+        summary="`bradley_terry_loss` equals TRL's `RewardTrainer` loss and its gradients on four unseen batches "
+                "(margins, reward centring, a confident mistake that overflows a naive log-sigmoid) within 1e-5",
+        study_minutes=20,
+    ),
+    Exercise(
+        grade_id="reward_final_outcome", notebook="06_reward_models_rlhf", number="6.2",
+        title="a reward model that ranks what the judge ranks", kind="outcome", points=6, solutions=("reward_setup",),
+        provides=("preset", "SEED", "LoraConfig", "RewardConfig", "REWARD_ARGS", "PAIR_KINDS"),
+        thresholds={
+            "padded_accuracy": (">=", 0.9),  # concise right over padded right: held-out pairwise accuracy
+            "no_count_accuracy": (">=", 0.9),  # a count over no count
+            "echo_accuracy": (">=", 0.9),  # an answer over the list restated
+            "steps": ("<=", 40),  # reward.REWARD_STEP_BUDGET
+        },
+        hints=("a kind the reward model never saw in training is a coin toss: choose pair_kinds that cover what the "
+               "grader measures (a kind named twice gets twice the share)",
+               "accuracy low on every kind: a LoRA reward head needs a learning rate near 1e-3 and most of the 40 steps",
+               "use at most 40 optimizer steps: the grader trains exactly the steps you chose"),
+        summary="the grader trains your `LoraConfig` (`SEQ_CLS`) and `RewardConfig` with `RewardTrainer` on the pair "
+                "kinds you chose: held-out pairwise accuracy ≥ 0.9 on padded, no-count and echo pairs, steps ≤ 40",
+        study_minutes=30,
+    ),
 )
 
 BY_GRADE_ID = {e.grade_id: e for e in EXERCISES}
