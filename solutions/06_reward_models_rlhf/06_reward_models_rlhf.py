@@ -124,8 +124,8 @@ for question, pair in zip(demo_questions, demo_pairs):
 #   against the list);
 # - `padded_wrong`: a padded right reply over a concise wrong one (correctness beats brevity; a reward model
 #   that learned "shorter is better" ranks these backwards);
-# - `no_count`: a count over a reply with no number; `echo`: an answer over the list restated (the base
-#   model's own habit, as §4 shows).
+# - `no_count`: a brief count over an even briefer reply with no number; `echo`: a padded answer over the
+#   shorter list restated. In both, the shorter reply is the worse one.
 #
 # Every pair is checked against the judge when it is made: the chosen reply always scores higher.
 #
@@ -259,7 +259,8 @@ print(f"Trained on padded pairs only, the reward model ranks {', '.join(learned)
 # generates**, finds right on at least 90 % of each of three kinds: `padded`, `no_count` and `echo`, within
 # **40 optimizer steps**.
 # - `pair_kinds`: a tuple of kind names from `PAIR_KINDS` (printed below); the training pairs cycle through
-#   it, so a kind named twice gets twice the share. The grader builds 400 training pairs from it.
+#   it, so a kind named twice gets twice the share. The grader builds `preset.n_train` training pairs from it
+#   (400 on the cpu preset).
 # - `lora_config`: a `LoraConfig` with `task_type="SEQ_CLS"` (choose `r`, `lora_alpha`, `lora_dropout`,
 #   `target_modules`, `use_rslora`, `layers_to_transform`);
 # - `reward_config`: a `RewardConfig` with `**REWARD_ARGS` (choose `max_steps`, `learning_rate`,
@@ -434,7 +435,7 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # from the model it started from to get there. That is **reward hacking**, and it needed no adversary: a
 # proxy that is blind to one property, and an optimiser.
 #
-# With $\beta = 20$ the penalty dominates the reward model's differences: the KL stays near zero, and the
+# With $\beta = 20$ the penalty dominates the reward model's differences: the KL stays small, and the
 # held-out judge's score and the reward model's score stay near the base model's. A strong penalty prevents
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
