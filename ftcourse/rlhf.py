@@ -307,6 +307,7 @@ def rlhf_lab_text(lab: BradleyTerryLab) -> str:
 def rlhf_lab_figure(labs: dict):
     """Left: each lab's Bradley-Terry loss per gradient step; right: held-out agreement with the judge per click."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, lab in labs.items():
@@ -315,6 +316,7 @@ def rlhf_lab_figure(labs: dict):
     left.set(xlabel="gradient step", ylabel="Bradley-Terry loss", title="loss while clicking")
     right.axhline(0.5, color="grey", lw=0.8, ls=":")
     right.set(xlabel="clicks", ylabel="agreement with the judge", ylim=(0, 1), title="held-out ranking")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))  # clicks are whole
     right.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
