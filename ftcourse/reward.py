@@ -8,6 +8,7 @@ and `train_reward_model`, the packaged mirror of the notebook's training cell th
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 
@@ -124,9 +125,10 @@ def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: i
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     chosen, rejected = [], []
-    for start in range(0, len(pairs), max(1, batch_size // 2)):
-        ids = [(encode(c), encode(r)) for c, r in zip(chosen_texts[start:start + batch_size // 2 or 1],
-                                                      rejected_texts[start:start + batch_size // 2 or 1])]
+    per_batch = max(1, batch_size // 2)  # pairs per batch: two conversations each
+    for start in range(0, len(pairs), per_batch):
+        ids = [(encode(c), encode(r)) for c, r in zip(chosen_texts[start:start + per_batch],
+                                                      rejected_texts[start:start + per_batch])]
         shared = []
         for a, b in ids:
             n = 0
@@ -211,8 +213,6 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PreferencePair], lora, 
     from trl import RewardTrainer
 
     from .training import TrainingRecorder, TrainResult
-
-    import copy
 
     torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
     lora = copy.deepcopy(lora)  # PEFT fills in modules_to_save on the config it is given: the caller's stays as built

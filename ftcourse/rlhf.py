@@ -28,11 +28,12 @@ def sample_replies(model, tokenizer, questions: Sequence[Question], n: int = 1, 
     """`n` sampled replies per question (temperature 0: one greedy reply repeated), chat template, left padding."""
     import torch
 
+    from .evaluation import chat_prompt
+
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q.prompt}], tokenize=False,
-                                           add_generation_prompt=True) for q in questions]
+    texts = [chat_prompt(tokenizer, q.prompt) for q in questions]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     torch.manual_seed(seed)
     replies: list[list[str]] = []
@@ -95,9 +96,11 @@ def reward_model_reward(model, tokenizer) -> Callable:
 
 
 def preset_rl_args(preset: Preset) -> dict:
-    """The `RLOOConfig` arguments the machine fixes: precision, device, no checkpointing, a log line per step."""
-    return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", activation_checkpointing=False,
-                logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
+    """The `RLOOConfig` arguments the machine fixes: `training.preset_machine_args` (RLOO samples its own replies,
+    so no layout or length of the SFT recipe applies)."""
+    from .training import preset_machine_args
+
+    return preset_machine_args(preset)
 
 
 # ---------------------------------------------------------------- RLOO from scratch

@@ -137,8 +137,14 @@ def preset_sft_args(preset: Preset, layout: str = "grouped") -> dict:
     if layout not in ("padded", "grouped"):
         raise ValueError(f"preset_sft_args takes layout 'padded' or 'grouped', got {layout!r} (packing is "
                          "SFTSetup(layout='packed'), which notebook 03 compares).")
+    return preset_machine_args(preset) | dict(
+        max_length=preset.max_length, train_sampling_strategy="sequential" if layout == "grouped" else "random")
+
+
+def preset_machine_args(preset: Preset) -> dict:
+    """The trainer-config arguments every course trainer shares (SFT, reward, RLOO): precision and device from
+    the preset, activation checkpointing off, a loss logged at every step, nothing saved or reported."""
     return dict(bf16=preset.bf16, fp16=preset.fp16, use_cpu=preset.device == "cpu", activation_checkpointing=False,
-                max_length=preset.max_length, train_sampling_strategy="sequential" if layout == "grouped" else "random",
                 logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0)
 
 

@@ -280,9 +280,9 @@ def evaluate_capstone(artifacts: Path, split: str, preset, secret, produced) -> 
 def evaluate_reward_model(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
     """06: the reward model's pairwise accuracy by kind on the split's pairs (generated here: 24 of each graded
     kind, 9 of each other)."""
+    from ..models import load_tokenizer
     from ..preferences import PAIR_KINDS
     from ..reward import EVAL_KINDS, REWARD_EVAL_PAIRS, load_reward_adapter, pairwise_accuracy, reward_pairs
-    from ..models import load_tokenizer
 
     exercise = outcome_exercise("06_reward_models_rlhf")
     adapter, early = _open_adapter(exercise, artifacts, split)

@@ -223,7 +223,7 @@ def _produce_reward(exercise, cells, preset, secret, workdir):
     kinds = check_pair_kinds(values["pair_kinds"])
     try:
         lora, args, _ = checked_recipe({"lora_config": values["lora_config"], "reward_config": values["reward_config"]},
-                                       preset, exercise.step_budget(preset), "padded", workdir / "trainer")
+                                       preset, exercise.step_budget(preset), output_dir=workdir / "trainer")
     except RecipeError as error:
         raise LearnerCodeError(str(error)) from None
     tokenizer = load_tokenizer(preset.model)
