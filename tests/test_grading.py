@@ -179,6 +179,34 @@ def test_a_solution_cell_that_appears_twice_is_not_graded():
     assert solution_sources(nb) == {"sft_label_mask": "b = 1"}
 
 
+def test_a_cell_left_as_released_is_failed_without_a_child(tmp_path, monkeypatch):
+    """The release's stub raises NotImplementedError: the grader says so without starting a child for it, and
+    runs one for any other source (a single character changed is a learner's cell)."""
+    from types import SimpleNamespace
+
+    import nbformat as nbf
+
+    from ftcourse.grading import learner
+    from ftcourse.grading.preprocessor import released_sources
+
+    stub = "def build_chat_labels(tokenizer, prompt, answer):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    (tmp_path / "course" / "03_sft").mkdir(parents=True)
+    nbf.write(_notebook(_code(stub, "sft_label_mask"), _code("print('tests')", "sft_label_mask_tests", solution=False)),
+              tmp_path / "course" / "03_sft" / "03_sft.ipynb")
+    monkeypatch.setenv("FTCOURSE_COURSE_ROOT", str(tmp_path))
+    assert released_sources("03_sft") == {"sft_label_mask": stub}
+    assert released_sources("no_such_notebook") == {}
+    started = []
+    monkeypatch.setattr(learner, "run_learner_code",
+                        lambda *a, **k: started.append(a) or SimpleNamespace(ok=True, data={"ran": True}))
+    cells = learner.Cells({"sft_label_mask": stub}, "cpu", 0, frozenset({"sft_label_mask"}))
+    with pytest.raises(learner.LearnerCodeError, match="as released: it raises NotImplementedError"):
+        learner.call(cells, ["sft_label_mask"], "label_mask")
+    assert not started
+    edited = learner.Cells({"sft_label_mask": stub + " "}, "cpu", 0)  # not in as_released: to a child (the stand-in)
+    assert learner.call(edited, ["sft_label_mask"], "label_mask") == {"ran": True} and len(started) == 1
+
+
 def test_the_instructors_preset_wins_over_the_submissions(monkeypatch):
     monkeypatch.delenv("FTCOURSE_PRESET", raising=False)
     assert choose_preset("cpu") == ("cpu", "submission")

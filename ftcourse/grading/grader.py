@@ -1,7 +1,7 @@
 """The grader process: the only place a verdict is computed. It runs no learner code itself.
 
     python -I -m ftcourse.grading.grader evaluate <notebook> --artifacts DIR --split S --preset P --out FILE
-    python -I -m ftcourse.grading.grader grade --out FILE   < {"notebook", "cells", "preset", "seed"}
+    python -I -m ftcourse.grading.grader grade --out FILE   < {"notebook", "cells", "preset", "seed", "as_released"}
 
 `evaluate` measures a kernel's saved artifacts (the learner's self-check on the public validation split;
 the instructor's own run of a solution notebook on held-out). `grade` grades a submission: every exercise
@@ -50,7 +50,7 @@ def _scrub(text: str, secret: int | None) -> str:
 
 
 def grade_submission(notebook: str, sources: dict, preset_name: str, seed: int, log=print,
-                     only: list[str] | None = None) -> dict[str, Verdict]:
+                     only: list[str] | None = None, as_released=()) -> dict[str, Verdict]:
     """Every exercise of `notebook` (or those of `only`), graded from the submission's solution-cell sources."""
     from ..models import embedded_model_dir
     from ..presets import get_preset
@@ -61,7 +61,7 @@ def grade_submission(notebook: str, sources: dict, preset_name: str, seed: int, 
     preset = get_preset(preset_name)
     if preset.model == "embedded":
         embedded_model_dir(verify=True)  # a cached model that someone rewrote is converted again, not trusted
-    cells = Cells(sources, preset.name, seed)
+    cells = Cells(sources, preset.name, seed, frozenset(as_released))
     verdicts = {}
     for exercise in for_notebook(notebook):
         if only is not None and exercise.grade_id not in only:
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     request = json.loads(sys.stdin.read())
     verdicts = grade_submission(request["notebook"], request["cells"], request["preset"], request["seed"],
-                                log=lambda line: print(line, file=sys.stderr, flush=True), only=request.get("only"))
+                                log=lambda line: print(line, file=sys.stderr, flush=True), only=request.get("only"),
+                                as_released=request.get("as_released", ()))
     Path(args.out).write_text(json.dumps({k: v.to_dict() for k, v in verdicts.items()}))
     return 0
 

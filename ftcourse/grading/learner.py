@@ -31,6 +31,7 @@ class Cells:
     sources: dict  # grade_id -> source
     preset: str  # a resolved preset name ("cpu", "t4", "a100")
     seed: int  # the notebook's SEED parameter
+    as_released: frozenset = frozenset()  # grade_ids whose source is the released stub's, character for character
 
     def pick(self, grade_ids) -> list[tuple[str, str]]:
         """The sources of `grade_ids`, in order; a clear error for a missing cell."""
@@ -46,8 +47,15 @@ class Cells:
 
 def call(cells: Cells, grade_ids, op: str, inputs: dict | None = None, provides=(), secret_inputs: bool = False,
          limits: Limits | None = None):
-    """Run the solution cells `grade_ids` in a child, then `op` on `inputs`; return the child's data."""
-    request = {"cells": cells.pick(grade_ids), "provides": list(provides), "preset": cells.preset, "seed": cells.seed,
+    """Run the solution cells `grade_ids` in a child, then `op` on `inputs`; return the child's data. Cells that are
+    all the released stub (which raises NotImplementedError) are not run: the answer is known, and a class of
+    partly done notebooks would otherwise start a child per untouched exercise."""
+    picked = cells.pick(grade_ids)
+    if picked and all(grade_id in cells.as_released for grade_id, _ in picked):
+        names = ", ".join(repr(grade_id) for grade_id, _ in picked)
+        raise LearnerCodeError(f"The solution cell {names} is as released: it raises NotImplementedError. "
+                               "Replace the stub with your solution.")
+    request = {"cells": picked, "provides": list(provides), "preset": cells.preset, "seed": cells.seed,
                "op": op, "inputs": inputs or {}}
     from ..models import cache_root
 

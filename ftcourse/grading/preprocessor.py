@@ -51,6 +51,16 @@ def solution_sources(nb) -> dict[str, str]:
     return sources
 
 
+def released_sources(notebook: str) -> dict[str, str]:
+    """{grade_id: source} of the solution cells of the release being graded ($FTCOURSE_COURSE_ROOT/course/<nb>/,
+    what `make grade` generated): the stubs. {} when there is none."""
+    path = Path(os.environ.get("FTCOURSE_COURSE_ROOT", ".")) / "course" / notebook / f"{notebook}.ipynb"
+    try:
+        return solution_sources(nbformat.read(path, as_version=4))
+    except (OSError, ValueError):
+        return {}
+
+
 def notebook_parameters(nb) -> dict:
     """`PRESET` and `SEED` as the submission set them (parameters cell, then papermill's injected one), parsed."""
     found: dict = {}
@@ -100,7 +110,10 @@ class GraderVerdicts(NbGraderPreprocessor):
         params = notebook_parameters(nb)
         preset, preset_source = choose_preset(params.get("PRESET"))
         seed = params.get("SEED") if isinstance(params.get("SEED"), int) and not isinstance(params.get("SEED"), bool) else 0
-        request = {"notebook": notebook, "cells": solution_sources(nb), "preset": preset, "seed": seed}
+        sources = solution_sources(nb)
+        released = released_sources(notebook)
+        request = {"notebook": notebook, "cells": sources, "preset": preset, "seed": seed,
+                   "as_released": sorted(k for k, v in sources.items() if k in released and v == released[k])}
         raw, why = (launch(["grade"], stdin=json.dumps(request), timeout_s=self.timeout_s, with_secret=True)
                     if for_notebook(notebook) else ({}, ""))
         verdicts = {k: Verdict.from_dict(v) for k, v in (raw or {}).items()}
