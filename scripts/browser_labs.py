@@ -4,11 +4,18 @@
 
 A lab notebook is one of course/ that calls a `*_lab_widget` (so the RLHF and Distillation Labs join when they
 land). For each: a working copy of the released notebook with the exercises filled in from the reference
-solutions (a learner who has done them), JupyterLab started on those copies, the notebook opened in Chromium
-(Debian's package, driven by Playwright), Run > Run All Cells from the menu bar, then every slider, drop-down,
-toggle, check box and button of the lab tried in turn. After each one the lab's readout and figure are compared
-with before, and the lab's error area (where a callback's exception is shown) must stay empty. Screenshots and
-report.json go to --out. Exit status 1 when anything failed; the report says what.
+solutions (a learner who has done them) and its test cells holding the hidden tests again (the notebook as
+nbgrader grades it), the preset injected as papermill injects it (`PRESET = "cpu"`), JupyterLab started on that
+copy (a server per notebook, so a notebook's environment, e.g. 05's forced float32 path, is its own), the
+notebook opened in Chromium (Debian's package, driven by Playwright), Run > Run All Cells from the menu bar,
+File > Save Notebook, then every slider, drop-down, toggle, check box and button of the lab tried in turn.
+After each one the lab's readout and figure are compared with before, and the lab's error area (where a
+callback's exception is shown) must stay empty. Screenshots and report.json go to --out. Exit status 1 when
+anything failed; the report says what.
+
+The saved notebook and its working folder (artifacts, course_results.json) are kept when `run` is given a
+`keep` folder: the test suite's nbgrader round trip grades that execution instead of running the notebook a
+second time under papermill (tests/conftest.py, `executed_solution`).
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ RUN_TIMEOUT_S = 20 * 60  # one notebook's Run All (04 takes ~4 min on the 2-core
 CONTROL_TIMEOUT_S = 180  # one control's effect (the perplexity button measures the whole model)
 
 # JupyterLab settings a first-time learner would not want in the way: no news pop-up, no update check, and every
-# cell kept in the page (JupyterLab 4 renders only visible cells by default, which a test cannot wait on).
+# cell kept in the page (JupyterLab 4 renders only visible cells by default, which a test cannot wait on); each
+# cell's execution times recorded in the saved notebook (where a lab notebook's time goes, as papermill records it).
 SETTINGS = {
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none", "recordTiming": True},
 }
 
 
@@ -44,23 +52,38 @@ def lab_notebooks(course: Path = ROOT / "course") -> list[str]:
                   if p.stem == p.parent.name and "_lab_widget(" in p.read_text())
 
 
-def learner_copy(slug: str, work: Path) -> Path:
-    """course/<slug>/ copied to `work`, its solution cells holding the reference solutions' code."""
+def learner_copy(slug: str, work: Path, preset: str = "cpu") -> Path:
+    """course/<slug>/ copied to `work`/<slug>/, its solution cells holding the reference solutions' code and its
+    test cells the full tests (hidden ones included), with `PRESET = preset` injected as papermill injects it."""
     import jupytext
     import nbformat
+    from papermill.parameterize import parameterize_notebook
 
     solved = {c.metadata["nbgrader"]["grade_id"]: c.source
               for c in jupytext.read(ROOT / "solutions" / slug / f"{slug}.py").cells
-              if c.metadata.get("nbgrader", {}).get("solution")}
+              if c.metadata.get("nbgrader", {}).get("solution") or c.metadata.get("nbgrader", {}).get("grade")}
     nb = nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4)
+    restored = 0
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if cell.metadata.get("nbgrader", {}).get("solution") and grade_id in solved:
+        if grade_id in solved and (cell.metadata["nbgrader"].get("solution") or cell.metadata["nbgrader"].get("grade")):
             cell.source = solved[grade_id]
+            restored += 1
+    if restored != len(solved):
+        raise RuntimeError(f"{slug}: {len(solved) - restored} graded cells of the solution are not in the release")
+    nb.metadata.setdefault("papermill", {})  # what papermill's loader adds before it parameterizes
+    for cell in nb.cells:
+        cell.metadata.setdefault("tags", [])
+    nb = parameterize_notebook(nb, {"PRESET": preset}, kernel_name="python3", language="python")
+    for cell in nb.cells:
+        if not cell.metadata.get("tags"):
+            cell.metadata.pop("tags", None)
+    folder = work / slug
+    folder.mkdir(parents=True, exist_ok=True)
     for extra in (ROOT / "course" / slug).iterdir():
         if extra.name != f"{slug}.ipynb" and extra.is_file():
-            shutil.copy(extra, work / extra.name)
-    path = work / f"{slug}.ipynb"
+            shutil.copy(extra, folder / extra.name)
+    path = folder / f"{slug}.ipynb"
     nbformat.write(nb, path)
     return path
 
@@ -71,15 +94,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(root: Path, state: Path) -> tuple[subprocess.Popen, str, str]:
-    """JupyterLab on `root` with the settings above; returns the process, its URL and its token."""
+def start_lab(root: Path, state: Path, extra_env: dict | None = None) -> tuple[subprocess.Popen, str, str]:
+    """JupyterLab on `root` with the settings above (its kernels get `extra_env` too); returns the process, its URL
+    and its token."""
     settings = state / "settings"
     for name, value in SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(value))
     port, token = _free_port(), "ftcourse-browser-test"
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
-           "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime")}
+           "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+           **(extra_env or {})}
     log = open(state / "jupyterlab.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
                                 "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
@@ -251,7 +276,10 @@ def try_lab(page, slug: str, out: Path, report: dict) -> None:
         before = after
 
 
-def run(slugs: list[str], out: Path) -> dict:
+def run(slugs: list[str], out: Path, keep: Path | None = None, envs: dict[str, dict] | None = None) -> dict:
+    """Each notebook in a JupyterLab of its own (its kernel's environment: os.environ plus `envs[slug]`). With
+    `keep`, the working copies stay there: `keep/<slug>/` is the notebook's working folder and
+    `keep/<slug>.executed.ipynb` the notebook as saved after Run All (before any control was touched)."""
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -259,44 +287,51 @@ def run(slugs: list[str], out: Path) -> dict:
         old.unlink()
     results: dict = {"chromium": CHROMIUM, "notebooks": {}}
     with tempfile.TemporaryDirectory(prefix="ftcourse-browser-") as tmp:
-        work, state = Path(tmp) / "course", Path(tmp) / "state"
-        work.mkdir()
-        state.mkdir()
+        work, state_root = (keep or Path(tmp) / "course"), Path(tmp) / "state"
+        work.mkdir(parents=True, exist_ok=True)
         paths = {slug: learner_copy(slug, work) for slug in slugs}
-        process, url, token = start_lab(work, state)
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-                for slug in slugs:
-                    report: dict = {}
-                    results["notebooks"][slug] = report
-                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                    page_errors: list[str] = []
-                    page.on("pageerror", lambda e: page_errors.append(str(e)))
-                    try:
-                        # a workspace of its own, reset: the notebook opens alone, as on a learner's first visit
-                        page.goto(f"{url}/lab/workspaces/{slug}/tree/{paths[slug].name}?reset&token={token}")
-                        page.locator(f"{PANEL} .jp-Cell").first.wait_for(timeout=120_000)
-                        page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-KernelStatus, .jp-Toolbar", timeout=60_000)
-                        time.sleep(3)
-                        report["dialog_on_open"] = page.locator(".jp-Dialog").count() > 0
-                        page.screenshot(path=str(out / f"{slug}-opened.png"))
-                        run_all(page, report)
-                        report.update(saved_problems(save_and_read(page, paths[slug], report["code_cells"])))
-                        try_lab(page, slug, out, report)
-                        report["dialog_at_end"] = page.locator(".jp-Dialog").count() > 0
-                        page.screenshot(path=str(out / f"{slug}-end.png"), full_page=False)
-                    except Exception as error:  # recorded; the next notebook still runs
-                        report["failure"] = f"{type(error).__name__}: {error}"
-                        page.screenshot(path=str(out / f"{slug}-failure.png"))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+            for slug in slugs:
+                report: dict = {}
+                results["notebooks"][slug] = report
+                state = state_root / slug
+                state.mkdir(parents=True)
+                try:
+                    process, url, token = start_lab(work, state, (envs or {}).get(slug))
+                except RuntimeError as error:
+                    report.update(failure=f"JupyterLab did not start: {error}", page_errors=[])
+                    continue
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page_errors: list[str] = []
+                page.on("pageerror", lambda e: page_errors.append(str(e)))
+                try:
+                    # a workspace of its own, reset: the notebook opens alone, as on a learner's first visit
+                    page.goto(f"{url}/lab/workspaces/{slug}/tree/{slug}/{paths[slug].name}?reset&token={token}")
+                    page.locator(f"{PANEL} .jp-Cell").first.wait_for(timeout=120_000)
+                    page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-KernelStatus, .jp-Toolbar", timeout=60_000)
+                    time.sleep(3)
+                    report["dialog_on_open"] = page.locator(".jp-Dialog").count() > 0
+                    page.screenshot(path=str(out / f"{slug}-opened.png"))
+                    run_all(page, report)
+                    saved = save_and_read(page, paths[slug], report["code_cells"])
+                    (work / f"{slug}.executed.ipynb").write_text(json.dumps(saved, indent=1))
+                    report["executed"] = str(work / f"{slug}.executed.ipynb")
+                    report.update(saved_problems(saved))
+                    try_lab(page, slug, out, report)
+                    report["dialog_at_end"] = page.locator(".jp-Dialog").count() > 0
+                    page.screenshot(path=str(out / f"{slug}-end.png"), full_page=False)
+                except Exception as error:  # recorded; the next notebook still runs
+                    report["failure"] = f"{type(error).__name__}: {error}"
+                    page.screenshot(path=str(out / f"{slug}-failure.png"))
+                finally:
                     report["page_errors"] = page_errors
                     page.close()
                     shut_down_kernels(url, token)
-                browser.close()
-        finally:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=30)
-            shutil.copy(state / "jupyterlab.log", out / "jupyterlab.log")
+                    os.killpg(process.pid, 15)
+                    process.wait(timeout=30)
+                    shutil.copy(state / "jupyterlab.log", out / f"jupyterlab-{slug}.log")
+            browser.close()
     results["problems"] = problems(results)
     (out / "report.json").write_text(json.dumps(results, indent=1))
     return results
@@ -333,8 +368,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("slugs", nargs="*")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "browser")
+    parser.add_argument("--keep", type=Path, help="keep the executed copies and their working folders here")
     args = parser.parse_args()
-    results = run(args.slugs or lab_notebooks(), args.out)
+    results = run(args.slugs or lab_notebooks(), args.out, keep=args.keep)
     for slug, r in results["notebooks"].items():
         print(f"{slug}: Run All {r.get('run_all_s')} s, {r.get('cells_run')}/{r.get('code_cells')} cells")
         for c in r.get("controls", []):

@@ -5,6 +5,7 @@ The tests opt in to the public test seed explicitly: held-out grading has no def
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -161,10 +162,47 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 FP32_NOTEBOOKS = {"05_quantization_qlora"}
 
 
+def chromium_present() -> bool:
+    """Whether the browser test can run here (in CI a missing Chromium is a failure: tests/test_browser.py)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import browser_labs
+
+    return Path(browser_labs.CHROMIUM).exists()
+
+
 @pytest.fixture(scope="session")
-def executed_solution(tmp_path_factory):
-    """`run(slug)` -> (executed notebook, its working folder): the solution notebook run once per session
-    with papermill, `PRESET="cpu"` injected, in a folder of its own (its artifacts land there)."""
+def lab_runs(tmp_path_factory):
+    """`get()` -> the browser test's results (scripts/browser_labs.py): every lab notebook run once per session in
+    real JupyterLab, its executed copy and working folder kept. The first call runs them (~the notebooks' time)."""
+    import sys
+
+    from ftcourse.presets import CPU_BF16_ENV
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import browser_labs
+
+    done: dict = {}
+
+    def get() -> dict:
+        if not done:
+            keep = tmp_path_factory.mktemp("browser")
+            envs = {slug: {CPU_BF16_ENV: "0"} for slug in FP32_NOTEBOOKS}
+            done.update(browser_labs.run(browser_labs.lab_notebooks(), ROOT / "build" / "browser", keep=keep, envs=envs))
+            done["keep"] = keep
+        return done
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def executed_solution(tmp_path_factory, lab_runs):
+    """`run(slug)` -> (executed notebook, its working folder): the solution notebook run once per session with
+    `PRESET="cpu"` injected, in a folder of its own (its artifacts land there). A lab notebook's run is the
+    browser test's (real JupyterLab, the release with the reference solutions and the hidden tests, the preset
+    injected as papermill injects it), so it is not executed twice; the others, and every notebook on a machine
+    without Chromium, run under papermill."""
     import json
     import os
     import sys
@@ -172,24 +210,35 @@ def executed_solution(tmp_path_factory):
     from ftcourse.presets import CPU_BF16_ENV
 
     sys.path.insert(0, str(ROOT / "scripts"))
+    import browser_labs
     from run_course import execute, score_notebook
 
     runs: dict = {}
+    in_browser = chromium_present()
 
     def run(slug: str):
         if slug not in runs:
-            workdir = tmp_path_factory.mktemp(f"run_{slug}")
-            executed = workdir.parent / f"{workdir.name}.executed.ipynb"
-            forced = {CPU_BF16_ENV: "0"} if slug in FP32_NOTEBOOKS else {}
-            saved = {k: os.environ.get(k) for k in forced}
-            os.environ.update(forced)  # the kernel and the graders it starts inherit it
-            try:
-                minutes, error = execute(ROOT / "solutions" / slug / f"{slug}.ipynb", "cpu", workdir, executed)
-            finally:
-                for k, v in saved.items():
-                    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-            assert not error, f"{slug} failed under papermill: {error}"
-            if forced:  # the preset line the notebook printed says which path it took
+            if in_browser and slug in browser_labs.lab_notebooks():
+                results = lab_runs()
+                report = results["notebooks"][slug]
+                assert "executed" in report, f"{slug} did not run in the browser: {report.get('failure')}"
+                problems = [p for p in results["problems"] if p.startswith(f"{slug}:")]
+                assert not report.get("errors") and not report.get("failure"), (slug, problems)
+                executed, workdir = Path(report["executed"]), results["keep"] / slug
+                minutes = report["run_all_s"] / 60
+            else:
+                workdir = tmp_path_factory.mktemp(f"run_{slug}")
+                executed = workdir.parent / f"{workdir.name}.executed.ipynb"
+                forced = {CPU_BF16_ENV: "0"} if slug in FP32_NOTEBOOKS else {}
+                saved = {k: os.environ.get(k) for k in forced}
+                os.environ.update(forced)  # the kernel and the graders it starts inherit it
+                try:
+                    minutes, error = execute(ROOT / "solutions" / slug / f"{slug}.ipynb", "cpu", workdir, executed)
+                finally:
+                    for k, v in saved.items():
+                        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+                assert not error, f"{slug} failed under papermill: {error}"
+            if slug in FP32_NOTEBOOKS:  # the preset line the notebook printed says which path it took
                 assert "model=embedded fp32" in executed.read_text(), f"{slug} did not run the fp32 path"
             cells = json.loads(executed.read_text())["cells"]
             injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]

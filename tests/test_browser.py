@@ -2,7 +2,8 @@
 
 Needs Debian's `chromium` (`.ci/run` installs it when missing) and Playwright (requirements.txt). Outside CI a
 machine without Chromium skips this test and says why; in CI (CI=true) a missing Chromium fails it.
-Screenshots and report.json: build/browser/.
+Screenshots and report.json: build/browser/. The run is shared with the nbgrader round trip of the lab notebooks
+(their one execution per test session).
 """
 
 import json
@@ -26,14 +27,15 @@ def test_lab_notebooks_are_found_and_each_lab_widget_is_marked():
         assert widgets and labs_source.count("_mark(widgets.VBox(") == len(widgets)  # each lab carries its CSS classes
 
 
-def test_labs_in_a_real_browser():
+def test_labs_in_a_real_browser(lab_runs):
+    """Each lab notebook as a learner who did the exercises has it, run in JupyterLab, then every control. This
+    run is also the notebook's execution for its nbgrader round trip (tests/conftest.py, `executed_solution`)."""
     if not Path(browser_labs.CHROMIUM).exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{browser_labs.CHROMIUM} is missing: .ci/run installs Debian's chromium package (apt-get "
                         "install chromium); or set FTCOURSE_CHROMIUM to another Chromium build")
         pytest.skip(f"{browser_labs.CHROMIUM} is missing (apt-get install chromium); CI runs this test")
-    out = ROOT / "build" / "browser"
-    results = browser_labs.run(browser_labs.lab_notebooks(), out)
+    results = lab_runs()
     print(json.dumps({slug: {k: r.get(k) for k in ("run_all_s", "cells_run", "code_cells", "dialog_on_open")}
                       for slug, r in results["notebooks"].items()}, indent=1))
     assert not results["problems"], "\n".join(results["problems"])
