@@ -113,7 +113,9 @@ def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: i
     The two conversations of a pair have the same tokens up to the reply. That prefix runs once per pair (left
     padded, positions counted from its first real token) and its cache is copied for the two replies, which run
     on top of it at the same positions; the reward is read at each reply's last token that is not padding, as
-    `reward_scores` reads it (tests/test_reward.py checks that the two agree). About 40 % fewer tokens here.
+    `reward_scores` reads it (tests/test_reward.py checks that the two agree). About 40 % fewer tokens here. Pairs
+    are batched in order of their longer conversation, so a batch of short replies is not padded to the width of
+    a padded one (scores come back in the pairs' order).
     """
     import torch
     from transformers import DynamicCache
@@ -124,11 +126,13 @@ def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: i
     rejected_texts = reward_texts(tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs])
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    chosen, rejected = [], []
+    encoded = [(encode(c), encode(r)) for c, r in zip(chosen_texts, rejected_texts)]
+    order = sorted(range(len(pairs)), key=lambda i: max(map(len, encoded[i])))
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
     per_batch = max(1, batch_size // 2)  # pairs per batch: two conversations each
     for start in range(0, len(pairs), per_batch):
-        ids = [(encode(c), encode(r)) for c, r in zip(chosen_texts[start:start + per_batch],
-                                                      rejected_texts[start:start + per_batch])]
+        batch = order[start:start + per_batch]
+        ids = [encoded[i] for i in batch]
         shared = []
         for a, b in ids:
             n = 0
@@ -161,8 +165,8 @@ def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: i
                            attention_mask=torch.cat([prefix_mask.repeat_interleave(2, 0), rest_mask], 1).to(device),
                            position_ids=positions.to(device), past_key_values=cache if width else None,
                            use_cache=False).logits.float().squeeze(-1).tolist()
-        chosen += scores[0::2]
-        rejected += scores[1::2]
+        for i, c, r in zip(batch, scores[0::2], scores[1::2]):
+            chosen[i], rejected[i] = c, r
     return chosen, rejected
 
 
