@@ -160,6 +160,7 @@ def save_and_read(page, path: Path, code_cells: int) -> dict:
     before = path.stat().st_mtime
     page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
     page.locator(".lm-Menu .lm-Menu-itemLabel").get_by_text("Save Notebook", exact=True).click()
+    nb = None
     for _ in range(120):
         time.sleep(0.5)
         if path.stat().st_mtime != before:
@@ -170,7 +171,9 @@ def save_and_read(page, path: Path, code_cells: int) -> dict:
             counts = [c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"]
             if len(counts) == code_cells and all(counts):
                 return nb
-    raise TimeoutError(f"the saved {path.name} did not show every code cell executed within 60 s")
+    seen = saved_problems(nb) if nb else {}  # Run All stops at a failing cell: say which
+    raise TimeoutError(f"the saved {path.name} did not show every code cell executed within 60 s"
+                       + (f"; {'; '.join(seen['errors'])[:500]}" if seen.get("errors") else ""))
 
 
 def saved_problems(nb: dict) -> dict:
@@ -324,13 +327,16 @@ def run(slugs: list[str], out: Path, keep: Path | None = None, envs: dict[str, d
                 except Exception as error:  # recorded; the next notebook still runs
                     report["failure"] = f"{type(error).__name__}: {error}"
                     page.screenshot(path=str(out / f"{slug}-failure.png"))
-                finally:
+                finally:  # each step on its own: a dead server must not leave the others undone
                     report["page_errors"] = page_errors
-                    page.close()
-                    shut_down_kernels(url, token)
-                    os.killpg(process.pid, 15)
-                    process.wait(timeout=30)
-                    shutil.copy(state / "jupyterlab.log", out / f"jupyterlab-{slug}.log")
+                    for step in (page.close, lambda: shut_down_kernels(url, token),
+                                 lambda: os.killpg(process.pid, 15), lambda: process.wait(timeout=30),
+                                 lambda: process.kill(), lambda: shutil.copy(state / "jupyterlab.log",
+                                                                             out / f"jupyterlab-{slug}.log")):
+                        try:
+                            step()
+                        except Exception as error:  # noqa: BLE001 - recorded, the next notebook still runs
+                            report.setdefault("teardown", []).append(f"{type(error).__name__}: {error}")
             browser.close()
     results["problems"] = problems(results)
     (out / "report.json").write_text(json.dumps(results, indent=1))

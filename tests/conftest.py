@@ -186,10 +186,17 @@ def lab_runs(tmp_path_factory):
     done: dict = {}
 
     def get() -> dict:
+        if "error" in done:  # ran once and raised: every later caller fails the same way, it does not run again
+            raise RuntimeError(f"the browser run failed: {done['error']}")
         if not done:
             keep = tmp_path_factory.mktemp("browser")
             envs = {slug: {CPU_BF16_ENV: "0"} for slug in FP32_NOTEBOOKS}
-            done.update(browser_labs.run(browser_labs.lab_notebooks(), ROOT / "build" / "browser", keep=keep, envs=envs))
+            try:
+                done.update(browser_labs.run(browser_labs.lab_notebooks(), ROOT / "build" / "browser", keep=keep,
+                                             envs=envs))
+            except Exception as error:
+                done["error"] = f"{type(error).__name__}: {error}"
+                raise
             done["keep"] = keep
         return done
 

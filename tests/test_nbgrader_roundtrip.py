@@ -1,9 +1,10 @@
 """The nbgrader round trip: release, execute the reference with papermill, submit, grade with `make grade`'s code.
 
 For every notebook with exercises:
-- the solution notebook runs end to end under papermill with `PRESET="cpu"` injected (the suite's one
-  full execution of it), reaches the outcome it states (the base model fails the task, the fine-tune fixes
-  it), and its own hidden tests pass;
+- the solution notebook runs end to end with `PRESET="cpu"` injected (the suite's one full execution of it:
+  under papermill, or for a lab notebook the browser test's Run All of the release with the reference solutions
+  and hidden tests, tests/conftest.py `executed_solution`), reaches the outcome it states (the base model fails
+  the task, the fine-tune fixes it), and its own hidden tests pass;
 - submitted as it came out of that run, it earns full marks from the grader, which trains the outcome
   exercise itself from the solution cells' choices; the untouched release earns zero on every exercise;
 - the self-check and the grade agree: the grader's training of the reference reproduces the notebook's own
@@ -29,6 +30,7 @@ def _assert_round_trip(slug: str, rows: dict, workdir) -> None:
     reference, untouched = rows["reference"], rows["untouched"]
     assert reference["total"] == reference["max"] == max_points, (slug, reference["why"], reference)
     assert all(untouched[e.grade_id] == 0 for e in exercises) and untouched["total"] == 0, (slug, untouched)
+    assert "as released" in untouched["why"], untouched["why"]  # the stubs were recognised, no child started
     outcome = registry.outcome_exercise(slug)
     grader_losses = reference["verdicts"][outcome.grade_id]["metrics"]["train_losses"]
     kernel = json.loads((workdir / "artifacts" / slug / "training.json").read_text())

@@ -118,7 +118,7 @@ def test_the_completion_only_loss_equals_trls(tmp_path, bf16):
     assert len(grads_a) == len(grads_b) > 0
     scale = max(float(g.abs().max()) for g in grads_a)
     # bf16 keeps 8 bits of mantissa: gradients summed in another order agree to two of its units (2**-7 of their
-    # scale; measured 5e-3); in float32 far closer
+    # scale; measured 5e-3 on all 30 layers, the 6 kept here add less noise); in float32 far closer
     assert max(float((a - b).abs().max()) for a, b in zip(grads_a, grads_b)) <= (2**-7 if bf16 else 1e-3) * scale
 
 
