@@ -162,6 +162,13 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 FP32_NOTEBOOKS = {"05_quantization_qlora"}
 
 
+def forced_env(slug: str) -> dict:
+    """The environment a notebook of FP32_NOTEBOOKS runs with (its kernel and the graders it starts inherit it)."""
+    from ftcourse.presets import CPU_BF16_ENV
+
+    return {CPU_BF16_ENV: "0"} if slug in FP32_NOTEBOOKS else {}
+
+
 def chromium_present() -> bool:
     """Whether the browser test can run here (in CI a missing Chromium is a failure: tests/test_browser.py)."""
     import sys
@@ -178,8 +185,6 @@ def lab_runs(tmp_path_factory):
     real JupyterLab, its executed copy and working folder kept. The first call runs them (~the notebooks' time)."""
     import sys
 
-    from ftcourse.presets import CPU_BF16_ENV
-
     sys.path.insert(0, str(ROOT / "scripts"))
     import browser_labs
 
@@ -190,7 +195,7 @@ def lab_runs(tmp_path_factory):
             raise RuntimeError(f"the browser run failed: {done['error']}")
         if not done:
             keep = tmp_path_factory.mktemp("browser")
-            envs = {slug: {CPU_BF16_ENV: "0"} for slug in FP32_NOTEBOOKS}
+            envs = {slug: forced_env(slug) for slug in browser_labs.lab_notebooks()}
             try:
                 done.update(browser_labs.run(browser_labs.lab_notebooks(), ROOT / "build" / "browser", keep=keep,
                                              envs=envs))
@@ -214,8 +219,6 @@ def executed_solution(tmp_path_factory, lab_runs):
     import os
     import sys
 
-    from ftcourse.presets import CPU_BF16_ENV
-
     sys.path.insert(0, str(ROOT / "scripts"))
     import browser_labs
     from run_course import execute, score_notebook
@@ -236,7 +239,7 @@ def executed_solution(tmp_path_factory, lab_runs):
             else:
                 workdir = tmp_path_factory.mktemp(f"run_{slug}")
                 executed = workdir.parent / f"{workdir.name}.executed.ipynb"
-                forced = {CPU_BF16_ENV: "0"} if slug in FP32_NOTEBOOKS else {}
+                forced = forced_env(slug)
                 saved = {k: os.environ.get(k) for k in forced}
                 os.environ.update(forced)  # the kernel and the graders it starts inherit it
                 try:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import chromium_present
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -30,7 +31,7 @@ def test_lab_notebooks_are_found_and_each_lab_widget_is_marked():
 def test_labs_in_a_real_browser(lab_runs):
     """Each lab notebook as a learner who did the exercises has it, run in JupyterLab, then every control. This
     run is also the notebook's execution for its nbgrader round trip (tests/conftest.py, `executed_solution`)."""
-    if not Path(browser_labs.CHROMIUM).exists():
+    if not chromium_present():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{browser_labs.CHROMIUM} is missing: .ci/run installs Debian's chromium package (apt-get "
                         "install chromium); or set FTCOURSE_CHROMIUM to another Chromium build")
