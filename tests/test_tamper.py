@@ -1,7 +1,8 @@
 """The tamper suite: one class folder of notebook 03 graded with `make grade`'s code, holding the reference
-twice (first and last), the untouched release, and attack submissions. Each attack earns 0 on what it
-attacks; the reference earns full marks and the same verdict before and after every attack; nothing an
-attack tried survives it (the package, the caches, the gradebook, processes, the secret).
+graded last, after the attack submissions and the untouched release. Each attack earns 0 on what it
+attacks; the reference earns full marks after every attack, with the verdict the notebook's own hidden test
+got before the class was graded (the same grader and held-out split, in the kernel's run); nothing an attack
+tried survives it (the package, the caches, the gradebook, processes, the secret).
 
 Exercise 3.1 (`sft_label_mask`, a function checked against TRL) and 3.2 (`sft_setup`, a fine-tune the grader
 trains) are the two cells an attack can fill. Attacks that need privilege separation to fail (reading the
@@ -201,10 +202,10 @@ def graded_class(executed_solution, tmp_path_factory):
             sub(folder, released) if callable(sub) else nbformat.write(sub, folder / f"{SLUG}.ipynb")
         return write
 
-    # learners are graded in name order: the reference first and last, the untouched release after the attacks
+    # learners are graded in name order: the attacks, the untouched release, then the reference (its "before" is the
+    # kernel's own held-out verdict, written by the notebook's hidden test: grading it first as well cost ~2.5 min)
     attacks = [name for name in ATTACKS if IS_ROOT or name not in NEEDS_ROOT]
-    submissions = {"a_reference": reference, **{f"b_{name}": attack(name) for name in attacks},
-                   "y_untouched": None, "z_reference": reference}
+    submissions = {**{f"b_{name}": attack(name) for name in attacks}, "y_untouched": None, "z_reference": reference}
     before = {name: _sha(path) for name, path in guarded.items()}
     rows = grade_class(SLUG, submissions, tmp_path, monkeypatch)
     grade.print_table(rows, SLUG)  # shown with `pytest -s`: every attack, its score, the grader's seconds, why
@@ -215,17 +216,17 @@ def graded_class(executed_solution, tmp_path_factory):
             "workdir": workdir}
 
 
-def test_the_reference_earns_full_marks_first_and_last_with_the_same_verdict(graded_class):
-    rows = graded_class["rows"]
-    first, last = rows["a_reference"], rows["z_reference"]
-    assert first["total"] == first["max"] == 8, first["why"]
+def test_the_reference_earns_full_marks_after_every_attack_with_the_kernels_verdict(graded_class):
+    last = graded_class["rows"]["z_reference"]
     assert last["total"] == last["max"] == 8, last["why"]
-    for test in TESTS.values():
-        a, z = (dict(r["verdicts"][test]["metrics"]) for r in (first, last))
-        a.pop("grading_seconds"), z.pop("grading_seconds")
-        assert a == z, (test, a, z)  # graded exactly as alone: the attacks in between changed nothing
-    kernel = json.loads((graded_class["workdir"] / "artifacts" / SLUG / "training.json").read_text())
-    assert first["verdicts"]["sft_final_outcome"]["metrics"]["train_losses"] == pytest.approx(kernel["losses"], rel=1e-5)
+    artifacts = graded_class["workdir"] / "artifacts" / SLUG
+    kernel = json.loads((artifacts / "heldout_verdict.json").read_text())  # the hidden test's run, before any attack
+    graded = last["verdicts"][TESTS[SETUP]]["metrics"]
+    assert kernel["passed"] and kernel["metrics"] and set(kernel["metrics"]) <= set(graded), (kernel, graded)
+    for name, value in kernel["metrics"].items():  # graded exactly as alone: the attacks before it changed nothing
+        assert graded[name] == pytest.approx(value, rel=1e-4), (name, value, graded[name])
+    trained = json.loads((artifacts / "training.json").read_text())
+    assert graded["train_losses"] == pytest.approx(trained["losses"], rel=1e-5)
 
 
 def test_the_untouched_release_earns_zero_after_every_attack(graded_class):
@@ -273,7 +274,7 @@ def test_the_secret_reaches_no_learner_and_no_feedback(graded_class):
              if p.is_file() and p.suffix in (".ipynb", ".html")]
     texts.append(json.dumps({k: v for k, v in graded_class["rows"].items() if not k.startswith("_")}))
     assert texts and not [form for form in forms for text in texts if form in text]
-    feedback = (tmp / "feedback" / "a_reference" / SLUG / f"{SLUG}.html").read_text()
+    feedback = (tmp / "feedback" / "z_reference" / SLUG / f"{SLUG}.html").read_text()
     assert "check_in_kernel(" not in feedback and "assert_outcome(" not in feedback  # hidden tests stay hidden
     assert "graded by the course" in feedback
 
