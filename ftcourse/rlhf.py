@@ -182,8 +182,9 @@ def lab_pool(model, tokenizer, questions: Sequence[Question], replies: Sequence[
 RATERS = ("judge", "longer", "shorter")
 
 
-def rater_pick(rater: str, question: Question, a: str, b: str, rng: random.Random) -> str:
-    """A scripted rater's click: "judge" follows the judge, "longer" / "shorter" go by word count; ties: a coin."""
+def rater_preference(rater: str, question: Question, a: str, b: str) -> int:
+    """What a scripted rater thinks of reply A against B: 1 (A better), -1 (B better) or 0 (no preference).
+    "judge" follows the judge's score, "longer" / "shorter" go by word count."""
     if rater == "judge":
         key = lambda r: judge(question, r)
     elif rater in ("longer", "shorter"):
@@ -191,7 +192,13 @@ def rater_pick(rater: str, question: Question, a: str, b: str, rng: random.Rando
     else:
         raise ValueError(f"rater must be one of {RATERS}, got {rater!r}")
     ka, kb = key(a), key(b)
-    return "A" if ka > kb else "B" if kb > ka else rng.choice("AB")
+    return (ka > kb) - (ka < kb)
+
+
+def rater_pick(rater: str, question: Question, a: str, b: str, rng: random.Random) -> str:
+    """A scripted rater's click: "A" or "B" as `rater_preference` says; with no preference (a tie), a coin."""
+    preference = rater_preference(rater, question, a, b)
+    return "A" if preference > 0 else "B" if preference < 0 else rng.choice("AB")
 
 
 class BradleyTerryLab:
@@ -201,9 +208,12 @@ class BradleyTerryLab:
     (winner, loser) pair and runs `steps_per_click` Adam steps of the Bradley-Terry loss
     -log sigmoid(r_winner - r_loser) over every pair so far; the loss of each step is kept. `agreement()` is the
     share of held-out reply pairs (different judge scores) that the head orders as the judge does (a tie: half).
+
+    The learning rate (1e-3) is small enough that a click's steps show on the loss curve: on the course's pool the
+    first click takes the loss from 0.69 to about 0.05 in its 8 steps (at 0.05 it reached 0.000 in one or two).
     """
 
-    def __init__(self, pool: LabPool, n_train: int, steps_per_click: int = 8, learning_rate: float = 0.05,
+    def __init__(self, pool: LabPool, n_train: int, steps_per_click: int = 8, learning_rate: float = 1e-3,
                  seed: int = 0):
         import torch
 
@@ -289,12 +299,21 @@ class BradleyTerryLab:
             rows.append((self.pool.replies[q][best], float(rewards[q, best]), self.pool.scores[q][best]))
         return rows
 
-    def scripted(self, rater: str, clicks: int) -> "BradleyTerryLab":
-        """`clicks` picks by a scripted rater (headless runs: papermill, tests)."""
+    def scripted(self, rater: str, clicks: int, skip_ties: bool = False) -> "BradleyTerryLab":
+        """`clicks` picks by a scripted rater (headless runs: papermill, tests). A pair the rater has no preference
+        on (a tie) gets a coin flip, or with `skip_ties` is passed over unclicked and the next pair drawn."""
         rng = random.Random(self.seed + 1)
-        for _ in range(clicks):
+        passed, target = 0, len(self.picks) + clicks
+        while len(self.picks) < target:
             prompt, a, b = self.shown()
-            self.click(rater_pick(rater, self.pool.questions[self.pending[0]], a, b, rng))
+            question = self.pool.questions[self.pending[0]]
+            if skip_ties and rater_preference(rater, question, a, b) == 0:
+                passed += 1
+                if passed > 1000:
+                    raise ValueError(f"rater {rater!r} has no preference on any pair the pool shows: nothing to click")
+                self.pending = self._draw()
+                continue
+            self.click(rater_pick(rater, question, a, b, rng))
         return self
 
 

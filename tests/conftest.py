@@ -146,9 +146,18 @@ STATED_CLAIMS = {
          lambda r: r["rl_reward_off"] > r["rl_reward_base"] and r["rl_judge_off"] < r["rl_judge_base"]),
         ("with the penalty on, the KL stayed small and the judge's score near the base model's",
          lambda r: r["rl_kl_on"] < r["rl_kl_off"] / 3 and r["rl_judge_on"] >= r["rl_judge_base"] - 0.1),
-        ("the lab's head learns its rater's clicks, and the judge's clicks teach only part of the judge's ranking",
-         lambda r: r["lab_loss_last_judge"] < r["lab_loss_first_judge"] / 10 and 0.5 < r["lab_agreement_judge"] < 0.9),
-        ("on this pool, the longer-reply rater's head agrees with the judge more (the hacked short replies are wrong)",
+        ("the lab's first click takes the loss from log 2 to under a tenth of it in its steps",
+         lambda r: r["lab_loss_first_click_judge"] < r["lab_loss_first_judge"] / 10),
+        ("every lab head ends far below log 2: it learned its rater's clicks",
+         lambda r: r["lab_loss_last_max"] < r["lab_loss_first_judge"] / 4),
+        ("early on (from the first click here) every head agrees with the judge on most held-out pairs",
+         lambda r: r["lab_agreement_best_min"] >= 0.9),
+        ("the judge rater's coin flips on ties are learned: its agreement falls from its best, and passing ties over "
+         "keeps it higher", lambda r: r["lab_tie_clicks_judge"] > 0 and r["lab_agreement_judge"] < r["lab_agreement_best_judge"]
+         and r["lab_agreement_judge_no_ties"] > r["lab_agreement_judge"]),
+        ("even without ties the judge's clicks teach only part of the judge's ranking",
+         lambda r: 0.5 < r["lab_agreement_judge"] and r["lab_agreement_judge_no_ties"] < 0.9),
+        ("on this pool, the longer-reply rater's head agrees with the judge more than the judge's own clicks",
          lambda r: r["lab_agreement_longer"] > r["lab_agreement_judge"]),
     ],
 }

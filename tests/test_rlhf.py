@@ -108,7 +108,8 @@ def _toy_pool(n_questions=12, n_replies=3):
 
 
 def test_each_click_trains_the_bradley_terry_head_and_a_judge_rater_teaches_the_judge():
-    lab = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=5)
+    # the toy pool's 8 features take a larger step than the course pool's 576 (the default rate is set for those)
+    lab = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=5, learning_rate=0.05)
     assert lab.agreements == [0.5] and lab.rewards().abs().sum() == 0  # an untrained head ties everything
     prompt, a, b = lab.shown()
     assert prompt.startswith(prefs.INSTRUCTION) and a != b
@@ -116,12 +117,33 @@ def test_each_click_trains_the_bradley_terry_head_and_a_judge_rater_teaches_the_
     assert len(lab.picks) == 12 and len(lab.losses) == 60 and len(lab.agreements) == 13
     assert lab.losses[-1] < lab.losses[0] and lab.agreements[-1] == 1.0
     assert "held-out agreement with the judge 1.00" in rlhf.rlhf_lab_text(lab)
-    shorter = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=5).scripted("shorter", 12)
+    shorter = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=5, learning_rate=0.05).scripted("shorter", 12)
     assert shorter.agreements[-1] < lab.agreements[-1]  # a head learns its rater, not the judge
+    lab.scripted("judge", 3)
+    assert len(lab.picks) == 15  # `clicks` more picks
     with pytest.raises(ValueError, match="'A' or 'B'"):
         lab.click("C")
     with pytest.raises(ValueError, match="rater must be one of"):
         rlhf.rater_pick("loud", prefs.make_questions(1, 0)[0], "a", "b", random.Random(0))
+
+
+def test_a_rater_without_preference_flips_a_coin_or_with_skip_ties_passes_the_pair_over():
+    question = prefs.make_questions(1, 0)[0]
+    right, wrong = f"There are {question.answer}.", f"There are {question.answer + 1}."
+    assert rlhf.rater_preference("judge", question, right, wrong) == 1
+    assert rlhf.rater_preference("judge", question, wrong, right) == -1
+    assert rlhf.rater_preference("judge", question, right, f"{question.answer}") == 0  # both right and brief
+    assert rlhf.rater_preference("longer", question, "a b c", "a b") == 1
+    assert {rlhf.rater_pick("judge", question, right, right + " ", random.Random(s)) for s in range(20)} == {"A", "B"}
+    pool = _toy_pool()
+    skipped = rlhf.BradleyTerryLab(pool, n_train=8, steps_per_click=5).scripted("judge", 12, skip_ties=True)
+    for q, winner, loser in skipped.picks:  # every click was a real preference, none a coin
+        assert pool.scores[q][winner] > pool.scores[q][loser], (q, winner, loser)
+    assert len(skipped.picks) == 12
+    tied = rlhf.LabPool(pool.questions, [["same", "same words"]] * len(pool.questions), pool.features[:, :2],
+                        [[1.0, 1.0]] * len(pool.questions))
+    with pytest.raises(ValueError, match="no preference on any pair"):
+        rlhf.BradleyTerryLab(tied, n_train=8).scripted("judge", 1, skip_ties=True)
 
 
 def test_the_lab_figure_and_widget_draw_and_a_click_redraws():

@@ -450,30 +450,55 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # the loss curve and the head's ranking of the replies to **held-out** questions, compared with the judge's,
 # are redrawn after every click.
 #
-# Headless (papermill, CI), scripted raters click instead: one follows the judge, one prefers the longer
-# reply. The figure is their runs.
+# Headless (papermill, CI), scripted raters click instead, 30 clicks each: one follows the judge, one prefers
+# the longer reply. Shown two replies the judge scores the same (both right and brief, or both wrong), the
+# judge rater has no preference but must click, so it flips a coin; a third run is the same rater passing
+# such ties over, unclicked. One change between the first two runs: whether the coin flips are clicked.
+# The figure is the three runs.
 
 # %%
 lab_questions = heldout_questions
 lab_replies = [[rl_replies[label][i][0] for label in rl_replies] for i in range(len(lab_questions))]
 pool = rlhf.lab_pool(reward_model, tokenizer, lab_questions, lab_replies)
-scripted = {rater: rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted(rater, 30) for rater in ("judge", "longer")}
+LAB_CLICKS = 30
+scripted = {"judge": rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted("judge", LAB_CLICKS),
+            "judge, ties passed over": rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted("judge", LAB_CLICKS,
+                                                                                                    skip_ties=True),
+            "longer": rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted("longer", LAB_CLICKS)}
 for rater, lab in scripted.items():
-    print(f"rater {rater!r}: held-out agreement with the judge {lab.agreements[0]:.2f} -> {lab.agreements[-1]:.2f} "
-          f"after {len(lab.picks)} clicks; loss {lab.losses[0]:.3f} -> {lab.losses[-1]:.3f}")
+    ties = sum(pool.scores[q][w] == pool.scores[q][l] for q, w, l in lab.picks)
+    print(f"rater {rater!r}: held-out agreement with the judge {lab.agreements[0]:.2f} -> {max(lab.agreements):.2f} "
+          f"at best -> {lab.agreements[-1]:.2f} after {len(lab.picks)} clicks ({ties} of them on pairs the judge ties); "
+          f"loss {lab.losses[0]:.3f}, {lab.losses[lab.steps_per_click - 1]:.3f} after the first click, "
+          f"{lab.losses[-1]:.3f} at the end")
 rlhf.rlhf_lab_figure(scripted);
 
 # %% [markdown]
-# Both heads learn their rater's clicks (the loss falls to near zero), and what they learn is limited by
-# what the features can express. The head that learned from clicks that follow the judge exactly agrees with
-# the judge on only part of the held-out pairs: the features are your reward model's, and §3 found it never
-# learned to check a count against the list, so "right number" is not a direction a linear head can find in
-# them. The head of the rater who prefers longer replies agrees with the judge *more* here, for a reason in
-# the pool: the hacked policy of §4 answers in three words and is usually wrong, while the base model's and
-# the penalised policy's longer replies are right more often. On these replies "longer" is a good proxy for
-# "right"; on §1's padded pairs it is the opposite. A rater's habit is learned as faithfully as their
-# judgement, and whether it helps depends on the replies it meets: the same reason a reward model needs
-# comparisons of the *current* policy's replies, not only of the replies it was trained on.
+# Each click's gradient steps show on the loss curve: the first click's eight steps take the loss from
+# $\log 2 \approx 0.69$ (an untrained head ties every pair) down to under a tenth of it, and each later click raises it
+# where the new pair is one the head orders wrongly, then lowers it again. Every head ends far below
+# $\log 2$: it learned its rater's clicks, whatever they were.
+#
+# What the clicks taught is in the right panel. The first pair shown happens to be one where the better
+# reply is the longer one, and so are most held-out pairs here (the hacked policy of §4 answers in three
+# words and is usually wrong, while the base model's and the penalised policy's longer replies are right
+# more often), so every head agrees with the judge on most held-out pairs from its first click on. Then the
+# runs part:
+# - **The coin flips are learned too.** The judge rater's clicks on ties (printed above) are coin flips,
+#   and some of them say "the shorter reply is better" between two right replies; the head fits them as
+#   faithfully as the real preferences, and its held-out agreement falls. Passing the ties over (one change)
+#   keeps it higher. A rater's noise is training data: real preference data sets let raters say "tie" or
+#   drop such pairs for this reason.
+# - **The features limit what even clean clicks teach.** Passing ties over, the judge rater's head still
+#   agrees with the judge on only part of the held-out pairs: some clicks prefer a right three-word reply to
+#   a wrong longer one, the opposite of the length rule that ranks most held-out pairs, and the head cannot
+#   learn the rule behind them, "the number is right", from these features. They are your reward model's,
+#   and §3 found it never learned to check a count against the list.
+# - **A habit can beat judgement on a given pool.** The rater who prefers longer replies agrees with the
+#   judge *more* than the judge's own clicks do here: on these replies "longer" is a good proxy for "right";
+#   on §1's padded pairs it is the opposite. Whether a rater's habit helps depends on the replies it meets:
+#   the same reason a reward model needs comparisons of the *current* policy's replies, not only of the
+#   replies it was trained on.
 #
 # Your turn: click. The readout shows how many clicks you gave, the loss, and the held-out agreement.
 
@@ -493,7 +518,13 @@ write_results("06_reward_models_rlhf", base_metric=worst(before["by_kind"]),
               rl_right_base=base_scores["right"], rl_right_off=off["right"], rl_right_on=on["right"],
               rl_kl_off=off["kl_last_step"], rl_kl_on=on["kl_last_step"],
               lab_agreement_judge=scripted["judge"].agreements[-1], lab_agreement_longer=scripted["longer"].agreements[-1],
-              lab_loss_first_judge=scripted["judge"].losses[0], lab_loss_last_judge=scripted["judge"].losses[-1])
+              lab_agreement_judge_no_ties=scripted["judge, ties passed over"].agreements[-1],
+              lab_agreement_best_judge=max(scripted["judge"].agreements),
+              lab_agreement_best_min=min(max(lab.agreements) for lab in scripted.values()),
+              lab_loss_first_judge=scripted["judge"].losses[0], lab_loss_last_judge=scripted["judge"].losses[-1],
+              lab_loss_first_click_judge=scripted["judge"].losses[scripted["judge"].steps_per_click - 1],
+              lab_loss_last_max=max(lab.losses[-1] for lab in scripted.values()),
+              lab_tie_clicks_judge=sum(pool.scores[q][w] == pool.scores[q][l] for q, w, l in scripted["judge"].picks))
 print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 
 # %% [markdown]
