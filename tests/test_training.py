@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+from conftest import keep_first_layers
 
 from ftcourse.presets import get_preset
 from ftcourse.tasks import make_date_examples
@@ -77,14 +78,6 @@ def test_plain_prompt_format_dataset():
         to_prompt_completion([Example("Q?", "A")], "alpaca")
 
 
-def _keep_first_layers(model, n: int) -> None:
-    """Truncate a causal LM to its first `n` decoder layers, in place (its config says so too)."""
-    model.model.layers = model.model.layers[:n]
-    model.config.num_hidden_layers = n
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:n]
-
-
 @pytest.mark.parametrize("bf16", [False, True])
 def test_the_completion_only_loss_equals_trls(tmp_path, bf16):
     """The CPU preset's trainer computes SFTTrainer's loss (mean NLL of the completion tokens) and its gradients,
@@ -102,7 +95,7 @@ def test_the_completion_only_loss_equals_trls(tmp_path, bf16):
     for name, cls in (("trl", SFTTrainer), ("completion_only", completion_only_trainer())):
         model, tokenizer = load_model_and_tokenizer()
         if bf16:  # a CPU without AVX512-BF16 emulates bf16 matmuls (~12x slower): the first 6 of 30 layers suffice
-            _keep_first_layers(model, 6)  # to compare two loss computations, which only differ at the LM head
+            keep_first_layers(model, 6)  # to compare two loss computations, which only differ at the LM head
         torch.manual_seed(0)
         trainer = cls(model=model, args=sft_config(setup, preset, tmp_path / name), train_dataset=dataset,
                       processing_class=tokenizer, peft_config=lora_config(setup))
