@@ -182,6 +182,23 @@ def lab_pool(model, tokenizer, questions: Sequence[Question], replies: Sequence[
 RATERS = ("judge", "longer", "shorter")
 
 
+def judged_pairs(pool: LabPool, questions: range) -> list[tuple[int, int, int]]:
+    """(question, i, j) for every pair of replies to `questions` that the judge scores differently."""
+    return [(q, i, j) for q in questions for i in range(len(pool.scores[q])) for j in range(i + 1, len(pool.scores[q]))
+            if pool.scores[q][i] != pool.scores[q][j]]
+
+
+def rater_agreement(pool: LabPool, rater: str, questions: range) -> float:
+    """A scripted rater's own rule on the judged pairs of `questions`: the share it orders as the judge does (no
+    preference: half). What a head that learned the rule exactly would score."""
+    pairs = judged_pairs(pool, questions)
+    agree = 0.0
+    for q, i, j in pairs:
+        preference = rater_preference(rater, pool.questions[q], pool.replies[q][i], pool.replies[q][j])
+        agree += 0.5 if preference == 0 else float((preference > 0) == (pool.scores[q][i] > pool.scores[q][j]))
+    return agree / len(pairs) if pairs else float("nan")
+
+
 def rater_preference(rater: str, question: Question, a: str, b: str) -> int:
     """What a scripted rater thinks of reply A against B: 1 (A better), -1 (B better) or 0 (no preference).
     "judge" follows the judge's score, "longer" / "shorter" go by word count."""
@@ -274,21 +291,18 @@ class BradleyTerryLab:
         self.pending = self._draw()
         return self.losses[-1]
 
+    def heldout(self) -> range:
+        """The held-out questions: those after the first `n_train`."""
+        return range(self.n_train, len(self.pool.questions))
+
     def agreement(self, questions: range | None = None) -> float:
         """Share of reply pairs (different judge scores) of the held-out questions ordered as the judge orders them."""
         rewards = self.rewards()
-        right = total = 0
-        for q in questions or range(self.n_train, len(self.pool.questions)):
-            s = self.pool.scores[q]
-            for i in range(len(s)):
-                for j in range(i + 1, len(s)):
-                    if s[i] != s[j]:
-                        total += 1
-                        if rewards[q, i] == rewards[q, j]:
-                            right += 0.5  # a tie is a coin
-                        else:
-                            right += (rewards[q, i] > rewards[q, j]).item() == (s[i] > s[j])
-        return right / total if total else float("nan")
+        pairs = judged_pairs(self.pool, questions or self.heldout())
+        right = sum(0.5 if rewards[q, i] == rewards[q, j] else  # a tie is a coin
+                    float((rewards[q, i] > rewards[q, j]).item() == (self.pool.scores[q][i] > self.pool.scores[q][j]))
+                    for q, i, j in pairs)
+        return right / len(pairs) if pairs else float("nan")
 
     def top_replies(self, k: int = 3) -> list[tuple[str, float, float]]:
         """For the first k held-out questions: the reply the head ranks first, its reward and its judge score."""
@@ -336,6 +350,7 @@ def rlhf_lab_figure(labs: dict):
         left.plot(range(1, len(lab.losses) + 1), lab.losses, label=name)
         right.plot(range(len(lab.agreements)), lab.agreements, marker=".", label=name)
     left.set(xlabel="gradient step", ylabel="Bradley-Terry loss", title="loss while clicking")
+    left.legend(loc="upper right", fontsize=8)
     right.axhline(0.5, color="grey", lw=0.8, ls=":")
     right.set(xlabel="clicks", ylabel="agreement with the judge", ylim=(0, 1), title="held-out ranking")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))  # clicks are whole

@@ -160,15 +160,17 @@ STATED_CLAIMS = {
          lambda r: r["lab_loss_first_click_judge"] < r["lab_loss_first_judge"] / 10),
         ("every lab head ends far below log 2: it learned its rater's clicks",
          lambda r: r["lab_loss_last_max"] < r["lab_loss_first_judge"] / 4),
-        ("early on (from the first click here) every head agrees with the judge on most held-out pairs",
-         lambda r: r["lab_agreement_best_min"] >= 0.9),
-        ("the judge rater's coin flips on ties are learned: its agreement falls from its best, and passing ties over "
-         "keeps it higher", lambda r: r["lab_tie_clicks_judge"] > 0 and r["lab_agreement_judge"] < r["lab_agreement_best_judge"]
-         and r["lab_agreement_judge_no_ties"] > r["lab_agreement_judge"]),
-        ("even without ties the judge's clicks teach only part of the judge's ranking",
-         lambda r: 0.5 < r["lab_agreement_judge"] and r["lab_agreement_judge_no_ties"] < 0.9),
-        ("on this pool, the longer-reply rater's head agrees with the judge more than the judge's own clicks",
-         lambda r: r["lab_agreement_longer"] > r["lab_agreement_judge"]),
+        ("from its first click every head agrees with the judge on most held-out pairs",
+         lambda r: r["lab_agreement_first_click_min"] >= 0.9),
+        ("the length rule alone orders most held-out pairs as the judge does",
+         lambda r: r["lab_length_rule_agreement"] >= 0.8),
+        ("the coin flips cost agreement: the same real clicks without them agree more than with them",
+         lambda r: r["lab_same_real_clicks"] and r["lab_tie_clicks_judge"] > 0
+         and r["lab_agreement_same_real_clicks"] > r["lab_agreement_judge"]),
+        ("even clean clicks teach only part of the ranking: the ties-passed-over head ends below its first click",
+         lambda r: 0.5 < r["lab_agreement_judge_no_ties"] < r["lab_agreement_no_ties_first_click"]),
+        ("on this pool, the longer-reply rater's head ends above either judge run",
+         lambda r: r["lab_agreement_longer"] > max(r["lab_agreement_judge"], r["lab_agreement_judge_no_ties"])),
     ],
 }
 

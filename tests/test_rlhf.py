@@ -146,6 +146,19 @@ def test_a_rater_without_preference_flips_a_coin_or_with_skip_ties_passes_the_pa
         rlhf.BradleyTerryLab(tied, n_train=8).scripted("judge", 1, skip_ties=True)
 
 
+def test_the_judged_pairs_and_a_raters_own_agreement_with_the_judge():
+    pool = _toy_pool()  # replies: the answer (right, brief), "Some." (wrong), the answer padded (right, 0.5)
+    pairs = rlhf.judged_pairs(pool, range(2))
+    assert pairs == [(0, 0, 1), (0, 0, 2), (0, 1, 2), (1, 0, 1), (1, 0, 2), (1, 1, 2)]  # all three differ
+    # "longer" orders (right 1 word vs "Some." 1 word) as a tie: half; padded over the other two: wrong for the
+    # brief right reply, right against "Some."; so 0.5 + 0 + 1 per question
+    assert rlhf.rater_agreement(pool, "longer", range(2)) == pytest.approx(1.5 / 3)
+    assert rlhf.rater_agreement(pool, "judge", range(2)) == 1.0
+    lab = rlhf.BradleyTerryLab(pool, n_train=8)
+    assert list(lab.heldout()) == list(range(8, len(pool.questions)))
+    assert lab.agreement() == 0.5  # an untrained head ties every judged pair
+
+
 def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     import matplotlib
 

@@ -451,10 +451,11 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # are redrawn after every click.
 #
 # Headless (papermill, CI), scripted raters click instead, 30 clicks each: one follows the judge, one prefers
-# the longer reply. Shown two replies the judge scores the same (both right and brief, or both wrong), the
-# judge rater has no preference but must click, so it flips a coin; a third run is the same rater passing
-# such ties over, unclicked. One change between the first two runs: whether the coin flips are clicked.
-# The figure is the three runs.
+# the longer reply. Shown two replies the judge scores the same (both right and brief, both right and
+# padded, or both wrong), the judge rater has no preference but must click, so it flips a coin; a third run
+# is the same rater passing such ties over, unclicked. All three are shown the same pairs in the same order,
+# so the third run's first clicks are exactly the judge run's real preferences, without its coin flips: one
+# change. The figure is the three runs.
 
 # %%
 lab_questions = heldout_questions
@@ -465,41 +466,54 @@ scripted = {"judge": rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted(
             "judge, ties passed over": rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted("judge", LAB_CLICKS,
                                                                                                     skip_ties=True),
             "longer": rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED).scripted("longer", LAB_CLICKS)}
+is_tie = lambda pick: pool.scores[pick[0]][pick[1]] == pool.scores[pick[0]][pick[2]]  # noqa: E731
 for rater, lab in scripted.items():
-    ties = sum(pool.scores[q][w] == pool.scores[q][l] for q, w, l in lab.picks)
-    print(f"rater {rater!r}: held-out agreement with the judge {lab.agreements[0]:.2f} -> {max(lab.agreements):.2f} "
-          f"at best -> {lab.agreements[-1]:.2f} after {len(lab.picks)} clicks ({ties} of them on pairs the judge ties); "
-          f"loss {lab.losses[0]:.3f}, {lab.losses[lab.steps_per_click - 1]:.3f} after the first click, "
-          f"{lab.losses[-1]:.3f} at the end")
+    print(f"rater {rater!r}: held-out agreement with the judge {lab.agreements[0]:.2f}, {lab.agreements[1]:.2f} after "
+          f"the first click, {lab.agreements[-1]:.2f} after {len(lab.picks)} ({sum(map(is_tie, lab.picks))} of them on "
+          f"pairs the judge ties); loss {lab.losses[0]:.3f}, {lab.losses[lab.steps_per_click - 1]:.3f} after the first "
+          f"click, {lab.losses[-1]:.3f} at the end")
+judge_lab, clean_lab = scripted["judge"], scripted["judge, ties passed over"]
+real_picks = [pick for pick in judge_lab.picks if not is_tie(pick)]
+same_clicks = clean_lab.picks[:len(real_picks)] == real_picks
+print(f"The judge run's {len(real_picks)} real preferences are the first {len(real_picks)} clicks of the run that passes "
+      f"ties over ({'the same pairs, same order' if same_clicks else 'NOT the same pairs'}): agreement there "
+      f"{clean_lab.agreements[len(real_picks)]:.2f}, with the {len(judge_lab.picks) - len(real_picks)} coin flips added "
+      f"{judge_lab.agreements[-1]:.2f}.")
+heldout_pairs = len(rlhf.judged_pairs(pool, judge_lab.heldout()))
+length_rule = rlhf.rater_agreement(pool, "longer", judge_lab.heldout())
+print(f"{heldout_pairs} held-out pairs the judge scores differently (one pair is {1 / heldout_pairs:.3f} of agreement); "
+      f"the rule 'the longer reply is better' (equal lengths: half) orders {length_rule:.2f} of them as the judge does.")
 rlhf.rlhf_lab_figure(scripted);
 
 # %% [markdown]
 # Each click's gradient steps show on the loss curve: the first click's eight steps take the loss from
-# $\log 2 \approx 0.69$ (an untrained head ties every pair) down to under a tenth of it, and each later click raises it
-# where the new pair is one the head orders wrongly, then lowers it again. Every head ends far below
-# $\log 2$: it learned its rater's clicks, whatever they were.
+# $\log 2 \approx 0.69$ (an untrained head ties every pair) down to under a tenth of it, and each later click
+# raises it where the new pair is one the head does not yet order the rater's way, then lowers it again.
+# Every head ends far below $\log 2$: it learned its rater's clicks, whatever they were.
 #
 # What the clicks taught is in the right panel. The first pair shown happens to be one where the better
-# reply is the longer one, and so are most held-out pairs here (the hacked policy of §4 answers in three
-# words and is usually wrong, while the base model's and the penalised policy's longer replies are right
-# more often), so every head agrees with the judge on most held-out pairs from its first click on. Then the
-# runs part:
-# - **The coin flips are learned too.** The judge rater's clicks on ties (printed above) are coin flips,
-#   and some of them say "the shorter reply is better" between two right replies; the head fits them as
-#   faithfully as the real preferences, and its held-out agreement falls. Passing the ties over (one change)
-#   keeps it higher. A rater's noise is training data: real preference data sets let raters say "tie" or
-#   drop such pairs for this reason.
-# - **The features limit what even clean clicks teach.** Passing ties over, the judge rater's head still
-#   agrees with the judge on only part of the held-out pairs: some clicks prefer a right three-word reply to
-#   a wrong longer one, the opposite of the length rule that ranks most held-out pairs, and the head cannot
-#   learn the rule behind them, "the number is right", from these features. They are your reward model's,
-#   and §3 found it never learned to check a count against the list.
-# - **A habit can beat judgement on a given pool.** The rater who prefers longer replies agrees with the
-#   judge *more* than the judge's own clicks do here: on these replies "longer" is a good proxy for "right";
-#   on §1's padded pairs it is the opposite. Whether a rater's habit helps depends on the replies it meets:
-#   the same reason a reward model needs comparisons of the *current* policy's replies, not only of the
-#   replies it was trained on.
+# reply is the longer one, and so are most held-out pairs here: the length rule alone orders most of them as
+# the judge does (printed above), because the hacked policy of §4 answers in three words and is usually
+# wrong, while the base model's and the penalised policy's longer replies are right more often. So every
+# head agrees with the judge on most held-out pairs from its first click on. Then the runs part:
+# - **The coin flips cost agreement.** The judge rater's clicks on ties are coin flips, and the head fits
+#   them as faithfully as the real preferences. The same real preferences without the coin flips (the
+#   first clicks of the run that passes ties over, printed above) keep a higher held-out agreement than with
+#   them. A rater's noise is training data: real preference data sets let raters say "tie", or drop such
+#   pairs, for this reason.
+# - **Even clean clicks teach only part of the judge's ranking.** Passing ties over, the head ends below
+#   where its first click put it. Some of the judge's real preferences go against length (a right
+#   three-word reply over a wrong longer one, a brief right reply over a padded right one), and 30 clicks
+#   are too few for a head of 577 weights to find what such pairs have in common, that the number is right:
+#   fitting them costs held-out pairs that length alone ranks right.
+# - **A habit can beat judgement on a given pool.** The rater who prefers longer replies ends with a higher
+#   agreement than either judge run (by a few of the held-out pairs; one pair's share is printed above): on
+#   these replies "longer" is a good proxy for "right"; on §1's padded pairs it is the opposite. Whether a
+#   rater's habit helps depends on the replies it meets: the same reason a reward model needs comparisons of
+#   the *current* policy's replies, not only of the replies it was trained on.
 #
+# The lab below has no "tie" button: on two replies you find equally good you must pick one, which is the
+# judge rater's coin flip above; watch what it does to the held-out agreement.
 # Your turn: click. The readout shows how many clicks you gave, the loss, and the held-out agreement.
 
 # %%
@@ -519,8 +533,10 @@ write_results("06_reward_models_rlhf", base_metric=worst(before["by_kind"]),
               rl_kl_off=off["kl_last_step"], rl_kl_on=on["kl_last_step"],
               lab_agreement_judge=scripted["judge"].agreements[-1], lab_agreement_longer=scripted["longer"].agreements[-1],
               lab_agreement_judge_no_ties=scripted["judge, ties passed over"].agreements[-1],
-              lab_agreement_best_judge=max(scripted["judge"].agreements),
-              lab_agreement_best_min=min(max(lab.agreements) for lab in scripted.values()),
+              lab_agreement_first_click_min=min(lab.agreements[1] for lab in scripted.values()),
+              lab_agreement_no_ties_first_click=clean_lab.agreements[1],
+              lab_agreement_same_real_clicks=clean_lab.agreements[len(real_picks)], lab_same_real_clicks=same_clicks,
+              lab_length_rule_agreement=length_rule, lab_heldout_pairs=heldout_pairs,
               lab_loss_first_judge=scripted["judge"].losses[0], lab_loss_last_judge=scripted["judge"].losses[-1],
               lab_loss_first_click_judge=scripted["judge"].losses[scripted["judge"].steps_per_click - 1],
               lab_loss_last_max=max(lab.losses[-1] for lab in scripted.values()),
