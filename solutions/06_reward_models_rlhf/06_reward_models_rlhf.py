@@ -38,7 +38,7 @@
 #
 # **Prerequisites:** 03 (the recipe: `LoraConfig`, a trainer config, a trainer), 04 (LoRA).
 #
-# **Study time:** about 1 h 15 min: reading about 25 min (prose at 150 words and code at 15 lines a minute) and
+# **Study time:** about 1 h 25 min: reading about 35 min (prose at 150 words and code at 15 lines a minute) and
 # the 2 exercises about 50 min (the registry's estimate for each).
 #
 # **Machine time:** the README's course table gives the whole notebook's run time on the `cpu` preset (a
