@@ -322,11 +322,12 @@ class BradleyTerryLab:
             prompt, a, b = self.shown()
             question = self.pool.questions[self.pending[0]]
             if skip_ties and rater_preference(rater, question, a, b) == 0:
-                passed += 1
+                passed += 1  # in a row
                 if passed > 1000:
                     raise ValueError(f"rater {rater!r} has no preference on any pair the pool shows: nothing to click")
                 self.pending = self._draw()
                 continue
+            passed = 0
             self.click(rater_pick(rater, question, a, b, rng))
         return self
 
