@@ -531,16 +531,16 @@ write_results("06_reward_models_rlhf", base_metric=worst(before["by_kind"]),
               rl_judge_base=base_scores["judge"], rl_judge_off=off["judge"], rl_judge_on=on["judge"],
               rl_right_base=base_scores["right"], rl_right_off=off["right"], rl_right_on=on["right"],
               rl_kl_off=off["kl_last_step"], rl_kl_on=on["kl_last_step"],
-              lab_agreement_judge=scripted["judge"].agreements[-1], lab_agreement_longer=scripted["longer"].agreements[-1],
-              lab_agreement_judge_no_ties=scripted["judge, ties passed over"].agreements[-1],
+              lab_agreement_judge=judge_lab.agreements[-1], lab_agreement_longer=scripted["longer"].agreements[-1],
+              lab_agreement_judge_no_ties=clean_lab.agreements[-1],
               lab_agreement_first_click_min=min(lab.agreements[1] for lab in scripted.values()),
               lab_agreement_no_ties_first_click=clean_lab.agreements[1],
               lab_agreement_same_real_clicks=clean_lab.agreements[len(real_picks)], lab_same_real_clicks=same_clicks,
               lab_length_rule_agreement=length_rule, lab_heldout_pairs=heldout_pairs,
-              lab_loss_first_judge=scripted["judge"].losses[0], lab_loss_last_judge=scripted["judge"].losses[-1],
-              lab_loss_first_click_judge=scripted["judge"].losses[scripted["judge"].steps_per_click - 1],
+              lab_loss_first_judge=judge_lab.losses[0], lab_loss_last_judge=judge_lab.losses[-1],
+              lab_loss_first_click_judge=judge_lab.losses[judge_lab.steps_per_click - 1],
               lab_loss_last_max=max(lab.losses[-1] for lab in scripted.values()),
-              lab_tie_clicks_judge=sum(pool.scores[q][w] == pool.scores[q][l] for q, w, l in scripted["judge"].picks))
+              lab_tie_clicks_judge=len(judge_lab.picks) - len(real_picks))
 print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 
 # %% [markdown]
