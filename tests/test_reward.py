@@ -135,9 +135,14 @@ def test_exercise_6_2_refuses_what_it_would_not_train_before_training(change, na
 
 
 def test_exercise_6_2_padded_pairs_only_fail_on_held_out_kinds(learner_runtime, tmp_path):
-    """The skill of 6.2 is choosing the pairs: §3's demo data (padded pairs only) with the reference recipe trains,
-    and fails held-out no_count and echo pairs, where brevity points the wrong way."""
-    verdict = _grade_reward_setup(REFERENCE_SETUP.replace("('padded', 'no_count', 'echo')", "('padded',)"), tmp_path)
-    assert not verdict.passed and verdict.metrics["steps"] == 24, verdict
+    """The skill of 6.2 is choosing the pairs: §3's demo copied (padded pairs only, its LoRA on the top six layers'
+    attention, its 12 steps) trains, and fails held-out no_count and echo pairs, where brevity points the wrong way."""
+    demo = ("pair_kinds = ('padded',)\n"
+            "lora_config = LoraConfig(task_type='SEQ_CLS', r=preset.lora_r, lora_alpha=2 * preset.lora_r,"
+            " target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'], layers_to_transform=list(range(24, 30)))\n"
+            "reward_config = RewardConfig(output_dir='build/reward_demo', max_steps=12, learning_rate=1e-3, "
+            "lr_scheduler_type='constant', per_device_train_batch_size=4, seed=SEED, **REWARD_ARGS)\n")
+    verdict = _grade_reward_setup(demo, tmp_path)
+    assert not verdict.passed and verdict.metrics["steps"] == 12, verdict
     assert verdict.metrics["padded_accuracy"] >= 0.9
     assert min(verdict.metrics["no_count_accuracy"], verdict.metrics["echo_accuracy"]) < 0.9
