@@ -30,14 +30,19 @@ def test_general_text_is_long_enough():
     assert len(load_general_text().split()) >= 500
 
 
-def test_base_model_scores_well_above_chance(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
-    result = run_probe(model, tokenizer)
+@pytest.fixture(scope="module")
+def base_probe(model_and_tokenizer):
+    """The base model's probe, run once for the tests that read it."""
+    return run_probe(*model_and_tokenizer)
+
+
+def test_base_model_scores_well_above_chance(base_probe):
+    result = base_probe
     assert result.accuracy >= 0.5, f"base accuracy {result.accuracy:.3f}; chance is 0.25"
     assert 5 < result.perplexity < 60
 
 
-def test_probe_catches_a_damaged_model(model_and_tokenizer):
+def test_probe_catches_a_damaged_model(model_and_tokenizer, base_probe):
     """Noise in the weights (a stand-in for forgetting) must lower accuracy and raise perplexity."""
     import copy
 
@@ -49,6 +54,6 @@ def test_probe_catches_a_damaged_model(model_and_tokenizer):
     with torch.no_grad():
         for p in damaged.model.layers.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * p.std() * 0.5)
-    base, hurt = run_probe(model, tokenizer), run_probe(damaged, tokenizer)
+    base, hurt = base_probe, run_probe(damaged, tokenizer)
     assert hurt.accuracy < base.accuracy - 0.05
     assert hurt.perplexity > base.perplexity * 1.2
