@@ -1,0 +1,196 @@
+"""DPO (notebook 07): TRL's own DPO loss on given log-probabilities, and the log-probabilities of replies computed
+from scratch as `DPOTrainer` tokenizes them, under the policy or under the reference (the same model with its LoRA
+adapter switched off).
+
+Notebook 07 builds the recipe in view (PEFT's `LoraConfig`, TRL's `DPOConfig` and `DPOTrainer`); this module holds
+the instruments around it:
+- `dpo_trainer_loss`: `DPOTrainer`'s loss and the rewards it logs, computed by the trainer's own method on
+  sequence log-probabilities given instead of a model's: the library's result a from-scratch DPO loss is checked
+  against (as `preferences.reward_trainer_loss` does for the Bradley-Terry loss);
+- `reply_logps` / `pair_logps`: the summed log-probability of each reply given its prompt, tokenized as
+  `DPOTrainer` tokenizes a conversational pair; `reference=True` reads them with the adapter switched off, the
+  reference `DPOTrainer` uses for a PEFT model, so no second copy of the model is loaded;
+- `implicit_rewards`: DPO's reward, beta times the policy's log-ratio to the reference, for each reply of a pair.
+
+tests/test_dpo.py checks `pair_logps` and `dpo_trainer_loss` together against a real `DPOTrainer` batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .preferences import PreferencePair
+from .presets import Preset
+
+
+# ---------------------------------------------------------------- the library's loss on given log-probabilities
+
+def _as_vector(name: str, values, n: int | None = None):
+    import torch
+
+    tensor = torch.as_tensor(values)
+    if not torch.is_floating_point(tensor):
+        tensor = tensor.float()
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor with one value per pair, got shape {tuple(tensor.shape)}.")
+    if n is not None and tensor.shape[0] != n:
+        raise ValueError(f"{name} has {tensor.shape[0]} values, chosen_logps has {n}: one value per pair in each.")
+    return tensor
+
+
+def dpo_trainer_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
+    """TRL `DPOTrainer`'s loss (standard DPO: sigmoid loss, reverse KL) on given sequence log-probabilities, and
+    the metrics the trainer logs for that batch (`rewards/chosen`, `rewards/rejected`, `rewards/margins`,
+    `rewards/accuracies`, `logps/chosen`, `logps/rejected`).
+
+    The trainer's own `_compute_loss` runs, with the reference log-probabilities given as precomputed (TRL's
+    `precompute_ref_log_probs`) and a stand-in model whose per-token log-probabilities are each reply's sum on a
+    single completion token. The loss keeps the graph of the policy's log-probabilities given, so gradients can be
+    compared too.
+    """
+    import types
+    from collections import defaultdict
+
+    import torch
+    from trl import DPOTrainer
+
+    chosen = _as_vector("chosen_logps", chosen_logps)
+    n = chosen.shape[0]
+    rejected = _as_vector("rejected_logps", rejected_logps, n)
+    ref_chosen = _as_vector("ref_chosen_logps", ref_chosen_logps, n).detach()
+    ref_rejected = _as_vector("ref_rejected_logps", ref_rejected_logps, n).detach()
+    if n == 0:
+        raise ValueError("dpo_trainer_loss needs at least one pair.")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}.")
+    log_probs = torch.cat([chosen, rejected]).unsqueeze(-1)  # the batch is [chosen..., rejected...], as TRL's collator
+
+    class SequenceLogps(torch.nn.Module):
+        def forward(self, **_):
+            zeros = torch.zeros_like(log_probs.detach())
+            return types.SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
+                                         is_top1=torch.zeros_like(zeros, dtype=torch.bool))
+
+    trainer = DPOTrainer.__new__(DPOTrainer)  # only the loss is used: no model, data or accelerator set-up
+    trainer.model = SequenceLogps().train()
+    trainer.args = types.SimpleNamespace(gradient_checkpointing_kwargs=None)
+    trainer.accelerator = types.SimpleNamespace(device=log_probs.device, gather=lambda x: x,
+                                                gather_for_metrics=lambda x: x)
+    # DPOConfig's defaults for standard DPO (TRL 1.16): what DPOTrainer.__init__ copies from its config
+    trainer.beta, trainer.loss_types, trainer.loss_weights = float(beta), ["sigmoid"], [1.0]
+    trainer.f_divergence_type, trainer.ld_alpha, trainer.label_smoothing = "reverse_kl", None, 0.0
+    trainer.use_weighting, trainer.aux_loss_enabled, trainer.precompute_ref_logps = False, False, True
+    trainer._tp_size, trainer._total_train_tokens = 1, 0
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    inputs = {"input_ids": torch.zeros(2 * n, 2, dtype=torch.long),
+              "attention_mask": torch.ones(2 * n, 2, dtype=torch.long),
+              "completion_mask": torch.tensor([[0, 1]] * (2 * n)),
+              "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    loss = trainer.compute_loss(trainer.model, inputs)
+    metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()
+               if key.startswith(("rewards/", "logps/"))}
+    return loss, metrics
+
+
+# ---------------------------------------------------------------- log-probabilities of replies, from scratch
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def reply_tokens(tokenizer, prompt: str, reply: str) -> tuple[list[int], list[int]]:
+    """The prompt's and the reply's tokens as `DPOTrainer` tokenizes a conversational example: the chat template of
+    the user turn with the generation prompt, and of the whole conversation; the reply is what follows their common
+    prefix (it ends with the template's end-of-turn tokens, which are trained too)."""
+    if not isinstance(prompt, str) or not isinstance(reply, str):
+        raise TypeError(f"prompt and reply must be strings, got {type(prompt).__name__} and {type(reply).__name__}.")
+    user = [{"role": "user", "content": prompt}]
+    prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": reply}], tokenize=True,
+                                             return_dict=True)["input_ids"]
+    start = _common_prefix(prompt_ids, full_ids)
+    return list(full_ids[:start]), list(full_ids[start:])
+
+
+def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 16,
+                reference: bool = False):
+    """The summed log-probability of each reply given its prompt (a float32 tensor, one value per reply), from the
+    model's logits: log-softmax over the vocabulary, the log-probability of each reply token given the tokens
+    before it, summed over the reply; no gradient. Run it under the preset's autocast to match training.
+
+    `reference=True` reads a PEFT model as `DPOTrainer` reads its reference: with the adapters switched off (a new
+    adapter), or with the adapter named "ref" (the copy TRL keeps when it is given a model whose adapter was
+    already trained)."""
+    import torch
+
+    if len(prompts) != len(replies):
+        raise ValueError(f"one reply per prompt: got {len(prompts)} prompts and {len(replies)} replies.")
+    if reference and not hasattr(model, "peft_config"):
+        raise ValueError("reference=True needs a PEFT model (its adapter is switched off to read the reference); "
+                         f"got {type(model).__name__}.")
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [reply_tokens(tokenizer, p, r) for p, r in zip(prompts, replies)]
+    for i, (_, reply_ids) in enumerate(encoded):
+        if not reply_ids:
+            raise ValueError(f"reply {i} has no tokens after its prompt: {replies[i]!r}")
+    if reference:
+        from trl.trainer.utils import use_adapter
+
+        context = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+    else:
+        import contextlib
+
+        context = contextlib.nullcontext()
+    out = torch.zeros(len(encoded), dtype=torch.float32)
+    with context, torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            width = max(len(p) + len(r) for p, r in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            reply_mask = torch.zeros_like(ids, dtype=torch.bool)
+            for row, (p, r) in enumerate(chunk):
+                ids[row, :len(p) + len(r)] = torch.tensor(p + r)
+                attention[row, :len(p) + len(r)] = 1
+                reply_mask[row, len(p):len(p) + len(r)] = True
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
+            logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
+            token_logps = logps.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+            out[start:start + len(chunk)] = (token_logps * reply_mask[:, 1:].to(device)).sum(-1).cpu()
+    return out
+
+
+def pair_logps(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16, reference: bool = False):
+    """`reply_logps` of each pair's chosen and of its rejected reply: two tensors, in the pairs' order."""
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, PreferencePair):
+            raise TypeError(f"pair {i} must be a PreferencePair, got {type(pair).__name__}.")
+    prompts = [p.prompt for p in pairs]
+    both = reply_logps(model, tokenizer, prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                       batch_size=batch_size, reference=reference)
+    return both[:len(pairs)], both[len(pairs):]
+
+
+def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: float, batch_size: int = 16) -> dict:
+    """DPO's implicit reward of each pair's replies, beta * (log pi(y|x) - log pi_ref(y|x)), with the PEFT model's
+    adapter as the policy and the adapter switched off as the reference: lists `chosen` and `rejected`, their
+    mean `margin` and the share of pairs whose chosen reply gets the higher reward (`accuracy`)."""
+    chosen, rejected = pair_logps(model, tokenizer, pairs, batch_size)
+    ref_chosen, ref_rejected = pair_logps(model, tokenizer, pairs, batch_size, reference=True)
+    r_chosen, r_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+    return {"chosen": r_chosen.tolist(), "rejected": r_rejected.tolist(),
+            "margin": float((r_chosen - r_rejected).mean()), "accuracy": float((r_chosen > r_rejected).float().mean())}
+
+
+def preset_dpo_args(preset: Preset) -> dict:
+    """The `DPOConfig` arguments the machine fixes: `training.preset_machine_args` (precision, device, no activation
+    checkpointing, a loss logged per step, nothing saved)."""
+    from .training import preset_machine_args
+
+    return preset_machine_args(preset)

@@ -1,0 +1,116 @@
+"""Notebook 07's DPO instruments: the log-probabilities of replies from scratch and TRL's loss on given
+log-probabilities, together against a real DPOTrainer batch; a from-scratch DPO loss (as a learner writes it)
+against the library's, with its gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ftcourse import dpo
+from ftcourse import preferences as prefs
+
+
+def from_scratch_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta):
+    """What exercise 7.1 asks for: mean -log sigmoid(beta * (policy log-ratio - reference log-ratio))."""
+    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
+
+
+# A LoRA adapter initialised at random, so the policy differs from its reference (the adapter switched off)
+RANDOM_LORA = dict(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+
+
+def shallow_model():
+    """The course model cut to its first 2 decoder layers: the checks here do not depend on depth."""
+    from conftest import keep_first_layers
+    from ftcourse.models import load_model
+
+    model = load_model()
+    keep_first_layers(model, 2)
+    return model
+
+
+def test_reply_logps_and_the_library_loss_equal_a_real_dpo_trainer_batch(tokenizer, tmp_path):
+    """DPOTrainer given a new adapter (its reference: the adapter switched off, computed in the same step) on one
+    batch of 4 pairs of four kinds: its loss and its logged log-probabilities and rewards, recomputed from ours."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from ftcourse.presets import get_preset
+    from ftcourse.reward import preference_dataset
+
+    pairs = prefs.make_pairs(prefs.make_questions(4, 3), seed=3, kinds=("padded", "wrong", "padded_wrong", "echo"))
+    beta = 0.3
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, beta=beta, seed=0,
+                     **dpo.preset_dpo_args(get_preset("cpu")))
+    torch.manual_seed(0)
+    trainer = DPOTrainer(model=shallow_model(), args=args, train_dataset=preference_dataset(pairs),
+                         processing_class=tokenizer, peft_config=LoraConfig(**RANDOM_LORA))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, batch)
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+    model = trainer.model.eval()
+    chosen, rejected = dpo.pair_logps(model, tokenizer, pairs)
+    ref_chosen, ref_rejected = dpo.pair_logps(model, tokenizer, pairs, reference=True)
+    assert (chosen - ref_chosen).abs().max() > 0.05  # the random adapter moved the policy: the reference matters here
+    assert float(chosen.mean()) == pytest.approx(logged["logps/chosen"], abs=1e-3)
+    assert float(rejected.mean()) == pytest.approx(logged["logps/rejected"], abs=1e-3)
+    loss, metrics = dpo.dpo_trainer_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
+    assert float(loss) == pytest.approx(float(trl_loss), abs=1e-4)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert metrics[key] == pytest.approx(logged[key], abs=1e-4), key
+    rewards = dpo.implicit_rewards(model, tokenizer, pairs, beta)
+    assert rewards["margin"] == pytest.approx(logged["rewards/margins"], abs=1e-4)
+    assert rewards["accuracy"] == pytest.approx(logged["rewards/accuracies"])
+
+
+def test_the_reference_is_the_base_model_with_no_second_copy(tokenizer):
+    """reference=True reads the same weights as the model before LoRA, and the PEFT model holds one copy of the
+    base weights (its parameters are the base's plus the adapter's)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = shallow_model()
+    torch.manual_seed(0)
+    shallow_peft_model = get_peft_model(shallow_model(), LoraConfig(**RANDOM_LORA))
+    pairs = prefs.make_pairs(prefs.make_questions(2, 5), seed=5, kinds=("padded", "no_count"))
+    reference = dpo.pair_logps(shallow_peft_model, tokenizer, pairs, reference=True)
+    plain = dpo.pair_logps(base, tokenizer, pairs)
+    for a, b in zip(reference, plain):
+        assert torch.allclose(a, b, atol=1e-4)
+    adapter = sum(p.numel() for n, p in shallow_peft_model.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in shallow_peft_model.parameters()) == sum(p.numel() for p in base.parameters()) + adapter
+    with pytest.raises(ValueError, match="PEFT model"):
+        dpo.pair_logps(base, tokenizer, pairs, reference=True)
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0])
+def test_a_from_scratch_dpo_loss_and_its_gradients_equal_the_library_loss(beta):
+    generator = torch.Generator().manual_seed(int(beta * 100))
+    values = [-torch.rand(6, generator=generator) * 40 for _ in range(4)]
+    values[1][0] = values[0][0] + 400.0  # a confident mistake: the rejected reply far more likely under the policy
+    mine_inputs = [v.clone().requires_grad_(True) for v in values[:2]]
+    trl_inputs = [v.clone().requires_grad_(True) for v in values[:2]]
+    mine = from_scratch_dpo_loss(*mine_inputs, *values[2:], beta)
+    library, metrics = dpo.dpo_trainer_loss(*trl_inputs, *values[2:], beta=beta)
+    assert torch.isfinite(library) and float(mine) == pytest.approx(float(library), rel=1e-6)
+    mine.backward()
+    library.backward()
+    for a, b in zip(mine_inputs, trl_inputs):
+        assert torch.allclose(a.grad, b.grad, atol=1e-7)
+    margins = beta * ((values[0] - values[2]) - (values[1] - values[3]))
+    assert metrics["rewards/margins"] == pytest.approx(float(margins.mean()), rel=1e-5)
+    assert metrics["rewards/accuracies"] == pytest.approx(float((margins > 0).float().mean()))
+
+
+def test_bad_inputs_get_an_error_naming_the_argument():
+    good = torch.zeros(3)
+    with pytest.raises(ValueError, match="rejected_logps has 2 values"):
+        dpo.dpo_trainer_loss(good, torch.zeros(2), good, good)
+    with pytest.raises(ValueError, match="ref_chosen_logps must be a 1-D"):
+        dpo.dpo_trainer_loss(good, good, torch.zeros(3, 1), good)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        dpo.dpo_trainer_loss(good, good, good, good, beta=0.0)
+    with pytest.raises(TypeError, match="pair 1 must be a PreferencePair"):
+        dpo.pair_logps(None, None, [prefs.make_pairs(prefs.make_questions(1, 0), 0, ("padded",))[0], ("a", "b")])
