@@ -10,7 +10,13 @@ the instruments around it:
 - `reply_logps` / `pair_logps`: the summed log-probability of each reply given its prompt, tokenized as
   `DPOTrainer` tokenizes a conversational pair; `reference=True` reads them with the adapter switched off, the
   reference `DPOTrainer` uses for a PEFT model, so no second copy of the model is loaded;
-- `implicit_rewards`: DPO's reward, beta times the policy's log-ratio to the reference, for each reply of a pair.
+- `implicit_rewards`: DPO's reward, beta times the policy's log-ratio to the reference, for each reply of a pair;
+- `style_pairs`: pairs in the course model's own style of reply ("There are N pears in total."), chosen and
+  rejected differing only in the count: the in-distribution pairs DPO learns from in a few steps (pairs in a
+  template the model does not use pull it out of its distribution; see `preferences.make_pairs`);
+- `train_dpo`: the packaged mirror of the DPO recipe (`DPOTrainer` with a `LoraConfig` and a `DPOConfig`);
+- `policy_scores`: a policy's greedy replies to questions, the judge's score of them, and their log-ratio to the
+  reference (a KL estimate on the policy's own replies).
 
 tests/test_dpo.py checks `pair_logps` and `dpo_trainer_loss` together against a real `DPOTrainer` batch.
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .preferences import PreferencePair
+from .preferences import PreferencePair, Question, judge, wrong_count
 from .presets import Preset
 
 
@@ -186,6 +192,76 @@ def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: fl
     r_chosen, r_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
     return {"chosen": r_chosen.tolist(), "rejected": r_rejected.tolist(),
             "margin": float((r_chosen - r_rejected).mean()), "accuracy": float((r_chosen > r_rejected).float().mean())}
+
+
+# ---------------------------------------------------------------- pairs, training, measuring a policy
+
+STYLE = "There are {count} {item} in total."  # the reply the course model gives to these questions before tuning
+
+
+def style_pairs(questions: Sequence[Question], seed: int) -> list[PreferencePair]:
+    """One pair per question in the model's own style of reply: the right count over another item's count from the
+    list (kind "style"); each checked against the judge."""
+    import random
+
+    rng, pairs = random.Random(seed), []
+    for i, q in enumerate(questions):
+        if not isinstance(q, Question):
+            raise TypeError(f"question {i} must be a preferences.Question, got {type(q).__name__}.")
+        chosen = STYLE.format(count=q.answer, item=q.item)
+        rejected = STYLE.format(count=wrong_count(q, rng), item=q.item)
+        if not judge(q, chosen) > judge(q, rejected):
+            raise AssertionError(f"pair {i} does not follow the judge: {chosen!r} vs {rejected!r}")
+        pairs.append(PreferencePair(q.prompt, chosen, rejected, "style"))
+    return pairs
+
+
+def train_dpo(model, tokenizer, pairs: Sequence[PreferencePair], lora, args, progress: bool = True):
+    """The packaged mirror of notebook 07's training cell: `DPOTrainer` with a `LoraConfig` (a new adapter, so the
+    reference is the adapter switched off) and a `DPOConfig`. Returns (trained PEFT model, TrainResult, the
+    trainer's logged rows: loss, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected per step)."""
+    import copy
+    import os
+
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOTrainer
+
+    from .reward import preference_dataset
+    from .training import TrainingRecorder, TrainResult
+
+    torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
+    recorder = TrainingRecorder(progress=progress)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=preference_dataset(pairs), processing_class=tokenizer,
+                         peft_config=copy.deepcopy(lora), callbacks=[recorder])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    from accelerate.utils import extract_model_from_parallel
+
+    trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
+    seconds = recorder.step_seconds
+    logged = [{k: v for k, v in row.items() if k == "step" or k == "loss" or k.startswith(("rewards/", "logps/"))}
+              for row in trainer.state.log_history if "loss" in row]
+    return trained, TrainResult(losses=recorder.losses, steps=len(seconds), seconds=sum(seconds), real_tokens=0,
+                                slot_tokens=0, step_seconds=seconds), logged
+
+
+def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_tokens: int = 16) -> dict:
+    """A policy's greedy replies to `questions` and what they measure: the judge's mean score, the share right, mean
+    words (`rlhf.judge_replies`), and for a PEFT model `kl`, the mean over replies of log pi(y|x) - log
+    pi_ref(y|x) on its own replies, each read as a finished turn (a sample estimate of the KL to the reference;
+    0 for a new adapter)."""
+    from .rlhf import judge_replies, sample_replies
+
+    replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=max_new_tokens, temperature=0)
+    scores = judge_replies(questions, replies) | {"replies": [r[0] for r in replies]}
+    if hasattr(model, "peft_config"):
+        prompts, texts = [q.prompt for q in questions], [r[0] for r in replies]
+        ratio = reply_logps(model, tokenizer, prompts, texts) - reply_logps(model, tokenizer, prompts, texts,
+                                                                            reference=True)
+        scores["kl"] = float(ratio.mean())
+    return scores
 
 
 def preset_dpo_args(preset: Preset) -> dict:

@@ -94,7 +94,7 @@ def test_a_from_scratch_dpo_loss_and_its_gradients_equal_the_library_loss(beta):
     trl_inputs = [v.clone().requires_grad_(True) for v in values[:2]]
     mine = from_scratch_dpo_loss(*mine_inputs, *values[2:], beta)
     library, metrics = dpo.dpo_trainer_loss(*trl_inputs, *values[2:], beta=beta)
-    assert torch.isfinite(library) and float(mine) == pytest.approx(float(library), rel=1e-6)
+    assert torch.isfinite(library) and mine.item() == pytest.approx(library.item(), rel=1e-6)
     mine.backward()
     library.backward()
     for a, b in zip(mine_inputs, trl_inputs):
@@ -114,3 +114,44 @@ def test_bad_inputs_get_an_error_naming_the_argument():
         dpo.dpo_trainer_loss(good, good, good, good, beta=0.0)
     with pytest.raises(TypeError, match="pair 1 must be a PreferencePair"):
         dpo.pair_logps(None, None, [prefs.make_pairs(prefs.make_questions(1, 0), 0, ("padded",))[0], ("a", "b")])
+
+
+def test_style_pairs_differ_only_in_the_count_and_follow_the_judge():
+    questions = prefs.make_questions(20, 11)
+    pairs = dpo.style_pairs(questions, seed=2)
+    assert pairs == dpo.style_pairs(questions, seed=2)  # seeded
+    for q, p in zip(questions, pairs):
+        assert p.kind == "style" and p.prompt == q.prompt
+        assert prefs.judge(q, p.chosen) == 1.0 and prefs.judge(q, p.rejected) == 0.0
+        assert p.chosen.replace(str(q.answer), "#", 1) == p.rejected.replace(str(prefs.reply_numbers(p.rejected)[0]), "#", 1)
+        assert f": {prefs.reply_numbers(p.rejected)[0]}\n" in q.prompt + "\n"  # a count from the list: a plausible mistake
+    with pytest.raises(TypeError, match="question 1 must be a preferences.Question"):
+        dpo.style_pairs([questions[0], "How many?"], seed=0)
+
+
+def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tokenizer, tmp_path):
+    """The packaged recipe on the shallow model: 3 steps on style pairs; before training the new adapter is the
+    reference (KL 0 on the policy's own replies), after it the policy has moved and prefers the chosen replies."""
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    from ftcourse.presets import get_preset
+
+    questions = prefs.make_questions(12, 4)
+    pairs = dpo.style_pairs(questions, seed=4)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+                     lr_scheduler_type="constant", beta=0.1, seed=0, **dpo.preset_dpo_args(get_preset("cpu")))
+    model, result, logged = dpo.train_dpo(shallow_model(), tokenizer, pairs, lora, args, progress=False)
+    assert result.steps == 3 and len(result.losses) == 3 and [row["step"] for row in logged] == [1, 2, 3]
+    assert result.losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy = reference at the first step: log 2
+    assert lora.modules_to_save is None and "q_proj" in lora.target_modules  # the caller's config is not filled in
+    after = dpo.implicit_rewards(model, tokenizer, pairs, beta=0.1)
+    assert after["margin"] > 0 and after["accuracy"] > 0.5
+    scores = dpo.policy_scores(model, tokenizer, questions[:4], max_new_tokens=6)
+    assert set(scores) >= {"judge", "right", "words", "kl", "replies"} and len(scores["replies"]) == 4
+    assert abs(scores["kl"]) > 1e-4  # the trained adapter reads its own replies differently from the reference
+    from peft import get_peft_model
+
+    fresh = get_peft_model(shallow_model(), LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj"]))
+    assert dpo.policy_scores(fresh, tokenizer, questions[:2], max_new_tokens=4)["kl"] == pytest.approx(0.0, abs=1e-6)
