@@ -16,7 +16,7 @@ the instruments around it:
   template the model does not use pull it out of its distribution; see `preferences.make_pairs`);
 - `train_dpo`: the packaged mirror of the DPO recipe (`DPOTrainer` with a `LoraConfig` and a `DPOConfig`);
 - `policy_scores`: a policy's greedy replies to questions, the judge's score of them, and their log-ratio to the
-  reference (a KL estimate on the policy's own replies).
+  reference (how far the policy has drifted on what it says).
 
 tests/test_dpo.py checks `pair_logps` and `dpo_trainer_loss` together against a real `DPOTrainer` batch.
 """
@@ -249,9 +249,10 @@ def train_dpo(model, tokenizer, pairs: Sequence[PreferencePair], lora, args, pro
 
 def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_tokens: int = 16) -> dict:
     """A policy's greedy replies to `questions` and what they measure: the judge's mean score, the share right, mean
-    words (`rlhf.judge_replies`), and for a PEFT model `kl`, the mean over replies of log pi(y|x) - log
-    pi_ref(y|x) on its own replies, each read as a finished turn (a sample estimate of the KL to the reference;
-    0 for a new adapter)."""
+    words (`rlhf.judge_replies`), and for a PEFT model `log_ratio`, the mean over its replies of log pi(y|x) -
+    log pi_ref(y|x), each reply read as a finished turn: how much more likely the policy finds what it says than
+    the reference does (0 for a new adapter). Greedy replies are the policy's likeliest, not samples from it, so
+    this is a drift measure, not an unbiased estimate of the KL divergence."""
     from .rlhf import judge_replies, sample_replies
 
     replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=max_new_tokens, temperature=0)
@@ -260,7 +261,7 @@ def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_token
         prompts, texts = [q.prompt for q in questions], [r[0] for r in replies]
         ratio = reply_logps(model, tokenizer, prompts, texts) - reply_logps(model, tokenizer, prompts, texts,
                                                                             reference=True)
-        scores["kl"] = float(ratio.mean())
+        scores["log_ratio"] = float(ratio.mean())
     return scores
 
 

@@ -131,7 +131,7 @@ def test_style_pairs_differ_only_in_the_count_and_follow_the_judge():
 
 def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tokenizer, tmp_path):
     """The packaged recipe on the shallow model: 3 steps on style pairs; before training the new adapter is the
-    reference (KL 0 on the policy's own replies), after it the policy has moved and prefers the chosen replies."""
+    reference (log-ratio 0 on the policy's own replies), after it the policy has moved and prefers the chosen replies."""
     from peft import LoraConfig
     from trl import DPOConfig
 
@@ -149,9 +149,9 @@ def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tok
     after = dpo.implicit_rewards(model, tokenizer, pairs, beta=0.1)
     assert after["margin"] > 0 and after["accuracy"] > 0.5
     scores = dpo.policy_scores(model, tokenizer, questions[:4], max_new_tokens=6)
-    assert set(scores) >= {"judge", "right", "words", "kl", "replies"} and len(scores["replies"]) == 4
-    assert abs(scores["kl"]) > 1e-4  # the trained adapter reads its own replies differently from the reference
+    assert set(scores) >= {"judge", "right", "words", "log_ratio", "replies"} and len(scores["replies"]) == 4
+    assert abs(scores["log_ratio"]) > 1e-4  # the trained adapter reads its own replies differently from the reference
     from peft import get_peft_model
 
     fresh = get_peft_model(shallow_model(), LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj"]))
-    assert dpo.policy_scores(fresh, tokenizer, questions[:2], max_new_tokens=4)["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert dpo.policy_scores(fresh, tokenizer, questions[:2], max_new_tokens=4)["log_ratio"] == pytest.approx(0.0, abs=1e-6)

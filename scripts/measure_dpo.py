@@ -1,0 +1,109 @@
+"""What notebook 07 (DPO) will be built on, measured on the cpu preset: which pairs DPO learns from in a few steps,
+beta, and DPO against SFT on the same pairs and budget.
+
+Every run starts from the course model with a new LoRA adapter (r 16, alpha 32, q/k/v/o of every layer), trains
+`--steps` steps of 4 pairs (lr 5e-4, constant) on pairs built from the same training questions, and is measured
+on the same 48 held-out questions with the judge (`dpo.policy_scores`: greedy replies, judge score, share right,
+the log-ratio to the reference on the policy's own replies). One thing changes per run:
+- `style-b<beta>`: DPO on `dpo.style_pairs` (the model's own reply style, only the count differs) at that beta;
+- `template-b0.1`: DPO on `preferences.make_pairs(kind "wrong")` (the right count over a wrong one, each in one
+  of the course's reply templates, which the model does not use) at beta 0.1;
+- `sft-style`: SFT (TRL's SFTTrainer) on the style pairs' chosen replies only.
+    python scripts/measure_dpo.py --runs base,style-b0.1,style-b0.5,template-b0.1,sft-style --out build/measure_dpo.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HELDOUT_SEED, TRAIN_SEED, PAIR_SEED = 7071, 7070, 1
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def measure(run: str, steps: int, learning_rate: float) -> dict:
+    from ftcourse import dpo, preferences
+    from ftcourse.models import load_model, load_tokenizer
+    from ftcourse.notebook import seed_everything
+    from ftcourse.presets import get_preset
+
+    preset = get_preset("cpu")
+    seed_everything(0)
+    tokenizer = load_tokenizer(preset.model)
+    heldout = preferences.make_questions(48, HELDOUT_SEED)
+    questions = preferences.make_questions(steps * 4, TRAIN_SEED)
+    model = load_model(preset.model, preset.device, seed=0)
+    row: dict = {"run": run, "steps": steps, "learning_rate": learning_rate}
+    start = time.perf_counter()
+    if run == "base":
+        trained = model
+    elif run.startswith(("style-b", "template-b")):
+        from trl import DPOConfig
+
+        beta = float(run.split("-b")[1])
+        pairs = (dpo.style_pairs(questions, PAIR_SEED) if run.startswith("style")
+                 else preferences.make_pairs(questions, PAIR_SEED, ("wrong",)))
+        args = DPOConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
+                         lr_scheduler_type="constant", per_device_train_batch_size=4, beta=beta, seed=0,
+                         **dpo.preset_dpo_args(preset))
+        with preset.autocast():
+            trained, result, logged = dpo.train_dpo(model, tokenizer, pairs, lora_config(), args, progress=False)
+            rewards = dpo.implicit_rewards(trained, tokenizer, pairs, beta)
+        row |= {"beta": beta, "losses": result.losses, "step_s": result.seconds / result.steps,
+                "train_margin": rewards["margin"], "train_reward_accuracy": rewards["accuracy"],
+                "last_logps_chosen": logged[-1]["logps/chosen"], "last_logps_rejected": logged[-1]["logps/rejected"]}
+    elif run == "sft-style":
+        from datasets import Dataset
+        from transformers.trainer_callback import PrinterCallback
+        from trl import SFTConfig, SFTTrainer
+
+        from ftcourse.training import preset_machine_args
+
+        rows = [{"prompt": [{"role": "user", "content": p.prompt}], "completion": [{"role": "assistant", "content": p.chosen}]}
+                for p in dpo.style_pairs(questions, PAIR_SEED)]
+        args = SFTConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
+                         lr_scheduler_type="constant", per_device_train_batch_size=4, seed=0, **preset_machine_args(preset))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                             peft_config=lora_config())
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        trained = trainer.model.eval()
+        row |= {"losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+                "step_s": (time.perf_counter() - start) / steps}
+    else:
+        raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta> or sft-style")
+    with preset.autocast():
+        scores = dpo.policy_scores(trained, tokenizer, heldout)
+    row |= {k: scores[k] for k in ("judge", "right", "words") if k in scores} | {"log_ratio": scores.get("log_ratio", 0.0),
+            "replies": scores["replies"][:6], "seconds": time.perf_counter() - start}
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="base,style-b0.1,style-b0.5,template-b0.1,sft-style")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--out", default=str(ROOT / "build" / "measure_dpo.jsonl"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for run in args.runs.split(","):
+        row = measure(run, args.steps, args.lr)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{run:>14}: judge {row['judge']:.3f}  right {row['right']:.3f}  words {row['words']:.2f}  "
+              f"log-ratio {row['log_ratio']:.3f}  {row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
