@@ -4,11 +4,13 @@ beta, and DPO against SFT on the same pairs and budget.
 Every run starts from the course model with a new LoRA adapter (r 16, alpha 32, q/k/v/o of every layer), trains
 `--steps` steps of 4 pairs (lr 5e-4, constant) on pairs built from the same training questions, and is measured
 on the same 48 held-out questions with the judge (`dpo.policy_scores`: greedy replies, judge score, share right,
-the log-ratio to the reference on the policy's own replies). One thing changes per run:
+the log-ratio to the reference on the policy's own replies) and on the general probe (accuracy, perplexity: the
+course's regression gate). One thing changes per run:
 - `style-b<beta>`: DPO on `dpo.style_pairs` (the model's own reply style, only the count differs) at that beta;
 - `template-b0.1`: DPO on `preferences.make_pairs(kind "wrong")` (the right count over a wrong one, each in one
   of the course's reply templates, which the model does not use) at beta 0.1;
 - `sft-style`: SFT (TRL's SFTTrainer) on the style pairs' chosen replies only.
+`run@N` trains N steps instead of `--steps`.
     python scripts/measure_dpo.py --runs base,style-b0.1,style-b0.5,template-b0.1,sft-style --out build/measure_dpo.jsonl
 """
 
@@ -34,6 +36,7 @@ def measure(run: str, steps: int, learning_rate: float) -> dict:
     from ftcourse.models import load_model, load_tokenizer
     from ftcourse.notebook import seed_everything
     from ftcourse.presets import get_preset
+    from ftcourse.probe import run_probe
 
     preset = get_preset("cpu")
     seed_everything(0)
@@ -82,8 +85,11 @@ def measure(run: str, steps: int, learning_rate: float) -> dict:
         raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta> or sft-style")
     with preset.autocast():
         scores = dpo.policy_scores(trained, tokenizer, heldout)
+        seconds = time.perf_counter() - start
+        probe = run_probe(trained, tokenizer, batch_size=preset.eval_batch_size)
     row |= {k: scores[k] for k in ("judge", "right", "words") if k in scores} | {"log_ratio": scores.get("log_ratio", 0.0),
-            "replies": scores["replies"][:6], "seconds": time.perf_counter() - start}
+            "replies": scores["replies"][:6], "seconds": seconds, "probe_accuracy": probe.accuracy,
+            "probe_perplexity": probe.perplexity}
     return row
 
 
@@ -97,11 +103,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for run in args.runs.split(","):
-        row = measure(run, args.steps, args.lr)
+        steps = int(run.split("@")[1]) if "@" in run else args.steps  # run@steps: another budget for one run
+        row = measure(run.split("@")[0], steps, args.lr)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{run:>14}: judge {row['judge']:.3f}  right {row['right']:.3f}  words {row['words']:.2f}  "
-              f"log-ratio {row['log_ratio']:.3f}  {row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}",
+              f"log-ratio {row['log_ratio']:.3f}  probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  {row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}",
               flush=True)
 
 
