@@ -2,8 +2,8 @@
 from scratch as `DPOTrainer` tokenizes them, under the policy or under the reference (the same model with its LoRA
 adapter switched off).
 
-Notebook 07 builds the recipe in view (PEFT's `LoraConfig`, TRL's `DPOConfig` and `DPOTrainer`); this module holds
-the instruments around it:
+Notebook 07 (not written yet: issue 15) will build the recipe in view (PEFT's `LoraConfig`, TRL's `DPOConfig` and
+`DPOTrainer`); this module holds the instruments around it:
 - `dpo_trainer_loss`: `DPOTrainer`'s loss and the rewards it logs, computed by the trainer's own method on
   sequence log-probabilities given instead of a model's: the library's result a from-scratch DPO loss is checked
   against (as `preferences.reward_trainer_loss` does for the Bradley-Terry loss);
@@ -14,7 +14,8 @@ the instruments around it:
 - `style_pairs`: pairs in the course model's own style of reply ("There are N pears in total."), chosen and
   rejected differing only in the count: the in-distribution pairs DPO learns from in a few steps (pairs in a
   template the model does not use pull it out of its distribution; see `preferences.make_pairs`);
-- `train_dpo`: the packaged mirror of the DPO recipe (`DPOTrainer` with a `LoraConfig` and a `DPOConfig`);
+- `train_dpo`: the DPO recipe packaged (`DPOTrainer` with a `LoraConfig` and a `DPOConfig`), for
+  scripts/measure_dpo.py until notebook 07 teaches it in view; then it is that cell's mirror;
 - `policy_scores`: a policy's greedy replies to questions, the judge's score of them, and their log-ratio to the
   reference (how far the policy has drifted on what it says).
 
@@ -25,29 +26,58 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 from .preferences import PreferencePair, Question, judge, wrong_count
 from .presets import Preset
+
+if TYPE_CHECKING:
+    import peft
+    import torch
+    import trl
+
+    from .training import TrainResult
 
 
 # ---------------------------------------------------------------- the library's loss on given log-probabilities
 
-def _as_vector(name: str, values, n: int | None = None):
+def _as_vector(name: str, values, n: int | None = None) -> "torch.Tensor":
     import torch
 
     tensor = torch.as_tensor(values)
     if not torch.is_floating_point(tensor):
         tensor = tensor.float()
     if tensor.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor with one value per pair, got shape {tuple(tensor.shape)}.")
+        raise ValueError(f"{name} must be a 1-D tensor with one value per pair, got shape {tuple(tensor.shape)}: "
+                         "pass the summed log-probability of each reply, not per-token values.")
     if n is not None and tensor.shape[0] != n:
-        raise ValueError(f"{name} has {tensor.shape[0]} values, chosen_logps has {n}: one value per pair in each.")
+        raise ValueError(f"{name} has {tensor.shape[0]} values, chosen_logps has {n}: pass one value per pair in each.")
+    if bool((tensor.detach() > 1e-4).any()):
+        row = int((tensor.detach() > 1e-4).nonzero()[0])
+        raise ValueError(f"{name}[{row}] is {float(tensor[row]):.4g}: a log-probability is <= 0. Pass log pi(y|x) "
+                         "(the sum of the reply's token log-probabilities), not a loss or a probability.")
     return tensor
 
 
-def dpo_trainer_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
-    """TRL `DPOTrainer`'s loss (standard DPO: sigmoid loss, reverse KL) on given sequence log-probabilities, and
-    the metrics the trainer logs for that batch (`rewards/chosen`, `rewards/rejected`, `rewards/margins`,
-    `rewards/accuracies`, `logps/chosen`, `logps/rejected`).
+def _dpo_default(name: str):
+    """DPOConfig's default for one field: what DPOTrainer.__init__ copies from a config left as it is."""
+    import dataclasses
+
+    from trl import DPOConfig
+
+    field = DPOConfig.__dataclass_fields__[name]
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def dpo_trainer_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                     beta: float = 0.1) -> tuple["torch.Tensor", dict[str, float]]:
+    """TRL `DPOTrainer`'s loss (standard DPO: sigmoid loss, reverse KL) on given sequence log-probabilities,
+
+        loss = mean over pairs of -log sigmoid(beta * [(log pi(y_c|x) - log pi_ref(y_c|x))
+                                                       - (log pi(y_r|x) - log pi_ref(y_r|x))]),
+
+    and the metrics the trainer logs for that batch (`rewards/chosen`, `rewards/rejected`, `rewards/margins`,
+    `rewards/accuracies`, `logps/chosen`, `logps/rejected`). Each argument is a 1-D tensor, one value per pair.
 
     The trainer's own `_compute_loss` runs, with the reference log-probabilities given as precomputed (TRL's
     `precompute_ref_log_probs`) and a stand-in model whose per-token log-probabilities are each reply's sum on a
@@ -82,10 +112,15 @@ def dpo_trainer_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejecte
     trainer.args = types.SimpleNamespace(gradient_checkpointing_kwargs=None)
     trainer.accelerator = types.SimpleNamespace(device=log_probs.device, gather=lambda x: x,
                                                 gather_for_metrics=lambda x: x)
-    # DPOConfig's defaults for standard DPO (TRL 1.16): what DPOTrainer.__init__ copies from its config
-    trainer.beta, trainer.loss_types, trainer.loss_weights = float(beta), ["sigmoid"], [1.0]
-    trainer.f_divergence_type, trainer.ld_alpha, trainer.label_smoothing = "reverse_kl", None, 0.0
-    trainer.use_weighting, trainer.aux_loss_enabled, trainer.precompute_ref_logps = False, False, True
+    # what DPOTrainer.__init__ copies from a DPOConfig left at its defaults (standard DPO), references given
+    trainer.beta, trainer.loss_types = float(beta), list(_dpo_default("loss_type"))
+    trainer.loss_weights = _dpo_default("loss_weights") or [1.0] * len(trainer.loss_types)
+    trainer.f_divergence_type, trainer.ld_alpha = _dpo_default("f_divergence_type"), _dpo_default("ld_alpha")
+    trainer.label_smoothing, trainer.use_weighting = _dpo_default("label_smoothing"), _dpo_default("use_weighting")
+    if trainer.loss_types != ["sigmoid"] or trainer.f_divergence_type != "reverse_kl" or trainer.use_weighting:
+        raise RuntimeError(f"This TRL's DPOConfig defaults are not standard DPO ({trainer.loss_types}, "
+                           f"{trainer.f_divergence_type}): check ftcourse.dpo against the installed TRL.")
+    trainer.aux_loss_enabled, trainer.precompute_ref_logps = False, True
     trainer._tp_size, trainer._total_train_tokens = 1, 0
     trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
     inputs = {"input_ids": torch.zeros(2 * n, 2, dtype=torch.long),
@@ -109,50 +144,44 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def reply_tokens(tokenizer, prompt: str, reply: str) -> tuple[list[int], list[int]]:
-    """The prompt's and the reply's tokens as `DPOTrainer` tokenizes a conversational example: the chat template of
-    the user turn with the generation prompt, and of the whole conversation; the reply is what follows their common
-    prefix (it ends with the template's end-of-turn tokens, which are trained too)."""
-    if not isinstance(prompt, str) or not isinstance(reply, str):
-        raise TypeError(f"prompt and reply must be strings, got {type(prompt).__name__} and {type(reply).__name__}.")
+def reply_tokens(tokenizer, prompt: str, *replies: str) -> tuple[list[int], list[list[int]]]:
+    """The prompt's tokens and each reply's, as `DPOTrainer` tokenizes a conversational example: the chat template of
+    the user turn with the generation prompt, and of the whole conversation with each reply; the replies start at
+    the shortest of the prompt's common prefixes with the conversations (for a pair, TRL's cut), which is the
+    whole prompt when the template renders it the same way in both. A reply ends with the template's end-of-turn
+    tokens, which are trained too."""
+    for name, text in (("prompt", prompt), *((f"reply {j}", r) for j, r in enumerate(replies))):
+        if not isinstance(text, str):
+            raise TypeError(f"{name} must be a string, got {type(text).__name__}.")
     user = [{"role": "user", "content": prompt}]
-    prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    full_ids = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": reply}], tokenize=True,
-                                             return_dict=True)["input_ids"]
-    start = _common_prefix(prompt_ids, full_ids)
-    return list(full_ids[:start]), list(full_ids[start:])
+    prompt_ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+    full = [tokenizer.apply_chat_template(user + [{"role": "assistant", "content": r}], tokenize=True,
+                                          return_dict=True)["input_ids"] for r in replies]
+    start = min(_common_prefix(prompt_ids, ids) for ids in full)
+    return list(prompt_ids[:start]), [list(ids[start:]) for ids in full]
 
 
-def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 16,
-                reference: bool = False):
-    """The summed log-probability of each reply given its prompt (a float32 tensor, one value per reply), from the
-    model's logits: log-softmax over the vocabulary, the log-probability of each reply token given the tokens
-    before it, summed over the reply; no gradient. Run it under the preset's autocast to match training.
+def _is_peft(model) -> bool:
+    from accelerate.utils import is_peft_model
 
-    `reference=True` reads a PEFT model as `DPOTrainer` reads its reference: with the adapters switched off (a new
-    adapter), or with the adapter named "ref" (the copy TRL keeps when it is given a model whose adapter was
-    already trained)."""
+    return is_peft_model(model)
+
+
+def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], batch_size: int,
+                  reference: bool) -> "torch.Tensor":
+    import contextlib
+
     import torch
 
-    if len(prompts) != len(replies):
-        raise ValueError(f"one reply per prompt: got {len(prompts)} prompts and {len(replies)} replies.")
-    if reference and not hasattr(model, "peft_config"):
-        raise ValueError("reference=True needs a PEFT model (its adapter is switched off to read the reference); "
-                         f"got {type(model).__name__}.")
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [reply_tokens(tokenizer, p, r) for p, r in zip(prompts, replies)]
-    for i, (_, reply_ids) in enumerate(encoded):
-        if not reply_ids:
-            raise ValueError(f"reply {i} has no tokens after its prompt: {replies[i]!r}")
     if reference:
         from trl.trainer.utils import use_adapter
 
         context = use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
     else:
-        import contextlib
-
         context = contextlib.nullcontext()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = torch.zeros(len(encoded), dtype=torch.float32)
     with context, torch.no_grad():
         for start in range(0, len(encoded), batch_size):
@@ -172,14 +201,59 @@ def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str]
     return out
 
 
-def pair_logps(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16, reference: bool = False):
-    """`reply_logps` of each pair's chosen and of its rejected reply: two tensors, in the pairs' order."""
+def _checked(model, encoded, texts: Sequence[str], batch_size: int, reference: bool, max_length: int | None) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    if reference and not _is_peft(model):
+        raise ValueError("reference=True needs a PEFT model (its adapter is switched off to read the reference); "
+                         f"got {type(model).__name__}: wrap it with peft.get_peft_model, or pass reference=False.")
+    for i, (prompt_ids, reply_ids) in enumerate(encoded):
+        if not reply_ids:
+            raise ValueError(f"reply {i} has no tokens after its prompt: {texts[i]!r}")
+        if max_length is not None and len(prompt_ids) + len(reply_ids) > max_length:
+            raise ValueError(f"row {i} has {len(prompt_ids) + len(reply_ids)} tokens, over max_length={max_length}: "
+                             "DPOTrainer would truncate it (keep_start), so its log-probability would differ; raise "
+                             "DPOConfig.max_length and pass the same value here, or shorten the row.")
+
+
+def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 16,
+                reference: bool = False, max_length: int | None = 1024) -> "torch.Tensor":
+    """The summed log-probability of each reply given its prompt (a float32 tensor, one value per reply), from the
+    model's logits: log-softmax over the vocabulary, the log-probability of each reply token given the tokens
+    before it, summed over the reply; no gradient. Run it under the preset's autocast to match training.
+
+    `reference=True` reads a PEFT model as `DPOTrainer` reads its reference: with the adapters switched off (a new
+    adapter), or with the adapter named "ref" (the copy TRL keeps when it is given a model whose adapter was
+    already trained). A row longer than `max_length` (DPOConfig's, 1024 by default) is an error: the trainer
+    would truncate it."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"one reply per prompt: got {len(prompts)} prompts and {len(replies)} replies.")
+    encoded = []
+    for i, (prompt, reply) in enumerate(zip(prompts, replies)):
+        try:
+            prompt_ids, (reply_ids,) = reply_tokens(tokenizer, prompt, reply)
+        except TypeError as error:
+            raise TypeError(f"row {i}: {error}") from None
+        encoded.append((prompt_ids, reply_ids))
+    _checked(model, encoded, replies, batch_size, reference, max_length)
+    return _summed_logps(model, tokenizer, encoded, batch_size, reference)
+
+
+def pair_logps(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16, reference: bool = False,
+               max_length: int | None = 1024) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The summed log-probability of each pair's chosen and of its rejected reply (two tensors, in the pairs'
+    order), the pair cut into prompt and replies as `DPOTrainer` cuts it; otherwise as `reply_logps`."""
     for i, pair in enumerate(pairs):
         if not isinstance(pair, PreferencePair):
             raise TypeError(f"pair {i} must be a PreferencePair, got {type(pair).__name__}.")
-    prompts = [p.prompt for p in pairs]
-    both = reply_logps(model, tokenizer, prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs],
-                       batch_size=batch_size, reference=reference)
+    encoded, texts = [], []
+    for pair in pairs:
+        prompt_ids, replies = reply_tokens(tokenizer, pair.prompt, pair.chosen, pair.rejected)
+        encoded.append([(prompt_ids, r) for r in replies])
+        texts.append([pair.chosen, pair.rejected])
+    flat = [e[0] for e in encoded] + [e[1] for e in encoded]
+    _checked(model, flat, [t[0] for t in texts] + [t[1] for t in texts], batch_size, reference, max_length)
+    both = _summed_logps(model, tokenizer, flat, batch_size, reference)
     return both[:len(pairs)], both[len(pairs):]
 
 
@@ -187,6 +261,10 @@ def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: fl
     """DPO's implicit reward of each pair's replies, beta * (log pi(y|x) - log pi_ref(y|x)), with the PEFT model's
     adapter as the policy and the adapter switched off as the reference: lists `chosen` and `rejected`, their
     mean `margin` and the share of pairs whose chosen reply gets the higher reward (`accuracy`)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (the DPOConfig's beta the policy was trained with), got {beta}.")
+    if not pairs:
+        raise ValueError("implicit_rewards needs at least one pair.")
     chosen, rejected = pair_logps(model, tokenizer, pairs, batch_size)
     ref_chosen, ref_rejected = pair_logps(model, tokenizer, pairs, batch_size, reference=True)
     r_chosen, r_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
@@ -196,7 +274,7 @@ def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: fl
 
 # ---------------------------------------------------------------- pairs, training, measuring a policy
 
-STYLE = "There are {count} {item} in total."  # the reply the course model gives to these questions before tuning
+STYLE_REPLY = "There are {count} {item} in total."  # how the course model answers these questions before tuning
 
 
 def style_pairs(questions: Sequence[Question], seed: int) -> list[PreferencePair]:
@@ -208,18 +286,19 @@ def style_pairs(questions: Sequence[Question], seed: int) -> list[PreferencePair
     for i, q in enumerate(questions):
         if not isinstance(q, Question):
             raise TypeError(f"question {i} must be a preferences.Question, got {type(q).__name__}.")
-        chosen = STYLE.format(count=q.answer, item=q.item)
-        rejected = STYLE.format(count=wrong_count(q, rng), item=q.item)
+        chosen = STYLE_REPLY.format(count=q.answer, item=q.item)
+        rejected = STYLE_REPLY.format(count=wrong_count(q, rng), item=q.item)
         if not judge(q, chosen) > judge(q, rejected):
             raise AssertionError(f"pair {i} does not follow the judge: {chosen!r} vs {rejected!r}")
         pairs.append(PreferencePair(q.prompt, chosen, rejected, "style"))
     return pairs
 
 
-def train_dpo(model, tokenizer, pairs: Sequence[PreferencePair], lora, args, progress: bool = True):
-    """The packaged mirror of notebook 07's training cell: `DPOTrainer` with a `LoraConfig` (a new adapter, so the
-    reference is the adapter switched off) and a `DPOConfig`. Returns (trained PEFT model, TrainResult, the
-    trainer's logged rows: loss, rewards/margins, rewards/accuracies, logps/chosen, logps/rejected per step)."""
+def train_dpo(model, tokenizer, pairs: Sequence[PreferencePair], lora: "peft.LoraConfig", args: "trl.DPOConfig",
+              progress: bool = True) -> tuple[object, "TrainResult", list[dict]]:
+    """The DPO recipe packaged: `DPOTrainer` with a `LoraConfig` (a new adapter, so the reference is the adapter
+    switched off) and a `DPOConfig`. Returns (trained PEFT model, TrainResult, the trainer's logged rows: loss,
+    rewards/*, logps/* per step). TrainResult counts no tokens (0), as `reward.train_reward_model`."""
     import copy
     import os
 
@@ -251,17 +330,20 @@ def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_token
     """A policy's greedy replies to `questions` and what they measure: the judge's mean score, the share right, mean
     words (`rlhf.judge_replies`), and for a PEFT model `log_ratio`, the mean over its replies of log pi(y|x) -
     log pi_ref(y|x), each reply read as a finished turn: how much more likely the policy finds what it says than
-    the reference does (0 for a new adapter). Greedy replies are the policy's likeliest, not samples from it, so
-    this is a drift measure, not an unbiased estimate of the KL divergence."""
+    the reference does (0 for a new adapter), summed over the reply's tokens, so it grows with reply length
+    (`reply_tokens`: their mean count, end-of-turn tokens included). Greedy replies are the policy's likeliest,
+    not samples from it, so this is a drift measure, not an unbiased estimate of the KL divergence."""
     from .rlhf import judge_replies, sample_replies
 
     replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=max_new_tokens, temperature=0)
     scores = judge_replies(questions, replies) | {"replies": [r[0] for r in replies]}
-    if hasattr(model, "peft_config"):
+    if _is_peft(model):
         prompts, texts = [q.prompt for q in questions], [r[0] for r in replies]
         ratio = reply_logps(model, tokenizer, prompts, texts) - reply_logps(model, tokenizer, prompts, texts,
                                                                             reference=True)
         scores["log_ratio"] = float(ratio.mean())
+        counts = [len(reply_tokens(tokenizer, p, t)[1][0]) for p, t in zip(prompts, texts)]
+        scores["reply_tokens"] = sum(counts) / len(counts)
     return scores
 
 

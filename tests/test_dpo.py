@@ -45,6 +45,9 @@ def test_reply_logps_and_the_library_loss_equal_a_real_dpo_trainer_batch(tokeniz
     torch.manual_seed(0)
     trainer = DPOTrainer(model=shallow_model(), args=args, train_dataset=preference_dataset(pairs),
                          processing_class=tokenizer, peft_config=LoraConfig(**RANDOM_LORA))
+    for row, pair in zip(trainer.train_dataset, pairs):  # the same tokens, cut in the same place
+        assert dpo.reply_tokens(tokenizer, pair.prompt, pair.chosen, pair.rejected) == (
+            row["prompt_ids"], [row["chosen_ids"], row["rejected_ids"]])
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
     with torch.no_grad():
@@ -54,6 +57,10 @@ def test_reply_logps_and_the_library_loss_equal_a_real_dpo_trainer_batch(tokeniz
     model = trainer.model.eval()
     chosen, rejected = dpo.pair_logps(model, tokenizer, pairs)
     ref_chosen, ref_rejected = dpo.pair_logps(model, tokenizer, pairs, reference=True)
+    in_order = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])  # pair by pair
+    trl_ref = trainer.compute_ref_log_probs(trainer.model, in_order)
+    assert torch.allclose(ref_chosen, trl_ref[0].float(), atol=1e-3)
+    assert torch.allclose(ref_rejected, trl_ref[1].float(), atol=1e-3)
     assert (chosen - ref_chosen).abs().max() > 0.05  # the random adapter moved the policy: the reference matters here
     assert float(chosen.mean()) == pytest.approx(logged["logps/chosen"], abs=1e-3)
     assert float(rejected.mean()) == pytest.approx(logged["logps/rejected"], abs=1e-3)
@@ -85,11 +92,30 @@ def test_the_reference_is_the_base_model_with_no_second_copy(tokenizer):
         dpo.pair_logps(base, tokenizer, pairs, reference=True)
 
 
+def test_the_reference_is_the_ref_adapter_when_trl_keeps_one(tokenizer):
+    """Handed a model whose adapter was already trained, TRL keeps a copy named "ref" as the reference; reference=True
+    reads that adapter and leaves the active one as it was."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(shallow_model(), LoraConfig(**RANDOM_LORA))
+    torch.manual_seed(1)
+    model.add_adapter("ref", LoraConfig(**RANDOM_LORA))
+    pairs = prefs.make_pairs(prefs.make_questions(2, 6), seed=6, kinds=("wrong",))
+    reference = dpo.pair_logps(model, tokenizer, pairs, reference=True)
+    assert model.active_adapter == "default"
+    policy = dpo.pair_logps(model, tokenizer, pairs)
+    model.set_adapter("ref")
+    as_ref = dpo.pair_logps(model, tokenizer, pairs)
+    for r, a, p in zip(reference, as_ref, policy):
+        assert torch.allclose(r, a, atol=1e-5) and not torch.allclose(r, p, atol=1e-3)
+
+
 @pytest.mark.parametrize("beta", [0.01, 0.1, 1.0])
 def test_a_from_scratch_dpo_loss_and_its_gradients_equal_the_library_loss(beta):
     generator = torch.Generator().manual_seed(int(beta * 100))
     values = [-torch.rand(6, generator=generator) * 40 for _ in range(4)]
-    values[1][0] = values[0][0] + 400.0  # a confident mistake: the rejected reply far more likely under the policy
+    values[0][0] = values[1][0] - 400.0  # a confident mistake: the chosen reply far less likely under the policy
     mine_inputs = [v.clone().requires_grad_(True) for v in values[:2]]
     trl_inputs = [v.clone().requires_grad_(True) for v in values[:2]]
     mine = from_scratch_dpo_loss(*mine_inputs, *values[2:], beta)
@@ -112,8 +138,27 @@ def test_bad_inputs_get_an_error_naming_the_argument():
         dpo.dpo_trainer_loss(good, good, torch.zeros(3, 1), good)
     with pytest.raises(ValueError, match="beta must be > 0"):
         dpo.dpo_trainer_loss(good, good, good, good, beta=0.0)
+    with pytest.raises(ValueError, match=r"chosen_logps\[1\] is 2.5: a log-probability is <= 0"):
+        dpo.dpo_trainer_loss(torch.tensor([-1.0, 2.5, -3.0]), good, good, good)  # losses passed for log-probabilities
     with pytest.raises(TypeError, match="pair 1 must be a PreferencePair"):
         dpo.pair_logps(None, None, [prefs.make_pairs(prefs.make_questions(1, 0), 0, ("padded",))[0], ("a", "b")])
+
+
+def test_bad_inputs_to_the_log_probabilities_are_refused_before_the_model_runs(tokenizer):
+    pairs = prefs.make_pairs(prefs.make_questions(2, 0), 0, ("padded",))
+    model = shallow_model()
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        dpo.pair_logps(model, tokenizer, pairs, batch_size=0)
+    with pytest.raises(ValueError, match="reference=True needs a PEFT model"):
+        dpo.pair_logps(model, tokenizer, pairs, reference=True)
+    with pytest.raises(ValueError, match="row 1 has .* tokens, over max_length=40"):
+        dpo.reply_logps(model, tokenizer, ["Hi", pairs[0].prompt], ["Hello.", "4."], max_length=40)
+    with pytest.raises(TypeError, match="row 0: reply 0 must be a string"):
+        dpo.reply_logps(model, tokenizer, ["Hi"], [None])
+    with pytest.raises(ValueError, match="one reply per prompt"):
+        dpo.reply_logps(model, tokenizer, ["Hi", "Hi"], ["Hello."])
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        dpo.implicit_rewards(model, tokenizer, pairs, beta=0.0)
 
 
 def test_style_pairs_differ_only_in_the_count_and_follow_the_judge():
