@@ -68,29 +68,48 @@ def measure(run: str, steps: int, learning_rate: float) -> dict:
         from transformers.trainer_callback import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        from ftcourse.training import preset_machine_args
+        from ftcourse.training import TrainingRecorder, preset_machine_args
 
         rows = [{"prompt": [{"role": "user", "content": p.prompt}], "completion": [{"role": "assistant", "content": p.chosen}]}
                 for p in dpo.style_pairs(questions, PAIR_SEED)]
         args = SFTConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
-                         lr_scheduler_type="constant", per_device_train_batch_size=4, seed=0, **preset_machine_args(preset))
+                         lr_scheduler_type="constant", per_device_train_batch_size=4, seed=0,
+                         **preset_machine_args(preset))
+        recorder = TrainingRecorder(progress=False)  # times the steps only, as train_dpo's does
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                             peft_config=lora_config())
+                             peft_config=lora_config(), callbacks=[recorder])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
         trained = trainer.model.eval()
-        row |= {"losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-                "step_s": (time.perf_counter() - start) / steps}
+        row |= {"losses": recorder.losses, "step_s": sum(recorder.step_seconds) / len(recorder.step_seconds)}
     else:
         raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta> or sft-style")
     with preset.autocast():
         scores = dpo.policy_scores(trained, tokenizer, heldout)
         seconds = time.perf_counter() - start
         probe = run_probe(trained, tokenizer, batch_size=preset.eval_batch_size)
-    row |= {k: scores[k] for k in ("judge", "right", "words") if k in scores} | {"log_ratio": scores.get("log_ratio", 0.0),
-            "replies": scores["replies"][:6], "seconds": seconds, "probe_accuracy": probe.accuracy,
-            "probe_perplexity": probe.perplexity}
+    row |= {k: scores.get(k) for k in ("judge", "right", "words", "log_ratio", "reply_tokens")}  # None: not a PEFT model
+    row |= {"replies": scores["replies"][:6], "seconds": seconds, "probe_s": time.perf_counter() - start - seconds,
+            "probe_accuracy": probe.accuracy, "probe_perplexity": probe.perplexity}
     return row
+
+
+def machine() -> dict:
+    """Where and with what a row was measured."""
+    import platform
+
+    import peft
+    import torch
+    import trl
+
+    from ftcourse.presets import get_preset
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "threads": torch.get_num_threads(),
+            "dtype": "bf16" if get_preset("cpu").bf16 else "fp32", "torch": torch.__version__, "trl": trl.__version__,
+            "peft": peft.__version__}
 
 
 def main() -> None:
@@ -99,17 +118,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--out", default=str(ROOT / "build" / "measure_dpo.jsonl"))
+    parser.add_argument("--append", action="store_true", help="add to --out instead of starting it afresh")
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.append:
+        out.write_text("")
+    where = machine()
     for run in args.runs.split(","):
         steps = int(run.split("@")[1]) if "@" in run else args.steps  # run@steps: another budget for one run
-        row = measure(run.split("@")[0], steps, args.lr)
+        row = measure(run.split("@")[0], steps, args.lr) | where
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        ratio = "-" if row["log_ratio"] is None else f"{row['log_ratio']:.3f}"
         print(f"{run:>14}: judge {row['judge']:.3f}  right {row['right']:.3f}  words {row['words']:.2f}  "
-              f"log-ratio {row['log_ratio']:.3f}  probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  {row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}",
-              flush=True)
+              f"log-ratio {ratio}  probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  "
+              f"{row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}", flush=True)
 
 
 if __name__ == "__main__":
