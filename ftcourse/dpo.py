@@ -25,7 +25,6 @@ tests/test_dpo.py checks `pair_logps` and `dpo_trainer_loss` together against a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING
 
 from .preferences import PreferencePair, Question, judge, wrong_count
