@@ -10,7 +10,8 @@ course's regression gate). One thing changes per run:
 - `template-b0.1`: DPO on `preferences.make_pairs(kind "wrong")` (the right count over a wrong one, each in one
   of the course's reply templates, which the model does not use) at beta 0.1;
 - `sft-style`: SFT (TRL's SFTTrainer) on the style pairs' chosen replies only.
-`run@N` trains N steps instead of `--steps`.
+`run@N` trains N steps instead of `--steps`; `--seed K` draws other training questions and pairs (the held-out
+questions stay the same).
     python scripts/measure_dpo.py --runs base,style-b0.1,style-b0.5,template-b0.1,sft-style --out build/measure_dpo.jsonl
 """
 
@@ -31,7 +32,8 @@ def lora_config():
     return LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
-def measure(run: str, steps: int, learning_rate: float) -> dict:
+def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
+    """One run; `seed` > 0 draws other training questions and pairs and seeds the adapter and the order with it."""
     from ftcourse import dpo, preferences
     from ftcourse.models import load_model, load_tokenizer
     from ftcourse.notebook import seed_everything
@@ -39,12 +41,12 @@ def measure(run: str, steps: int, learning_rate: float) -> dict:
     from ftcourse.probe import run_probe
 
     preset = get_preset("cpu")
-    seed_everything(0)
+    seed_everything(seed)
     tokenizer = load_tokenizer(preset.model)
     heldout = preferences.make_questions(48, HELDOUT_SEED)
-    questions = preferences.make_questions(steps * 4, TRAIN_SEED)
-    model = load_model(preset.model, preset.device, seed=0)
-    row: dict = {"run": run, "steps": steps, "learning_rate": learning_rate}
+    questions = preferences.make_questions(steps * 4, TRAIN_SEED + 100 * seed)
+    model = load_model(preset.model, preset.device, seed=seed)
+    row: dict = {"run": run, "steps": steps, "learning_rate": learning_rate, "seed": seed}
     start = time.perf_counter()
     if run == "base":
         trained = model
@@ -52,10 +54,10 @@ def measure(run: str, steps: int, learning_rate: float) -> dict:
         from trl import DPOConfig
 
         beta = float(run.split("-b")[1])
-        pairs = (dpo.style_pairs(questions, PAIR_SEED) if run.startswith("style")
-                 else preferences.make_pairs(questions, PAIR_SEED, ("wrong",)))
+        pairs = (dpo.style_pairs(questions, PAIR_SEED + seed) if run.startswith("style")
+                 else preferences.make_pairs(questions, PAIR_SEED + seed, ("wrong",)))
         args = DPOConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
-                         lr_scheduler_type="constant", per_device_train_batch_size=4, beta=beta, seed=0,
+                         lr_scheduler_type="constant", per_device_train_batch_size=4, beta=beta, seed=seed,
                          **dpo.preset_dpo_args(preset))
         with preset.autocast():
             trained, result, logged = dpo.train_dpo(model, tokenizer, pairs, lora_config(), args, progress=False)
@@ -71,9 +73,9 @@ def measure(run: str, steps: int, learning_rate: float) -> dict:
         from ftcourse.training import TrainingRecorder, preset_machine_args
 
         rows = [{"prompt": [{"role": "user", "content": p.prompt}], "completion": [{"role": "assistant", "content": p.chosen}]}
-                for p in dpo.style_pairs(questions, PAIR_SEED)]
+                for p in dpo.style_pairs(questions, PAIR_SEED + seed)]
         args = SFTConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
-                         lr_scheduler_type="constant", per_device_train_batch_size=4, seed=0,
+                         lr_scheduler_type="constant", per_device_train_batch_size=4, seed=seed,
                          **preset_machine_args(preset))
         recorder = TrainingRecorder(progress=False)  # times the steps only, as train_dpo's does
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--runs", default="base,style-b0.1,style-b0.5,template-b0.1,sft-style")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0, help="0: the README's rows; another: other questions and pairs")
     parser.add_argument("--out", default=str(ROOT / "build" / "measure_dpo.jsonl"))
     parser.add_argument("--append", action="store_true", help="add to --out instead of starting it afresh")
     args = parser.parse_args()
@@ -127,7 +130,7 @@ def main() -> None:
     where = machine()
     for run in args.runs.split(","):
         steps = int(run.split("@")[1]) if "@" in run else args.steps  # run@steps: another budget for one run
-        row = measure(run.split("@")[0], steps, args.lr) | where
+        row = measure(run.split("@")[0], steps, args.lr, args.seed) | where
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         ratio = "-" if row["log_ratio"] is None else f"{row['log_ratio']:.3f}"
