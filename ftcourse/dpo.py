@@ -298,31 +298,16 @@ def train_dpo(model, tokenizer, pairs: Sequence[PreferencePair], lora: "peft.Lor
     """The DPO recipe packaged: `DPOTrainer` with a `LoraConfig` (a new adapter, so the reference is the adapter
     switched off) and a `DPOConfig`. Returns (trained PEFT model, TrainResult, the trainer's logged rows: loss,
     rewards/*, logps/* per step). TrainResult counts no tokens (0), as `reward.train_reward_model`."""
-    import copy
-    import os
-
-    import torch
-    from transformers.trainer_callback import PrinterCallback
     from trl import DPOTrainer
 
     from .reward import preference_dataset
-    from .training import TrainingRecorder, TrainResult
+    from .training import train_pairs
 
-    torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
-    recorder = TrainingRecorder(progress=progress)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=preference_dataset(pairs), processing_class=tokenizer,
-                         peft_config=copy.deepcopy(lora), callbacks=[recorder])
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    from accelerate.utils import extract_model_from_parallel
-
-    trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
-    seconds = recorder.step_seconds
+    trained, result, trainer = train_pairs(DPOTrainer, model, tokenizer, preference_dataset(pairs), lora, args,
+                                           progress)
     logged = [{k: v for k, v in row.items() if k == "step" or k == "loss" or k.startswith(("rewards/", "logps/"))}
               for row in trainer.state.log_history if "loss" in row]
-    return trained, TrainResult(losses=recorder.losses, steps=len(seconds), seconds=sum(seconds), real_tokens=0,
-                                slot_tokens=0, step_seconds=seconds), logged
+    return trained, result, logged
 
 
 def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_tokens: int = 16) -> dict:

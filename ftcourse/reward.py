@@ -8,8 +8,6 @@ and `train_reward_model`, the packaged mirror of the notebook's training cell th
 
 from __future__ import annotations
 
-import copy
-import os
 from collections.abc import Sequence
 
 from .preferences import PAIR_KINDS, REWARD_KINDS, PreferencePair, make_pairs, preference_splits
@@ -212,23 +210,10 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PreferencePair], lora, 
 
     `model` is `load_reward_model`'s; returns (trained model, TrainResult).
     """
-    import torch
-    from transformers.trainer_callback import PrinterCallback
     from trl import RewardTrainer
 
-    from .training import TrainingRecorder, TrainResult
+    from .training import train_pairs
 
-    torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
-    lora = copy.deepcopy(lora)  # PEFT fills in modules_to_save on the config it is given: the caller's stays as built
-    recorder = TrainingRecorder(progress=progress)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = RewardTrainer(model=model, args=args, train_dataset=preference_dataset(pairs, margins),
-                            processing_class=tokenizer, peft_config=lora, callbacks=[recorder])
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    from accelerate.utils import extract_model_from_parallel
-
-    trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
-    seconds = recorder.step_seconds
-    return trained, TrainResult(losses=recorder.losses, steps=len(seconds), seconds=sum(seconds), real_tokens=0,
-                                slot_tokens=0, step_seconds=seconds)
+    trained, result, _ = train_pairs(RewardTrainer, model, tokenizer, preference_dataset(pairs, margins), lora, args,
+                                     progress)
+    return trained, result

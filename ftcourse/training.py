@@ -522,6 +522,30 @@ def write_training_record(folder: str | Path, steps: int, losses: list[float], s
     return folder / "training.json"
 
 
+def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, progress: bool = True):
+    """A TRL preference trainer (`RewardTrainer`, `DPOTrainer`) trained from seed `args.seed`, its per-step log
+    dicts replaced by a `TrainingRecorder`. `peft_config` is copied first: PEFT fills in `modules_to_save` on the
+    config it is given, and the caller's stays as built. Returns (trained model in eval mode, with no autocast
+    wrapper; TrainResult, with no tokens counted; the trainer)."""
+    import copy
+
+    import torch
+    from accelerate.utils import extract_model_from_parallel
+    from transformers.trainer_callback import PrinterCallback
+
+    torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
+    recorder = TrainingRecorder(progress=progress)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=copy.deepcopy(peft_config), callbacks=[recorder])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
+    seconds = recorder.step_seconds
+    return trained, TrainResult(losses=recorder.losses, steps=len(seconds), seconds=sum(seconds), real_tokens=0,
+                                slot_tokens=0, step_seconds=seconds), trainer
+
+
 def run_trainer(model, tokenizer, train_examples: Sequence[Example], peft_config, args, preset: Preset, layout: str,
                 prompt_format: str = "chat", progress: bool = True):
     """The course's training cell: seed, order the data for the layout, build the trainer, train.
