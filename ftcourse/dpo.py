@@ -134,6 +134,9 @@ def dpo_trainer_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejecte
 
 # ---------------------------------------------------------------- log-probabilities of replies, from scratch
 
+MAX_LENGTH = 1024  # DPOConfig.max_length's default: longer rows would be truncated by the trainer
+BATCH_SIZE = 16  # sequences per forward pass when reading log-probabilities
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -215,8 +218,8 @@ def _checked(model, encoded, texts: Sequence[str], batch_size: int, reference: b
                              "DPOConfig.max_length and pass the same value here, or shorten the row.")
 
 
-def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 16,
-                reference: bool = False, max_length: int | None = 1024) -> "torch.Tensor":
+def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = BATCH_SIZE,
+                reference: bool = False, max_length: int | None = MAX_LENGTH) -> "torch.Tensor":
     """The summed log-probability of each reply given its prompt (a float32 tensor, one value per reply), from the
     model's logits: log-softmax over the vocabulary, the log-probability of each reply token given the tokens
     before it, summed over the reply; no gradient. Run it under the preset's autocast to match training.
@@ -225,6 +228,12 @@ def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str]
     adapter), or with the adapter named "ref" (the copy TRL keeps when it is given a model whose adapter was
     already trained). A row longer than `max_length` (DPOConfig's, 1024 by default) is an error: the trainer
     would truncate it."""
+    encoded = _encode_replies(tokenizer, prompts, replies)
+    _checked(model, encoded, replies, batch_size, reference, max_length)
+    return _summed_logps(model, tokenizer, encoded, batch_size, reference)
+
+
+def _encode_replies(tokenizer, prompts: Sequence[str], replies: Sequence[str]) -> list[tuple[list[int], list[int]]]:
     if len(prompts) != len(replies):
         raise ValueError(f"one reply per prompt: got {len(prompts)} prompts and {len(replies)} replies.")
     encoded = []
@@ -234,29 +243,31 @@ def reply_logps(model, tokenizer, prompts: Sequence[str], replies: Sequence[str]
         except TypeError as error:
             raise TypeError(f"row {i}: {error}") from None
         encoded.append((prompt_ids, reply_ids))
-    _checked(model, encoded, replies, batch_size, reference, max_length)
-    return _summed_logps(model, tokenizer, encoded, batch_size, reference)
+    return encoded
 
 
-def pair_logps(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16, reference: bool = False,
-               max_length: int | None = 1024) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """The summed log-probability of each pair's chosen and of its rejected reply (two tensors, in the pairs'
-    order), the pair cut into prompt and replies as `DPOTrainer` cuts it; otherwise as `reply_logps`."""
+def _encode_pairs(tokenizer, pairs: Sequence[PreferencePair]) -> tuple[list[tuple[list[int], list[int]]], list[str]]:
+    """Every chosen reply, then every rejected one, each pair cut as `DPOTrainer` cuts it; and their texts."""
     for i, pair in enumerate(pairs):
         if not isinstance(pair, PreferencePair):
             raise TypeError(f"pair {i} must be a PreferencePair, got {type(pair).__name__}.")
-    encoded, texts = [], []
-    for pair in pairs:
-        prompt_ids, replies = reply_tokens(tokenizer, pair.prompt, pair.chosen, pair.rejected)
-        encoded.append([(prompt_ids, r) for r in replies])
-        texts.append([pair.chosen, pair.rejected])
-    flat = [e[0] for e in encoded] + [e[1] for e in encoded]
-    _checked(model, flat, [t[0] for t in texts] + [t[1] for t in texts], batch_size, reference, max_length)
-    both = _summed_logps(model, tokenizer, flat, batch_size, reference)
+    cut = [reply_tokens(tokenizer, p.prompt, p.chosen, p.rejected) for p in pairs]
+    encoded = [(prompt_ids, replies[side]) for side in (0, 1) for prompt_ids, replies in cut]
+    return encoded, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+
+
+def pair_logps(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = BATCH_SIZE,
+               reference: bool = False, max_length: int | None = MAX_LENGTH) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The summed log-probability of each pair's chosen and of its rejected reply (two tensors, in the pairs'
+    order), the pair cut into prompt and replies as `DPOTrainer` cuts it; otherwise as `reply_logps`."""
+    encoded, texts = _encode_pairs(tokenizer, pairs)
+    _checked(model, encoded, texts, batch_size, reference, max_length)
+    both = _summed_logps(model, tokenizer, encoded, batch_size, reference)
     return both[:len(pairs)], both[len(pairs):]
 
 
-def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: float, batch_size: int = 16) -> dict:
+def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: float,
+                     batch_size: int = BATCH_SIZE) -> dict:
     """DPO's implicit reward of each pair's replies, beta * (log pi(y|x) - log pi_ref(y|x)), with the PEFT model's
     adapter as the policy and the adapter switched off as the reference: lists `chosen` and `rejected`, their
     mean `margin` and the share of pairs whose chosen reply gets the higher reward (`accuracy`)."""
@@ -264,9 +275,11 @@ def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: fl
         raise ValueError(f"beta must be > 0 (the DPOConfig's beta the policy was trained with), got {beta}.")
     if not pairs:
         raise ValueError("implicit_rewards needs at least one pair.")
-    chosen, rejected = pair_logps(model, tokenizer, pairs, batch_size)
-    ref_chosen, ref_rejected = pair_logps(model, tokenizer, pairs, batch_size, reference=True)
-    r_chosen, r_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+    encoded, texts = _encode_pairs(tokenizer, pairs)  # tokenized once, read under the policy and the reference
+    _checked(model, encoded, texts, batch_size, True, MAX_LENGTH)
+    ratio = (_summed_logps(model, tokenizer, encoded, batch_size, False)
+             - _summed_logps(model, tokenizer, encoded, batch_size, True))
+    r_chosen, r_rejected = beta * ratio[:len(pairs)], beta * ratio[len(pairs):]
     return {"chosen": r_chosen.tolist(), "rejected": r_rejected.tolist(),
             "margin": float((r_chosen - r_rejected).mean()), "accuracy": float((r_chosen > r_rejected).float().mean())}
 
@@ -322,12 +335,13 @@ def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_token
     replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=max_new_tokens, temperature=0)
     scores = judge_replies(questions, replies) | {"replies": [r[0] for r in replies]}
     if _is_peft(model):
-        prompts, texts = [q.prompt for q in questions], [r[0] for r in replies]
-        ratio = reply_logps(model, tokenizer, prompts, texts) - reply_logps(model, tokenizer, prompts, texts,
-                                                                            reference=True)
+        texts = [r[0] for r in replies]
+        encoded = _encode_replies(tokenizer, [q.prompt for q in questions], texts)  # once, for both readings
+        _checked(model, encoded, texts, BATCH_SIZE, True, MAX_LENGTH)
+        ratio = (_summed_logps(model, tokenizer, encoded, BATCH_SIZE, False)
+                 - _summed_logps(model, tokenizer, encoded, BATCH_SIZE, True))
         scores["log_ratio"] = float(ratio.mean())
-        counts = [len(reply_tokens(tokenizer, p, t)[1][0]) for p, t in zip(prompts, texts)]
-        scores["reply_tokens"] = sum(counts) / len(counts)
+        scores["reply_tokens"] = sum(len(reply_ids) for _, reply_ids in encoded) / len(encoded)
     return scores
 
 
