@@ -66,20 +66,19 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
                 "train_margin": rewards["margin"], "train_reward_accuracy": rewards["accuracy"],
                 "last_logps_chosen": logged[-1]["logps/chosen"], "last_logps_rejected": logged[-1]["logps/rejected"]}
     elif run == "sft-style":
-        from datasets import Dataset
         from transformers.trainer_callback import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        from ftcourse.training import TrainingRecorder, preset_machine_args
+        from ftcourse.tasks import Example
+        from ftcourse.training import TrainingRecorder, preset_machine_args, to_prompt_completion
 
-        rows = [{"prompt": [{"role": "user", "content": p.prompt}], "completion": [{"role": "assistant", "content": p.chosen}]}
-                for p in dpo.style_pairs(questions, PAIR_SEED + seed)]
+        chosen = [Example(p.prompt, p.chosen) for p in dpo.style_pairs(questions, PAIR_SEED + seed)]
         args = SFTConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
                          lr_scheduler_type="constant", per_device_train_batch_size=4, seed=seed,
                          **preset_machine_args(preset))
         recorder = TrainingRecorder(progress=False)  # times the steps only, as train_dpo's does
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                             peft_config=lora_config(), callbacks=[recorder])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(chosen, "chat"),
+                             processing_class=tokenizer, peft_config=lora_config(), callbacks=[recorder])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
         trained = trainer.model.eval()
