@@ -103,6 +103,17 @@ def preset_rl_args(preset: Preset) -> dict:
     return preset_machine_args(preset)
 
 
+def rloo_trainer_class(preset: Preset):
+    """The RLOO trainer a preset trains with: TRL's `RLOOTrainer`, or on a CPU its subclass whose fused LM head
+    scores the completion tokens only, as TRL's Triton path does on a GPU (`training.scoring_labelled_positions_only`:
+    the same log-probabilities, a third of the LM head's work on 06's prompts)."""
+    from trl import RLOOTrainer
+
+    from .training import scoring_labelled_positions_only
+
+    return scoring_labelled_positions_only(RLOOTrainer) if preset.lm_head_on_labels_only else RLOOTrainer
+
+
 # ---------------------------------------------------------------- RLOO from scratch
 
 def rloo_sequence_kl(policy_logps, reference_logps, mask):

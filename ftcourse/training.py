@@ -10,6 +10,7 @@ rates). Configuration flows one way: preset -> choices -> TRL/PEFT configs -> tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -467,6 +468,39 @@ def trainer_class(preset: Preset):
     from trl import SFTTrainer
 
     return completion_only_trainer() if preset.lm_head_on_labels_only else SFTTrainer
+
+
+@contextlib.contextmanager
+def labelled_positions_only():
+    """Within it, TRL's fused LM head scores the labelled positions only, as it does on a GPU with Triton.
+
+    TRL 1.16's fused head (`trl.trainer.utils.add_fused_lm_head`) projects only the positions that carry a label
+    when Triton runs the kernel; elsewhere it projects every position (prompt and padding too) and zeroes the
+    unlabelled ones afterwards, because on other accelerators a changing number of rows would recompile its
+    kernels. A CPU recompiles nothing. Each position's log-probability and entropy are computed row by row, so
+    the labelled positions get the same values either way; the unlabelled ones are zero either way.
+    """
+    from trl.trainer import utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def scoring_labelled_positions_only(trainer_cls):
+    """A subclass of an online TRL trainer (`RLOOTrainer`, `GRPOTrainer`) whose fused LM head scores the completion
+    tokens only (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values."""
+
+    class Trainer(trainer_cls):
+        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+            with labelled_positions_only():
+                return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
+    Trainer.__name__ = Trainer.__qualname__ = f"{trainer_cls.__name__}LabelledOnly"
+    return Trainer
 
 
 class TrainingRecorder:

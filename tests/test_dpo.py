@@ -19,6 +19,16 @@ def from_scratch_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta):
 RANDOM_LORA = dict(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 
 
+def fp32_cpu():
+    """The cpu preset on its float32 path whatever this CPU decided: these checks compare computations, and ours
+    run without autocast (under bf16 autocast the trainer's log-probabilities differ from them by ~0.2)."""
+    import dataclasses
+
+    from ftcourse.presets import get_preset
+
+    return dataclasses.replace(get_preset("cpu"), bf16=False, fp16=False)
+
+
 def shallow_model():
     """The course model cut to its first 2 decoder layers: the checks here do not depend on depth."""
     from conftest import keep_first_layers
@@ -35,13 +45,12 @@ def test_reply_logps_and_the_library_loss_equal_a_real_dpo_trainer_batch(tokeniz
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from ftcourse.presets import get_preset
     from ftcourse.reward import preference_dataset
 
     pairs = prefs.make_pairs(prefs.make_questions(4, 3), seed=3, kinds=("padded", "wrong", "padded_wrong", "echo"))
     beta = 0.3
     args = DPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, beta=beta, seed=0,
-                     **dpo.preset_dpo_args(get_preset("cpu")))
+                     **dpo.preset_dpo_args(fp32_cpu()))
     torch.manual_seed(0)
     trainer = DPOTrainer(model=shallow_model(), args=args, train_dataset=preference_dataset(pairs),
                          processing_class=tokenizer, peft_config=LoraConfig(**RANDOM_LORA))

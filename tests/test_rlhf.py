@@ -173,3 +173,44 @@ def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     assert errors.value == "" and len(lab.picks) == 4
     assert shown.value != before[0] and readout.value != before[1] and image.value != before[2]
     assert "ftcourse-lab-rlhf" in box._dom_classes
+
+
+def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path):
+    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only) against `RLOOTrainer`
+    itself: two steps each from the same seed, beta > 0, a random adapter (so the KL is not zero), on the course
+    model cut to 2 layers. Every logged number (rewards, KL, entropy, loss, clip ratios) is the same; the GPU
+    presets get `RLOOTrainer` unchanged."""
+    from peft import LoraConfig
+    from trl import RLOOConfig, RLOOTrainer
+
+    from conftest import keep_first_layers
+    from ftcourse.models import load_model
+    from ftcourse.presets import get_preset
+
+    tokenizer = model_and_tokenizer[1]
+    assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
+    cpu_class = rlhf.rloo_trainer_class(get_preset("cpu"))
+    assert issubclass(cpu_class, RLOOTrainer) and cpu_class is not RLOOTrainer
+
+    def logged(trainer_class) -> list[dict]:
+        model = load_model()
+        keep_first_layers(model, 2)
+        args = RLOOConfig(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
+                          num_generations=2, max_completion_length=8, beta=0.05, learning_rate=1e-3, seed=0,
+                          **rlhf.preset_rl_args(get_preset("cpu")))
+        trainer = trainer_class(model=model, reward_funcs=[lambda completions, **_: [len(rlhf._reply_text(c)) / 10
+                                                                                    for c in completions]],
+                                args=args, train_dataset=rlhf.rl_dataset(prefs.make_questions(8, 1)),
+                                processing_class=tokenizer,
+                                peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"],
+                                                       init_lora_weights=False))
+        trainer.train()
+        return [{k: v for k, v in row.items() if "time" not in k and "runtime" not in k and "per_second" not in k}
+                for row in trainer.state.log_history if "reward" in row]
+
+    ours, theirs = logged(cpu_class), logged(RLOOTrainer)
+    assert len(ours) == len(theirs) == 2 and ours[0].keys() == theirs[0].keys()
+    assert any(row["kl"] > 0 for row in theirs) and theirs[0]["entropy"] > 0  # the comparison is not of zeros
+    for a, b in zip(ours, theirs):
+        for key in b:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key

@@ -83,7 +83,7 @@ import matplotlib.pyplot as plt
 import torch
 from peft import LoraConfig
 from transformers import PrinterCallback
-from trl import RewardConfig, RewardTrainer, RLOOConfig, RLOOTrainer
+from trl import RewardConfig, RewardTrainer, RLOOConfig
 
 from ftcourse import plots, preferences, reward, rlhf
 from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
@@ -373,6 +373,7 @@ heldout_questions = preferences.make_questions(48, 6071)
 reward_fn = rlhf.reward_model_reward(reward_model, tokenizer)
 RL_ARGS = rlhf.preset_rl_args(preset)
 RL_STEPS, BETAS = 6, {"beta 1e-4 (off)": 1e-4, "beta 20 (on)": 20.0}
+RLOO = rlhf.rloo_trainer_class(preset)  # RLOOTrainer; on a CPU its subclass whose LM head scores the reply tokens only
 
 
 def heldout_scores(model):
@@ -390,11 +391,11 @@ for label, beta in BETAS.items():
     rl_config = RLOOConfig(output_dir="build/rloo", max_steps=RL_STEPS, learning_rate=2e-3, per_device_train_batch_size=8,
                            num_generations=4, max_completion_length=12, temperature=1.0, beta=beta,
                            reward_weights=[1.0, 0.0], seed=SEED, **RL_ARGS)
-    rl_trainer = RLOOTrainer(model=load_model(preset.model, preset.device, seed=SEED),
-                             reward_funcs=[reward_fn, rlhf.judge_reward], args=rl_config,
-                             train_dataset=rlhf.rl_dataset(rl_questions), processing_class=tokenizer,
-                             peft_config=LoraConfig(task_type="CAUSAL_LM", r=preset.lora_r, lora_alpha=2 * preset.lora_r,
-                                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    rl_trainer = RLOO(model=load_model(preset.model, preset.device, seed=SEED),
+                      reward_funcs=[reward_fn, rlhf.judge_reward], args=rl_config,
+                      train_dataset=rlhf.rl_dataset(rl_questions), processing_class=tokenizer,
+                      peft_config=LoraConfig(task_type="CAUSAL_LM", r=preset.lora_r, lora_alpha=2 * preset.lora_r,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     rl_trainer.remove_callback(PrinterCallback)  # its metrics are plotted below
     start = time.perf_counter()
     rl_trainer.train()
@@ -439,8 +440,13 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # held-out judge's score and the reward model's score stay near the base model's. A strong penalty prevents
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
-# are 6 steps on 2 prompts each (8 sampled replies a step; a step costs tens of seconds on a CPU): a sketch
+# are 6 steps on 2 prompts each (8 sampled replies a step; a step costs 7-20 s on a 2-core CPU): a sketch
 # of the dynamics, measured on 48 held-out questions, not a tuned RLHF run.
+#
+# On the CPU preset the trainer is `RLOOTrainer` with one change (`rlhf.rloo_trainer_class`): its LM head
+# scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too. Every
+# logged number is the same as `RLOOTrainer`'s on the same seed (rewards, KL, entropy, loss: tests/test_rlhf.py
+# compares them), in about three quarters of the time. On a GPU it is `RLOOTrainer` itself.
 #
 # ## 5 · RLHF Lab: be the rater
 # Where do a reward model's preferences come from? From whoever clicks. Below, real replies of the three
@@ -483,9 +489,33 @@ heldout_pairs = len(rlhf.judged_pairs(pool, judge_lab.heldout()))
 length_rule = rlhf.rater_agreement(pool, "longer", judge_lab.heldout())
 print(f"{heldout_pairs} held-out pairs the judge scores differently (one pair is {1 / heldout_pairs:.3f} of agreement); "
       f"the rule 'the longer reply is better' (equal lengths: half) orders {length_rule:.2f} of them as the judge does.")
+stated = {  # what the next cell's text says these runs show, tested on this run's numbers
+    "every head ends below a quarter of log 2":
+        max(lab.losses[-1] for lab in scripted.values()) < judge_lab.losses[0] / 4,
+    "from its first click every head agrees with the judge on >= 0.9 of held-out pairs":
+        min(lab.agreements[1] for lab in scripted.values()) >= 0.9,
+    "the length rule orders >= 0.8 of held-out pairs as the judge does": length_rule >= 0.8,
+    "the same real clicks agree more without the coin flips than with them":
+        same_clicks and clean_lab.agreements[len(real_picks)] > judge_lab.agreements[-1],
+    "passing ties over, the head ends below its first click": clean_lab.agreements[-1] < clean_lab.agreements[1],
+    "the longer-reply rater ends above both judge runs":
+        scripted["longer"].agreements[-1] > max(judge_lab.agreements[-1], clean_lab.agreements[-1]),
+}
+for claim, held in stated.items():
+    print(f"{'as stated ' if held else 'NOT in this run'}: {claim}")
 rlhf.rlhf_lab_figure(scripted);
 
 # %% [markdown]
+# The text below describes the run of the README's table, on the CPU preset's float32 path; the lines printed
+# above test each of its statements on *your* run. The pool is built from §4's sampled replies, so a machine
+# that trains under bf16 autocast (a CPU with AVX512-BF16, or a GPU) samples other replies, and with about 22
+# held-out pairs (each one about 0.045 of agreement) the runs can part differently there. Measured on an
+# AVX512-BF16 CPU, the same seed gave heads ending at agreement 0.82 (judge), 0.91 (ties passed over) and 0.73
+# (longer), and losses of 0.23, 0.09 and 0.20; the longer-reply rater's head stood at 0.18 after its first
+# click, because on that pool the first pair shown was one where the judge prefers the shorter reply. The
+# coin flips cost agreement there too (0.86 without them, 0.82 with). The mechanisms below hold either way;
+# which one shows most is the pool's.
+#
 # Each click's gradient steps show on the loss curve: the first click's eight steps take the loss from
 # $\log 2 \approx 0.69$ (an untrained head ties every pair) down to under a tenth of it, and each later click
 # raises it where the new pair is one the head does not yet order the rater's way, then lowers it again.
