@@ -107,8 +107,8 @@ STATED_CLAIMS = {
          lambda r: r["rss_peak_over_count_full"] < 1.0),
         ("LoRA's measured peak sits above its count", lambda r: r["rss_peak_over_count_lora"] > 1.0),
         ("QLoRA's measured peak is far above its count", lambda r: r["rss_peak_over_count_qlora"] > 1.5),
-        ("on the CPU path QLoRA's measured peak is the highest of the three",
-         lambda r: r["rss_peak_gb_qlora"] > max(r["rss_peak_gb_full"], r["rss_peak_gb_lora"])),
+        ("on the CPU path QLoRA's measured peak is above LoRA's (it saves no process memory)",
+         lambda r: r["rss_peak_gb_qlora"] > r["rss_peak_gb_lora"]),
         ("the fine-tune saves prefill per query, so it pays back", lambda r: r["prefill_saved_ms"] > 0),
         ("the adapter trained on the notes learned almost none of their facts, asked or reciting",
          lambda r: r["knowledge_lora"] <= 0.15 and r["knowledge_lora_recite"] <= 0.15),
@@ -304,6 +304,8 @@ def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
            "FTCOURSE_AUTOGRADED": str(tmp_path / "autograded"), "FTCOURSE_FEEDBACK": str(tmp_path / "feedback"),
            "FTCOURSE_GRADEBOOK": str(tmp_path / "gradebook.db")}
     monkeypatch.setenv("FTCOURSE_GRANT_TRAVERSE", "1")  # CI's checkout may sit in a private home folder
+    for name, value in forced_env(slug).items():  # graded on the path its kernel ran (the grader passes it on)
+        monkeypatch.setenv(name, value)
     grade.nbgrader("generate_assignment", slug, "--force", env=env)
     released = root / "course" / slug / f"{slug}.ipynb"
     for student, submission in submissions.items():
