@@ -440,7 +440,7 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # held-out judge's score and the reward model's score stay near the base model's. A strong penalty prevents
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
-# are 6 steps on 2 prompts each (8 sampled replies a step; a step costs 7-20 s on a 2-core CPU): a sketch
+# are 6 steps on 2 prompts each (8 sampled replies a step; a step costs 8-25 s on a 2-core CPU): a sketch
 # of the dynamics, measured on 48 held-out questions, not a tuned RLHF run.
 #
 # On the CPU preset the trainer is `RLOOTrainer` with one change (`rlhf.rloo_trainer_class`): its LM head
