@@ -106,7 +106,7 @@ def preset_rl_args(preset: Preset) -> dict:
 def rloo_trainer_class(preset: Preset):
     """The RLOO trainer a preset trains with: TRL's `RLOOTrainer`, or on a CPU its subclass whose fused LM head
     scores the completion tokens only, as TRL's Triton path does on a GPU (`training.scoring_labelled_positions_only`:
-    the same log-probabilities, a third of the LM head's work on 06's prompts)."""
+    the same log-probabilities, with the LM head run on the reply positions instead of every position)."""
     from trl import RLOOTrainer
 
     from .training import scoring_labelled_positions_only

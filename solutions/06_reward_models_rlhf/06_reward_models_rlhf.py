@@ -440,13 +440,15 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # held-out judge's score and the reward model's score stay near the base model's. A strong penalty prevents
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
-# are 6 steps on 2 prompts each (8 sampled replies a step; a step costs 8-25 s on a 2-core CPU): a sketch
-# of the dynamics, measured on 48 held-out questions, not a tuned RLHF run.
+# are 6 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
+# three held-out scorings, took 2.0 min under bf16 and 2.3-2.6 min in float32): a sketch of the dynamics,
+# measured on 48 held-out questions, not a tuned RLHF run.
 #
 # On the CPU preset the trainer is `RLOOTrainer` with one change (`rlhf.rloo_trainer_class`): its LM head
 # scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too. Every
 # logged number is the same as `RLOOTrainer`'s on the same seed (rewards, KL, entropy, loss: tests/test_rlhf.py
-# compares them), in about three quarters of the time. On a GPU it is `RLOOTrainer` itself.
+# compares them); measured in float32 on a 2-core AVX512 CPU, a run (its held-out scoring included) took 70
+# and 65 s instead of 79 and 77 s. On a GPU it is `RLOOTrainer` itself.
 #
 # ## 5 · RLHF Lab: be the rater
 # Where do a reward model's preferences come from? From whoever clicks. Below, real replies of the three
@@ -506,8 +508,9 @@ for claim, held in stated.items():
 rlhf.rlhf_lab_figure(scripted);
 
 # %% [markdown]
-# The text below describes the run of the README's table, on the CPU preset's float32 path; the lines printed
-# above test each of its statements on *your* run. The pool is built from §4's sampled replies, so a machine
+# The text below describes a run on the CPU preset's float32 path (the path CI runs); the lines printed above
+# test six of its statements on *your* run, with the thresholds the course's tests apply ("most" as at least
+# 0.8 or 0.9 of the held-out pairs). The pool is built from §4's sampled replies, so a machine
 # that trains under bf16 autocast (a CPU with AVX512-BF16, or a GPU) samples other replies, and with about 22
 # held-out pairs (each one about 0.045 of agreement) the runs can part differently there. Measured on an
 # AVX512-BF16 CPU, the same seed gave heads ending at agreement 0.82 (judge), 0.91 (ties passed over) and 0.73
