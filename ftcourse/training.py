@@ -491,8 +491,9 @@ def labelled_positions_only():
 
 
 def scoring_labelled_positions_only(trainer_cls):
-    """A subclass of an online TRL trainer (`RLOOTrainer`, `GRPOTrainer`) whose fused LM head scores the completion
-    tokens only (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values."""
+    """A subclass of an online TRL trainer whose fused LM head scores the completion tokens only
+    (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values. Tested with
+    `RLOOTrainer` (tests/test_rlhf.py); `GRPOTrainer` has the same method, not yet tested here."""
 
     class Trainer(trainer_cls):
         def _get_per_token_logps_and_entropies(self, *args, **kwargs):
