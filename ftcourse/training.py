@@ -490,17 +490,29 @@ def labelled_positions_only():
         trl_utils._use_triton = original
 
 
+# The method of each TRL trainer inside which its fused LM head runs (the policy's and the reference's forwards).
+SCORING_METHODS = {"RLOOTrainer": "_get_per_token_logps_and_entropies", "GRPOTrainer": "_get_per_token_logps_and_entropies",
+                   "DPOTrainer": "compute_loss"}
+
+
 def scoring_labelled_positions_only(trainer_cls):
-    """A subclass of an online TRL trainer whose fused LM head scores the completion tokens only
-    (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values. Tested with
-    `RLOOTrainer` (tests/test_rlhf.py); `GRPOTrainer` has the same method, not yet tested here."""
+    """A subclass of a TRL trainer whose fused LM head scores the labelled (completion) tokens only
+    (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values. The method
+    wrapped is the trainer's in `SCORING_METHODS`. Tested with `RLOOTrainer` (tests/test_rlhf.py) and `DPOTrainer`
+    (tests/test_dpo.py): the same logged numbers; `GRPOTrainer` has the same method, not yet tested here."""
+    name = next((SCORING_METHODS[c.__name__] for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
+    if name is None:
+        raise ValueError(f"{trainer_cls.__name__} is none of {sorted(SCORING_METHODS)}: the method its fused LM head "
+                         "runs in is not known here.")
+    method = getattr(trainer_cls, name)
 
-    class Trainer(trainer_cls):
-        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-            with labelled_positions_only():
-                return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+    def scoring(self, *args, **kwargs):
+        with labelled_positions_only():
+            return method(self, *args, **kwargs)
 
-    Trainer.__name__ = Trainer.__qualname__ = f"{trainer_cls.__name__}LabelledOnly"
+    scoring.__name__ = name
+    Trainer = type(f"{trainer_cls.__name__}LabelledOnly", (trainer_cls,), {name: scoring})
+    Trainer.__qualname__ = Trainer.__name__
     return Trainer
 
 

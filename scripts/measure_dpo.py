@@ -60,7 +60,8 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
                          lr_scheduler_type="constant", per_device_train_batch_size=4, beta=beta, seed=seed,
                          **dpo.preset_dpo_args(preset))
         with preset.autocast():
-            trained, result, logged = dpo.train_dpo(model, tokenizer, pairs, lora_config(), args, progress=False)
+            trained, result, logged = dpo.train_dpo(model, tokenizer, pairs, lora_config(), args, progress=False,
+                                                            trainer_class=dpo.dpo_trainer_class(preset))
             rewards = dpo.implicit_rewards(trained, tokenizer, pairs, beta)
         row |= {"beta": beta, "losses": result.losses, "step_s": result.seconds / result.steps,
                 "train_margin": rewards["margin"], "train_reward_accuracy": rewards["accuracy"],

@@ -2,6 +2,8 @@
 log-probabilities, together against a real DPOTrainer batch; a from-scratch DPO loss (as a learner writes it)
 against the library's, with its gradients."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,3 +211,49 @@ def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tok
 
     fresh = get_peft_model(shallow_model(), LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj"]))
     assert dpo.policy_scores(fresh, tokenizer, questions[:2], max_new_tokens=4)["log_ratio"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_the_lm_head(tokenizer, tmp_path):
+    """`dpo_trainer_class` on the CPU preset: the same losses, rewards, log-probabilities and metrics as TRL's
+    `DPOTrainer` over 2 steps from the same seed, and in every call its fused LM head projects fewer rows (the
+    replies' tokens, not every position): a TRL change that silently dropped the speed-up fails here."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer import utils as trl_utils
+
+    from ftcourse.presets import get_preset
+
+    preset = get_preset("cpu")
+    cpu_class = dpo.dpo_trainer_class(preset)
+    assert preset.lm_head_on_labels_only and issubclass(cpu_class, DPOTrainer) and cpu_class is not DPOTrainer
+    assert dpo.dpo_trainer_class(dataclasses.replace(preset, lm_head_on_labels_only=False)) is DPOTrainer
+    pairs = dpo.style_pairs(prefs.make_questions(8, 5), seed=5)
+    chunked, scored_rows = trl_utils._ChunkedLogProbFunction, {}
+
+    def logged(trainer_class) -> list[dict]:
+        class Counting(chunked):  # the rows the fused LM head projects, per call
+            @staticmethod
+            def forward(ctx, hidden, *rest):
+                scored_rows.setdefault(trainer_class.__name__, []).append(hidden.shape[0])
+                return chunked.forward(ctx, hidden, *rest)
+
+        trl_utils._ChunkedLogProbFunction = Counting
+        args = DPOConfig(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
+                         learning_rate=5e-3, lr_scheduler_type="constant", beta=0.1, seed=0,
+                         **dpo.preset_dpo_args(preset))
+        lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        try:
+            _, _, rows = dpo.train_dpo(shallow_model(), tokenizer, pairs, lora, args, progress=False,
+                                       trainer_class=trainer_class)
+        finally:
+            trl_utils._ChunkedLogProbFunction = chunked
+        return rows
+
+    ours, theirs = logged(cpu_class), logged(DPOTrainer)
+    mine, full = scored_rows[cpu_class.__name__], scored_rows["DPOTrainer"]
+    assert len(mine) == len(full) == 4 and all(m < f for m, f in zip(mine, full)), (mine, full)  # policy + reference
+    assert len(ours) == len(theirs) == 2 and ours[0].keys() == theirs[0].keys() and "rewards/margins" in ours[0]
+    assert theirs[1]["rewards/margins"] != 0  # the second step compares a moved policy, not zeros
+    for a, b in zip(ours, theirs):
+        for key in b:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
