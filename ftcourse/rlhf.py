@@ -343,6 +343,57 @@ class BradleyTerryLab:
         return self
 
 
+def lab_measurements(pool: LabPool, judge_run: BradleyTerryLab, no_ties_run: BradleyTerryLab,
+                     longer_run: BradleyTerryLab) -> dict:
+    """What notebook 06's three scripted lab runs measure (the `lab_*` fields of its course_results.json, the
+    numbers `LAB_STATEMENTS` are tested on): the judge rater's run, the same rater passing ties over, and the
+    longer-reply rater's run, all shown the same pairs in the same order."""
+    runs = (judge_run, no_ties_run, longer_run)
+    tie = lambda pick: pool.scores[pick[0]][pick[1]] == pool.scores[pick[0]][pick[2]]  # noqa: E731
+    real_picks = [pick for pick in judge_run.picks if not tie(pick)]
+    return {
+        "lab_agreement_judge": judge_run.agreements[-1], "lab_agreement_longer": longer_run.agreements[-1],
+        "lab_agreement_judge_no_ties": no_ties_run.agreements[-1],
+        "lab_agreement_first_click_min": min(run.agreements[1] for run in runs),
+        "lab_agreement_no_ties_first_click": no_ties_run.agreements[1],
+        "lab_agreement_same_real_clicks": no_ties_run.agreements[len(real_picks)],
+        "lab_same_real_clicks": no_ties_run.picks[:len(real_picks)] == real_picks,
+        "lab_length_rule_agreement": rater_agreement(pool, "longer", judge_run.heldout()),
+        "lab_heldout_pairs": len(judged_pairs(pool, judge_run.heldout())),
+        "lab_loss_first_judge": judge_run.losses[0], "lab_loss_last_judge": judge_run.losses[-1],
+        "lab_loss_first_click_judge": judge_run.losses[judge_run.steps_per_click - 1],
+        "lab_loss_last_max": max(run.losses[-1] for run in runs),
+        "lab_tie_clicks_judge": len(judge_run.picks) - len(real_picks),
+    }
+
+
+# Notebook 06's statements about its scripted lab runs, each with the test of it on `lab_measurements`: the
+# notebook prints each one's outcome for the learner's run, and tests/conftest.py checks them on the executed
+# notebook's numbers (one source for both).
+LAB_STATEMENTS: tuple[tuple[str, Callable[[dict], bool]], ...] = (
+    ("the lab's first click takes the loss from log 2 to under a tenth of it in its steps",
+     lambda r: r["lab_loss_first_click_judge"] < r["lab_loss_first_judge"] / 10),
+    ("every lab head ends far below log 2 (under a quarter of it): it learned its rater's clicks",
+     lambda r: r["lab_loss_last_max"] < r["lab_loss_first_judge"] / 4),
+    ("from its first click every head agrees with the judge on most held-out pairs (>= 0.9)",
+     lambda r: r["lab_agreement_first_click_min"] >= 0.9),
+    ("the length rule alone orders most held-out pairs (>= 0.8) as the judge does",
+     lambda r: r["lab_length_rule_agreement"] >= 0.8),
+    ("the coin flips cost agreement: the same real clicks without them agree more than with them",
+     lambda r: r["lab_same_real_clicks"] and r["lab_tie_clicks_judge"] > 0
+     and r["lab_agreement_same_real_clicks"] > r["lab_agreement_judge"]),
+    ("even clean clicks teach only part of the ranking: the ties-passed-over head ends below its first click",
+     lambda r: 0.5 < r["lab_agreement_judge_no_ties"] < r["lab_agreement_no_ties_first_click"]),
+    ("on this pool, the longer-reply rater's head ends above either judge run",
+     lambda r: r["lab_agreement_longer"] > max(r["lab_agreement_judge"], r["lab_agreement_judge_no_ties"])),
+)
+
+
+def lab_statements(measured: dict) -> dict[str, bool]:
+    """Each of `LAB_STATEMENTS` and whether it holds on `measured` (`lab_measurements`)."""
+    return {text: bool(test(measured)) for text, test in LAB_STATEMENTS}
+
+
 def rlhf_lab_text(lab: BradleyTerryLab) -> str:
     last = f"{lab.losses[-1]:.3f}" if lab.losses else "-"
     lines = [f"clicks {len(lab.picks)}   Bradley-Terry loss {last}   held-out agreement with the judge "

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftcourse.grading.secret import public_test_env
+from ftcourse.rlhf import LAB_STATEMENTS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.update(public_test_env())
@@ -156,21 +157,7 @@ STATED_CLAIMS = {
          lambda r: r["rl_reward_off"] > r["rl_reward_base"] and r["rl_judge_off"] < r["rl_judge_base"]),
         ("with the penalty on, the KL stayed small and the judge's score near the base model's",
          lambda r: r["rl_kl_on"] < r["rl_kl_off"] / 3 and r["rl_judge_on"] >= r["rl_judge_base"] - 0.1),
-        ("the lab's first click takes the loss from log 2 to under a tenth of it in its steps",
-         lambda r: r["lab_loss_first_click_judge"] < r["lab_loss_first_judge"] / 10),
-        ("every lab head ends far below log 2: it learned its rater's clicks",
-         lambda r: r["lab_loss_last_max"] < r["lab_loss_first_judge"] / 4),
-        ("from its first click every head agrees with the judge on most held-out pairs",
-         lambda r: r["lab_agreement_first_click_min"] >= 0.9),
-        ("the length rule alone orders most held-out pairs as the judge does",
-         lambda r: r["lab_length_rule_agreement"] >= 0.8),
-        ("the coin flips cost agreement: the same real clicks without them agree more than with them",
-         lambda r: r["lab_same_real_clicks"] and r["lab_tie_clicks_judge"] > 0
-         and r["lab_agreement_same_real_clicks"] > r["lab_agreement_judge"]),
-        ("even clean clicks teach only part of the ranking: the ties-passed-over head ends below its first click",
-         lambda r: 0.5 < r["lab_agreement_judge_no_ties"] < r["lab_agreement_no_ties_first_click"]),
-        ("on this pool, the longer-reply rater's head ends above either judge run",
-         lambda r: r["lab_agreement_longer"] > max(r["lab_agreement_judge"], r["lab_agreement_judge_no_ties"])),
+        *LAB_STATEMENTS,  # ftcourse.rlhf: the notebook prints each one's outcome on its own run
     ],
 }
 

@@ -159,6 +159,31 @@ def test_the_judged_pairs_and_a_raters_own_agreement_with_the_judge():
     assert lab.agreement() == 0.5  # an untrained head ties every judged pair
 
 
+def test_the_lab_measurements_and_the_statements_tested_on_them():
+    """`lab_measurements` reads the three scripted runs as notebook 06 records them, and `lab_statements` tests
+    each of `LAB_STATEMENTS` on them (the notebook prints these; tests/conftest.py checks the same ones)."""
+    pool = _toy_pool()
+    make = lambda: rlhf.BradleyTerryLab(pool, n_train=8, steps_per_click=5, learning_rate=0.05)  # noqa: E731
+    judge_run, no_ties, longer = make().scripted("judge", 12), make().scripted("judge", 12, skip_ties=True), \
+        make().scripted("longer", 12)
+    measured = rlhf.lab_measurements(pool, judge_run, no_ties, longer)
+    ties = sum(pool.scores[q][i] == pool.scores[q][j] for q, i, j in judge_run.picks)
+    assert measured["lab_tie_clicks_judge"] == ties
+    assert measured["lab_same_real_clicks"] is (no_ties.picks[:12 - ties] == [p for p in judge_run.picks
+                                                                             if pool.scores[p[0]][p[1]] != pool.scores[p[0]][p[2]]])
+    assert measured["lab_agreement_same_real_clicks"] == no_ties.agreements[12 - ties]
+    assert measured["lab_agreement_first_click_min"] == min(r.agreements[1] for r in (judge_run, no_ties, longer))
+    assert measured["lab_loss_first_click_judge"] == judge_run.losses[4] and measured["lab_loss_first_judge"] == judge_run.losses[0]
+    assert measured["lab_length_rule_agreement"] == rlhf.rater_agreement(pool, "longer", judge_run.heldout())
+    assert measured["lab_heldout_pairs"] == len(rlhf.judged_pairs(pool, range(8, 12)))
+    held = rlhf.lab_statements(measured)
+    assert list(held) == [text for text, _ in rlhf.LAB_STATEMENTS] and all(isinstance(v, bool) for v in held.values())
+    # the toy pool's judge runs reach agreement 1.0, above the longer-reply rater's: that statement fails here
+    assert not held["on this pool, the longer-reply rater's head ends above either judge run"]
+    # a judge run without a coin flip cannot show what coin flips cost
+    assert not rlhf.lab_statements(measured | {"lab_tie_clicks_judge": 0})[rlhf.LAB_STATEMENTS[4][0]]
+
+
 def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     import matplotlib
 
