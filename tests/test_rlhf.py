@@ -200,25 +200,19 @@ def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     assert "ftcourse-lab-rlhf" in box._dom_classes
 
 
-def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path):
-    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only) against `RLOOTrainer`
-    itself: two steps each from the same seed, beta > 0, a random adapter (so the KL is not zero), on the course
-    model cut to 2 layers. Every logged number (rewards, KL, entropy, loss, clip ratios) is the same; the GPU
-    presets get `RLOOTrainer` unchanged."""
+def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokenizer, tmp_path) -> None:
+    """Two steps of `cpu_class` and of `library_class` from the same seed, beta > 0, a random adapter (so the KL is
+    not zero), on the course model cut to 2 layers: every logged number (rewards, KL, entropy, loss, clip ratios)
+    is the same, and in every call the CPU class's fused LM head projects fewer rows (the replies' tokens, not
+    every position), so a TRL change that silently dropped the speed-up fails here."""
     from peft import LoraConfig
-    from trl import RLOOConfig, RLOOTrainer
+    from trl.trainer import utils as trl_utils
 
     from conftest import keep_first_layers
     from ftcourse.models import load_model
     from ftcourse.presets import get_preset
 
-    tokenizer = model_and_tokenizer[1]
-    assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
-    cpu_class = rlhf.rloo_trainer_class(get_preset("cpu"))
-    assert issubclass(cpu_class, RLOOTrainer) and cpu_class is not RLOOTrainer
-
-    from trl.trainer import utils as trl_utils
-
+    assert issubclass(cpu_class, library_class) and cpu_class is not library_class
     scored_rows: dict[str, list[int]] = {}
     chunked = trl_utils._ChunkedLogProbFunction
 
@@ -232,9 +226,9 @@ def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tm
         trl_utils._ChunkedLogProbFunction = Counting
         model = load_model()
         keep_first_layers(model, 2)
-        args = RLOOConfig(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
-                          num_generations=2, max_completion_length=8, beta=0.05, learning_rate=1e-3, seed=0,
-                          **rlhf.preset_rl_args(get_preset("cpu")))
+        args = config_class(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
+                            num_generations=2, max_completion_length=8, beta=0.05, learning_rate=1e-3, seed=0,
+                            **rlhf.preset_rl_args(get_preset("cpu")))
         trainer = trainer_class(model=model, reward_funcs=[lambda completions, **_: [len(rlhf._reply_text(c)) / 10
                                                                                     for c in completions]],
                                 args=args, train_dataset=rlhf.rl_dataset(prefs.make_questions(8, 1)),
@@ -248,12 +242,36 @@ def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tm
         return [{k: v for k, v in row.items() if "time" not in k and "runtime" not in k and "per_second" not in k}
                 for row in trainer.state.log_history if "reward" in row]
 
-    ours, theirs = logged(cpu_class), logged(RLOOTrainer)
-    # the speed-up is real: the same calls, each projecting fewer rows (the replies' tokens, not every position)
-    mine, full = scored_rows[cpu_class.__name__], scored_rows["RLOOTrainer"]
+    ours, theirs = logged(cpu_class), logged(library_class)
+    mine, full = scored_rows[cpu_class.__name__], scored_rows[library_class.__name__]
     assert len(mine) == len(full) > 0 and all(m < f for m, f in zip(mine, full)), (mine, full)
     assert len(ours) == len(theirs) == 2 and ours[0].keys() == theirs[0].keys()
-    assert any(row["kl"] > 0 for row in theirs) and theirs[0]["entropy"] > 0  # the comparison is not of zeros
+    assert any(row["kl"] != 0 for row in theirs) and theirs[0]["entropy"] > 0  # the comparison is not of zeros
     for a, b in zip(ours, theirs):
         for key in b:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
+def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path):
+    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only) against `RLOOTrainer`
+    itself (`_online_trainers_log_the_same`); the GPU presets get `RLOOTrainer` unchanged."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    from ftcourse.presets import get_preset
+
+    assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
+    _online_trainers_log_the_same(rlhf.rloo_trainer_class(get_preset("cpu")), RLOOTrainer, RLOOConfig,
+                                  model_and_tokenizer[1], tmp_path)
+
+
+def test_the_labelled_positions_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path):
+    """`training.scoring_labelled_positions_only(GRPOTrainer)` (for notebook 08) against `GRPOTrainer` itself,
+    the same way; a trainer whose scoring method is not known is refused."""
+    from trl import GRPOConfig, GRPOTrainer, SFTTrainer
+
+    from ftcourse.training import scoring_labelled_positions_only
+
+    _online_trainers_log_the_same(scoring_labelled_positions_only(GRPOTrainer), GRPOTrainer, GRPOConfig,
+                                  model_and_tokenizer[1], tmp_path)
+    with pytest.raises(ValueError, match="SFTTrainer is none of"):
+        scoring_labelled_positions_only(SFTTrainer)
