@@ -160,28 +160,37 @@ def test_the_judged_pairs_and_a_raters_own_agreement_with_the_judge():
 
 
 def test_the_lab_measurements_and_the_statements_tested_on_them():
-    """`lab_measurements` reads the three scripted runs as notebook 06 records them, and `lab_statements` tests
-    each of `LAB_STATEMENTS` on them (the notebook prints these; tests/conftest.py checks the same ones)."""
+    """`lab_measurements` reads the scripted runs as notebook 06 records them (means over the orders of pairs), and
+    `lab_statements` tests each of `LAB_STATEMENTS` on them (the notebook prints these; tests/conftest.py checks the
+    same ones)."""
     pool = _toy_pool()
-    make = lambda: rlhf.BradleyTerryLab(pool, n_train=8, steps_per_click=5, learning_rate=0.05)  # noqa: E731
-    judge_run, no_ties, longer = make().scripted("judge", 12), make().scripted("judge", 12, skip_ties=True), \
-        make().scripted("longer", 12)
-    measured = rlhf.lab_measurements(pool, judge_run, no_ties, longer)
-    ties = sum(pool.scores[q][i] == pool.scores[q][j] for q, i, j in judge_run.picks)
-    assert measured["lab_tie_clicks_judge"] == ties
-    assert measured["lab_same_real_clicks"] is (no_ties.picks[:12 - ties] == [p for p in judge_run.picks
-                                                                             if pool.scores[p[0]][p[1]] != pool.scores[p[0]][p[2]]])
-    assert measured["lab_agreement_same_real_clicks"] == no_ties.agreements[12 - ties]
-    assert measured["lab_agreement_first_click_min"] == min(r.agreements[1] for r in (judge_run, no_ties, longer))
-    assert measured["lab_loss_first_click_judge"] == judge_run.losses[4] and measured["lab_loss_first_judge"] == judge_run.losses[0]
-    assert measured["lab_length_rule_agreement"] == rlhf.rater_agreement(pool, "longer", judge_run.heldout())
+    orders = range(3)
+    make = lambda seed: rlhf.BradleyTerryLab(pool, n_train=8, steps_per_click=5, learning_rate=0.05, seed=seed)  # noqa: E731
+    judge = [make(o).scripted("judge", 12) for o in orders]
+    no_ties = [make(o).scripted("judge", 12, skip_ties=True) for o in orders]
+    longer = [make(o).scripted("longer", 12) for o in orders]
+    measured = rlhf.lab_measurements(pool, judge, no_ties, longer)
+    tie = lambda p: pool.scores[p[0]][p[1]] == pool.scores[p[0]][p[2]]  # noqa: E731
+    ties = [sum(map(tie, run.picks)) for run in judge]
+    assert measured["lab_orders"] == 3 and measured["lab_tie_clicks_judge"] == pytest.approx(sum(ties) / 3)
+    assert measured["lab_same_real_clicks"] is all(clean.picks[:12 - t] == [p for p in run.picks if not tie(p)]
+                                                   for clean, run, t in zip(no_ties, judge, ties))
+    assert measured["lab_agreement_same_real_clicks"] == pytest.approx(
+        sum(clean.agreements[12 - t] for clean, t in zip(no_ties, ties)) / 3)
+    assert measured["lab_agreement_longer"] == pytest.approx(sum(r.agreements[-1] for r in longer) / 3)
+    assert measured["lab_loss_last_judge"] == pytest.approx(sum(r.losses[-1] for r in judge) / 3)
+    assert measured["lab_loss_first"] == judge[0].losses[0]
+    assert measured["lab_length_rule_agreement"] == rlhf.rater_agreement(pool, "longer", judge[0].heldout())
     assert measured["lab_heldout_pairs"] == len(rlhf.judged_pairs(pool, range(8, 12)))
     held = rlhf.lab_statements(measured)
     assert list(held) == [text for text, _ in rlhf.LAB_STATEMENTS] and all(isinstance(v, bool) for v in held.values())
-    # the toy pool's judge runs reach agreement 1.0, above the longer-reply rater's: that statement fails here
-    assert not held["on this pool, the longer-reply rater's head ends above either judge run"]
-    # a judge run without a coin flip cannot show what coin flips cost
-    assert not rlhf.lab_statements(measured | {"lab_tie_clicks_judge": 0})[rlhf.LAB_STATEMENTS[4][0]]
+    coin_cost = rlhf.LAB_STATEMENTS[2][0]
+    assert not rlhf.lab_statements(measured | {"lab_tie_clicks_judge": 0})[coin_cost]  # no coin flip, nothing shown
+    assert not rlhf.lab_statements(measured | {"lab_same_real_clicks": False})[coin_cost]  # not the same clicks
+    habit = rlhf.LAB_STATEMENTS[4][0]
+    assert not rlhf.lab_statements(measured | {"lab_agreement_longer": measured["lab_length_rule_agreement"] + 0.2})[habit]
+    with pytest.raises(ValueError, match="one run per order"):
+        rlhf.lab_measurements(pool, judge, no_ties[:2], longer)
 
 
 def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
@@ -191,6 +200,9 @@ def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     lab = rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=2)
     fig = rlhf.rlhf_lab_figure({"judge": lab.scripted("judge", 3)})
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2  # the agreement line and the coin's
+    orders = [rlhf.BradleyTerryLab(_toy_pool(), n_train=8, steps_per_click=2, seed=s).scripted("judge", 3) for s in range(3)]
+    fig = rlhf.rlhf_lab_figure({"judge": orders})  # runs over orders: the mean line, the range shaded
+    assert len(fig.axes[1].collections) == 1 and "mean of 3 orders" in fig.axes[1].get_legend_handles_labels()[1][0]
     box = rlhf.rlhf_lab_widget(lab)
     shown, buttons, readout, errors, image = box.children
     before = (shown.value, readout.value, image.value)
