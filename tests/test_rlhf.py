@@ -159,6 +159,20 @@ def test_the_judged_pairs_and_a_raters_own_agreement_with_the_judge():
     assert lab.agreement() == 0.5  # an untrained head ties every judged pair
 
 
+def test_rule_agreement_counts_the_held_out_pairs_a_rule_has_a_preference_on():
+    pool = _toy_pool()  # replies: the answer (1 word), "Some." (1 word), the answer padded (5+ words)
+    lab = rlhf.BradleyTerryLab(pool, n_train=8)
+    assert rlhf.rule_agreement(lab, "longer") == 0.5  # an untrained head ties every pair: half
+    with torch.no_grad():  # a head that scores by the padded reply's features only: longer first, always
+        lab.head.weight.zero_()
+        lab.head.bias.zero_()
+    lab.pool = rlhf.LabPool(pool.questions, pool.replies, torch.tensor(
+        [[[0.0], [0.0], [1.0]]] * len(pool.questions)).expand(-1, -1, pool.features.shape[-1]).clone(), pool.scores)
+    with torch.no_grad():
+        lab.head.weight.fill_(1.0)
+    assert rlhf.rule_agreement(lab, "longer") == 1.0 and rlhf.rule_agreement(lab, "shorter") == 0.0
+
+
 def test_the_lab_measurements_and_the_statements_tested_on_them():
     """`lab_measurements` reads the scripted runs as notebook 06 records them (means over the orders of pairs), and
     `lab_statements` tests each of `LAB_STATEMENTS` on them (the notebook prints these; tests/conftest.py checks the
@@ -182,13 +196,25 @@ def test_the_lab_measurements_and_the_statements_tested_on_them():
     assert measured["lab_loss_first"] == judge[0].losses[0]
     assert measured["lab_length_rule_agreement"] == rlhf.rater_agreement(pool, "longer", judge[0].heldout())
     assert measured["lab_heldout_pairs"] == len(rlhf.judged_pairs(pool, range(8, 12)))
+    assert measured["lab_orders_coin_flips_cost"] == sum(
+        clean.agreements[12 - t] > run.agreements[-1] for clean, run, t in zip(no_ties, judge, ties))
+    assert measured["lab_rule_agreement_longer"] == pytest.approx(sum(rlhf.rule_agreement(r) for r in longer) / 3)
     held = rlhf.lab_statements(measured)
     assert list(held) == [text for text, _ in rlhf.LAB_STATEMENTS] and all(isinstance(v, bool) for v in held.values())
-    coin_cost = rlhf.LAB_STATEMENTS[2][0]
-    assert not rlhf.lab_statements(measured | {"lab_tie_clicks_judge": 0})[coin_cost]  # no coin flip, nothing shown
-    assert not rlhf.lab_statements(measured | {"lab_same_real_clicks": False})[coin_cost]  # not the same clicks
-    habit = rlhf.LAB_STATEMENTS[4][0]
-    assert not rlhf.lab_statements(measured | {"lab_agreement_longer": measured["lab_length_rule_agreement"] + 0.2})[habit]
+    # each statement can fail: a case of numbers where it does not hold
+    fit, hardest, coin_cost, no_ties_above, habit = (text for text, _ in rlhf.LAB_STATEMENTS)
+    passing = {"lab_loss_first": 0.693, "lab_loss_last_judge": 0.2, "lab_loss_last_no_ties": 0.05,
+               "lab_loss_last_longer": 0.1, "lab_same_real_clicks": True, "lab_tie_clicks_judge": 13.0,
+               "lab_agreement_same_real_clicks": 0.88, "lab_agreement_judge": 0.75, "lab_agreement_judge_no_ties": 0.9,
+               "lab_agreement_longer": 0.8, "lab_length_rule_agreement": 0.75, "lab_rule_agreement_longer": 0.97}
+    assert all(rlhf.lab_statements(passing).values())
+    for change, fails in (({"lab_loss_last_judge": 0.36}, fit), ({"lab_loss_last_no_ties": 0.21}, hardest),
+                          ({"lab_tie_clicks_judge": 0}, coin_cost), ({"lab_same_real_clicks": False}, coin_cost),
+                          ({"lab_agreement_same_real_clicks": 0.75}, coin_cost),
+                          ({"lab_agreement_judge_no_ties": 0.74}, no_ties_above),
+                          ({"lab_rule_agreement_longer": 0.89}, habit), ({"lab_agreement_longer": 0.86}, habit)):
+        result = rlhf.lab_statements(passing | change)
+        assert not result[fails] and sum(result.values()) == len(result) - 1, (change, result)
     with pytest.raises(ValueError, match="one run per order"):
         rlhf.lab_measurements(pool, judge, no_ties[:2], longer)
 
