@@ -172,6 +172,27 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 FP32_NOTEBOOKS = {"05_quantization_qlora"}
 
 
+@__import__("contextlib").contextmanager
+def counting_lm_head_rows(rows: list):
+    """Within it, every call of TRL's fused LM head appends the number of rows it projects to `rows` (how the tests
+    of the CPU trainers that score labelled positions only see that they do)."""
+    from trl.trainer import utils as trl_utils
+
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Counting(chunked):
+        @staticmethod
+        def forward(ctx, hidden, *rest):
+            rows.append(hidden.shape[0])
+            return chunked.forward(ctx, hidden, *rest)
+
+    trl_utils._ChunkedLogProbFunction = Counting
+    try:
+        yield rows
+    finally:
+        trl_utils._ChunkedLogProbFunction = chunked
+
+
 def forced_env(slug: str) -> dict:
     """The environment a notebook of FP32_NOTEBOOKS runs with (its kernel and the graders it starts inherit it)."""
     from ftcourse.presets import CPU_BF16_ENV

@@ -219,8 +219,7 @@ def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_
     replies' tokens, not every position): a TRL change that silently dropped the speed-up fails here."""
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
-    from trl.trainer import utils as trl_utils
-
+    from conftest import counting_lm_head_rows
     from ftcourse.presets import get_preset
 
     preset = get_preset("cpu")
@@ -228,25 +227,16 @@ def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_
     assert preset.lm_head_on_labels_only and issubclass(cpu_class, DPOTrainer) and cpu_class is not DPOTrainer
     assert dpo.dpo_trainer_class(dataclasses.replace(preset, lm_head_on_labels_only=False)) is DPOTrainer
     pairs = dpo.style_pairs(prefs.make_questions(8, 5), seed=5)
-    chunked, scored_rows = trl_utils._ChunkedLogProbFunction, {}
+    scored_rows: dict[str, list[int]] = {}
 
     def logged(trainer_class) -> list[dict]:
-        class Counting(chunked):  # the rows the fused LM head projects, per call
-            @staticmethod
-            def forward(ctx, hidden, *rest):
-                scored_rows.setdefault(trainer_class.__name__, []).append(hidden.shape[0])
-                return chunked.forward(ctx, hidden, *rest)
-
-        trl_utils._ChunkedLogProbFunction = Counting
         args = DPOConfig(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
                          learning_rate=5e-3, lr_scheduler_type="constant", beta=0.1, seed=0,
                          **dpo.preset_dpo_args(preset))
         lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-        try:
+        with counting_lm_head_rows(scored_rows.setdefault(trainer_class.__name__, [])):
             _, _, rows = dpo.train_dpo(shallow_model(), tokenizer, pairs, lora, args, progress=False,
                                        trainer_class=trainer_class)
-        finally:
-            trl_utils._ChunkedLogProbFunction = chunked
         return rows
 
     ours, theirs = logged(cpu_class), logged(DPOTrainer)

@@ -244,24 +244,15 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
     is the same, and in every call the CPU class's fused LM head projects fewer rows (the replies' tokens, not
     every position), so a TRL change that silently dropped the speed-up fails here."""
     from peft import LoraConfig
-    from trl.trainer import utils as trl_utils
 
-    from conftest import keep_first_layers
+    from conftest import counting_lm_head_rows, keep_first_layers
     from ftcourse.models import load_model
     from ftcourse.presets import get_preset
 
     assert issubclass(cpu_class, library_class) and cpu_class is not library_class
     scored_rows: dict[str, list[int]] = {}
-    chunked = trl_utils._ChunkedLogProbFunction
 
     def logged(trainer_class) -> list[dict]:
-        class Counting(chunked):  # the rows the fused LM head projects, per call
-            @staticmethod
-            def forward(ctx, hidden, *rest):
-                scored_rows.setdefault(trainer_class.__name__, []).append(hidden.shape[0])
-                return chunked.forward(ctx, hidden, *rest)
-
-        trl_utils._ChunkedLogProbFunction = Counting
         model = load_model()
         keep_first_layers(model, 2)
         args = config_class(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
@@ -273,10 +264,8 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
                                 processing_class=tokenizer,
                                 peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"],
                                                        init_lora_weights=False))
-        try:
+        with counting_lm_head_rows(scored_rows.setdefault(trainer_class.__name__, [])):
             trainer.train()
-        finally:
-            trl_utils._ChunkedLogProbFunction = chunked
         return [{k: v for k, v in row.items() if "time" not in k and "runtime" not in k and "per_second" not in k}
                 for row in trainer.state.log_history if "reward" in row]
 
