@@ -569,6 +569,9 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   the ones it is not: yours ranks padded right replies below concise wrong ones.
 # - RLOO optimises a policy against the reward model with a leave-one-out baseline (no value model) and a
 #   KL penalty to the reference; PPO is no longer in TRL's stable API.
+# - A reward model learns its raters, noise and habits included: coin flips on ties cost agreement with the
+#   judge, and a rater's habit is learned as that habit. Let raters say "tie", and compare the current
+#   policy's replies.
 # - **The mistake to remember: trusting the proxy.** The reward model's score is what RL optimises, so it
 #   is the number that goes up. Measure the behaviour with something else (here the judge) and keep the
 #   policy near the reference.
