@@ -229,6 +229,14 @@ def rater_pick(rater: str, question: Question, a: str, b: str, rng: random.Rando
     return "A" if preference > 0 else "B" if preference < 0 else rng.choice("AB")
 
 
+def _share_ordered(rewards, pairs: Sequence[tuple[int, int, int, bool]]) -> float:
+    """Share of (question, i, j, i_first) pairs whose rewards order reply i above j exactly when `i_first` (a tie of
+    the rewards: half, a coin); nan for no pairs."""
+    right = sum(0.5 if rewards[q, i] == rewards[q, j] else float((rewards[q, i] > rewards[q, j]).item() == i_first)
+                for q, i, j, i_first in pairs)
+    return right / len(pairs) if pairs else float("nan")
+
+
 class BradleyTerryLab:
     """Clicks train a Bradley-Terry reward model: a linear head over the frozen model's features of a reply.
 
@@ -308,12 +316,9 @@ class BradleyTerryLab:
 
     def agreement(self, questions: range | None = None) -> float:
         """Share of reply pairs (different judge scores) of the held-out questions ordered as the judge orders them."""
-        rewards = self.rewards()
-        pairs = judged_pairs(self.pool, questions or self.heldout())
-        right = sum(0.5 if rewards[q, i] == rewards[q, j] else  # a tie is a coin
-                    float((rewards[q, i] > rewards[q, j]).item() == (self.pool.scores[q][i] > self.pool.scores[q][j]))
-                    for q, i, j in pairs)
-        return right / len(pairs) if pairs else float("nan")
+        pool = self.pool
+        return _share_ordered(self.rewards(), [(q, i, j, pool.scores[q][i] > pool.scores[q][j])
+                                               for q, i, j in judged_pairs(pool, questions or self.heldout())])
 
     def top_replies(self, k: int = 3) -> list[tuple[str, float, float]]:
         """For the first k held-out questions: the reply the head ranks first, its reward and its judge score."""
@@ -346,16 +351,14 @@ class BradleyTerryLab:
 def rule_agreement(lab: BradleyTerryLab, rater: str = "longer") -> float:
     """Share of the held-out reply pairs on which `rater`'s rule has a preference (for "longer": different word
     counts) that the lab's head orders as the rule does (a tie of the head: half). How far a head learned a habit."""
-    rewards, pool, right, pairs = lab.rewards(), lab.pool, 0.0, 0
+    pool, preferred = lab.pool, []
     for q in lab.heldout():
         for i in range(len(pool.replies[q])):
             for j in range(i + 1, len(pool.replies[q])):
                 preference = rater_preference(rater, pool.questions[q], pool.replies[q][i], pool.replies[q][j])
                 if preference:
-                    pairs += 1
-                    right += 0.5 if rewards[q, i] == rewards[q, j] else float((rewards[q, i] > rewards[q, j]).item()
-                                                                              == (preference > 0))
-    return right / pairs if pairs else float("nan")
+                    preferred.append((q, i, j, preference > 0))
+    return _share_ordered(lab.rewards(), preferred)
 
 
 def lab_measurements(pool: LabPool, judge_runs: Sequence[BradleyTerryLab], no_ties_runs: Sequence[BradleyTerryLab],

@@ -3,6 +3,7 @@
 The tests opt in to the public test seed explicitly: held-out grading has no default secret.
 """
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -172,7 +173,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 FP32_NOTEBOOKS = {"05_quantization_qlora"}
 
 
-@__import__("contextlib").contextmanager
+@contextlib.contextmanager
 def counting_lm_head_rows(rows: list):
     """Within it, every call of TRL's fused LM head appends the number of rows it projects to `rows` (how the tests
     of the CPU trainers that score labelled positions only see that they do)."""
