@@ -84,15 +84,22 @@ def reward_texts(tokenizer, prompts: Sequence[str], replies: Sequence[str]) -> l
                                           tokenize=False) for p, r in zip(prompts, replies)]
 
 
-def reward_scores(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 32) -> list[float]:
-    """The reward model's score of each reply to its prompt (no gradient)."""
+def reward_scores(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 32,
+                  share_prompts: bool = True) -> list[float]:
+    """The reward model's score of each reply to its prompt (no gradient).
+
+    `share_prompts`: replies to the same prompt (RLOO's group of samples) run their prompt once (`shared_prompt_outputs`);
+    False runs each conversation whole, right padded (the plain reference the tests compare with).
+    """
     import torch
 
     if len(prompts) != len(replies):
         raise ValueError(f"one reply per prompt: got {len(prompts)} prompts and {len(replies)} replies.")
+    texts = reward_texts(tokenizer, prompts, replies)
+    if share_prompts:
+        return shared_prompt_outputs(model, tokenizer, texts, groups_by_prompt(prompts), batch_size)[0]
     device = next(model.parameters()).device
     scores = []
-    texts = reward_texts(tokenizer, prompts, replies)
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
         for start in range(0, len(texts), batch_size):
@@ -105,67 +112,91 @@ def reward_scores(model, tokenizer, prompts: Sequence[str], replies: Sequence[st
     return scores
 
 
-def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> tuple[list[float], list[float]]:
-    """The reward of each pair's chosen and rejected reply, their shared prompt run once.
+def groups_by_prompt(prompts: Sequence[str]) -> list[list[int]]:
+    """Indices of equal prompts, grouped in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(index)
+    return list(groups.values())
 
-    The two conversations of a pair have the same tokens up to the reply. That prefix runs once per pair (left
-    padded, positions counted from its first real token) and its cache is copied for the two replies, which run
-    on top of it at the same positions; the reward is read at each reply's last token that is not padding, as
-    `reward_scores` reads it (tests/test_reward.py checks that the two agree). About 40 % fewer tokens here. Pairs
-    are batched in order of their longer conversation, so a batch of short replies is not padded to the width of
-    a padded one (scores come back in the pairs' order).
+
+def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequence[Sequence[int]], batch_size: int = 32,
+                          features: bool = False):
+    """The reward model's score of each conversation in `texts` (and, with `features`, its last-layer state at the
+    last token, what the score head reads), each group of conversations that share a prompt running it once.
+
+    A group's common tokens (its prompt, up to the reply) run once, left padded, positions counted from the first
+    real token; the cache is copied for each conversation of the group, whose rest runs on top of it at the same
+    positions; the score is read at each conversation's last token that is not padding, as a whole forward pass
+    reads it (tests/test_reward.py checks that the two agree). Each conversation keeps at least one token of its
+    own. Groups are batched (at most `batch_size` conversations, at least one group) in order of their longest
+    conversation, so short ones are not padded to the width of long ones; results come back in `texts`' order.
+    Returns (scores, features or None).
     """
     import torch
     from transformers import DynamicCache
 
+    if sorted(i for group in groups for i in group) != list(range(len(texts))):
+        raise ValueError(f"groups must hold each of the {len(texts)} conversations' indices exactly once.")
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    chosen_texts = reward_texts(tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs])
-    rejected_texts = reward_texts(tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs])
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    encoded = [(encode(c), encode(r)) for c, r in zip(chosen_texts, rejected_texts)]
-    order = sorted(range(len(pairs)), key=lambda i: max(map(len, encoded[i])))
-    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    per_batch = max(1, batch_size // 2)  # pairs per batch: two conversations each
-    for start in range(0, len(pairs), per_batch):
-        batch = order[start:start + per_batch]
-        ids = [encoded[i] for i in batch]
+    batches, current, size = [], [], 0
+    for g in sorted(range(len(groups)), key=lambda g: max(len(encoded[i]) for i in groups[g])):
+        if current and size + len(groups[g]) > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(g)
+        size += len(groups[g])
+    batches += [current] if current else []
+    scores, states = [0.0] * len(texts), [None] * len(texts)
+    for batch in batches:
         shared = []
-        for a, b in ids:
-            n = 0
-            limit = min(len(a), len(b)) - 1  # each reply keeps at least one token of its own
-            while n < limit and a[n] == b[n]:
+        for g in batch:
+            seqs = [encoded[i] for i in groups[g]]
+            n, limit = 0, min(map(len, seqs)) - 1  # each conversation keeps at least one token of its own
+            while n < limit and all(seq[n] == seqs[0][n] for seq in seqs[1:]):
                 n += 1
             shared.append(n)
         width = max(shared)
-        prefix = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        prefix = torch.full((len(batch), width), pad_id, dtype=torch.long)
         prefix_mask = torch.zeros_like(prefix)
-        for row, ((a, _), n) in enumerate(zip(ids, shared)):
+        for row, (g, n) in enumerate(zip(batch, shared)):
             if n:
-                prefix[row, width - n:], prefix_mask[row, width - n:] = torch.tensor(a[:n]), 1
-        rests = [seq[n:] for (a, b), n in zip(ids, shared) for seq in (a, b)]  # chosen, rejected, chosen, ...
+                prefix[row, width - n:], prefix_mask[row, width - n:] = torch.tensor(encoded[groups[g][0]][:n]), 1
+        members = [(row, i) for row, g in enumerate(batch) for i in groups[g]]
+        rows = torch.tensor([row for row, _ in members])
+        rests = [encoded[i][shared[row]:] for row, i in members]
         rest_width = max(map(len, rests))
         rest = torch.full((len(rests), rest_width), pad_id, dtype=torch.long)
         rest_mask = torch.zeros_like(rest)
-        for row, seq in enumerate(rests):
-            rest[row, :len(seq)], rest_mask[row, :len(seq)] = torch.tensor(seq), 1
+        for k, seq in enumerate(rests):
+            rest[k, :len(seq)], rest_mask[k, :len(seq)] = torch.tensor(seq), 1
         cache = DynamicCache(config=base.config)
         with torch.no_grad():
             if width:
                 base.model(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
                            position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device), past_key_values=cache,
                            use_cache=True)
-                cache.batch_repeat_interleave(2)
-            lengths = prefix_mask.sum(-1).repeat_interleave(2)
-            positions = lengths[:, None] + torch.arange(rest_width)[None]
-            scores = model(input_ids=rest.to(device),
-                           attention_mask=torch.cat([prefix_mask.repeat_interleave(2, 0), rest_mask], 1).to(device),
-                           position_ids=positions.to(device), past_key_values=cache if width else None,
-                           use_cache=False).logits.float().squeeze(-1).tolist()
-        for i, c, r in zip(batch, scores[0::2], scores[1::2]):
-            chosen[i], rejected[i] = c, r
-    return chosen, rejected
+                cache.batch_select_indices(rows.to(device))
+            positions = prefix_mask.sum(-1)[rows][:, None] + torch.arange(rest_width)[None]
+            out = model(input_ids=rest.to(device), attention_mask=torch.cat([prefix_mask[rows], rest_mask], 1).to(device),
+                        position_ids=positions.to(device), past_key_values=cache if width else None, use_cache=False,
+                        output_hidden_states=features)
+        for k, ((_, i), score) in enumerate(zip(members, out.logits.float().squeeze(-1).tolist())):
+            scores[i] = score
+            if features:
+                states[i] = out.hidden_states[-1][k, int(rest_mask[k].sum()) - 1].float()
+    return scores, (torch.stack(states) if features else None)
+
+
+def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """The reward of each pair's chosen and rejected reply, their shared prompt run once (`shared_prompt_outputs`,
+    each pair a group of two; about 40 % fewer tokens here)."""
+    texts = [text for p in pairs for text in reward_texts(tokenizer, [p.prompt] * 2, [p.chosen, p.rejected])]
+    scores, _ = shared_prompt_outputs(model, tokenizer, texts, [[2 * i, 2 * i + 1] for i in range(len(pairs))], batch_size)
+    return scores[0::2], scores[1::2]
 
 
 def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> dict:

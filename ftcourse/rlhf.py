@@ -155,26 +155,12 @@ class LabPool:
 
 
 def reply_features(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 32):
-    """The frozen model's last-layer state at each conversation's last token: what a reward head reads."""
-    import torch
-
-    from .reward import reward_texts
+    """The frozen model's last-layer state at each conversation's last token: what a reward head reads. Replies to
+    the same prompt run it once (`reward.shared_prompt_outputs`)."""
+    from .reward import groups_by_prompt, reward_texts, shared_prompt_outputs
 
     texts = reward_texts(tokenizer, prompts, replies)
-    device = next(model.parameters()).device
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    rows = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            with torch.no_grad():
-                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
-            last = batch["attention_mask"].sum(1) - 1
-            rows.append(hidden[torch.arange(hidden.shape[0]), last].float())
-    finally:
-        tokenizer.padding_side = side
-    return torch.cat(rows)
+    return shared_prompt_outputs(model, tokenizer, texts, groups_by_prompt(prompts), batch_size, features=True)[1]
 
 
 def lab_pool(model, tokenizer, questions: Sequence[Question], replies: Sequence[Sequence[str]]) -> LabPool:

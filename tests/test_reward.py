@@ -56,6 +56,37 @@ def test_the_reward_model_scores_each_reply_and_pairwise_accuracy_counts_by_kind
         reward.reward_scores(model, tokenizer, prompts, ["x"])
 
 
+def test_replies_that_share_a_prompt_run_it_once_and_score_as_whole_conversations_do():
+    """RLOO's groups of samples and the lab's replies per question: the prompt's cache serves each reply. Scores and
+    last-token states equal a whole forward pass's (right padded), for groups of 1 to 4 replies split over batches."""
+    import torch
+
+    from ftcourse.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    model = reward.load_reward_model()
+    questions = prefs.make_questions(4, 7)
+    replies = ["There are 3.", "3", "There are 3 apples in total, I counted them twice.", "Four.", "There are 12 pens.",
+               "12", "I do not know.", "There are 5 spoons in the list, and 2 pens.", "Five."]
+    prompts = [questions[q].prompt for q in (0, 1, 1, 2, 2, 2, 3, 3, 3)]  # groups of 1, 2, 3 and 3 replies
+    assert reward.groups_by_prompt(prompts) == [[0], [1, 2], [3, 4, 5], [6, 7, 8]]
+    texts = reward.reward_texts(tokenizer, prompts, replies)
+    plain = reward.reward_scores(model, tokenizer, prompts, replies, share_prompts=False)
+    for batch_size in (3, 32):  # several batches (each holds whole groups), and one
+        scores, states = reward.shared_prompt_outputs(model, tokenizer, texts, reward.groups_by_prompt(prompts),
+                                                      batch_size, features=True)
+        assert scores == pytest.approx(plain, abs=1e-4)
+        assert reward.reward_scores(model, tokenizer, prompts, replies, batch_size=batch_size) == scores
+    tokenizer.padding_side = "right"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+    whole = hidden[torch.arange(len(texts)), batch["attention_mask"].sum(1) - 1]
+    assert torch.allclose(states, whole, atol=1e-3) and states.shape == (len(texts), model.config.hidden_size)
+    with pytest.raises(ValueError, match="exactly once"):
+        reward.shared_prompt_outputs(model, tokenizer, texts, [[0, 1]], 4)
+
+
 def test_reward_pairs_come_from_disjoint_splits_in_the_kinds_asked_for():
     train = reward.reward_pairs(("echo", "echo", "padded"), n_train=30)
     assert [p.kind for p in train[:3]] == ["echo", "echo", "padded"] and len(train) == 30

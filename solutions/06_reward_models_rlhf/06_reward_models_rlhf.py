@@ -441,8 +441,12 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
 # are 6 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
-# three held-out scorings, took 2.0 min under bf16 and 2.3-2.6 min in float32): a sketch of the dynamics,
-# measured on 48 held-out questions, not a tuned RLHF run.
+# three held-out scorings, took 1.8 min under bf16 and 2.2 min in float32): a sketch of the dynamics,
+# measured on 48 held-out questions, not a tuned RLHF run. It is also a chaotic one: a reward that differs in
+# its fifth digit changes the next update a little, and with it which replies are sampled later. Runs that
+# differed only that way (the two CPU paths, and the same path before and after a change to how the reward
+# model is batched) all hacked with the penalty off (held-out judge 0.12-0.17), while the penalised run's
+# judge ended between 0.58 and 0.69 (base 0.60); stopped after 4 steps instead of 6, one ended at 0.44.
 #
 # On the CPU preset the trainer is `RLOOTrainer` with one change (`rlhf.rloo_trainer_class`): its LM head
 # scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too. Every
@@ -533,10 +537,11 @@ rlhf.rlhf_lab_figure(scripted);
 #   beats the judge's runs depends on the pool. On the float32 path's replies (measured 2026-12-04) the rule
 #   orders 0.89 of the held-out pairs as the judge does (the hacked policy of §4 answers in three words and is
 #   usually wrong, the others' longer replies are right more often), and the longer-reply heads ended above both
-#   judge runs (0.93 against 0.71 and 0.91); on the bf16 path's replies the rule orders 0.73, and they ended
-#   below both (0.73 against 0.80 and 0.88). A habit that helps on one set of replies misleads on another (on
-#   §1's padded pairs "longer" is exactly wrong): the reason a reward model needs comparisons of the *current*
-#   policy's replies, not only of the replies it was trained on.
+#   judge runs (0.93 against 0.71 and 0.91); on the bf16 path's, 0.85, and above both again (0.92 against 0.77
+#   and 0.90). On another pool (the bf16 replies of an earlier §4 run that sampled differently) the rule
+#   ordered 0.73, and the longer-reply heads ended below both (0.73 against 0.80 and 0.88). A habit that helps
+#   on one set of replies misleads on another (on §1's padded pairs "longer" is exactly wrong): the reason a
+#   reward model needs comparisons of the *current* policy's replies, not only of the replies it was trained on.
 #
 # The lab below has no "tie" button: on two replies you find equally good you must pick one, which is the
 # judge rater's coin flip above; watch what it does to the held-out agreement.
