@@ -296,3 +296,33 @@ def test_a_daemon_does_not_outlive_its_submission(learner_runtime, tmp_path):
 
     time.sleep(0.2)
     assert _processes_of(identity.uid) == [] and not Path("/tmp/ftcourse-daemon-mark").exists()
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("lister", ["find", "python"])
+def test_what_the_learner_user_left_is_removed_and_nothing_else(tmp_path, monkeypatch, lister):
+    """The sweep after each child: entries owned by the learner's uid go (a folder whole, a link as a link, at any
+    depth), everything else stays; find(1) lists them, or a walk in Python where find cannot run."""
+    from ftcourse.grading import sandbox
+
+    if lister == "python":
+        monkeypatch.setattr(sandbox, "_owned_by", lambda top, uid: None)
+    uid = 54321
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    top = tmp_path / "tmp"
+    (top / "shared" / "deep").mkdir(parents=True)
+    (top / "shared" / "deep" / "file").write_text("x")
+    (top / "graders" / "deep" / "planted").mkdir(parents=True)
+    (top / "graders" / "deep" / "file").write_text("x")
+    (top / "graders" / "deep" / "planted" / "kept").write_text("x")
+    (top / "graders" / "link").symlink_to(outside)
+    for path in [top / "shared" / "deep" / "file", top / "shared" / "deep", top / "shared" / "link"]:
+        if path.name == "link":
+            path.symlink_to(outside)
+        os.lchown(path, uid, uid)
+    os.chown(top / "graders" / "deep" / "planted", 0, 0)
+    sandbox._remove_owned(top, uid)
+    assert sorted(p.relative_to(top).as_posix() for p in top.rglob("*")) == [
+        "graders", "graders/deep", "graders/deep/file", "graders/deep/planted", "graders/deep/planted/kept", "graders/link", "shared"]
+    assert outside.read_text() == "keep"

@@ -273,24 +273,45 @@ def _remove_owned(top: Path, uid: int) -> None:
     """Remove every file and folder under `top` owned by `uid`, never following a symbolic link."""
     if not top.is_dir():
         return
-    for dirpath, dirnames, filenames in os.walk(top, topdown=True, followlinks=False):
-        for name in list(dirnames) + filenames:
-            path = Path(dirpath) / name
-            try:
-                info = path.lstat()
-            except OSError:
-                continue
-            if info.st_uid != uid:
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                shutil.rmtree(path, ignore_errors=True)
-                if name in dirnames:
-                    dirnames.remove(name)
-            else:
+    owned = _owned_by(top, uid)
+    if owned is None:  # no usable find(1): walk in Python
+        owned = []
+        for dirpath, dirnames, filenames in os.walk(top, topdown=True, followlinks=False):
+            for name in list(dirnames) + filenames:
                 try:
-                    path.unlink()
+                    if (Path(dirpath) / name).lstat().st_uid == uid:
+                        owned.append(Path(dirpath) / name)
+                        if name in dirnames:
+                            dirnames.remove(name)  # removed whole below
                 except OSError:
-                    pass
+                    continue
+    for path in owned:
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if info.st_uid != uid:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def _owned_by(top: Path, uid: int) -> list[Path] | None:
+    """The top-most entries under `top` owned by `uid`, listed by find(1) (it never follows a symbolic link, and is
+    several times faster than a walk in Python over a large /tmp); None when find cannot be run."""
+    try:
+        done = subprocess.run(["find", str(top), "-mindepth", "1", "-uid", str(uid), "-prune", "-print0"],
+                              capture_output=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0 and not done.stdout and b"No such file" not in done.stderr and b"Permission" not in done.stderr:
+        return None
+    return [Path(os.fsdecode(entry)) for entry in done.stdout.split(b"\0") if entry]
 
 
 # ---------------------------------------------------------------- can the learner user run Python at all?
