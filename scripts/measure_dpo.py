@@ -18,7 +18,6 @@ questions stay the same).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -96,25 +95,9 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
     return row
 
 
-def machine() -> dict:
-    """Where and with what a row was measured."""
-    import platform
-
-    import peft
-    import torch
-    import trl
-
-    from ftcourse.presets import get_preset
-
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "threads": torch.get_num_threads(),
-            "dtype": "bf16" if get_preset("cpu").bf16 else "fp32", "torch": torch.__version__, "trl": trl.__version__,
-            "peft": peft.__version__}
-
-
 def main() -> None:
+    from bench_io import measure_runs
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="base,style-b0.1,style-b0.5,template-b0.1,sft-style")
     parser.add_argument("--steps", type=int, default=12)
@@ -123,20 +106,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "build" / "measure_dpo.jsonl"))
     parser.add_argument("--append", action="store_true", help="add to --out instead of starting it afresh")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.append:
-        out.write_text("")
-    where = machine()
-    for run in args.runs.split(","):
-        steps = int(run.split("@")[1]) if "@" in run else args.steps  # run@steps: another budget for one run
-        row = measure(run.split("@")[0], steps, args.lr, args.seed) | where
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+
+    def report(run: str, row: dict) -> str:
         ratio = "-" if row["log_ratio"] is None else f"{row['log_ratio']:.3f}"
-        print(f"{run:>14}: judge {row['judge']:.3f}  right {row['right']:.3f}  words {row['words']:.2f}  "
-              f"log-ratio {ratio}  probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  "
-              f"{row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}", flush=True)
+        return (f"{run:>14}: judge {row['judge']:.3f}  right {row['right']:.3f}  words {row['words']:.2f}  "
+                f"log-ratio {ratio}  probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  "
+                f"{row.get('step_s', 0):.1f} s/step  {row['seconds']:.0f} s  {row['replies'][:3]}")
+
+    measure_runs(args.runs, args.steps, Path(args.out), args.append,
+                 lambda run, steps: measure(run, steps, args.lr, args.seed), report)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ share right, judge score, words) and on the general probe. Runs:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def measure(run: str, steps: int, learning_rate: float, generations: int, seed: 
 
 
 def main() -> None:
-    from measure_dpo import machine
+    from bench_io import measure_runs
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="base,right,number,right-g8,right-len24")
@@ -133,22 +132,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "build" / "measure_grpo.jsonl"))
     parser.add_argument("--append", action="store_true", help="add to --out instead of starting it afresh")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.append:
-        out.write_text("")
-    where = machine()
-    for run in args.runs.split(","):
-        steps = int(run.split("@")[1]) if "@" in run else args.steps
-        row = measure(run.split("@")[0], steps, args.lr, args.generations, args.seed) | where
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+
+    def report(run: str, row: dict) -> str:
         extra = (f"sampled right {row['sampled_right']:.2f}, groups all right {row['groups_all_right']:.2f}, all wrong "
-                 f"{row['groups_all_wrong']:.2f}" if run.startswith("base") else f"{row['step_s']:.1f} s/step, reward {row['reward_curve']}, "
-                                       f"zero-std {row['zero_std_curve']}")
-        print(f"{run:>12}: right {row['right']:.3f}  judge {row['judge']:.3f}  words {row['words']:.2f}  "
-              f"probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  {row['seconds']:.0f} s  {extra}  "
-              f"{row['replies'][:3]}", flush=True)
+                 f"{row['groups_all_wrong']:.2f}" if run.startswith("base")
+                 else f"{row['step_s']:.1f} s/step, reward {row['reward_curve']}, zero-std {row['zero_std_curve']}")
+        return (f"{run:>12}: right {row['right']:.3f}  judge {row['judge']:.3f}  words {row['words']:.2f}  "
+                f"probe {row['probe_accuracy']:.3f}/{row['probe_perplexity']:.2f}  {row['seconds']:.0f} s  {extra}  "
+                f"{row['replies'][:3]}")
+
+    measure_runs(args.runs, args.steps, Path(args.out), args.append,
+                 lambda run, steps: measure(run, steps, args.lr, args.generations, args.seed), report)
 
 
 if __name__ == "__main__":
