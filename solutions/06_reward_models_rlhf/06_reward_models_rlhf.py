@@ -436,23 +436,26 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # from the model it started from to get there. That is **reward hacking**, and it needed no adversary: a
 # proxy that is blind to one property, and an optimiser.
 #
-# With $\beta = 20$ the penalty dominates the reward model's differences: the KL stays small, and the
-# held-out judge's score and the reward model's score stay near the base model's. A strong penalty prevents
+# With $\beta = 20$ the penalty dominates the reward model's differences: the KL stays small (RLOO's per-token
+# estimate is the plain log-ratio, which can come out slightly below zero), and the held-out judge's score and
+# the reward model's score stay within a few questions of the base model's. A strong penalty prevents
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
 # are 6 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
 # three held-out scorings, took 1.8 min under bf16 and 2.2 min in float32): a sketch of the dynamics,
 # measured on 48 held-out questions, not a tuned RLHF run. It is also a chaotic one: a reward that differs in
-# its fifth digit changes the next update a little, and with it which replies are sampled later. Runs that
-# differed only that way (the two CPU paths, and the same path before and after a change to how the reward
-# model is batched) all hacked with the penalty off (held-out judge 0.12-0.17), while the penalised run's
-# judge ended between 0.58 and 0.69 (base 0.60); stopped after 4 steps instead of 6, one ended at 0.44.
+# its fifth digit changes the next update a little, and with it which replies are sampled later. Runs of this
+# cell that differed that little (the same path before and after a change to how the reward model batches its
+# inputs) or more (the two CPU paths, whose reward models differ) all hacked with the penalty off (held-out
+# judge 0.12-0.17), while the penalised run's judge ended between 0.58 and 0.69 (base 0.60); in a trial outside
+# the notebook (bf16, `RL_STEPS = 4`) the penalised run's judge ended at 0.44.
 #
 # On the CPU preset the trainer is `RLOOTrainer` with one change (`rlhf.rloo_trainer_class`): its LM head
 # scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too. Every
 # logged number is the same as `RLOOTrainer`'s on the same seed (rewards, KL, entropy, loss: tests/test_rlhf.py
-# compares them); measured in float32 on a 2-core AVX512 CPU, a run (its held-out scoring included) took 70
-# and 65 s instead of 79 and 77 s. On a GPU it is `RLOOTrainer` itself.
+# compares them); measured in float32 on a 2-core AVX512 CPU (before the reward model ran each prompt once for
+# its replies, which took a run to 55-62 s), a run (its held-out scoring included) took 70 and 65 s instead of
+# 79 and 77 s. On a GPU it is `RLOOTrainer` itself.
 #
 # ## 5 · RLHF Lab: be the rater
 # Where do a reward model's preferences come from? From whoever clicks. Below, real replies of the three
@@ -519,7 +522,7 @@ rlhf.rlhf_lab_figure(scripted);
 # Each click's gradient steps show on the loss curve: the first click's eight steps take the loss down from
 # $\log 2 \approx 0.69$ (an untrained head ties every pair), and each later click raises it where the new
 # pair is one the head does not yet order the rater's way, then lowers it again. The mean agreement after one
-# click is already high (printed; 0.75–0.90 on the two paths measured): on this pool a little goes a long way.
+# click is already high (printed; 0.75–0.90 in the runs measured on both paths): on this pool a little goes a long way.
 # Then the raters part:
 # - **Every head fits its rater's clicks**: on average each rater's final loss is under half of $\log 2$,
 #   whatever the clicks were.
@@ -534,10 +537,11 @@ rlhf.rlhf_lab_figure(scripted);
 # - **A habit is learned as a habit.** The longer-reply rater's heads order almost every held-out pair of
 #   different lengths as "longer is better" does, and their agreement with the judge ends near that rule's own
 #   (printed above): the head learned "longer", and it is right about as often as "longer" is. Whether that
-#   beats the judge's runs depends on the pool. On the float32 path's replies (measured 2026-12-04) the rule
-#   orders 0.89 of the held-out pairs as the judge does (the hacked policy of §4 answers in three words and is
-#   usually wrong, the others' longer replies are right more often), and the longer-reply heads ended above both
-#   judge runs (0.93 against 0.71 and 0.91); on the bf16 path's, 0.85, and above both again (0.92 against 0.77
+#   beats the judge's runs depends on the pool. In the runs measured on 2026-12-04, on the float32 path's replies
+#   the rule orders 0.89 of the held-out pairs as the judge does (the hacked policy of §4 answers in three words
+#   and is usually wrong, the others' longer replies are right more often), and the longer-reply heads ended
+#   above the coin-flipping judge run and level with the one that passes ties over (0.93 against 0.71 and 0.91;
+#   one held-out pair is 0.045); on the bf16 path's the rule orders 0.85, and the same again (0.92 against 0.77
 #   and 0.90). On another pool (the bf16 replies of an earlier §4 run that sampled differently) the rule
 #   ordered 0.73, and the longer-reply heads ended below both (0.73 against 0.80 and 0.88). A habit that helps
 #   on one set of replies misleads on another (on §1's padded pairs "longer" is exactly wrong): the reason a
