@@ -315,9 +315,9 @@ def dpo_trainer_class(preset: Preset):
     and from 5.4-7.1 s to 3.1-3.3 s under bf16 autocast (2026-12-04, the 2-core EPYC with AVX512-BF16)."""
     from trl import DPOTrainer
 
-    from .training import scoring_labelled_positions_only
+    from .training import preset_trainer_class
 
-    return scoring_labelled_positions_only(DPOTrainer) if preset.lm_head_on_labels_only else DPOTrainer
+    return preset_trainer_class(DPOTrainer, preset)
 
 
 def train_dpo(model, tokenizer, pairs: Sequence[PreferencePair], lora: "peft.LoraConfig", args: "trl.DPOConfig",

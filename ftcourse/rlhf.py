@@ -109,9 +109,9 @@ def rloo_trainer_class(preset: Preset):
     the same log-probabilities, with the LM head run on the reply positions instead of every position)."""
     from trl import RLOOTrainer
 
-    from .training import scoring_labelled_positions_only
+    from .training import preset_trainer_class
 
-    return scoring_labelled_positions_only(RLOOTrainer) if preset.lm_head_on_labels_only else RLOOTrainer
+    return preset_trainer_class(RLOOTrainer, preset)
 
 
 # ---------------------------------------------------------------- RLOO from scratch

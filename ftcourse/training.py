@@ -516,6 +516,12 @@ def scoring_labelled_positions_only(trainer_cls):
     return Trainer
 
 
+def preset_trainer_class(trainer_cls, preset):
+    """The TRL trainer a preset trains with: on a preset that scores labelled positions only (the CPU's),
+    `scoring_labelled_positions_only(trainer_cls)`; otherwise (the GPU presets) `trainer_cls` itself."""
+    return scoring_labelled_positions_only(trainer_cls) if preset.lm_head_on_labels_only else trainer_cls
+
+
 class TrainingRecorder:
     """A trainer callback that records the loss at each logged step and the wall time of each step.
 

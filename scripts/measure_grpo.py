@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_SEED, TRAIN_SEED = 8081, 8080
 
 
-def right_reward(completions, answer, item, **_) -> list[float]:
-    """1.0 when the reply is right (every number in it is the asked count), else 0.0: the checker as a reward."""
-    from ftcourse.preferences import Question, judge
-    from ftcourse.rlhf import _reply_text
+def right_reward(prompts, completions, answer, item, **_) -> list[float]:
+    """1.0 when the reply is right (the judge scores it above 0: every number in it is the asked count), else 0.0:
+    the checker as a reward."""
+    from ftcourse.rlhf import judge_reward
 
-    return [float(judge(Question("", it, int(a)), _reply_text(c)) > 0) for c, a, it in zip(completions, answer, item)]
+    return [float(score > 0) for score in judge_reward(prompts, completions, answer, item)]
 
 
 def number_reward(completions, **_) -> list[float]:
@@ -69,7 +69,7 @@ def measure(run: str, steps: int, learning_rate: float, generations: int, seed: 
     from ftcourse.notebook import seed_everything
     from ftcourse.presets import get_preset
     from ftcourse.probe import run_probe
-    from ftcourse.training import scoring_labelled_positions_only
+    from ftcourse.training import preset_trainer_class
 
     preset = get_preset("cpu")
     seed_everything(seed)
@@ -95,12 +95,11 @@ def measure(run: str, steps: int, learning_rate: float, generations: int, seed: 
                           lr_scheduler_type="constant", per_device_train_batch_size=max(2 * group, 8),
                           num_generations=group, max_completion_length=length, temperature=temperature, beta=0.0, seed=seed,
                           reward_weights=[1.0, 0.0], **rlhf.preset_rl_args(preset))
-        trainer_class = scoring_labelled_positions_only(GRPOTrainer) if preset.lm_head_on_labels_only else GRPOTrainer
-        trainer = trainer_class(model=model, reward_funcs=[reward, rlhf.judge_reward], args=args,
-                                train_dataset=rlhf.rl_dataset(preferences.make_questions(steps * 8, TRAIN_SEED + 100 * seed)),
-                                processing_class=tokenizer,
-                                peft_config=LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32,
-                                                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        questions = preferences.make_questions(steps * 8, TRAIN_SEED + 100 * seed)
+        trainer = preset_trainer_class(GRPOTrainer, preset)(
+            model=model, reward_funcs=[reward, rlhf.judge_reward], args=args, train_dataset=rlhf.rl_dataset(questions),
+            processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32,
+                                                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
         trainer.remove_callback(PrinterCallback)
         began = time.perf_counter()
         trainer.train()
