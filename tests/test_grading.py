@@ -317,9 +317,8 @@ def test_what_the_learner_user_left_is_removed_and_nothing_else(tmp_path, monkey
     (top / "graders" / "deep" / "file").write_text("x")
     (top / "graders" / "deep" / "planted" / "kept").write_text("x")
     (top / "graders" / "link").symlink_to(outside)
+    (top / "shared" / "link").symlink_to(outside)
     for path in [top / "shared" / "deep" / "file", top / "shared" / "deep", top / "shared" / "link"]:
-        if path.name == "link":
-            path.symlink_to(outside)
         os.lchown(path, uid, uid)
     os.chown(top / "graders" / "deep" / "planted", 0, 0)
     sandbox._remove_owned(top, uid)
