@@ -361,8 +361,9 @@ def policy_scores(model, tokenizer, questions: Sequence[Question], max_new_token
 
 
 def preset_dpo_args(preset: Preset) -> dict:
-    """The `DPOConfig` arguments the machine fixes: `training.preset_machine_args` (precision, device, no activation
-    checkpointing, a loss logged per step, nothing saved)."""
-    from .training import preset_machine_args
+    """The `DPOConfig` arguments the machine fixes, not the learner: `training.preset_sft_args`'s for shuffled pairs
+    (precision, device, no activation checkpointing, a loss logged per step, nothing saved, `max_length`), as the
+    grader rebuilds a learner's DPOConfig (`training.checked_recipe`)."""
+    from .training import preset_sft_args
 
-    return preset_machine_args(preset)
+    return preset_sft_args(preset, "padded")

@@ -50,6 +50,12 @@ class Preset:
         return self.step_budget // 3
 
     @property
+    def dpo_step_budget(self) -> int:
+        """Most optimizer steps of notebook 07's graded DPO fine-tune: two thirds of `step_budget`, since a DPO step
+        runs two replies per pair through the policy and again, adapter off, through the reference."""
+        return self.step_budget * 2 // 3
+
+    @property
     def compute_dtype(self) -> str:
         """What a 4-bit (QLoRA) base computes in on this preset: its autocast dtype, else float32."""
         return self.autocast_dtype or "float32"

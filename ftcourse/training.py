@@ -190,7 +190,8 @@ class RecipeKind:
 
     "sft" is notebooks 02-05's LoraConfig + SFTConfig (SFTTrainer); "reward" is notebook 06's LoraConfig with
     task_type="SEQ_CLS" + RewardConfig (RewardTrainer), which also lets the learner choose which layers get
-    adapters and the reward-centring coefficient. `names` are the solution cell's variables.
+    adapters and the reward-centring coefficient; "dpo" is notebook 07's LoraConfig + DPOConfig (DPOTrainer),
+    with beta a choice. `names` are the solution cell's variables.
     """
 
     name: str
@@ -205,6 +206,7 @@ RECIPE_KINDS = {
     "sft": RecipeKind("sft", "SFTConfig", "CAUSAL_LM", LORA_CHOICES, SFT_CHOICES, ("lora_config", "sft_config")),
     "reward": RecipeKind("reward", "RewardConfig", "SEQ_CLS", LORA_CHOICES + ("layers_to_transform",),
                          SFT_CHOICES + ("center_rewards_coefficient",), ("lora_config", "reward_config")),
+    "dpo": RecipeKind("dpo", "DPOConfig", "CAUSAL_LM", LORA_CHOICES, SFT_CHOICES + ("beta",), ("lora_config", "dpo_config")),
 }
 
 
@@ -212,7 +214,7 @@ class RecipeError(ValueError):
     """A LoraConfig or trainer config that the exercise cannot train, with the field and what is expected."""
 
 
-CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "BitsAndBytesConfig")
+CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "DPOConfig", "BitsAndBytesConfig")
 
 
 def _recipe_kind(kind: str) -> RecipeKind:
@@ -233,7 +235,7 @@ def config_dict(config, what: str, expected: str | None = None) -> dict:
     else:
         expected = expected or ("LoraConfig" if what.startswith("lora") else "BitsAndBytesConfig"
                                 if what.startswith("bnb") else "RewardConfig" if what.startswith("reward")
-                                else "SFTConfig")
+                                else "DPOConfig" if what.startswith("dpo") else "SFTConfig")
         raise RecipeError(f"{what} must be a {expected}, got {type(config).__name__}: the graded exercise trains "
                           f"a LoRA adapter from the configs your cell builds.")
     if isinstance(data.get("target_modules"), (set, frozenset, tuple)):
@@ -335,6 +337,8 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
         sft_choices["seed"] = _integer(sft_choices["seed"], f"{train_name}.seed", 0, 2**32 - 1)
     if sft_choices.get("center_rewards_coefficient") is not None:
         _real(sft_choices["center_rewards_coefficient"], f"{train_name}.center_rewards_coefficient", 0, 1)
+    if "beta" in sft_choices:
+        _real(sft_choices["beta"], f"{train_name}.beta", 0, 100, low_open=True)
     fixed = preset_sft_args(preset, layout)
     try:
         lora_reference = LoraConfig(task_type=recipe.task_type, **lora_choices).to_dict()
@@ -413,12 +417,13 @@ def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str 
                    output_dir: str | Path = "recipe"):
     """(LoraConfig, trainer config, base choices) from a solution's configs, checked as the grader checks them.
 
-    `configs` holds `lora_config` and `sft_config` (an SFT recipe, layout "grouped" unless given) or
-    `reward_config` (a reward-model recipe, kind "reward", layout "padded"), and `bnb_config` in a QLoRA exercise (the base choices are then `qlora_base_choices`'s,
-    else {}). A RecipeError names the field that the exercise cannot train.
+    `configs` holds `lora_config` and `sft_config` (an SFT recipe, layout "grouped" unless given), or
+    `reward_config` (a reward-model recipe, kind "reward", layout "padded"), or `dpo_config` (a DPO recipe, kind
+    "dpo", layout "padded"), and `bnb_config` in a QLoRA exercise (the base choices are then
+    `qlora_base_choices`'s, else {}). A RecipeError names the field that the exercise cannot train.
     """
-    kind = "reward" if "reward_config" in configs else "sft"
-    layout = layout or ("padded" if kind == "reward" else "grouped")  # a reward model trains on shuffled pairs
+    kind = "reward" if "reward_config" in configs else "dpo" if "dpo_config" in configs else "sft"
+    layout = layout or ("padded" if kind in ("reward", "dpo") else "grouped")  # pairs train shuffled
     lora_name, train_name = RECIPE_KINDS[kind].names
     base = qlora_base_choices(configs["bnb_config"]) if "bnb_config" in configs else {}
     lora_choices, sft_choices = recipe_choices(configs[lora_name], configs[train_name], preset, layout, step_budget,
@@ -575,6 +580,25 @@ def write_training_record(folder: str | Path, steps: int, losses: list[float], s
     return folder / "training.json"
 
 
+def refuse_outer_autocast(what: str = "training") -> None:
+    """A clear error when a trainer is about to run inside an enabled autocast region. The trainer enters autocast
+    itself at every step; inside an outer region torch keeps the half-precision copies of trainable weights it made
+    at the first step until the outer region ends, so every forward pass runs the adapter as it was before the
+    first update: the loss never moves, DPO's rewards stay 0, and the weights are changed blind."""
+    import torch
+
+    for device in ("cpu", "cuda"):
+        try:
+            enabled = torch.is_autocast_enabled(device)
+        except (RuntimeError, TypeError):  # a torch without that device type
+            continue
+        if enabled:
+            raise RuntimeError(f"{what} was started inside `with preset.autocast():` ({device}). The trainer applies the "
+                               "preset's precision at every step itself; an outer autocast region keeps stale "
+                               "half-precision copies of the weights being trained. Train outside it, and use "
+                               "preset.autocast() around evaluation only.")
+
+
 def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, progress: bool = True):
     """A TRL preference trainer (`RewardTrainer`, `DPOTrainer`) trained from seed `args.seed`, its per-step log
     dicts replaced by a `TrainingRecorder`. `peft_config` is copied first: PEFT fills in `modules_to_save` on the
@@ -586,6 +610,7 @@ def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, pro
     from accelerate.utils import extract_model_from_parallel
     from transformers.trainer_callback import PrinterCallback
 
+    refuse_outer_autocast(f"{trainer_class.__name__}.train()")
     torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
     recorder = TrainingRecorder(progress=progress)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -607,6 +632,7 @@ def run_trainer(model, tokenizer, train_examples: Sequence[Example], peft_config
     """
     import torch
 
+    refuse_outer_autocast("the course's training cell")
     torch.manual_seed(args.seed)  # the trainer draws LoRA's A matrices when it wraps the model
     if layout == "grouped":
         train_examples = length_grouped_order(tokenizer, train_examples, args.per_device_train_batch_size, args.seed)

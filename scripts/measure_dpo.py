@@ -9,7 +9,7 @@ course's regression gate). One thing changes per run:
 - `style-b<beta>`: DPO on `dpo.style_pairs` (the model's own reply style, only the count differs) at that beta;
 - `template-b0.1`: DPO on `preferences.make_pairs(kind "wrong")` (the right count over a wrong one, each in one
   of the course's reply templates, which the model does not use) at beta 0.1;
-- `sft-style`: SFT (TRL's SFTTrainer) on the style pairs' chosen replies only.
+- `sft-style`, `sft-template`: SFT (TRL's SFTTrainer) on the style (template) pairs' chosen replies only.
 `run@N` trains N steps instead of `--steps`; `--seed K` draws other training questions and pairs (the held-out
 questions stay the same).
     python scripts/measure_dpo.py --runs base,style-b0.1,style-b0.5,template-b0.1,sft-style --out build/measure_dpo.jsonl
@@ -58,21 +58,25 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
         args = DPOConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
                          lr_scheduler_type="constant", per_device_train_batch_size=4, beta=beta, seed=seed,
                          **dpo.preset_dpo_args(preset))
+        # the trainer enters autocast itself, step by step: inside an outer autocast region the bf16 copies of the
+        # adapter's weights would be cached from the first step on, and the policy would never change
+        trained, result, logged = dpo.train_dpo(model, tokenizer, pairs, lora_config(), args, progress=False,
+                                                trainer_class=dpo.dpo_trainer_class(preset))
         with preset.autocast():
-            trained, result, logged = dpo.train_dpo(model, tokenizer, pairs, lora_config(), args, progress=False,
-                                                            trainer_class=dpo.dpo_trainer_class(preset))
             rewards = dpo.implicit_rewards(trained, tokenizer, pairs, beta)
         row |= {"beta": beta, "losses": result.losses, "step_s": result.seconds / result.steps,
                 "train_margin": rewards["margin"], "train_reward_accuracy": rewards["accuracy"],
                 "last_logps_chosen": logged[-1]["logps/chosen"], "last_logps_rejected": logged[-1]["logps/rejected"]}
-    elif run == "sft-style":
+    elif run in ("sft-style", "sft-template"):
         from transformers.trainer_callback import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
         from ftcourse.tasks import Example
         from ftcourse.training import TrainingRecorder, preset_machine_args, to_prompt_completion
 
-        chosen = [Example(p.prompt, p.chosen) for p in dpo.style_pairs(questions, PAIR_SEED + seed)]
+        pairs = (dpo.style_pairs(questions, PAIR_SEED + seed) if run == "sft-style"
+                 else preferences.make_pairs(questions, PAIR_SEED + seed, ("wrong",)))
+        chosen = [Example(p.prompt, p.chosen) for p in pairs]
         args = SFTConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
                          lr_scheduler_type="constant", per_device_train_batch_size=4, seed=seed,
                          **preset_machine_args(preset))
@@ -84,7 +88,7 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
         trained = trainer.model.eval()
         row |= {"losses": recorder.losses, "step_s": sum(recorder.step_seconds) / len(recorder.step_seconds)}
     else:
-        raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta> or sft-style")
+        raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta>, sft-style or sft-template")
     with preset.autocast():
         scores = dpo.policy_scores(trained, tokenizer, heldout)
         seconds = time.perf_counter() - start

@@ -247,3 +247,26 @@ def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_
     for a, b in zip(ours, theirs):
         for key in b:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_training_inside_an_outer_autocast_region_is_refused(tokenizer, tmp_path):
+    """Inside `with preset.autocast():` torch keeps the bf16 copies of the adapter's weights made at the first step
+    until the region ends, so DPO trained blind (every step's rewards 0, found in scripts/measure_dpo.py's bf16
+    rows): the packaged recipes refuse to start there, and say where to put the autocast instead."""
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    from ftcourse.training import refuse_outer_autocast, run_trainer
+
+    pairs = dpo.style_pairs(prefs.make_questions(4, 4), seed=4)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj"])
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, seed=0,
+                     **dpo.preset_dpo_args(fp32_cpu()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="inside `with preset.autocast"):
+            dpo.train_dpo(None, tokenizer, pairs, lora, args, progress=False)
+        with pytest.raises(RuntimeError, match="evaluation only"):
+            run_trainer(None, tokenizer, [], lora, args, fp32_cpu(), "padded")
+    refuse_outer_autocast()  # outside any region: nothing to refuse
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        refuse_outer_autocast()
