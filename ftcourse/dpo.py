@@ -11,9 +11,10 @@ Notebook 07 (not written yet: issue 15) will build the recipe in view (PEFT's `L
   `DPOTrainer` tokenizes a conversational pair; `reference=True` reads them with the adapter switched off, the
   reference `DPOTrainer` uses for a PEFT model, so no second copy of the model is loaded;
 - `implicit_rewards`: DPO's reward, beta times the policy's log-ratio to the reference, for each reply of a pair;
-- `style_pairs`: pairs in the course model's own style of reply ("There are N pears in total."), chosen and
-  rejected differing only in the count: the in-distribution pairs DPO learns from in a few steps (pairs in a
-  template the model does not use pull it out of its distribution; see `preferences.make_pairs`);
+- `build_pairs` / `checked_pairs`: Exercise 7.2's pairs, one per question from the learner's `dpo_pair`, each
+  checked (strings, lengths, the chosen reply scored higher by the judge) with the row named. (The pairs that work,
+  in the model's own style of reply, are the exercise's answer: they live in scripts/measure_dpo.py and the
+  solution, not here.)
 - `dpo_trainer_class`: the trainer a preset trains with (on a CPU, `DPOTrainer` with its LM head run on the reply
   tokens only: the same numbers, about twice as fast);
 - `train_dpo`: the DPO recipe packaged (`DPOTrainer` with a `LoraConfig` and a `DPOConfig`), for
@@ -29,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .preferences import PreferencePair, Question, judge, wrong_count
+from .preferences import PreferencePair, Question, judge
 from .presets import Preset
 
 if TYPE_CHECKING:
@@ -187,6 +188,8 @@ def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = torch.zeros(len(encoded), dtype=torch.float32)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's LoRA layers stay in
+    backbone, head = getattr(base, base.base_model_prefix), base.get_output_embeddings()
     with context, torch.no_grad():
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
@@ -198,10 +201,16 @@ def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
                 ids[row, :len(p) + len(r)] = torch.tensor(p + r)
                 attention[row, :len(p) + len(r)] = 1
                 reply_mask[row, len(p):len(p) + len(r)] = True
-            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
-            logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
-            token_logps = logps.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-            out[start:start + len(chunk)] = (token_logps * reply_mask[:, 1:].to(device)).sum(-1).cpu()
+            # the backbone on every position, the LM head and the log-softmax over the vocabulary only where a reply
+            # token is predicted (position t predicts token t + 1): the same numbers as the whole model's logits
+            # there, without projecting every prompt position onto 49k words
+            hidden = backbone(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False).last_hidden_state
+            predicts = reply_mask[:, 1:].to(device)
+            logits = head(hidden[:, :-1][predicts]).float()
+            token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].to(device)[predicts].unsqueeze(-1))
+            rows = torch.arange(len(chunk), device=device).unsqueeze(1).expand_as(predicts)[predicts]
+            sums = torch.zeros(len(chunk), device=device).index_add_(0, rows, token_logps.squeeze(-1))
+            out[start:start + len(chunk)] = sums.cpu()
     return out
 
 
@@ -288,23 +297,47 @@ def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: fl
 
 # ---------------------------------------------------------------- pairs, training, measuring a policy
 
-STYLE_REPLY = "There are {count} {item} in total."  # how the course model answers these questions before tuning
+MAX_REPLY_WORDS = 40  # a reply in a graded pair: far longer than any answer needs, short enough to train on
 
 
-def style_pairs(questions: Sequence[Question], seed: int) -> list[PreferencePair]:
-    """One pair per question in the model's own style of reply: the right count over another item's count from the
-    list (kind "style"); each checked against the judge."""
+def build_pairs(make_pair, questions: Sequence[Question], seed: int) -> list[PreferencePair]:
+    """Exercise 7.2's pairs: `make_pair(question, rng)` -> (chosen, rejected) on each question in order, one
+    `random.Random(seed)` shared, as the grader calls it (in a child process); then `checked_pairs`."""
     import random
 
-    rng, pairs = random.Random(seed), []
-    for i, q in enumerate(questions):
-        if not isinstance(q, Question):
-            raise TypeError(f"question {i} must be a preferences.Question, got {type(q).__name__}.")
-        chosen = STYLE_REPLY.format(count=q.answer, item=q.item)
-        rejected = STYLE_REPLY.format(count=wrong_count(q, rng), item=q.item)
-        if not judge(q, chosen) > judge(q, rejected):
-            raise AssertionError(f"pair {i} does not follow the judge: {chosen!r} vs {rejected!r}")
-        pairs.append(PreferencePair(q.prompt, chosen, rejected, "style"))
+    rng, raw = random.Random(seed), []
+    for row, question in enumerate(questions):
+        out = make_pair(question, rng)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(f"dpo_pair must return (chosen, rejected); for question {row} it returned {str(out)[:120]}.")
+        raw.append(out)
+    return checked_pairs(questions, raw)
+
+
+def checked_pairs(questions: Sequence[Question], raw) -> list[PreferencePair]:
+    """(chosen, rejected) replies, one per question, as preference pairs, each checked: two strings of 1 to
+    `MAX_REPLY_WORDS` words, different, the chosen one scored higher by the judge. A ValueError names the row."""
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(questions):
+        raise ValueError(f"expected one (chosen, rejected) per question: {len(questions)} questions, "
+                         f"got {len(raw) if isinstance(raw, (list, tuple)) else type(raw).__name__}.")
+    pairs = []
+    for row, (question, pair) in enumerate(zip(questions, raw)):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise ValueError(f"pair {row}: expected (chosen, rejected), two strings, got {str(pair)[:120]}.")
+        chosen, rejected = pair
+        for name, text in (("chosen", chosen), ("rejected", rejected)):
+            if not 1 <= len(text.split()) <= MAX_REPLY_WORDS:
+                raise ValueError(f"pair {row}: the {name} reply has {len(text.split())} words; a reply has 1 to "
+                                 f"{MAX_REPLY_WORDS}: {text[:80]!r}.")
+        if chosen.strip() == rejected.strip():
+            raise ValueError(f"pair {row}: chosen and rejected are the same reply {chosen[:60]!r}: a pair teaches "
+                             "nothing when they do not differ.")
+        if not judge(question, chosen) > judge(question, rejected):
+            raise ValueError(f"pair {row}: the judge scores the chosen reply {judge(question, chosen):.1f} and the "
+                             f"rejected one {judge(question, rejected):.1f}; the chosen must score higher "
+                             f"(question asks for the {question.item}, answer {question.answer}): "
+                             f"{chosen[:60]!r} vs {rejected[:60]!r}.")
+        pairs.append(PreferencePair(question.prompt, chosen, rejected, "yours"))
     return pairs
 
 

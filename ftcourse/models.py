@@ -234,3 +234,15 @@ def load_adapter_model(adapter_dir: str | Path, device: str = "cpu", base_4bit_c
                                          adapter_dir).eval(), tokenizer
     model = PeftModel.from_pretrained(load_model(base_name, device), adapter_dir).to(device).eval()
     return (model.merge_and_unload() if merge else model), tokenizer
+
+
+def weight_storage_mib(*models) -> float:
+    """MiB of distinct tensor storage the models' parameters and buffers occupy, a storage that several tensors or
+    models share counted once: what holding these models costs in weights (07: a frozen reference copy against
+    a LoRA adapter on the one model)."""
+    storages: dict[int, int] = {}
+    for model in models:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values()) / 2**20

@@ -7,8 +7,10 @@ on the same 48 held-out questions with the judge (`dpo.policy_scores`: greedy re
 the log-ratio to the reference on the policy's own replies) and on the general probe (accuracy, perplexity: the
 course's regression gate). One thing changes per run:
 - `style-b<beta>`: DPO on `dpo.style_pairs` (the model's own reply style, only the count differs) at that beta;
-- `template-b0.1`: DPO on `preferences.make_pairs(kind "wrong")` (the right count over a wrong one, each in one
-  of the course's reply templates, which the model does not use) at beta 0.1;
+- `template-b<beta>`: DPO on `preferences.make_pairs(kind "wrong")` (the right count over a wrong one, each in one
+  of the course's reply templates, which the model does not use) at that beta;
+- `padded-b<beta>`: DPO on `preferences.make_pairs(kind "padded")` (a concise right reply over the same count
+  padded: the pair differs in length only) at that beta;
 - `sft-style`, `sft-template`: SFT (TRL's SFTTrainer) on the style (template) pairs' chosen replies only.
 `run@N` trains N steps instead of `--steps`; `--seed K` draws other training questions and pairs (the held-out
 questions stay the same).
@@ -23,6 +25,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_SEED, TRAIN_SEED, PAIR_SEED = 7071, 7070, 1
+
+
+STYLE_REPLY = "There are {count} {item} in total."  # how the course model answers these questions before tuning
+
+
+def style_pairs(questions, seed: int) -> list:
+    """One pair per question in the model's own style of reply: the right count over another item's count from the
+    list (kind "style"); each checked against the judge."""
+    import random
+
+    from ftcourse import preferences
+
+    rng, pairs = random.Random(seed), []
+    for i, q in enumerate(questions):
+        if not isinstance(q, preferences.Question):
+            raise TypeError(f"question {i} must be a preferences.Question, got {type(q).__name__}.")
+        chosen = STYLE_REPLY.format(count=q.answer, item=q.item)
+        rejected = STYLE_REPLY.format(count=preferences.wrong_count(q, rng), item=q.item)
+        if not preferences.judge(q, chosen) > preferences.judge(q, rejected):
+            raise AssertionError(f"pair {i} does not follow the judge: {chosen!r} vs {rejected!r}")
+        pairs.append(preferences.PreferencePair(q.prompt, chosen, rejected, "style"))
+    return pairs
 
 
 def lora_config():
@@ -49,12 +73,13 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
     start = time.perf_counter()
     if run == "base":
         trained = model
-    elif run.startswith(("style-b", "template-b")):
+    elif run.startswith(("style-b", "template-b", "padded-b")):
         from trl import DPOConfig
 
         beta = float(run.split("-b")[1])
-        pairs = (dpo.style_pairs(questions, PAIR_SEED + seed) if run.startswith("style")
-                 else preferences.make_pairs(questions, PAIR_SEED + seed, ("wrong",)))
+        pairs = (style_pairs(questions, PAIR_SEED + seed) if run.startswith("style")
+                 else preferences.make_pairs(questions, PAIR_SEED + seed, ("padded",) if run.startswith("padded")
+                                             else ("wrong",)))
         args = DPOConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
                          lr_scheduler_type="constant", per_device_train_batch_size=4, beta=beta, seed=seed,
                          **dpo.preset_dpo_args(preset))
@@ -74,7 +99,7 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
         from ftcourse.tasks import Example
         from ftcourse.training import TrainingRecorder, preset_machine_args, to_prompt_completion
 
-        pairs = (dpo.style_pairs(questions, PAIR_SEED + seed) if run == "sft-style"
+        pairs = (style_pairs(questions, PAIR_SEED + seed) if run == "sft-style"
                  else preferences.make_pairs(questions, PAIR_SEED + seed, ("wrong",)))
         chosen = [Example(p.prompt, p.chosen) for p in pairs]
         args = SFTConfig(output_dir=str(ROOT / "build" / "measure_dpo"), max_steps=steps, learning_rate=learning_rate,
@@ -88,7 +113,7 @@ def measure(run: str, steps: int, learning_rate: float, seed: int = 0) -> dict:
         trained = trainer.model.eval()
         row |= {"losses": recorder.losses, "step_s": sum(recorder.step_seconds) / len(recorder.step_seconds)}
     else:
-        raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta>, sft-style or sft-template")
+        raise SystemExit(f"unknown run {run!r}: base, style-b<beta>, template-b<beta>, padded-b<beta>, sft-style or sft-template")
     with preset.autocast():
         scores = dpo.policy_scores(trained, tokenizer, heldout)
         seconds = time.perf_counter() - start

@@ -96,10 +96,18 @@ def keep_first_layers(model, n: int) -> None:
 def check_stated_outcome(results: dict, slug: str) -> None:
     """The outcome every notebook states in its course_results.json: a task the base model fails, fixed."""
     assert results["notebook"] == slug, results
-    assert results["base_metric"] <= 0.2, results  # the task is one the base model fails ...
-    assert results["tuned_metric"] >= results["base_metric"] + 0.4, results  # ... and the fine-tune fixes it
+    if slug in IMPROVED_NOT_FIXED:  # a behaviour the base model half has, improved by the exercise's margin
+        assert results["tuned_metric"] >= results["base_metric"] + IMPROVED_NOT_FIXED[slug], results
+    else:
+        assert results["base_metric"] <= 0.2, results  # the task is one the base model fails ...
+        assert results["tuned_metric"] >= results["base_metric"] + 0.4, results  # ... and the fine-tune fixes it
     for claim in STATED_CLAIMS.get(slug, ()):  # each demo's stated direction, against its computed numbers
         assert claim[1](results), (slug, claim[0], results)
+
+
+# 07's judge scores a behaviour the base model already shows on about half of the questions: its outcome is a gain,
+# checked at the exercise's threshold (the registry's judge_gain)
+IMPROVED_NOT_FIXED = {"07_dpo": 0.15}
 
 
 # What the notebooks' prose says their demos show, as checks on the numbers they computed (course_results.json).
@@ -159,6 +167,17 @@ STATED_CLAIMS = {
         ("with the penalty on, the KL stayed small and the judge's score near the base model's",
          lambda r: r["rl_kl_on"] < r["rl_kl_off"] / 3 and r["rl_judge_on"] >= r["rl_judge_base"] - 0.1),
         *LAB_STATEMENTS,  # ftcourse.rlhf: the notebook prints each one's outcome on its own run
+    ],
+    "07_dpo": [
+        ("a frozen reference copy holds hundreds of MiB of weights, the adapter a few", lambda r: r["reference_copy_mib"] > 200
+         and r["adapter_mib"] < r["reference_copy_mib"] / 20),
+        ("DPO learned its pairs: it prefers the concise reply on nearly all of them, and the replies got shorter",
+         lambda r: r["dpo_padded_reward_accuracy"] >= 0.9 and r["dpo_padded_words"] < r["base_words"] - 1),
+        ("the share right fell, and the judge did not rise",
+         lambda r: r["dpo_padded_right"] < r["base_right"] and r["dpo_padded_judge"] <= r["base_judge"]),
+        ("at the larger beta the pairs' gap in nats ended smaller", lambda r: r["dpo_beta1_gap_nats"] < r["dpo_padded_gap_nats"]),
+        ("SFT on the same chosen replies raised the judge above the base model's and DPO's, with replies of one or two words",
+         lambda r: r["sft_judge"] > max(r["base_judge"], r["dpo_padded_judge"]) and r["sft_words"] < 3),
     ],
 }
 

@@ -12,6 +12,17 @@ from ftcourse import dpo
 from ftcourse import preferences as prefs
 
 
+def style_pairs(questions, seed):
+    """Pairs in the model's own reply style (scripts/measure_dpo.py; Exercise 7.2's answer, so not in the package)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import measure_dpo
+
+    return measure_dpo.style_pairs(questions, seed)
+
+
 def from_scratch_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta):
     """What exercise 7.1 asks for: mean -log sigmoid(beta * (policy log-ratio - reference log-ratio))."""
     return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
@@ -174,15 +185,15 @@ def test_bad_inputs_to_the_log_probabilities_are_refused_before_the_model_runs(t
 
 def test_style_pairs_differ_only_in_the_count_and_follow_the_judge():
     questions = prefs.make_questions(20, 11)
-    pairs = dpo.style_pairs(questions, seed=2)
-    assert pairs == dpo.style_pairs(questions, seed=2)  # seeded
+    pairs = style_pairs(questions, seed=2)
+    assert pairs == style_pairs(questions, seed=2)  # seeded
     for q, p in zip(questions, pairs):
         assert p.kind == "style" and p.prompt == q.prompt
         assert prefs.judge(q, p.chosen) == 1.0 and prefs.judge(q, p.rejected) == 0.0
         assert p.chosen.replace(str(q.answer), "#", 1) == p.rejected.replace(str(prefs.reply_numbers(p.rejected)[0]), "#", 1)
         assert f": {prefs.reply_numbers(p.rejected)[0]}\n" in q.prompt + "\n"  # a count from the list: a plausible mistake
     with pytest.raises(TypeError, match="question 1 must be a preferences.Question"):
-        dpo.style_pairs([questions[0], "How many?"], seed=0)
+        style_pairs([questions[0], "How many?"], seed=0)
 
 
 def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tokenizer, tmp_path):
@@ -194,7 +205,7 @@ def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tok
     from ftcourse.presets import get_preset
 
     questions = prefs.make_questions(12, 4)
-    pairs = dpo.style_pairs(questions, seed=4)
+    pairs = style_pairs(questions, seed=4)
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     args = DPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
                      lr_scheduler_type="constant", beta=0.1, seed=0, **dpo.preset_dpo_args(get_preset("cpu")))
@@ -226,7 +237,7 @@ def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_
     cpu_class = dpo.dpo_trainer_class(preset)
     assert preset.lm_head_on_labels_only and issubclass(cpu_class, DPOTrainer) and cpu_class is not DPOTrainer
     assert dpo.dpo_trainer_class(dataclasses.replace(preset, lm_head_on_labels_only=False)) is DPOTrainer
-    pairs = dpo.style_pairs(prefs.make_questions(8, 5), seed=5)
+    pairs = style_pairs(prefs.make_questions(8, 5), seed=5)
     scored_rows: dict[str, list[int]] = {}
 
     def logged(trainer_class) -> list[dict]:
@@ -258,7 +269,7 @@ def test_training_inside_an_outer_autocast_region_is_refused(tokenizer, tmp_path
 
     from ftcourse.training import refuse_outer_autocast, run_trainer
 
-    pairs = dpo.style_pairs(prefs.make_questions(4, 4), seed=4)
+    pairs = style_pairs(prefs.make_questions(4, 4), seed=4)
     lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj"])
     args = DPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, seed=0,
                      **dpo.preset_dpo_args(fp32_cpu()))
@@ -270,3 +281,63 @@ def test_training_inside_an_outer_autocast_region_is_refused(tokenizer, tmp_path
     refuse_outer_autocast()  # outside any region: nothing to refuse
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
         refuse_outer_autocast()
+
+
+def _reference_setup() -> str:
+    from conftest import solution_sources
+
+    return "\n".join(line for line in solution_sources("07_dpo")["dpo_setup"].splitlines() if "###" not in line)
+
+
+def _grade_dpo_setup(source: str, tmp_path):
+    from ftcourse.grading import registry
+    from ftcourse.grading.learner import Cells
+    from ftcourse.grading.produce import produce_and_evaluate
+    from ftcourse.grading.secret import heldout_seed
+    from ftcourse.presets import get_preset
+
+    return produce_and_evaluate(registry.exercise("dpo_final_outcome"), Cells({"dpo_setup": source}, "cpu", 0),
+                                get_preset("cpu"), heldout_seed(), tmp_path)
+
+
+@pytest.mark.parametrize("change,named", [
+    (("max_steps=12", "max_steps=17"), "at most 16"),
+    (('task_type="CAUSAL_LM"', 'task_type="SEQ_CLS"'), "task_type must be 'CAUSAL_LM'"),
+    (("beta=0.1", "beta=0.0"), "beta must be a number in (0"),
+    (("beta=0.1,", "beta=0.1, loss_type=['hinge'],"), "this exercise keeps it at"),
+    (("beta=0.1, seed=SEED, **DPO_ARGS)", "beta=0.1, seed=SEED, **DPO_ARGS)\nfrom trl import SFTConfig\n"
+                                           "dpo_config = SFTConfig(output_dir='x', max_steps=12, **DPO_ARGS)"), "does not have"),
+    (("return sentence.format(question.answer), sentence.format(wrong_count(question, rng))",
+      "return sentence.format(wrong_count(question, rng)), sentence.format(question.answer)"), "pair 0: the judge scores"),
+    (("return sentence.format(question.answer), sentence.format(wrong_count(question, rng))",
+      "return sentence.format(question.answer), sentence.format(question.answer)"), "pair 0: chosen and rejected are the same"),
+    (("return sentence.format(question.answer), sentence.format(wrong_count(question, rng))",
+      "return [sentence.format(question.answer)]"), "dpo_pair must return (chosen, rejected)"),
+])
+def test_exercise_7_2_refuses_what_it_would_not_train_before_training(change, named, learner_runtime, tmp_path):
+    """Part of the tamper suite for 7.2: choices and pairs the grader cannot train fail with the field or the row
+    named, before any training."""
+    old, new = change
+    reference = _reference_setup()
+    assert old in reference
+    verdict = _grade_dpo_setup(reference.replace(old, new), tmp_path)
+    assert not verdict.passed and named in verdict.message, verdict
+    assert not (tmp_path / "adapter").exists()  # refused before any training
+
+
+def test_exercise_7_2_section_3s_pairs_copied_fail(learner_runtime, tmp_path):
+    """The skill of 7.2 is building pairs that teach what the judge checks: section 3's pairs (06's padded kind, which
+    differ in length only) with section 3's recipe train, and the held-out judge falls (the README's DPO section:
+    -0.19 on the seed measured; pairs in 06's `wrong` templates are a different attempt, and pass or fail with the
+    seed)."""
+    copied = ("from ftcourse import preferences\n"
+              "def dpo_pair(question, rng):\n"
+              "    pair = preferences.make_pairs([question], rng.randrange(10**6), ('padded',))[0]\n"
+              "    return pair.chosen, pair.rejected\n"
+              "lora_config = LoraConfig(task_type='CAUSAL_LM', r=preset.lora_r, lora_alpha=2 * preset.lora_r,"
+              " target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])\n"
+              "dpo_config = DPOConfig(output_dir='build/dpo_demo', max_steps=12, learning_rate=5e-4, "
+              "lr_scheduler_type='constant', per_device_train_batch_size=4, beta=0.1, seed=SEED, **DPO_ARGS)\n")
+    verdict = _grade_dpo_setup(copied, tmp_path)
+    assert not verdict.passed and verdict.metrics["steps"] == 12, verdict
+    assert verdict.metrics["judge_gain"] < 0 and verdict.metrics["words"] < 4, verdict.metrics

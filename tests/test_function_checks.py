@@ -64,7 +64,8 @@ def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner
 @pytest.mark.parametrize("grade_id,slug", [("lora_layer_tests", "04_lora"), ("nf4_tests", "05_quantization_qlora"),
                                            ("decision_rules_tests", "01_when_to_fine_tune"),
                                            ("static_bytes_tests", "01_when_to_fine_tune"),
-                                           ("bradley_terry_tests", "06_reward_models_rlhf")])
+                                           ("bradley_terry_tests", "06_reward_models_rlhf"),
+                                           ("dpo_loss_tests", "07_dpo")])
 def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
     (solution_id,) = registry.exercise(grade_id).solutions
     reference = solution_sources(slug)[solution_id]
@@ -148,3 +149,34 @@ def test_a_bradley_terry_loss_without_a_gradient_is_refused(learner_runtime):
               "    return torch.tensor(0.5)\n")
     verdict = _through_a_child("bradley_terry_tests", {"bradley_terry_loss": source})
     assert not verdict.passed and "no gradient" in verdict.message
+
+
+@pytest.mark.parametrize("old,new,named", [
+    ("-F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()",
+     "-torch.log(torch.sigmoid(beta * (chosen_ratio - rejected_ratio))).mean()", "beta 0.5"),  # -inf at the mistake
+    ("beta * (chosen_ratio - rejected_ratio)", "(chosen_ratio - rejected_ratio)", "beta 0.1"),  # beta left out
+    ("chosen_ratio - rejected_ratio)).mean()", "rejected_ratio - chosen_ratio)).mean()", "beta 0.1"),
+    ("policy_rejected_logps - ref_rejected_logps", "policy_rejected_logps", "beta 0.1"),  # no reference
+    ("(beta * chosen_ratio).detach()", "chosen_ratio.detach()", "chosen_rewards"),  # rewards without beta
+    (").mean()", ").sum()", "beta 0.1"),
+])
+def test_a_dpo_loss_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
+    """Each part of Exercise 7.1 is exercised by the unseen batches: a naive log-sigmoid, beta left out, the sides
+    swapped, the reference left out, rewards without beta, a sum instead of a mean each fail, naming a batch or the
+    part that differs."""
+    reference = "\n".join(line for line in solution_sources("07_dpo")["dpo_loss"].splitlines() if "###" not in line)
+    assert old in reference
+    assert check_in_kernel("dpo_loss_tests", CPU, _define(reference)).passed
+    with pytest.raises(AssertionError, match=named):
+        check_in_kernel("dpo_loss_tests", CPU, _define(reference.replace(old, new)))
+
+
+@pytest.mark.parametrize("body,named", [
+    ("    return torch.tensor(0.5), c.detach(), r.detach()\n", "no gradient"),
+    ("    loss = -(c - r).mean()\n    return loss, c, r\n", "carries a gradient"),
+    ("    return -(c - r).mean()\n", "(loss, chosen_rewards, rejected_rewards)"),
+])
+def test_a_dpo_loss_of_the_wrong_shape_is_refused_with_the_reason(body, named, learner_runtime):
+    source = "import torch\ndef dpo_loss(c, r, rc, rr, beta):\n" + body
+    verdict = _through_a_child("dpo_loss_tests", {"dpo_loss": source})
+    assert not verdict.passed and named in verdict.message, verdict

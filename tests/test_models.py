@@ -45,3 +45,21 @@ def test_the_embedded_decoder_weights_sit_on_the_q4_1_grid(model_and_tokenizer):
             assert int(distinct.max()) <= 16
     embeddings = model.model.embed_tokens.weight.detach()[:2000].reshape(-1, 32)
     assert int(((embeddings.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).max()) > 16  # Q8_0, not 4-bit
+
+
+def test_weight_storage_counts_each_storage_once():
+    """07's measurement: a frozen copy doubles the weights held, a shared (tied) tensor counts once, an adapter adds
+    only its own."""
+    import copy
+
+    import torch
+
+    from ftcourse.models import weight_storage_mib
+
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512, bias=False), torch.nn.Linear(512, 512, bias=False))
+    one = weight_storage_mib(model)
+    assert one == pytest.approx(2 * 512 * 512 * 4 / 2**20)
+    assert weight_storage_mib(model, copy.deepcopy(model)) == pytest.approx(2 * one)
+    assert weight_storage_mib(model, model) == pytest.approx(one)
+    model[1].weight = model[0].weight  # tied, as an embedding and an LM head can be
+    assert weight_storage_mib(model) == pytest.approx(one / 2)

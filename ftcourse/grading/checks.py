@@ -551,6 +551,84 @@ def _bt_judge(exercise, preset, inputs, key, results) -> Verdict:
     return verdict
 
 
+# ---------------------------------------------------------------- 7.1: the DPO loss
+
+DPO_CASES = ((8, 0.1), (5, 0.5), (6, 0.05), (7, 2.0))  # (pairs, beta) of the four unseen batches
+
+
+def _dpo_inputs(preset, secret):
+    """Four unseen batches of sequence log-probabilities (policy and reference, chosen and rejected) at four betas;
+    in each, pair 0 is a confident mistake (the policy moved 400 nats the wrong way), where a naive
+    log(sigmoid(x)) gives -inf at the larger betas."""
+    import torch
+
+    from .child import encode_tensor
+
+    g = torch.Generator().manual_seed(secrets_.derived_seed("07_dpo/dpo_loss", secret))
+    cases = []
+    for size, beta in DPO_CASES:
+        logps = {name: -(torch.rand(size, generator=g) * 30 + 1) for name in
+                 ("ref_chosen", "ref_rejected")}
+        logps["policy_chosen"] = (logps["ref_chosen"] + torch.randn(size, generator=g) * 2).clamp(max=-0.01)
+        logps["policy_rejected"] = (logps["ref_rejected"] + torch.randn(size, generator=g) * 2).clamp(max=-0.01)
+        logps["ref_chosen"][0], logps["policy_chosen"][0] = -5.0, -205.0
+        logps["ref_rejected"][0], logps["policy_rejected"][0] = -210.0, -10.0
+        cases.append({"beta": beta, **{name: encode_tensor(t) for name, t in logps.items()}})
+    return {"cases": cases}, None
+
+
+def trl_dpo(case: dict) -> dict:
+    """TRL's DPOTrainer loss on a case (`dpo.dpo_trainer_loss`), its gradients with respect to the policy's
+    log-probabilities, and each reply's implicit reward beta * (policy - reference), as the trainer computes it."""
+    from ..dpo import dpo_trainer_loss
+    from .child import decode_tensor
+
+    chosen = decode_tensor(case["policy_chosen"]).requires_grad_(True)
+    rejected = decode_tensor(case["policy_rejected"]).requires_grad_(True)
+    ref_chosen, ref_rejected = decode_tensor(case["ref_chosen"]), decode_tensor(case["ref_rejected"])
+    loss, metrics = dpo_trainer_loss(chosen, rejected, ref_chosen, ref_rejected, beta=case["beta"])
+    loss.backward()
+    beta = case["beta"]
+    return {"loss": loss.item(), "grad_chosen": chosen.grad, "grad_rejected": rejected.grad,
+            "chosen_rewards": beta * (chosen.detach() - ref_chosen), "rejected_rewards": beta * (rejected.detach() - ref_rejected),
+            "trl_rewards": (metrics["rewards/chosen"], metrics["rewards/rejected"])}
+
+
+def _dpo_judge(exercise, preset, inputs, key, results) -> Verdict:
+    from .child import decode_tensor
+
+    cases = inputs["cases"]
+    expect(isinstance(results, list) and len(results) == len(cases), "dpo_loss gave no result for every batch.")
+    worst, problems = 0.0, []
+    for case, got in zip(cases, results):
+        want = trl_dpo(case)
+        name = f"beta {case['beta']}, {len(want['grad_chosen'])} pairs"
+        try:  # the child's answer is data from learner code: read it defensively
+            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
+            tensors = {part: decode_tensor(got[part]) for part in
+                       ("grad_chosen", "grad_rejected", "chosen_rewards", "rejected_rewards")}
+        except (KeyError, TypeError, ValueError) as error:
+            raise LearnerCodeError(f"dpo_loss's result for the batch ({name}) could not be read: {error}")
+        for part, tensor in tensors.items():
+            scale = 1.0 if part.startswith("grad") else max(1.0, float(want[part].abs().max()))
+            diffs[part] = (float((tensor - want[part]).abs().max()) / scale if tensor.shape == want[part].shape
+                           else float("inf"))
+        # the rewards' means are what DPOTrainer logs as rewards/chosen and rewards/rejected
+        for part, logged in zip(("chosen_rewards", "rejected_rewards"), want["trl_rewards"]):
+            if tensors[part].numel():
+                diffs[part] = max(diffs[part], abs(float(tensors[part].mean()) - logged) / max(1.0, abs(logged)))
+        worst = max(worst, *diffs.values())
+        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
+        if bad:
+            problems.append(f"batch at {name}: {', '.join(bad)} differ from TRL's (loss {float(got['loss']):.4g}, "
+                            f"TRL's {want['loss']:.4g})")
+    verdict = judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset)
+    if problems:
+        verdict.passed = False
+        verdict.message = "; ".join(problems[:2]) + ". " + verdict.message
+    return verdict
+
+
 CHECKS = {
     "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
     "static_bytes_tests": FunctionCheck("static_bytes", True, _static_inputs, _static_judge),
@@ -559,6 +637,7 @@ CHECKS = {
     "lora_layer_tests": FunctionCheck("lora_layer", False, _lora_inputs, _lora_judge),
     "nf4_tests": FunctionCheck("nf4", False, _nf4_inputs, _nf4_judge),
     "bradley_terry_tests": FunctionCheck("bradley_terry", False, _bt_inputs, _bt_judge),
+    "dpo_loss_tests": FunctionCheck("dpo_loss", False, _dpo_inputs, _dpo_judge),
 }
 
 

@@ -266,6 +266,60 @@ def op_bradley_terry(namespace: dict, inputs: dict):
     return results
 
 
+def op_dpo_loss(namespace: dict, inputs: dict):
+    """Each case: the learner's DPO loss on the given log-probabilities, its gradients with respect to the policy's,
+    and the implicit rewards it returns."""
+    import torch
+
+    loss_fn = _need(namespace, "dpo_loss")
+    results = []
+    for case in inputs["cases"]:
+        chosen = decode_tensor(case["policy_chosen"]).requires_grad_(True)
+        rejected = decode_tensor(case["policy_rejected"]).requires_grad_(True)
+        out = loss_fn(chosen, rejected, decode_tensor(case["ref_chosen"]), decode_tensor(case["ref_rejected"]),
+                      case["beta"])
+        if not (isinstance(out, tuple) and len(out) == 3):
+            raise CellError(f"dpo_loss must return (loss, chosen_rewards, rejected_rewards), got {type(out).__name__}.")
+        loss, chosen_rewards, rejected_rewards = out
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+            raise CellError(f"dpo_loss's loss must be a one-element tensor (the batch's mean loss), got "
+                            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
+        if not loss.requires_grad:
+            raise CellError("dpo_loss's loss has no gradient: compute it with torch operations on the policy's "
+                            "log-probabilities (the policy trains through this loss).")
+        rewards = []
+        for name, value in (("chosen_rewards", chosen_rewards), ("rejected_rewards", rejected_rewards)):
+            if not isinstance(value, torch.Tensor):
+                raise CellError(f"dpo_loss's {name} must be a tensor (one reward per pair), got {type(value).__name__}.")
+            if value.requires_grad:
+                raise CellError(f"dpo_loss's {name} carries a gradient: detach it (the rewards are logged, not trained).")
+            rewards.append(encode_tensor(value.to(torch.float32)))
+        loss.reshape(()).backward()
+        results.append({"loss": loss.item(), "grad_chosen": encode_tensor(chosen.grad.to(torch.float32)),
+                        "grad_rejected": encode_tensor(rejected.grad.to(torch.float32)),
+                        "chosen_rewards": rewards[0], "rejected_rewards": rewards[1]})
+    return results
+
+
+def op_dpo_pairs(namespace: dict, inputs: dict):
+    """The learner's `dpo_pair(question, rng)` on each training question, one rng seeded as the grader chose:
+    {"pairs": [[chosen, rejected], ...], "values": the cell's `names`} as data (the grader checks every pair with
+    the judge, and the configs as `op_values`' data)."""
+    import random
+
+    from ftcourse.preferences import Question
+
+    make_pair = _need(namespace, "dpo_pair")
+    rng, pairs = random.Random(inputs["seed"]), []
+    for row, raw in enumerate(inputs["questions"]):
+        out = make_pair(Question(*raw), rng)
+        if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, str) for t in out)):
+            raise CellError(f"dpo_pair must return (chosen, rejected), two strings; for question {row} it returned "
+                            f"{str(out)[:120]}.")
+        pairs.append(list(out))
+    return {"pairs": pairs, "values": op_values(namespace, {"names": inputs["names"]})}
+
+
 def op_draw(namespace: dict, inputs: dict):
     """`n` distinct examples from the learner's `make_example`, drawn with the seed the grader chose."""
     from ftcourse.capstone import draw_task
@@ -275,7 +329,8 @@ def op_draw(namespace: dict, inputs: dict):
 
 
 OPS = {"values": op_values, "decide": op_decide, "static_bytes": op_static_bytes, "clean": op_clean, "label_mask": op_label_mask,
-       "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw, "bradley_terry": op_bradley_terry}
+       "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw, "bradley_terry": op_bradley_terry,
+       "dpo_loss": op_dpo_loss, "dpo_pairs": op_dpo_pairs}
 
 
 # ---------------------------------------------------------------- the process

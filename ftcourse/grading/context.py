@@ -112,12 +112,31 @@ def _pair_kinds(preset, seed):  # 06, §1: the kinds of preference pairs the cou
     return PAIR_KINDS
 
 
+def _dpo_config(preset, seed):
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
+def _dpo_args(preset, seed):  # 07, §3: what the machine fixes in a DPOConfig
+    from ..dpo import preset_dpo_args
+
+    return preset_dpo_args(preset)
+
+
+def _judge(preset, seed):  # 06, §1: the course's programmatic judge of a reply
+    from ..preferences import judge
+
+    return judge
+
+
 PROVIDERS: dict[str, Callable] = {
     "preset": _preset, "SEED": _seed, "SFTSetup": _sft_setup, "LAYOUT": _layout, "LoraConfig": _lora_config,
     "SFTConfig": _sft_config, "BitsAndBytesConfig": _bnb_config, "PRESET_ARGS": _preset_args,
     "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
     "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s, "RewardConfig": _reward_config,
-    "REWARD_ARGS": _reward_args, "PAIR_KINDS": _pair_kinds,
+    "REWARD_ARGS": _reward_args, "PAIR_KINDS": _pair_kinds, "DPOConfig": _dpo_config, "DPO_ARGS": _dpo_args,
+    "judge": _judge,
 }
 
 

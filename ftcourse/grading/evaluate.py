@@ -302,6 +302,67 @@ def evaluate_reward_model(artifacts: Path, split: str, preset, secret, produced)
     return judge(exercise, split, metrics, preset)
 
 
+DPO_NEW_TOKENS = 16  # a greedy reply to a counting question: "There are 12 pears in total." is 8 tokens
+
+
+def _dpo_questions(preset, split: str, secret):
+    from ..preferences import preference_splits
+
+    return preference_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed("07_dpo", split, secret))[split]
+
+
+def _base_judge_reference(preset, split: str, questions, secret: int | None) -> dict:
+    """The base model's probe result and judge score on `questions` (greedy replies; cached like `_base_reference`)."""
+
+    def compute():
+        from ..models import load_model_and_tokenizer
+        from ..probe import run_probe
+        from ..rlhf import judge_replies, sample_replies
+
+        model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
+
+        def probe():
+            with preset.autocast():
+                return run_probe(model, tokenizer).as_dict()
+
+        result = dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, False, False], probe,
+                             _signing(split, secret)))
+        with preset.autocast():
+            replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=DPO_NEW_TOKENS, temperature=0,
+                                     batch_size=preset.eval_batch_size)
+        result |= {f"base_{k}": v for k, v in judge_replies(questions, replies).items() if k != "n"}
+        return result
+
+    key = [preset.model, preset.bf16, preset.fp16, [q.prompt for q in questions], [q.answer for q in questions],
+           DPO_NEW_TOKENS]
+    return cached(f"base_judge_reference_{split}", key, compute, _signing(split, secret))
+
+
+def evaluate_dpo(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """07: the DPO policy's greedy replies to the split's questions, scored by the judge, against the base model's
+    on the same questions; the general probe against the base model's."""
+    from ..models import load_adapter_model
+    from ..probe import run_probe
+    from ..rlhf import judge_replies, sample_replies
+
+    exercise = outcome_exercise("07_dpo")
+    adapter, early = _open_adapter(exercise, artifacts, split)
+    if early:
+        return early
+    questions = _dpo_questions(preset, split, secret)
+    base = _base_judge_reference(preset, split, questions, secret)
+    model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
+    with preset.autocast():
+        replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=DPO_NEW_TOKENS, temperature=0,
+                                 batch_size=preset.eval_batch_size)
+        probe = run_probe(model, tokenizer).as_dict()
+    scores = judge_replies(questions, replies)
+    metrics = {"judge": scores["judge"], "base_judge": base["base_judge"], "judge_gain": scores["judge"] - base["base_judge"],
+               "right": scores["right"], "base_right": base["base_right"], "words": scores["words"],
+               "steps": _steps(artifacts, produced), "n_questions": len(questions)}
+    return judge(exercise, split, _with_probe(metrics, probe, base), preset)
+
+
 EVALUATORS = {
     "01_when_to_fine_tune": evaluate_plan,
     "02_data_and_tooling": evaluate_cleaned_sft,
@@ -309,6 +370,7 @@ EVALUATORS = {
     "04_lora": evaluate_capstone,
     "05_quantization_qlora": lambda a, s, p, k, d: _date_adapter("05_quantization_qlora", a, s, p, k, d, quantized=True),
     "06_reward_models_rlhf": evaluate_reward_model,
+    "07_dpo": evaluate_dpo,
 }
 
 
@@ -335,3 +397,4 @@ def warm_references(preset, secret: int | None) -> None:
         numbers = number_task_splits(SHIPPED_POOL, preset.n_eval,
                                      heldout_seed=split_seed("02_data_and_tooling", split, secret))
         _base_reference(preset, split, numbers[split], secret)
+        _base_judge_reference(preset, split, _dpo_questions(preset, split, secret), secret)

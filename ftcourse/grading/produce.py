@@ -234,6 +234,37 @@ def _produce_reward(exercise, cells, preset, secret, workdir):
     return result, {"pair_kinds": list(kinds)}
 
 
+def _produce_dpo(exercise, cells, preset, secret, workdir):
+    """07: the learner's `dpo_pair` builds a pair for each training question (in a child); their LoraConfig and
+    DPOConfig train DPO here on those pairs (`dpo.train_dpo` with `dpo.dpo_trainer_class`: the mirror of the
+    notebook's training cell)."""
+    from ..dpo import checked_pairs, dpo_trainer_class, train_dpo
+    from ..models import load_model, load_tokenizer
+    from ..preferences import preference_splits
+    from ..training import RecipeError, checked_recipe, save_recipe_artifacts
+
+    questions = preference_splits(preset.n_train, preset.n_eval)["train"]
+    data = call(cells, ["dpo_setup"], "dpo_pairs", {"questions": [[q.prompt, q.item, q.answer] for q in questions],
+                                                     "seed": cells.seed, "names": ["lora_config", "dpo_config"]},
+                provides=exercise.provides)
+    expect(isinstance(data, dict) and isinstance(data.get("values"), dict)
+           and all(name in data["values"] for name in ("lora_config", "dpo_config")),
+           "The solution cell's values could not be read (expected lora_config, dpo_config).")
+    try:
+        lora, args, _ = checked_recipe(data["values"], preset, exercise.step_budget(preset), output_dir=workdir / "trainer")
+    except RecipeError as error:
+        raise LearnerCodeError(str(error)) from None
+    try:
+        pairs = checked_pairs(questions, data.get("pairs"))
+    except ValueError as error:
+        raise LearnerCodeError(f"dpo_pair: {error}") from None
+    tokenizer = load_tokenizer(preset.model)
+    model, result, _ = train_dpo(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, pairs, lora, args,
+                                 progress=False, trainer_class=dpo_trainer_class(preset))
+    save_recipe_artifacts(model, tokenizer, result, workdir)
+    return result, {}
+
+
 PRODUCERS = {
     "01_when_to_fine_tune": _produce_plan,
     "02_data_and_tooling": _produce_cleaned,
@@ -241,6 +272,7 @@ PRODUCERS = {
     "04_lora": _produce_capstone,
     "05_quantization_qlora": _produce_qlora,
     "06_reward_models_rlhf": _produce_reward,
+    "07_dpo": _produce_dpo,
 }
 
 

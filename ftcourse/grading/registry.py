@@ -231,6 +231,36 @@ EXERCISES = (
                 "kinds you chose: held-out pairwise accuracy ≥ 0.9 on padded, no-count and echo pairs, steps ≤ 40",
         study_minutes=30,
     ),
+    Exercise(
+        grade_id="dpo_loss_tests", notebook="07_dpo", number="7.1",
+        title="the DPO loss from scratch", kind="function", points=2, solutions=("dpo_loss",), provides=(),
+        thresholds={"max_difference": ("<=", 1e-5)},  # loss and rewards relative to max(1, |value|); gradients absolute
+        hints=("the loss is the batch mean of -log sigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - "
+               "ref_rejected))); use torch.nn.functional.logsigmoid: log(sigmoid(x)) is -inf for a large negative x",
+               "the rewards are beta * (policy - reference) for each reply, with no gradient (detach them)"),
+        summary="`dpo_loss` equals TRL's `DPOTrainer` loss, its implicit rewards and its gradients on four unseen "
+                "batches (betas 0.05-2, a confident mistake that overflows a naive log-sigmoid) within 1e-5",
+        study_minutes=20,
+    ),
+    Exercise(
+        grade_id="dpo_final_outcome", notebook="07_dpo", number="7.2",
+        title="preference pairs DPO can learn from", kind="outcome", points=6, solutions=("dpo_setup",),
+        provides=("preset", "SEED", "LoraConfig", "DPOConfig", "DPO_ARGS", "judge"),
+        thresholds={
+            "judge_gain": (">=", 0.15),  # held-out judge score minus the base model's on the same questions
+            "probe_accuracy_drop": ("<=", 0.03),  # base accuracy minus tuned accuracy on the general probe
+            "probe_perplexity_ratio": ("<=", 1.15),  # tuned / base perplexity on the general text
+            "steps": ("<=", "dpo_step_budget"),
+        },
+        hints=("judge below the base model's: look at the base model's own replies in section 1 and write pairs it "
+               "could have said; replies in a form it never uses pull it out of its distribution",
+               "a pair's chosen reply must be the one the judge scores higher; only the count need differ",
+               "use at most preset.dpo_step_budget optimizer steps: the grader trains exactly the steps you chose"),
+        summary="the grader trains DPO (your `LoraConfig`, `DPOConfig`) on the pairs your `dpo_pair` builds: held-out "
+                "judge score ≥ the base model's + 0.15, probe accuracy drop ≤ 0.03, perplexity ratio ≤ 1.15, "
+                "steps ≤ two thirds of the budget",
+        study_minutes=35,
+    ),
 )
 
 BY_GRADE_ID = {e.grade_id: e for e in EXERCISES}
