@@ -171,13 +171,21 @@ STATED_CLAIMS = {
     "07_dpo": [
         ("a frozen reference copy holds hundreds of MiB of weights, the adapter a few", lambda r: r["reference_copy_mib"] > 200
          and r["adapter_mib"] < r["reference_copy_mib"] / 20),
-        ("DPO learned its pairs: it prefers the concise reply on nearly all of them, and the replies got shorter",
-         lambda r: r["dpo_padded_reward_accuracy"] >= 0.9 and r["dpo_padded_words"] < r["base_words"] - 1),
-        ("the share right fell, and the judge did not rise",
-         lambda r: r["dpo_padded_right"] < r["base_right"] and r["dpo_padded_judge"] <= r["base_judge"]),
-        ("at the larger beta the pairs' gap in nats ended smaller", lambda r: r["dpo_beta1_gap_nats"] < r["dpo_padded_gap_nats"]),
-        ("SFT on the same chosen replies raised the judge above the base model's and DPO's, with replies of one or two words",
-         lambda r: r["sft_judge"] > max(r["base_judge"], r["dpo_padded_judge"]) and r["sft_words"] < 3),
+        ("DPO learned its pairs: the logged loss fell, the padded replies became very unlikely, the implicit rewards "
+         "prefer the concise reply on nearly all pairs, and the replies got shorter",
+         lambda r: r["dpo_padded_logged_loss_last"] < r["dpo_padded_logged_loss_first"] / 10
+         and r["dpo_padded_reward_rejected"] < -5 and r["dpo_padded_reward_accuracy"] >= 0.9
+         and r["dpo_padded_words"] < r["base_words"] - 1),
+        ("the share right fell, and the judge with it",
+         lambda r: r["dpo_padded_right"] < r["base_right"] and r["dpo_padded_judge"] < r["base_judge"]),
+        ("at the larger beta the pairs' gap in nats ended smaller, by less than ten times (so the margin is larger)",
+         lambda r: r["dpo_padded_gap_nats"] / 10 < r["dpo_beta1_gap_nats"] < r["dpo_padded_gap_nats"]),
+        ("here, at beta 1, the policy's own replies drifted further and the judge was no better",
+         lambda r: r["dpo_beta1_log_ratio"] > r["dpo_padded_log_ratio"] and r["dpo_beta1_judge"] <= r["dpo_padded_judge"] + 0.05),
+        ("SFT on the same chosen replies: short replies, right more often, a judge above the base model's and DPO's",
+         lambda r: r["sft_words"] < 3 and r["sft_right"] > r["base_right"]
+         and r["sft_judge"] > max(r["base_judge"], r["dpo_padded_judge"])),
+        ("SFT's training steps took less time than DPO's", lambda r: r["sft_seconds"] < r["dpo_padded_seconds"]),
     ],
 }
 

@@ -32,6 +32,14 @@ class FunctionCheck:
     judge: Callable  # (exercise, preset, inputs, key, data) -> Verdict
 
 
+def _failed_on(verdict: Verdict, problems: list[str], shown: int = 2) -> Verdict:
+    """The verdict failed when a comparison found problems, the first `shown` of them named before its message."""
+    if problems:
+        verdict.passed = False
+        verdict.message = "; ".join(problems[:shown]) + ". " + verdict.message
+    return verdict
+
+
 # ---------------------------------------------------------------- 1.1: the decision guide
 
 GPU_SIZES = (4, 6, 8, 12, 16, 24, 40, 48, 80, 141)
@@ -409,11 +417,7 @@ def _lora_judge(exercise, preset, inputs, key, results) -> Verdict:
             worst = max(worst, diff)
             if diff > exercise.thresholds["max_difference"][1]:
                 problems.append(f"{label}: {name} differs from PEFT by {diff:.1e}")
-    verdict = judge(exercise, "-", {"max_difference": worst, "cases": len(cases)}, preset)
-    if problems:
-        verdict.passed = False
-        verdict.message = "; ".join(problems[:3]) + ". " + verdict.message
-    return verdict
+    return _failed_on(judge(exercise, "-", {"max_difference": worst, "cases": len(cases)}, preset), problems, 3)
 
 
 # ---------------------------------------------------------------- 5.1: NF4
@@ -483,11 +487,7 @@ def _nf4_judge(exercise, preset, inputs, key, data) -> Verdict:
         restore_diff = max(restore_diff, float((restored.float() - want).abs().max()))
     metrics = {"index_agreement": agreement, "absmax_relative_error": absmax_error,
                "dequantize_max_difference": restore_diff, "tensors": len(key["quantize"]) + len(key["restore"])}
-    verdict = judge(exercise, "-", metrics, preset)
-    if problems:
-        verdict.passed = False
-        verdict.message = "; ".join(problems[:3]) + ". " + verdict.message
-    return verdict
+    return _failed_on(judge(exercise, "-", metrics, preset), problems, 3)
 
 
 # ---------------------------------------------------------------- 6.1: the Bradley-Terry loss
@@ -544,11 +544,7 @@ def _bt_judge(exercise, preset, inputs, key, results) -> Verdict:
         if bad:
             problems.append(f"{name} (batch of {len(want['grad_chosen'])}): {', '.join(bad)} differ from TRL's "
                             f"(loss {float(got['loss']):.4g}, TRL's {want['loss']:.4g})")
-    verdict = judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset)
-    if problems:
-        verdict.passed = False
-        verdict.message = "; ".join(problems[:2]) + ". " + verdict.message
-    return verdict
+    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
 
 # ---------------------------------------------------------------- 7.1: the DPO loss
@@ -622,11 +618,7 @@ def _dpo_judge(exercise, preset, inputs, key, results) -> Verdict:
         if bad:
             problems.append(f"batch at {name}: {', '.join(bad)} differ from TRL's (loss {float(got['loss']):.4g}, "
                             f"TRL's {want['loss']:.4g})")
-    verdict = judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset)
-    if problems:
-        verdict.passed = False
-        verdict.message = "; ".join(problems[:2]) + ". " + verdict.message
-    return verdict
+    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
 
 CHECKS = {

@@ -243,6 +243,17 @@ def op_nf4(namespace: dict, inputs: dict):
     return {"quantized": quantized, "restored": restored}
 
 
+def _check_mean_loss(loss, what: str, through: str) -> None:
+    """A learner's loss must be a one-element tensor that gradients flow through."""
+    import torch
+
+    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+        raise CellError(f"{what} must be a one-element tensor (the batch's mean loss), got "
+                        f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
+    if not loss.requires_grad:
+        raise CellError(f"{what} has no gradient: compute it with torch operations on {through}.")
+
+
 def op_bradley_terry(namespace: dict, inputs: dict):
     """Each case: the learner's loss on the given rewards, its value and its gradients with respect to them."""
     import torch
@@ -254,12 +265,7 @@ def op_bradley_terry(namespace: dict, inputs: dict):
         rejected = decode_tensor(case["rejected"]).requires_grad_(True)
         margin = decode_tensor(case["margin"]) if case["margin"] is not None else None
         loss = loss_fn(chosen, rejected, margin=margin, center_rewards_coefficient=case["center"])
-        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
-            raise CellError(f"bradley_terry_loss must return a one-element tensor (the batch's mean loss), got "
-                            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
-        if not loss.requires_grad:
-            raise CellError("bradley_terry_loss's result has no gradient: compute it with torch operations on the "
-                            "rewards (a reward model trains through this loss).")
+        _check_mean_loss(loss, "bradley_terry_loss's result", "the rewards (a reward model trains through this loss)")
         loss.reshape(()).backward()
         results.append({"loss": loss.item(), "grad_chosen": encode_tensor(chosen.grad.to(torch.float32)),
                         "grad_rejected": encode_tensor(rejected.grad.to(torch.float32))})
@@ -281,12 +287,7 @@ def op_dpo_loss(namespace: dict, inputs: dict):
         if not (isinstance(out, tuple) and len(out) == 3):
             raise CellError(f"dpo_loss must return (loss, chosen_rewards, rejected_rewards), got {type(out).__name__}.")
         loss, chosen_rewards, rejected_rewards = out
-        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
-            raise CellError(f"dpo_loss's loss must be a one-element tensor (the batch's mean loss), got "
-                            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}.")
-        if not loss.requires_grad:
-            raise CellError("dpo_loss's loss has no gradient: compute it with torch operations on the policy's "
-                            "log-probabilities (the policy trains through this loss).")
+        _check_mean_loss(loss, "dpo_loss's loss", "the policy's log-probabilities (the policy trains through this loss)")
         rewards = []
         for name, value in (("chosen_rewards", chosen_rewards), ("rejected_rewards", rejected_rewards)):
             if not isinstance(value, torch.Tensor):

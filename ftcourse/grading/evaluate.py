@@ -34,6 +34,20 @@ def _signing(split: str, secret: int | None) -> int | None:
     return secret if split == "heldout" else None
 
 
+def _cached_base_probe(preset, model, tokenizer, split: str, secret: int | None, quantized: bool = False,
+                       double_quant: bool = False) -> dict:
+    """The base model's general-probe result: it does not depend on the split, so one cached result serves every
+    split and task (signed for the held-out split)."""
+    from ..probe import run_probe
+
+    def probe():
+        with preset.autocast():
+            return run_probe(model, tokenizer).as_dict()
+
+    return dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, quantized, double_quant], probe,
+                       _signing(split, secret)))
+
+
 def _base_reference(preset, split: str, examples, secret: int | None, max_new_tokens: int = 12,
                     quantized: bool = False, double_quant: bool = False) -> dict:
     """The base model's probe result and exact match on the examples (the model loads only on a cache miss).
@@ -44,7 +58,6 @@ def _base_reference(preset, split: str, examples, secret: int | None, max_new_to
     def compute():
         from ..evaluation import exact_match
         from ..models import load_model_and_tokenizer, load_quantized_model, load_tokenizer
-        from ..probe import run_probe
 
         if quantized:
             model = load_quantized_model(preset.model, preset.compute_dtype, double_quant=double_quant)
@@ -52,13 +65,7 @@ def _base_reference(preset, split: str, examples, secret: int | None, max_new_to
         else:
             model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
 
-        def probe():
-            with preset.autocast():
-                return run_probe(model, tokenizer).as_dict()
-
-        # the probe does not depend on the split: one cached result serves every split and task
-        result = dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, quantized, double_quant], probe,
-                             _signing(split, secret)))
+        result = _cached_base_probe(preset, model, tokenizer, split, secret, quantized, double_quant)
         with preset.autocast():
             result["exact_match"], _ = exact_match(model, tokenizer, examples, batch_size=preset.eval_batch_size,
                                                    max_new_tokens=max_new_tokens)
@@ -316,17 +323,11 @@ def _base_judge_reference(preset, split: str, questions, secret: int | None) -> 
 
     def compute():
         from ..models import load_model_and_tokenizer
-        from ..probe import run_probe
         from ..rlhf import judge_replies, sample_replies
 
         model, tokenizer = load_model_and_tokenizer(preset.model, preset.device)
 
-        def probe():
-            with preset.autocast():
-                return run_probe(model, tokenizer).as_dict()
-
-        result = dict(cached("base_probe", [preset.model, preset.bf16, preset.fp16, False, False], probe,
-                             _signing(split, secret)))
+        result = _cached_base_probe(preset, model, tokenizer, split, secret)
         with preset.autocast():
             replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=DPO_NEW_TOKENS, temperature=0,
                                      batch_size=preset.eval_batch_size)

@@ -18,7 +18,7 @@
 # trainings, a sampling loop, and a proxy that can be hacked. **DPO** (Rafailov et al., 2023) skips both the
 # reward model and the sampling: it trains the policy on the pairs directly, with a loss that raises the
 # chosen reply's probability *relative to a reference model* and lowers the rejected one's. It is one
-# supervised-looking training run, and it is what most open post-training pipelines use. It also fails in
+# supervised-looking training run, and open post-training pipelines use it widely (Llama 3's, section 5). It also fails in
 # its own way: it learns exactly what its pairs differ in, and its own numbers look like success whatever that
 # is. This notebook measures such a run before you build pairs that work, in the exercise.
 #
@@ -123,7 +123,7 @@ for question, reply in list(zip(eval_questions, base["replies"]))[:4]:
     print(f"  ({question.item}: {question.answer}) {reply!r}")
 
 # %% [markdown]
-# The judge prefers every chosen reply (1.0 against 0.5). The model answers in a sentence of its own ("There
+# The judge prefers every chosen reply (1.0 against 0.5; `make_pairs` checks each). The model answers in a sentence of its own ("There
 # are N <items> in total.", six words: brief enough for the judge), right about as often as it is wrong.
 #
 # ## 2 · The DPO loss
@@ -149,8 +149,8 @@ for question, reply in list(zip(eval_questions, base["replies"]))[:4]:
 # 1-D float tensors (one summed log-probability per pair) and a float in; out a tuple `(loss, chosen_rewards,
 # rejected_rewards)`: the batch's mean loss (a one-element tensor gradients flow through) and each pair's
 # implicit rewards (1-D, detached: they are logged, not trained). One pair in each of the grader's batches is a
-# confident mistake (the policy moved 400 nats the wrong way): `log(sigmoid(x))` in two steps gives `-inf`
-# there. The grader compares your loss, its gradients and your rewards with TRL's `DPOTrainer` on four unseen
+# confident mistake (the policy moved 400 nats the wrong way): at the larger betas `log(sigmoid(x))` in two
+# steps gives `-inf` there. The grader compares your loss, its gradients and your rewards with TRL's `DPOTrainer` on four unseen
 # batches at four betas.
 
 # %%
@@ -225,9 +225,9 @@ print(f"reference log-probabilities, adapter switched off vs the frozen copy: la
 del policy, base_model
 
 # %% [markdown]
-# Switching the adapter off gives the frozen copy's log-probabilities to the last digit, for the cost of a
-# second forward pass and none of the memory. On a 135M model the copy is half a gigabyte; on an 8B model in
-# bf16 it is 16 GB, which is why DPO and LoRA are so often used together.
+# Switching the adapter off gives the frozen copy's log-probabilities to the last digit, without the copy's
+# memory (either way the reference costs a forward pass). On a 135M model the copy is half a gigabyte; on an
+# 8B model in bf16 it is 16 GB: one reason to pair DPO with LoRA.
 #
 # ## 3 · DPO with TRL: the recipe
 # The recipe is 03's with DPO's config and trainer: PEFT's **`LoraConfig`**, TRL's **`DPOConfig`** (which adds
@@ -294,23 +294,27 @@ fig.tight_layout()
 
 # %%
 dpo_01 = rows[1]
-print(f"By the trainer's numbers DPO learned its pairs: after training it prefers the chosen reply on "
-      f"{dpo_01['reward_accuracy']:.2f} of them (the first 16), the padded replies' implicit reward {dpo_01['reward_rejected']:+.1f} "
-      f"against the concise ones' {dpo_01['reward_chosen']:+.2f}. On the validation questions the replies went from "
+logged = logs["DPO, beta 0.1"]
+print(f"The trainer's logs: loss {logged[0]['loss']:.3f} -> {logged[-1]['loss']:.2g}, reward accuracy of the last "
+      f"three batches {sum(h['rewards/accuracies'] for h in logged[-3:]) / 3:.2f}. After training, DPO's implicit "
+      f"rewards prefer the chosen reply on {dpo_01['reward_accuracy']:.2f} of its first 16 pairs, the padded replies' "
+      f"{dpo_01['reward_rejected']:+.1f} against the concise ones' {dpo_01['reward_chosen']:+.2f}. On the validation questions the replies went from "
       f"{base['words']:.1f} to {dpo_01['words']:.1f} words, the share right {base['right']:.3f} -> "
       f"{dpo_01['right']:.3f}, the judge {base['judge']:.3f} -> {dpo_01['judge']:.3f}; the policy finds its own "
       f"replies {dpo_01['log_ratio']:.1f} nats more likely than the reference does.")
 
 # %% [markdown]
-# DPO learned exactly what its pairs differ in: the padded replies became very unlikely and the replies got
-# shorter, and every number the trainer logs (the loss, the margins, the reward accuracy) looks like success.
-# But the pairs say nothing about the count: both replies of every pair have the right one. Nothing in the loss
-# held the counts in place while the policy moved, and the share of right answers fell (printed above). The
-# judge's score did not rise: the base model's replies were already brief enough for it, so shortening them
-# gained nothing, and the counts it lost cost it. Two lessons in one run: **a pair teaches the difference
-# between its replies, and only that**; and the loss, the margins and the reward accuracy describe the
-# *pairs*, not the policy (this is **evaluating on the wrong thing** in its DPO form). Only an evaluation of the
-# policy's own replies, here the judge, describes the policy.
+# DPO learned what its pairs differ in: the padded replies became very unlikely, the replies got shorter, and
+# every number the trainer logs (the loss, the margins, the reward accuracy) looks like success. But the pairs
+# say nothing about the count: both replies of every pair have the right one, so nothing in the loss held the
+# counts in place while the policy moved, and the share of right answers fell (printed above; the replies
+# even name other items). The judge's score fell with it: the base model's replies were already brief enough
+# for the judge, so shortening them gained nothing. (It is not the templates' form alone: on the same draw, 06's
+# `wrong` pairs, in the same templates but differing in the count, raised the judge to 0.66; the README's DPO
+# section.) Two lessons in one run: **a pair's signal is the difference between its replies**, here length;
+# and the loss, the margins and the reward accuracy describe the *pairs*, not the policy (this is **evaluating
+# on the wrong thing** in its DPO form). Only an evaluation of the policy's own replies, here the judge,
+# describes the policy.
 #
 # ## 4 · What $\beta$ changes
 # $\beta$ is the KL coefficient of the objective DPO came from: the larger it is, the more a given change of
@@ -330,15 +334,15 @@ print(f"beta 0.1 -> 1: the policy's log-ratio on its own replies {dpo_01['log_ra
 
 # %% [markdown]
 # $\beta$ acts on the log-ratios DPO *sees*: the ones of its pairs. At the ten times larger $\beta$ the gap
-# between a pair's chosen and rejected log-ratios, in nats, ended smaller (printed above): the loss saturates
-# once $\beta\times$gap is a few units, so a larger $\beta$ stops pushing the pairs apart sooner. The implicit
-# reward *margin* is larger, only because $\beta$ multiplies it: margins of runs with different $\beta$ are not
-# comparable, gaps in nats are. What $\beta$ does not see is the policy's own replies, which are in no pair:
-# their drift (log-ratio) and the judge are printed above for both runs, and nothing in the loss bounds them.
-# Across other draws of the training questions (scripts/measure_dpo.py, the README's DPO section) the
-# drift on the policy's own replies fell with $\beta$ on some pairs and not on others: DPO's KL "constraint"
-# holds on the pairs it trains on, not on what the policy says elsewhere. (Adam normalises the gradient's scale,
-# so a step's size is the learning rate's whatever $\beta$ is; $\beta$ acts through where the loss saturates.)
+# between a pair's chosen and rejected log-ratios, in nats, ended smaller, by less than ten times, so the
+# implicit reward *margin* (β times the gap) is larger: margins of runs with different $\beta$ are not
+# comparable, gaps in nats are (and only between pairs of the same kind: the gap is summed over a reply's
+# tokens, and here the 40-word padded replies dominate it). What $\beta$ does not see is the policy's own
+# replies, which are in no pair: here, at $\beta = 1$, they drifted further from the reference, and the judge was
+# no better (printed above). On other pairs a larger $\beta$ did keep the drift smaller (the README's DPO
+# section: 06's `wrong` pairs 4.07 → 1.06 nats on this notebook's draw, and on pairs in the model's own
+# sentence 2.86 → 1.73 from $\beta$ 0.02 to 2). So $\beta$ is a limit on how far the pairs are pushed; how far that
+# moves the rest of what the policy says depends on the pairs.
 #
 # ## 5 · DPO against SFT on the same pairs
 # The simplest alternative uses only half of each pair: SFT on the chosen replies (03's recipe, TRL's
@@ -349,44 +353,46 @@ print(f"beta 0.1 -> 1: the policy's log-ratio on its own replies {dpo_01['log_ra
 sft_args = SFTConfig(output_dir="build/sft_chosen", max_steps=DEMO_STEPS, learning_rate=DEMO_LR,
                      lr_scheduler_type="constant", per_device_train_batch_size=DEMO_BATCH, seed=SEED,
                      **preset_sft_args(preset, "padded"))
-start = time.perf_counter()
 policy, sft_result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer,
                                   [Example(p.prompt, p.chosen) for p in padded_pairs], demo_lora, sft_args, preset,
                                   layout="padded", progress=False)
-seconds = time.perf_counter() - start
 with preset.autocast():
     sft_scores = dpo.policy_scores(policy, tokenizer, eval_questions)
 rows.append({"run": "SFT on the chosen replies", **{k: sft_scores[k] for k in ("judge", "right", "words", "log_ratio")},
-             "seconds": seconds, "replies": sft_scores["replies"]})
+             "seconds": sft_result.seconds, "replies": sft_scores["replies"]})
 print(plots.table(rows, columns, floatfmt=".3f"))
 print("replies after SFT:", sft_scores["replies"][:3])
 del policy
 
 # %% [markdown]
 # On the same pairs, SFT's judge went up (printed above) where DPO's went down. SFT raises the probability of
-# the chosen replies themselves: the model now says what they say, short replies with the right count
-# (one or two words, in the pairs' templates). DPO raised the chosen replies only *relative to the rejected
-# ones*, and the rejected ones were the easy part to move. The comparison shows what each loss uses: SFT uses
-# the chosen reply as a demonstration, DPO uses the *difference* between the two replies. On pairs that differ
-# in what you want taught, the difference is the signal; here it was only length. A step of SFT costs less too
-# (printed: one sequence per example, no reference pass).
+# the chosen replies themselves: the model now answers in their short templates ("There are 17.", "13.") and
+# is right more often, though its counts are still its own, right or wrong (the printed replies). DPO raised
+# the chosen replies only *relative to the rejected ones*, and the rejected ones were the easy part to move.
+# The comparison shows what each loss uses: SFT uses the chosen reply as a demonstration, DPO uses the
+# *difference* between the two replies. On pairs that differ in what you want taught, the difference is the
+# signal; here it was only length. Its training steps cost less too (the seconds column: one sequence per
+# example, no reference pass).
 #
-# In practice the two are used together. The Llama 3 post-training report (Llama Team, 2024) is the field
-# reading: each of its six rounds trains a reward model on human preference pairs, runs **rejection
-# sampling** (many replies per prompt from the current model, the reward model keeps the best) to build SFT
-# data, fine-tunes with **SFT**, then runs **DPO** on preference pairs collected on the latest model's own
-# replies, so the pairs stay close to what the policy says. The report adds a negative log-likelihood term on
-# the chosen replies to its DPO loss (coefficient 0.2), stating that it stabilises training, keeps the model's
-# formatting and keeps the chosen replies' log-probability from falling. What the report leaves out: the human
-# preference data and most of the SFT data themselves, the annotation guidelines beyond their outline, and
-# the per-round data mixes, so its results cannot be reproduced from it.
+# In practice the two are used together. The reading from the field is the post-training section of the
+# Llama 3 report ("The Llama 3 Herd of Models", Llama Team, 2024, section 4): each of its six rounds trains a
+# reward model on human preference pairs, runs **rejection sampling** (10-30 replies per prompt from the
+# current model, the reward model keeps the best) to build SFT data, fine-tunes with **SFT**, then runs **DPO**
+# mostly on the most recent batches of preference data, collected on the best models of the previous rounds,
+# so the pairs stay close to what the policy says. It adds a negative log-likelihood term on the chosen replies
+# to the DPO loss (coefficient 0.2), stating that it stabilises training, keeps the model's formatting and
+# keeps the chosen replies' log-probability from falling. What the report leaves out: none of the preference
+# or SFT data is released, the annotation guidelines are described only in outline, and the data mixes are
+# given for the final round, not per round, so its results cannot be reproduced from it.
 #
 # ## 6 · Pairs that teach what you want
 # ### Exercise 7.2 — preference pairs DPO can learn from (6 points)
 # Build the pairs and the recipe of a DPO fine-tune that the grader, on **held-out questions it generates**,
 # finds better than the base model by the judge: a mean judge score at least **0.15** above the base
-# model's on the same questions, without regressing the general probe beyond the course's gate, within the
-# DPO step budget.
+# model's on the same questions, without regressing the general probe beyond the course's gate, in at most
+# `preset.dpo_step_budget` optimizer steps (16 on the cpu preset: a DPO step does about twice an SFT step's
+# work). The judge gives 1.0 to a reply of at most six words whose numbers are all the right count, 0.5 to one
+# longer, 0 to any reply with a wrong number or none.
 # - `dpo_pair(question, rng)`: for one `preferences.Question` (its `prompt`, the `item` asked about and the
 #   right count `answer`) return `(chosen, rejected)`, two replies of 1 to 40 words, the chosen one scored
 #   higher by `judge(question, reply)`; `rng` is a `random.Random` for any choice you draw. The grader calls it
@@ -400,10 +406,12 @@ del policy
 #
 # The grader runs your cell on its own (with `preset`, `SEED`, `LoraConfig`, `DPOConfig`, `DPO_ARGS` and `judge`
 # defined as here), builds the pairs, **trains your choices itself** with `DPOTrainer` (`dpo.train_dpo`, section
-# 3's recipe packaged) and scores the policy's greedy replies on its own questions. Section 3's pairs copied will
-# not pass: they teach length. Pairs that differ in what the judge checks do; what the base model says in
-# section 1 is the place to start (pairs in a form the policy never uses move it far, and measured on other
-# draws (the README's DPO section), unpredictably).
+# 3's recipe packaged) and scores the policy's greedy replies on its own questions. Section 3's pairs copied
+# teach length, and failed (the README's DPO section). Pairs that differ **only in the count** teach the count;
+# the measured ones put a plausible mistake (another item's count from the list) against the right count.
+# Their form matters too: what the base model says in section 1 is the place to start. Pairs in 06's
+# templates, a form the policy never uses, gained +0.20, +0.17 and -0.06 on three seeds as graded: a pass or a
+# fail with the seed.
 
 # %%
 shutil.rmtree(artifact_dir("07_dpo"), ignore_errors=True)  # grade only what this run trains
@@ -442,7 +450,9 @@ plots.loss_curves({"your DPO run": your_result.losses,
                    "section 3 (padded pairs, beta 0.1)": [h["loss"] for h in logs["DPO, beta 0.1"]]}, "DPO loss");
 
 # %% [markdown]
-# Self-check on the public validation questions (the same grader, in a separate process):
+# Your run's loss can end well above section 3's: a short reply is easy to tell from a 40-word one, two
+# replies that differ in one number are not. The loss is not the grade. Self-check on the public validation
+# questions (the same grader, in a separate process):
 
 # %%
 verdict = self_check("07_dpo", preset)
@@ -464,6 +474,9 @@ write_results("07_dpo", base_metric=m.get("base_judge", float("nan")), tuned_met
               dpo_padded_gap_nats=(dpo_01["reward_chosen"] - dpo_01["reward_rejected"]) / 0.1,
               dpo_beta1_gap_nats=(dpo_1["reward_chosen"] - dpo_1["reward_rejected"]) / 1.0,
               dpo_padded_words=dpo_01["words"], dpo_padded_right=dpo_01["right"], base_right=base["right"],
+              dpo_padded_reward_rejected=dpo_01["reward_rejected"], dpo_padded_logged_loss_last=logged[-1]["loss"],
+              dpo_padded_logged_loss_first=logged[0]["loss"], sft_seconds=sft_result.seconds,
+              dpo_padded_seconds=dpo_01["seconds"],
               base_words=base["words"], dpo_beta1_right=dpo_1["right"],
               sft_judge=sft_scores["judge"], sft_words=sft_scores["words"], sft_right=sft_scores["right"],
               reference_copy_mib=with_copy_mib - base_mib, adapter_mib=with_adapter_mib - base_mib)
@@ -478,8 +491,8 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 # - `LoraConfig`, `DPOConfig` and `DPOTrainer` train it. $\beta$ limits how far apart the pairs' log-ratios are
 #   pushed and scales the implicit rewards (compare gaps in nats across $\beta$, not margins); it does not watch
 #   the policy's own replies.
-# - A pair teaches the difference between its replies: length pairs taught length, and SFT on the same chosen
-#   replies taught their content. Pairs that differ in what you want, in the policy's own form, are what DPO
+# - A pair's signal is the difference between its replies: length pairs taught length (and lost counts), and SFT
+#   on the same chosen replies taught their form. Pairs that differ in what you want, in the policy's own form, are what DPO
 #   learns from (your exercise).
 # - **The mistake to remember: evaluating on the wrong thing.** DPO's loss, margins and reward accuracy describe
 #   the pairs. In section 3 all three looked like success while the share of right answers fell. Measure the
