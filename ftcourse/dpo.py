@@ -297,10 +297,12 @@ def implicit_rewards(model, tokenizer, pairs: Sequence[PreferencePair], beta: fl
 
 # ---------------------------------------------------------------- pairs, training, measuring a policy
 
-MAX_REPLY_WORDS = 40  # a reply in a graded pair: far longer than any answer needs, short enough to train on
+MAX_REPLY_WORDS = 40  # a reply in a graded pair: far longer than any answer needs
+MAX_REPLY_CHARS = 400
 
 
-def build_pairs(make_pair, questions: Sequence[Question], seed: int) -> list[PreferencePair]:
+def build_pairs(make_pair, questions: Sequence[Question], seed: int, tokenizer=None,
+                max_length: int | None = None) -> list[PreferencePair]:
     """Exercise 7.2's pairs: `make_pair(question, rng)` -> (chosen, rejected) on each question in order, one
     `random.Random(seed)` shared, as the grader calls it (in a child process); then `checked_pairs`."""
     import random
@@ -311,12 +313,29 @@ def build_pairs(make_pair, questions: Sequence[Question], seed: int) -> list[Pre
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError(f"dpo_pair must return (chosen, rejected); for question {row} it returned {str(out)[:120]}.")
         raw.append(out)
-    return checked_pairs(questions, raw)
+    return checked_pairs(questions, raw, tokenizer, max_length)
 
 
-def checked_pairs(questions: Sequence[Question], raw) -> list[PreferencePair]:
-    """(chosen, rejected) replies, one per question, as preference pairs, each checked: two strings of 1 to
-    `MAX_REPLY_WORDS` words, different, the chosen one scored higher by the judge. A ValueError names the row."""
+def _checked_reply(row: int, name: str, text: str, tokenizer) -> None:
+    if not 1 <= len(text.split()) <= MAX_REPLY_WORDS or len(text) > MAX_REPLY_CHARS:
+        raise ValueError(f"pair {row}: the {name} reply has {len(text.split())} words and {len(text)} characters; a "
+                         f"reply has 1 to {MAX_REPLY_WORDS} words and at most {MAX_REPLY_CHARS} characters: {text[:80]!r}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"pair {row}: the {name} reply is not valid text (it holds a lone surrogate): "
+                         f"{text[:80]!r}.") from None
+    special = [t for t in (tokenizer.all_special_tokens if tokenizer is not None else ()) if t and t in text]
+    if special:
+        raise ValueError(f"pair {row}: the {name} reply contains the chat template's control text {special[0]!r}; a "
+                         "reply is plain text.")
+
+
+def checked_pairs(questions: Sequence[Question], raw, tokenizer=None, max_length: int | None = None) -> list[PreferencePair]:
+    """(chosen, rejected) replies, one per question, as preference pairs, each checked: two different strings of 1 to
+    `MAX_REPLY_WORDS` words (and `MAX_REPLY_CHARS` characters), the chosen one scored higher by the judge; with a
+    tokenizer, plain text (no chat-template control text) and, with `max_length` (the DPOConfig's), each
+    conversation within it, so the trainer cuts nothing off. A ValueError names the row."""
     if not isinstance(raw, (list, tuple)) or len(raw) != len(questions):
         raise ValueError(f"expected one (chosen, rejected) per question: {len(questions)} questions, "
                          f"got {len(raw) if isinstance(raw, (list, tuple)) else type(raw).__name__}.")
@@ -326,9 +345,7 @@ def checked_pairs(questions: Sequence[Question], raw) -> list[PreferencePair]:
             raise ValueError(f"pair {row}: expected (chosen, rejected), two strings, got {str(pair)[:120]}.")
         chosen, rejected = pair
         for name, text in (("chosen", chosen), ("rejected", rejected)):
-            if not 1 <= len(text.split()) <= MAX_REPLY_WORDS:
-                raise ValueError(f"pair {row}: the {name} reply has {len(text.split())} words; a reply has 1 to "
-                                 f"{MAX_REPLY_WORDS}: {text[:80]!r}.")
+            _checked_reply(row, name, text, tokenizer)
         if chosen.strip() == rejected.strip():
             raise ValueError(f"pair {row}: chosen and rejected are the same reply {chosen[:60]!r}: a pair teaches "
                              "nothing when they do not differ.")
@@ -337,6 +354,12 @@ def checked_pairs(questions: Sequence[Question], raw) -> list[PreferencePair]:
                              f"rejected one {judge(question, rejected):.1f}; the chosen must score higher "
                              f"(question asks for the {question.item}, answer {question.answer}): "
                              f"{chosen[:60]!r} vs {rejected[:60]!r}.")
+        if tokenizer is not None and max_length is not None:
+            prompt_ids, reply_ids = reply_tokens(tokenizer, question.prompt, chosen, rejected)
+            longest = len(prompt_ids) + max(len(ids) for ids in reply_ids)
+            if longest > max_length:
+                raise ValueError(f"pair {row}: prompt and reply are {longest} tokens, over the DPOConfig's max_length "
+                                 f"{max_length}: the trainer would cut the reply. Shorten the replies.")
         pairs.append(PreferencePair(question.prompt, chosen, rejected, "yours"))
     return pairs
 

@@ -211,7 +211,13 @@ RECIPE_KINDS = {
 
 
 class RecipeError(ValueError):
-    """A LoraConfig or trainer config that the exercise cannot train, with the field and what is expected."""
+    """A LoraConfig or trainer config that the exercise cannot train, with the field and what is expected. The
+    message quotes the learner's values, cut to `MAX_MESSAGE` characters (a value can be megabytes)."""
+
+    MAX_MESSAGE = 600
+
+    def __init__(self, message: str):
+        super().__init__(message if len(message) <= self.MAX_MESSAGE else message[:self.MAX_MESSAGE] + " [...]")
 
 
 CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "DPOConfig", "BitsAndBytesConfig")

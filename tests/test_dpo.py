@@ -341,3 +341,23 @@ def test_exercise_7_2_section_3s_pairs_copied_fail(learner_runtime, tmp_path):
     verdict = _grade_dpo_setup(copied, tmp_path)
     assert not verdict.passed and verdict.metrics["steps"] == 12, verdict
     assert verdict.metrics["judge_gain"] < 0 and verdict.metrics["words"] < 4, verdict.metrics
+
+
+def test_exercise_7_2_pairs_are_checked_as_the_trainer_will_read_them(tokenizer):
+    """Replies the trainer would cut (over the DPOConfig's max_length), chat-template control text, text that is not
+    valid UTF-8 and very long replies are refused before training, naming the row (a learner's input, not a
+    grader fault)."""
+    questions = prefs.make_questions(3, 5)
+    good = [(f"There are {q.answer} {q.item} in total.", f"There are {prefs.wrong_count(q, __import__('random').Random(0))} "
+             f"{q.item} in total.") for q in questions]
+    assert len(dpo.checked_pairs(questions, good, tokenizer, 128)) == 3
+    padding = "根据您提供的清单我仔细核对了每一行您询问的物品数量是" * 3
+    bad = {
+        "over the DPOConfig's max_length": (f"{padding} {questions[1].answer}", f"{padding} 1"),
+        "control text '<|im_end|>'": (f"{questions[1].answer}<|im_end|>", "none"),
+        "not valid text": (f"{questions[1].answer}\ud800", "none"),
+        "at most 400 characters": ("x" * 401 + f" {questions[1].answer}", "none"),
+    }
+    for named, pair in bad.items():
+        with pytest.raises(ValueError, match=f"pair 1: .*{__import__('re').escape(named)}"):
+            dpo.checked_pairs(questions, [good[0], pair, good[2]], tokenizer, 128)

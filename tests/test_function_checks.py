@@ -180,3 +180,34 @@ def test_a_dpo_loss_of_the_wrong_shape_is_refused_with_the_reason(body, named, l
     source = "import torch\ndef dpo_loss(c, r, rc, rr, beta):\n" + body
     verdict = _through_a_child("dpo_loss_tests", {"dpo_loss": source})
     assert not verdict.passed and named in verdict.message, verdict
+
+
+@pytest.mark.parametrize("grade_id,cell,source,named", [
+    ("dpo_loss_tests", "dpo_loss",
+     "from ftcourse import dpo as d\ndef dpo_loss(c, r, rc, rr, beta):\n    loss, _ = d.dpo_trainer_loss(c, r, rc, rr, beta=beta)\n"
+     "    return loss, (beta * (c - rc)).detach(), (beta * (r - rr)).detach()\n", "reached ftcourse.dpo.dpo_trainer_loss"),
+    ("bradley_terry_tests", "bradley_terry_loss",
+     "from ftcourse.preferences import reward_trainer_loss\n"
+     "def bradley_terry_loss(c, r, margin=None, center_rewards_coefficient=None):\n"
+     "    return reward_trainer_loss(c, r, margin, center_rewards_coefficient)\n", "reached ftcourse.preferences.reward_trainer_loss"),
+    ("dpo_loss_tests", "dpo_loss",
+     "import torch.nn.functional as F\ndef dpo_loss(c, r, rc, rr, beta):\n"
+     "    loss = -F.logsigmoid(beta * ((c - rc) - (r.detach() - rr))).mean()\n"
+     "    return loss, (beta * (c - rc)).detach(), (beta * (r - rr)).detach()\n", "does not depend on policy_rejected_logps"),
+])
+def test_a_loss_exercise_that_calls_the_library_or_drops_an_input_is_refused(grade_id, cell, source, named,
+                                                                           learner_runtime):
+    """6.1 and 7.1 are compared with TRL's loss: the child hides it (and the course's wrapper of it) while the
+    learner's function runs, as 1.2 hides the estimator; a loss that ignores an input is named, not a grader fault."""
+    verdict = _through_a_child(grade_id, {cell: source})
+    assert not verdict.passed and named in verdict.message, verdict
+
+
+def test_a_forged_tensor_with_negative_dimensions_is_refused():
+    from ftcourse.grading.child import decode_tensor, encode_tensor
+
+    import torch
+
+    raw = encode_tensor(torch.zeros(8))
+    with pytest.raises(ValueError, match="carries"):
+        decode_tensor(raw | {"shape": [-2, -4]})

@@ -282,3 +282,10 @@ def test_the_qlora_base_is_a_4bit_nf4_config_and_double_quantization_is_the_one_
     with pytest.raises(RecipeError, match=f"at most {preset.qlora_step_budget}"):
         checked_recipe({"bnb_config": BitsAndBytesConfig(**nf4), "lora_config": lora, "sft_config": sft}, preset,
                        preset.qlora_step_budget)
+
+
+def test_a_recipe_error_quoting_a_huge_value_stays_short():
+    from ftcourse.training import RecipeError
+
+    assert len(str(RecipeError("sft_config.lr_scheduler_kwargs = " + repr({"x": "A" * 10**6})))) <= 606
+    assert str(RecipeError("short")) == "short"

@@ -11,6 +11,7 @@ Nothing here decides a verdict, so nothing a learner patches here can produce on
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -51,7 +52,7 @@ def decode_tensor(raw: dict):
         raise ValueError(f"unsupported tensor dtype {raw['dtype']!r}")
     shape = [int(x) for x in raw["shape"]]
     array = np.frombuffer(base64.b64decode(raw["b64"]), dtype=dtypes[raw["dtype"]])
-    if array.size != int(np.prod(shape)):
+    if any(d < 0 for d in shape) or array.size != int(np.prod(shape)):
         raise ValueError(f"tensor of shape {shape} carries {array.size} values")
     return torch.from_numpy(array.copy()).reshape(shape)
 
@@ -254,11 +255,67 @@ def _check_mean_loss(loss, what: str, through: str) -> None:
         raise CellError(f"{what} has no gradient: compute it with torch operations on {through}.")
 
 
+class LibraryLossHidden(CellError):
+    """A loss exercise reached the library loss it is compared with (a deterrent, as Exercise 1.2's)."""
+
+
+@contextlib.contextmanager
+def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple[str, ...], methods: tuple[str, ...]):
+    """While the learner's loss runs: the library functions it is compared with (`module.function` names) and, when
+    their module is already imported, the TRL trainer methods (`module.Class.method`) refuse, wherever a module or
+    the cells bound them. A deterrent with a clear message, not a wall: code that ran before could keep a reference."""
+    import importlib
+
+    def refused(name):
+        def call(*args, **kwargs):
+            raise LibraryLossHidden(f"{function} must compute the loss itself; it reached {name}().")
+        return call
+
+    originals, replaced = {}, []
+    for dotted in module_functions:
+        module, name = dotted.rsplit(".", 1)
+        originals[id(getattr(importlib.import_module(module), name))] = dotted
+    try:
+        for place in [vars(m) for m in list(sys.modules.values()) if m is not None] + [namespace]:
+            for key, value in list(place.items()):
+                if callable(value) and id(value) in originals:
+                    replaced.append((place, key, value))
+                    place[key] = refused(originals[id(value)])
+        for dotted in methods:
+            module, cls, name = dotted.rsplit(".", 2)
+            owner = getattr(sys.modules.get(module), cls, None)
+            if owner is not None and name in vars(owner):
+                replaced.append((owner, name, vars(owner)[name]))
+                setattr(owner, name, refused(f"{cls}.{name}"))
+        yield
+    finally:
+        for place, key, value in reversed(replaced):
+            if isinstance(place, dict):
+                place[key] = value
+            else:
+                setattr(place, key, value)
+
+
+def _need_gradients(function: str, **inputs) -> None:
+    """After the backward pass: every input the loss must depend on received a gradient."""
+    for name, tensor in inputs.items():
+        if tensor.grad is None:
+            raise CellError(f"{function}'s loss does not depend on {name} (no gradient reached it): detach nothing "
+                            "the loss is computed from.")
+
+
 def op_bradley_terry(namespace: dict, inputs: dict):
-    """Each case: the learner's loss on the given rewards, its value and its gradients with respect to them."""
+    """Each case: the learner's loss on the given rewards, its value and its gradients with respect to them (with
+    TRL's loss, the one it is compared with, hidden while it runs)."""
+    loss_fn = _need(namespace, "bradley_terry_loss")
+    with _library_loss_hidden(namespace, "bradley_terry_loss", ("ftcourse.preferences.reward_trainer_loss",),
+                              ("trl.trainer.reward_trainer.RewardTrainer.compute_loss",)):
+        return _bradley_terry_cases(loss_fn, inputs)
+
+
+def _bradley_terry_cases(loss_fn, inputs: dict) -> list:
     import torch
 
-    loss_fn = _need(namespace, "bradley_terry_loss")
     results = []
     for case in inputs["cases"]:
         chosen = decode_tensor(case["chosen"]).requires_grad_(True)
@@ -267,6 +324,7 @@ def op_bradley_terry(namespace: dict, inputs: dict):
         loss = loss_fn(chosen, rejected, margin=margin, center_rewards_coefficient=case["center"])
         _check_mean_loss(loss, "bradley_terry_loss's result", "the rewards (a reward model trains through this loss)")
         loss.reshape(()).backward()
+        _need_gradients("bradley_terry_loss", rewards_chosen=chosen, rewards_rejected=rejected)
         results.append({"loss": loss.item(), "grad_chosen": encode_tensor(chosen.grad.to(torch.float32)),
                         "grad_rejected": encode_tensor(rejected.grad.to(torch.float32))})
     return results
@@ -274,10 +332,17 @@ def op_bradley_terry(namespace: dict, inputs: dict):
 
 def op_dpo_loss(namespace: dict, inputs: dict):
     """Each case: the learner's DPO loss on the given log-probabilities, its gradients with respect to the policy's,
-    and the implicit rewards it returns."""
+    and the implicit rewards it returns (with TRL's loss, the one it is compared with, hidden while it runs)."""
+    loss_fn = _need(namespace, "dpo_loss")
+    with _library_loss_hidden(namespace, "dpo_loss", ("ftcourse.dpo.dpo_trainer_loss",),
+                              ("trl.trainer.dpo_trainer.DPOTrainer._compute_loss",
+                               "trl.trainer.dpo_trainer.DPOTrainer.compute_loss")):
+        return _dpo_loss_cases(loss_fn, inputs)
+
+
+def _dpo_loss_cases(loss_fn, inputs: dict) -> list:
     import torch
 
-    loss_fn = _need(namespace, "dpo_loss")
     results = []
     for case in inputs["cases"]:
         chosen = decode_tensor(case["policy_chosen"]).requires_grad_(True)
@@ -296,6 +361,7 @@ def op_dpo_loss(namespace: dict, inputs: dict):
                 raise CellError(f"dpo_loss's {name} carries a gradient: detach it (the rewards are logged, not trained).")
             rewards.append(encode_tensor(value.to(torch.float32)))
         loss.reshape(()).backward()
+        _need_gradients("dpo_loss", policy_chosen_logps=chosen, policy_rejected_logps=rejected)
         results.append({"loss": loss.item(), "grad_chosen": encode_tensor(chosen.grad.to(torch.float32)),
                         "grad_rejected": encode_tensor(rejected.grad.to(torch.float32)),
                         "chosen_rewards": rewards[0], "rejected_rewards": rewards[1]})

@@ -251,14 +251,15 @@ def _produce_dpo(exercise, cells, preset, secret, workdir):
            and all(name in data["values"] for name in ("lora_config", "dpo_config")),
            "The solution cell's values could not be read (expected lora_config, dpo_config).")
     try:
-        lora, args, _ = checked_recipe(data["values"], preset, exercise.step_budget(preset), output_dir=workdir / "trainer")
+        configs = {name: data["values"][name] for name in ("lora_config", "dpo_config")}  # the kind is the grader's
+        lora, args, _ = checked_recipe(configs, preset, exercise.step_budget(preset), output_dir=workdir / "trainer")
     except RecipeError as error:
         raise LearnerCodeError(str(error)) from None
+    tokenizer = load_tokenizer(preset.model)
     try:
-        pairs = checked_pairs(questions, data.get("pairs"))
+        pairs = checked_pairs(questions, data.get("pairs"), tokenizer, args.max_length)
     except ValueError as error:
         raise LearnerCodeError(f"dpo_pair: {error}") from None
-    tokenizer = load_tokenizer(preset.model)
     model, result, _ = train_dpo(load_model(preset.model, preset.device, seed=cells.seed), tokenizer, pairs, lora, args,
                                  progress=False, trainer_class=dpo_trainer_class(preset))
     save_recipe_artifacts(model, tokenizer, result, workdir)

@@ -212,7 +212,7 @@ def _read_result(path: Path, returncode, limits: Limits, secret_inputs: bool, se
         raw = json.loads(path.read_bytes())
         if not isinstance(raw, dict) or not isinstance(raw.get("ok"), bool):
             raise ValueError("not a result object")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ChildResult(False, None, "Your code's process returned something that is not the grader's result "
                            "(it wrote to the grader's channel).", "bad_result", seconds, log_tail)
     if raw["ok"]:

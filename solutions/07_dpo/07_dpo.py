@@ -394,10 +394,11 @@ del policy
 # work). The judge gives 1.0 to a reply of at most six words whose numbers are all the right count, 0.5 to one
 # longer, 0 to any reply with a wrong number or none.
 # - `dpo_pair(question, rng)`: for one `preferences.Question` (its `prompt`, the `item` asked about and the
-#   right count `answer`) return `(chosen, rejected)`, two replies of 1 to 40 words, the chosen one scored
-#   higher by `judge(question, reply)`; `rng` is a `random.Random` for any choice you draw. The grader calls it
-#   once for each of the `preset.n_train` training questions, in order, with one `rng` seeded with `SEED`, and
-#   refuses a pair the judge does not order your way (naming the row).
+#   right count `answer`) return `(chosen, rejected)`, two replies of 1 to 40 words (plain text, short enough
+#   that prompt and reply fit the DPOConfig's `max_length`), the chosen one scored higher by
+#   `judge(question, reply)`; `rng` is a `random.Random` for any choice you draw. The grader calls it once for
+#   each of the `preset.n_train` training questions, in order, with one `rng` seeded with `SEED`, and refuses a
+#   pair that breaks these rules (naming the row).
 # - `lora_config`: a `LoraConfig` (`task_type="CAUSAL_LM"`; choose `r`, `lora_alpha`, `lora_dropout`,
 #   `target_modules`, `use_rslora`);
 # - `dpo_config`: a `DPOConfig` with `**DPO_ARGS` (choose `max_steps`, `learning_rate`, `beta`,
@@ -437,7 +438,7 @@ dpo_config = DPOConfig(output_dir="build/dpo", max_steps=12, learning_rate=5e-4,
 
 # %%
 check_recipe("dpo_final_outcome", preset, lora_config=lora_config, dpo_config=dpo_config)
-your_pairs = dpo.build_pairs(dpo_pair, train_questions, SEED)  # the grader's checks: a clear error names the row
+your_pairs = dpo.build_pairs(dpo_pair, train_questions, SEED, tokenizer, dpo_config.max_length)  # the grader's checks
 print(f"{len(your_pairs)} pairs, e.g. chosen {your_pairs[0].chosen!r}, rejected {your_pairs[0].rejected!r}")
 your_policy, your_result, your_logs = dpo.train_dpo(load_model(preset.model, preset.device, seed=SEED), tokenizer,
                                                     your_pairs, lora_config, dpo_config,
