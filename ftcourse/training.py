@@ -605,9 +605,10 @@ def refuse_outer_autocast(what: str = "training") -> None:
                                "preset.autocast() around evaluation only.")
 
 
-def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, progress: bool = True):
-    """A TRL preference trainer (`RewardTrainer`, `DPOTrainer`) trained from seed `args.seed`, its per-step log
-    dicts replaced by a `TrainingRecorder`. `peft_config` is copied first: PEFT fills in `modules_to_save` on the
+def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, progress: bool = True, **trainer_kwargs):
+    """A TRL preference trainer (`RewardTrainer`, `DPOTrainer`; `GRPOTrainer` with `reward_funcs` in
+    `trainer_kwargs`) trained from seed `args.seed`, its per-step log dicts replaced by a `TrainingRecorder`.
+    `peft_config` is copied first: PEFT fills in `modules_to_save` on the
     config it is given, and the caller's stays as built. Returns (trained model in eval mode, with no autocast
     wrapper; TrainResult, with no tokens counted; the trainer)."""
     import copy
@@ -621,7 +622,7 @@ def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, pro
     recorder = TrainingRecorder(progress=progress)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=copy.deepcopy(peft_config), callbacks=[recorder])
+                            peft_config=copy.deepcopy(peft_config), callbacks=[recorder], **trainer_kwargs)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     trained = extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
