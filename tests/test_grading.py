@@ -284,6 +284,53 @@ def test_under_root_the_child_is_the_learner_user_and_reaches_nothing_of_the_gra
     assert found["site"] == "PermissionError" and found["kill"] == "PermissionError", found
 
 
+def _session(source: str, limits: Limits | None = None):
+    from ftcourse.grading.sandbox import LearnerSession
+
+    return LearnerSession({"cells": [["attack", source]], "provides": [], "preset": "cpu", "seed": 0}, limits=limits,
+                          site=os.environ.get("FTCOURSE_GRADING_SITE"), cache=os.environ.get("FTCOURSE_LEARNER_CACHE"))
+
+
+def test_a_session_runs_the_cells_once_and_answers_each_call(learner_runtime):
+    """Notebook 08's reward functions are called at every GRPO step: one child keeps the cells' state between
+    calls (a counter), answers each call as data, and as root runs as the learner user."""
+    source = ("import os\ncalls = []\ndef counted(completions, **_):\n    calls.append(1)\n"
+              "    return [float(len(calls))] * len(completions)\nreward_funcs = [counted]\nanswer = os.getuid()\n")
+    batch = {"prompts": ["p"] * 2, "completions": [[{"role": "assistant", "content": "4"}]] * 2,
+             "completion_ids": [[1], [2]], "answer": [4, 4], "item": ["pears"] * 2}
+    with _session(source) as child:
+        assert child.started.ok
+        assert child.call("grpo_rewards", batch).data == [[1.0, 1.0]]
+        assert child.call("grpo_rewards", batch).data == [[2.0, 2.0]]
+        uid = child.call("values", {"names": ["answer"]}).data["answer"]
+        assert uid == (learner_identity().uid if os.geteuid() == 0 else os.geteuid())
+        wrong = child.call("grpo_rewards", batch | {"completions": batch["completions"] * 2})  # 4 replies, 2 of the rest
+        assert wrong.ok  # the learner's function saw 4 completions and answered 4: checked by the grader's side
+        assert child.proc.poll() is None
+
+
+@pytest.mark.parametrize("source,kind", [
+    ("def spin(completions, **_):\n    while True:\n        pass\nreward_funcs = [spin]", "timeout"),
+    ("import os\ndef leave(completions, **_):\n    os._exit(0)\nreward_funcs = [leave]", "no_result"),
+    ("def bad(completions, **_):\n    return ['many']\nreward_funcs = [bad]", "learner_error"),
+])
+def test_a_session_call_that_fails_ends_in_a_reason(learner_runtime, source, kind):
+    batch = {"prompts": ["p"], "completions": ["4"], "completion_ids": [[1]], "answer": [4], "item": ["pears"]}
+    with _session(source, Limits(seconds=6)) as child:
+        assert child.started.ok
+        first = child.call("grpo_rewards", batch)
+        assert not first.ok and first.kind == kind, first
+        if kind != "learner_error":  # the child is gone: every later call gives that reason, without waiting
+            again = child.call("grpo_rewards", batch)
+            assert again is first
+
+
+def test_a_session_whose_cells_fail_answers_nothing(learner_runtime):
+    with _session("raise ValueError('no rewards here')") as child:
+        assert not child.started.ok and "no rewards here" in child.started.error
+        assert child.call("grpo_rewards", {}) is child.started
+
+
 @ROOT_ONLY
 def test_a_daemon_does_not_outlive_its_submission(learner_runtime, tmp_path):
     identity = learner_identity()

@@ -260,7 +260,8 @@ class LibraryLossHidden(CellError):
 
 
 @contextlib.contextmanager
-def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple[str, ...], methods: tuple[str, ...]):
+def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple[str, ...], methods: tuple[str, ...],
+                         what: str = "the loss"):
     """While the learner's loss runs: the library functions it is compared with (`module.function` names) and, when
     their module is already imported, the TRL trainer methods (`module.Class.method`) refuse, wherever a module or
     the cells bound them. A deterrent with a clear message, not a wall: code that ran before could keep a reference."""
@@ -268,7 +269,7 @@ def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple
 
     def refused(name):
         def call(*args, **kwargs):
-            raise LibraryLossHidden(f"{function} must compute the loss itself; it reached {name}().")
+            raise LibraryLossHidden(f"{function} must compute {what} itself; it reached {name}().")
         return call
 
     originals, replaced = {}, []
@@ -387,6 +388,73 @@ def op_dpo_pairs(namespace: dict, inputs: dict):
     return {"pairs": pairs, "values": op_values(namespace, {"names": inputs["names"]})}
 
 
+def op_group_advantages(namespace: dict, inputs: dict):
+    """Each case: the learner's `group_advantages(rewards, reward_weights, num_generations)` on the given rewards
+    ([completions, functions], NaN where a function returned None), as a tensor (with the mirror of TRL's advantage
+    it is compared with hidden while it runs)."""
+    import torch
+
+    function = _need(namespace, "group_advantages")
+    results = []
+    with _library_loss_hidden(namespace, "group_advantages", ("ftcourse.grpo.trl_group_advantages",), (),
+                              "the advantages"):
+        for case in inputs["cases"]:
+            rewards = decode_tensor(case["rewards"])
+            out = function(rewards.clone(), torch.tensor(case["weights"]), case["num_generations"])
+            if not isinstance(out, torch.Tensor):
+                raise CellError(f"group_advantages must return a tensor (one advantage per completion), got "
+                                f"{type(out).__name__}.")
+            results.append(encode_tensor(out.detach().to(torch.float32)))
+    return results
+
+
+REWARD_CALL_KEYS = ("prompts", "completions", "completion_ids", "answer", "item")  # what TRL passes a reward function
+
+
+def op_grpo_setup(namespace: dict, inputs: dict):
+    """Exercise 8.2's choices: the names of the functions in `reward_funcs` and the configs `names` (data), checked
+    once before the grader trains."""
+    funcs = _need(namespace, "reward_funcs")
+    if not (isinstance(funcs, (list, tuple)) and funcs and all(callable(f) for f in funcs)):
+        raise CellError(f"reward_funcs must be a non-empty list of reward functions, got {str(funcs)[:120]}.")
+    return {"reward_functions": [str(getattr(f, "__name__", f"reward_{i}"))[:60] for i, f in enumerate(funcs)],
+            "values": op_values(namespace, {"names": inputs["names"]})}
+
+
+def op_grpo_rewards(namespace: dict, inputs: dict):
+    """Each of the learner's `reward_funcs` on one GRPO batch (the grader's completions of its training prompts, in
+    TRL's conversational form): [[reward or None per completion] per function]. The task's checker and the
+    course's judge are hidden while they run: the correctness reward is the learner's to write."""
+    import math
+
+    funcs = _need(namespace, "reward_funcs")
+    kwargs = {key: inputs[key] for key in REWARD_CALL_KEYS}
+    n = len(kwargs["completions"])
+    out = []
+    hidden = ("ftcourse.grpo.task_checker", "ftcourse.grpo.checker_reward", "ftcourse.preferences.judge",
+              "ftcourse.rlhf.judge_reward", "ftcourse.rlhf.judge_replies")
+    with _library_loss_hidden(namespace, "reward_funcs", hidden, (), "its rewards"):
+        for i, func in enumerate(funcs):
+            name = getattr(func, "__name__", f"reward_funcs[{i}]")
+            rewards = func(**{k: list(v) for k, v in kwargs.items()}, trainer_state=None)
+            if not isinstance(rewards, (list, tuple)) or len(rewards) != n:
+                raise CellError(f"{name} must return a list of {n} rewards (one per completion), got "
+                                f"{str(rewards)[:120]}.")
+            values = []
+            for row, reward in enumerate(rewards):
+                if reward is not None:
+                    try:
+                        reward = float(reward)
+                    except (TypeError, ValueError):
+                        raise CellError(f"{name} returned {str(reward)[:60]!r} for completion {row}: a reward is a "
+                                        "number (or None: no opinion).") from None
+                    if not math.isfinite(reward):
+                        raise CellError(f"{name} returned {reward} for completion {row}: a reward must be finite.")
+                values.append(reward)
+            out.append(values)
+    return out
+
+
 def op_draw(namespace: dict, inputs: dict):
     """`n` distinct examples from the learner's `make_example`, drawn with the seed the grader chose."""
     from ftcourse.capstone import draw_task
@@ -397,7 +465,8 @@ def op_draw(namespace: dict, inputs: dict):
 
 OPS = {"values": op_values, "decide": op_decide, "static_bytes": op_static_bytes, "clean": op_clean, "label_mask": op_label_mask,
        "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw, "bradley_terry": op_bradley_terry,
-       "dpo_loss": op_dpo_loss, "dpo_pairs": op_dpo_pairs}
+       "dpo_loss": op_dpo_loss, "dpo_pairs": op_dpo_pairs, "group_advantages": op_group_advantages,
+       "grpo_setup": op_grpo_setup, "grpo_rewards": op_grpo_rewards}
 
 
 # ---------------------------------------------------------------- the process
@@ -418,27 +487,48 @@ def _message(error: BaseException) -> str:
         return ""
 
 
-def main(result_fd: int) -> None:
-    result = os.fdopen(result_fd, "w")
-    import warnings
-
-    warnings.filterwarnings("ignore")
+def _answer(run) -> str:
+    """`run()`'s data as the grader's JSON result, or the learner's exception as data."""
     try:
-        request = json.loads(sys.stdin.read())
-        from ftcourse.grading.context import build
-
-        namespace = build(request["provides"], request["preset"], request["seed"])
-        for grade_id, source in request["cells"]:
-            exec(compile(source, f"<cell {grade_id}>", "exec"), namespace)
-        answer = {"ok": True, "data": OPS[request["op"]](namespace, request["inputs"])}
+        answer = {"ok": True, "data": run()}
     except BaseException as error:  # noqa: BLE001 - any failure of learner code is data for the grader
         answer = {"ok": False, "error": {"type": type(error).__name__, "message": _message(error),
                                          "where": _where(error)}}
     try:
-        text = json.dumps(answer)
+        return json.dumps(answer)
     except (TypeError, ValueError) as error:
-        text = json.dumps({"ok": False, "error": {"type": "CellError", "where": "",
+        return json.dumps({"ok": False, "error": {"type": "CellError", "where": "",
                                                   "message": f"the result is not plain data ({error})"}})
-    result.write(text)
+
+
+def main(result_fd: int) -> None:
+    """One request (a JSON line on stdin): run the cells, then its operation, and write the answer. A request whose
+    op is "session" (`sandbox.LearnerSession`) answers once the cells ran, then reads one call per line
+    ({"op", "inputs"}) and answers each on its own line, until stdin closes."""
+    result = os.fdopen(result_fd, "w")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    namespace: dict = {}
+    request: dict = {}
+
+    def start():
+        request.update(json.loads(sys.stdin.readline()))
+        from ftcourse.grading.context import build
+
+        namespace.update(build(request["provides"], request["preset"], request["seed"]))
+        for grade_id, source in request["cells"]:
+            exec(compile(source, f"<cell {grade_id}>", "exec"), namespace)
+        return None if request["op"] == "session" else OPS[request["op"]](namespace, request["inputs"])
+
+    first = _answer(start)
+    result.write(first + "\n")
     result.flush()
+    while request.get("op") == "session" and first.startswith('{"ok": true'):
+        line = sys.stdin.readline()
+        if not line:
+            break
+        call = json.loads(line)
+        result.write(_answer(lambda: OPS[call["op"]](namespace, call["inputs"])) + "\n")
+        result.flush()
     os._exit(0)  # no atexit handler or finaliser of learner code runs after the answer

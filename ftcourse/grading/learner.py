@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .sandbox import ChildResult, Limits, run_learner_code
+import contextlib
+
+from .sandbox import ChildResult, LearnerSession, Limits, run_learner_code
 
 SITE_ENV = "FTCOURSE_GRADING_SITE"  # the grader's non-editable install of ftcourse, set by `make grade`
 LEARNER_CACHE_ENV = "FTCOURSE_LEARNER_CACHE"  # a model cache the learner user may read (not write), set by `make grade`
@@ -45,16 +47,22 @@ class Cells:
         return picked
 
 
-def call(cells: Cells, grade_ids, op: str, inputs: dict | None = None, provides=(), secret_inputs: bool = False,
-         limits: Limits | None = None):
-    """Run the solution cells `grade_ids` in a child, then `op` on `inputs`; return the child's data. Cells that are
-    all the released stub (which raises NotImplementedError) are not run: the answer is known, and a class of
-    partly done notebooks would otherwise start a child per untouched exercise."""
+def _runnable(cells: Cells, grade_ids) -> list[tuple[str, str]]:
+    """The cells' sources, unless all are the released stub (which raises NotImplementedError): the answer is known."""
     picked = cells.pick(grade_ids)
     if picked and all(grade_id in cells.as_released for grade_id, _ in picked):
         names = ", ".join(repr(grade_id) for grade_id, _ in picked)
         raise LearnerCodeError(f"The solution cell {names} is as released: it raises NotImplementedError. "
                                "Replace the stub with your solution.")
+    return picked
+
+
+def call(cells: Cells, grade_ids, op: str, inputs: dict | None = None, provides=(), secret_inputs: bool = False,
+         limits: Limits | None = None):
+    """Run the solution cells `grade_ids` in a child, then `op` on `inputs`; return the child's data. Cells that are
+    all the released stub (which raises NotImplementedError) are not run: the answer is known, and a class of
+    partly done notebooks would otherwise start a child per untouched exercise."""
+    picked = _runnable(cells, grade_ids)
     request = {"cells": picked, "provides": list(provides), "preset": cells.preset, "seed": cells.seed,
                "op": op, "inputs": inputs or {}}
     from ..models import cache_root
@@ -64,6 +72,28 @@ def call(cells: Cells, grade_ids, op: str, inputs: dict | None = None, provides=
     if not result.ok:
         raise LearnerCodeError(result.error, result)
     return result.data
+
+
+@contextlib.contextmanager
+def session(cells: Cells, grade_ids, provides=(), limits: Limits | None = None):
+    """A child that ran the solution cells `grade_ids` once and answers calls while the grader works: yields
+    `ask(op, inputs) -> data` (a LearnerCodeError when the child gave no usable data). Stub cells as `call`."""
+    picked = _runnable(cells, grade_ids)
+    from ..models import cache_root
+
+    request = {"cells": picked, "provides": list(provides), "preset": cells.preset, "seed": cells.seed}
+    with LearnerSession(request, limits=limits, site=os.environ.get(SITE_ENV) or None,
+                        cache=os.environ.get(LEARNER_CACHE_ENV) or str(cache_root())) as child:
+        if not child.started.ok:
+            raise LearnerCodeError(child.started.error, child.started)
+
+        def ask(op: str, inputs: dict):
+            result = child.call(op, inputs)
+            if not result.ok:
+                raise LearnerCodeError(result.error, result)
+            return result.data
+
+        yield ask
 
 
 # ---------------------------------------------------------------- checks of untrusted data

@@ -197,19 +197,23 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 
 def _read_result(path: Path, returncode, limits: Limits, secret_inputs: bool, seconds: float, log_tail: str) -> ChildResult:
-    size = path.stat().st_size
+    return _parse_result(path.read_bytes(), returncode, limits, secret_inputs, seconds, log_tail)
+
+
+def _parse_result(text: bytes, returncode, limits: Limits, secret_inputs: bool, seconds: float,
+                  log_tail: str) -> ChildResult:
     if returncode is not None and returncode < 0:  # killed by a signal: whatever it wrote is not an answer
         name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
         return ChildResult(False, None, f"Your code's process was killed ({name}): memory over the cap of "
                            f"{limits.memory_gb:g} GB, a file over {limits.output_mb} MB, CPU time, or a crash.",
                            "killed", seconds, log_tail)
-    if size == 0:
+    if not text:
         return ChildResult(False, None, f"Your code ended the process (exit code {returncode}) before the grader's call "
                            "returned: remove exit() / os._exit() / sys.exit() from the cell.", "no_result", seconds, log_tail)
-    if size > limits.output_mb * 2**20:
+    if len(text) > limits.output_mb * 2**20:
         return ChildResult(False, None, "The result of your code is too large.", "bad_result", seconds, log_tail)
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(text)
         if not isinstance(raw, dict) or not isinstance(raw.get("ok"), bool):
             raise ValueError("not a result object")
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -218,6 +222,112 @@ def _read_result(path: Path, returncode, limits: Limits, secret_inputs: bool, se
     if raw["ok"]:
         return ChildResult(True, raw.get("data"), "", "ok", seconds, log_tail)
     return ChildResult(False, None, _learner_error(raw.get("error"), secret_inputs), "learner_error", seconds, log_tail)
+
+
+class LearnerSession:
+    """One child that runs the solution cells once, then answers a sequence of calls: notebook 08's reward
+    functions, called at every GRPO step while the grader trains in its own process.
+
+    The same child as `run_learner_code` (user, caps, environment, cleanup): the request goes in as one JSON line
+    on its stdin, each call as another line, and each answer comes back as one JSON line on the result pipe. A call
+    waits at most `limits.seconds`; the child's CPU time over the whole session is capped by RLIMIT_CPU. Use as a
+    context manager: `started` is the cells' ChildResult (not ok: the cells failed, and `call` returns that again).
+    """
+
+    def __init__(self, request: dict, *, limits: Limits | None = None, site: str | None = None,
+                 cache: str | None = None, secret_inputs: bool = False, python: str | None = None):
+        self.request = dict(request, op="session", inputs={})
+        self.limits = limits or Limits.from_env()
+        self.site, self.cache, self.secret_inputs, self.python = site, cache, secret_inputs, python
+        self.proc = None
+        self.started: ChildResult | None = None
+
+    def __enter__(self) -> "LearnerSession":
+        self.identity = learner_identity(create=True)
+        self.private = Path(tempfile.mkdtemp(prefix="ftcourse-grader-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="ftcourse-learner-"))
+        if self.identity is not None:
+            os.chown(self.workdir, self.identity.uid, self.identity.gid)
+        os.chmod(self.workdir, 0o700)
+        self.log = open(self.private / "log.txt", "wb")
+        self.reader, writer = os.pipe()
+        cmd = [self.python or sys.executable, "-I", "-c", BOOTSTRAP, self.site or "", str(writer),
+               _rlimits(self.limits, self.identity)]
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, cwd=self.workdir,
+                                         env=_environment(self.workdir, self.identity, self.cache), pass_fds=(writer,),
+                                         umask=0o077, start_new_session=True,
+                                         user=self.identity.uid if self.identity else None,
+                                         group=self.identity.gid if self.identity else None,
+                                         extra_groups=[] if self.identity else None)
+        except OSError as error:
+            self.__exit__(None, None, None)
+            raise IsolationError(f"Could not start the learner's process ({error}); see autograder/README.md.") from None
+        finally:
+            os.close(writer)
+        self.buffer = b""
+        self.started = self._exchange(self.request)
+        return self
+
+    def call(self, op: str, inputs: dict) -> ChildResult:
+        """The child's answer to `op` on `inputs` (its data, or why there is none)."""
+        if self.started is None or not self.started.ok:
+            return self.started
+        return self._exchange({"op": op, "inputs": inputs})
+
+    def _exchange(self, message: dict) -> ChildResult:
+        import select
+
+        start = time.perf_counter()
+        try:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the child is gone; reading says why
+        cap, deadline = self.limits.output_mb * 2**20, start + self.limits.seconds
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.perf_counter()
+            ready = select.select([self.reader], [], [], max(remaining, 0))[0] if remaining > 0 else []
+            if not ready:
+                _kill_group(self.proc)
+                self.started = ChildResult(False, None, f"Your code ran past the time cap of {self.limits.seconds:.0f} "
+                                           "s for one call and was stopped (an endless loop, a long sleep, or far too "
+                                           "much work).", "timeout", time.perf_counter() - start, self._tail())
+                return self.started
+            chunk = os.read(self.reader, 1 << 16)
+            if not chunk:  # the child ended: what it wrote before is not an answer to this call
+                returncode = self.proc.wait()
+                self.started = _parse_result(b"", returncode, self.limits, self.secret_inputs,
+                                             time.perf_counter() - start, self._tail())
+                return self.started
+            self.buffer += chunk
+            if len(self.buffer) > cap:
+                _kill_group(self.proc)
+                self.started = ChildResult(False, None, "The result of your code is too large.", "bad_result",
+                                           time.perf_counter() - start, self._tail())
+                return self.started
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return _parse_result(line, None, self.limits, self.secret_inputs, time.perf_counter() - start, self._tail())
+
+    def _tail(self) -> str:
+        self.log.flush()
+        return _tail(self.private / "log.txt")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            _kill_group(self.proc)
+        if getattr(self, "reader", None) is not None:
+            os.close(self.reader)
+            self.reader = None
+        if self.identity is not None:
+            sweep_user(self.identity)
+        self.log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.private, ignore_errors=True)
 
 
 def _learner_error(error, secret_inputs: bool) -> str:
