@@ -34,9 +34,58 @@ def checker_reward(prompts, completions, answer, item, **_) -> list[float]:
     return [float(task_checker(Question("", it, int(a)), reply_text(c))) for c, a, it in zip(completions, answer, item)]
 
 
-def number_reward(completions, **_) -> list[float]:
-    """1.0 for any reply with a number in it: a reward the policy can satisfy without counting anything."""
-    return [float(bool(reply_numbers(reply_text(c)))) for c in completions]
+def contains_count_reward(prompts, completions, answer, **_) -> list[float]:
+    """1.0 when the asked count appears anywhere in the reply's text (a substring check): a careless correctness
+    reward that a reply listing many numbers satisfies without counting anything."""
+    return [float(str(int(a)) in reply_text(c)) for c, a in zip(completions, answer)]
+
+
+AUDIT_KINDS = ("right", "wrong count", "the list recited", "hedged", "count inside a number", "no number")
+
+
+def crafted_replies(question: Question) -> dict[str, str]:
+    """The replies a reward is audited on, for one question: the right answer, and five that do not solve the task,
+    each a way to earn a careless reward (`AUDIT_KINDS`): another count from the list, the list's counts recited,
+    the right count hedged with another, the count inside a larger number, no number at all."""
+    import re
+
+    counts = [(name, int(n)) for name, n in re.findall(r"- (\w+): (\d+)", question.prompt)]
+    wrong = next((n for _, n in counts if n != question.answer), question.answer + 1)
+    item, answer = question.item, question.answer
+    return dict(zip(AUDIT_KINDS, (f"There are {answer} {item} in total.", f"There are {wrong} {item} in total.",
+                                  "\n".join(f"- {name}: {n}" for name, n in counts) or f"{answer} {wrong}",
+                                  f"{answer} or {wrong}.", f"There are 1{answer} {item} in total.",
+                                  f"I counted the {item} in the list.")))
+
+
+def audit_batch(questions: Sequence[Question], tokenizer=None) -> tuple[list, dict]:
+    """The crafted replies to `questions` as one reward batch in TRL's form (conversational prompts and completions,
+    the answer and item columns, the replies' token ids when a tokenizer is given): (rows of (question, kind,
+    reply), batch keyword arguments)."""
+    rows = [(q, kind, reply) for q in questions for kind, reply in crafted_replies(q).items()]
+    batch = {"prompts": [[{"role": "user", "content": q.prompt}] for q, _, _ in rows],
+             "completions": [[{"role": "assistant", "content": reply}] for _, _, reply in rows],
+             "completion_ids": [tokenizer(reply, add_special_tokens=False)["input_ids"] if tokenizer else []
+                                for _, _, reply in rows],
+             "answer": [q.answer for q, _, _ in rows], "item": [q.item for q, _, _ in rows]}
+    return rows, batch
+
+
+def audit_failure(rows: list, rewards: Sequence[Sequence], weights=None) -> str | None:
+    """The first crafted reply whose weighted reward (None counted as 0) is not strictly below the right answer's
+    to the same question, as a message naming both; None when the right answer wins everywhere. `rewards` holds
+    one list per reward function over `rows` (from `audit_batch`)."""
+    weights = weights or [1.0] * len(rewards)
+    totals = [sum(w * (r[i] or 0.0) for w, r in zip(weights, rewards)) for i in range(len(rows))]
+    for start in range(0, len(rows), len(AUDIT_KINDS)):
+        for offset in range(1, len(AUDIT_KINDS)):
+            question, kind, reply = rows[start + offset]
+            if not totals[start + offset] < totals[start]:
+                return (f"Your weighted reward pays the reply {reply!r} ({kind}) {totals[start + offset]:.3g}, as much as "
+                        f"the right answer {rows[start][2]!r} or more ({totals[start]:.3g}; the question asks how many "
+                        f"{question.item}: {question.answer}). A policy can earn it without counting: the grader trains "
+                        "only rewards that pay the right answer more than each of these replies.")
+    return None
 
 
 def trl_group_advantages(rewards_per_function, reward_weights, num_generations: int, scale_rewards: str = "group"):

@@ -56,6 +56,12 @@ class Preset:
         return self.step_budget * 2 // 3
 
     @property
+    def grpo_step_budget(self) -> int:
+        """Most optimizer steps of notebook 08's graded GRPO fine-tune: two thirds of `step_budget`, since a GRPO step
+        also samples its group of replies (generation is most of a CPU step)."""
+        return self.step_budget * 2 // 3
+
+    @property
     def compute_dtype(self) -> str:
         """What a 4-bit (QLoRA) base computes in on this preset: its autocast dtype, else float32."""
         return self.autocast_dtype or "float32"

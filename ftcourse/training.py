@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -191,7 +192,8 @@ class RecipeKind:
     "sft" is notebooks 02-05's LoraConfig + SFTConfig (SFTTrainer); "reward" is notebook 06's LoraConfig with
     task_type="SEQ_CLS" + RewardConfig (RewardTrainer), which also lets the learner choose which layers get
     adapters and the reward-centring coefficient; "dpo" is notebook 07's LoraConfig + DPOConfig (DPOTrainer),
-    with beta a choice. `names` are the solution cell's variables.
+    with beta a choice; "grpo" is notebook 08's LoraConfig + GRPOConfig (GRPOTrainer), with the group, sampling,
+    completion length, beta and reward weights choices. `names` are the solution cell's variables.
     """
 
     name: str
@@ -207,7 +209,11 @@ RECIPE_KINDS = {
     "reward": RecipeKind("reward", "RewardConfig", "SEQ_CLS", LORA_CHOICES + ("layers_to_transform",),
                          SFT_CHOICES + ("center_rewards_coefficient",), ("lora_config", "reward_config")),
     "dpo": RecipeKind("dpo", "DPOConfig", "CAUSAL_LM", LORA_CHOICES, SFT_CHOICES + ("beta",), ("lora_config", "dpo_config")),
+    "grpo": RecipeKind("grpo", "GRPOConfig", "CAUSAL_LM", LORA_CHOICES,
+                       SFT_CHOICES + ("beta", "num_generations", "temperature", "max_completion_length", "reward_weights",
+                                      "scale_rewards"), ("lora_config", "grpo_config")),
 }
+GRPO_COMPLETION_TOKENS = (4, 32)  # a graded GRPO run's max_completion_length: generation is a CPU step's cost
 
 
 class RecipeError(ValueError):
@@ -220,7 +226,7 @@ class RecipeError(ValueError):
         super().__init__(message if len(message) <= self.MAX_MESSAGE else message[:self.MAX_MESSAGE] + " [...]")
 
 
-CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "DPOConfig", "BitsAndBytesConfig")
+CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "DPOConfig", "GRPOConfig", "BitsAndBytesConfig")
 
 
 def _recipe_kind(kind: str) -> RecipeKind:
@@ -241,7 +247,8 @@ def config_dict(config, what: str, expected: str | None = None) -> dict:
     else:
         expected = expected or ("LoraConfig" if what.startswith("lora") else "BitsAndBytesConfig"
                                 if what.startswith("bnb") else "RewardConfig" if what.startswith("reward")
-                                else "DPOConfig" if what.startswith("dpo") else "SFTConfig")
+                                else "DPOConfig" if what.startswith("dpo") else "GRPOConfig" if what.startswith("grpo")
+                                else "SFTConfig")
         raise RecipeError(f"{what} must be a {expected}, got {type(config).__name__}: the graded exercise trains "
                           f"a LoRA adapter from the configs your cell builds.")
     if isinstance(data.get("target_modules"), (set, frozenset, tuple)):
@@ -343,9 +350,11 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
         sft_choices["seed"] = _integer(sft_choices["seed"], f"{train_name}.seed", 0, 2**32 - 1)
     if sft_choices.get("center_rewards_coefficient") is not None:
         _real(sft_choices["center_rewards_coefficient"], f"{train_name}.center_rewards_coefficient", 0, 1)
-    if "beta" in sft_choices:
-        _real(sft_choices["beta"], f"{train_name}.beta", 0, 100, low_open=True)
-    fixed = preset_sft_args(preset, layout)
+    if "beta" in sft_choices:  # GRPO may leave the KL term out (its default); DPO's beta scales its reward
+        _real(sft_choices["beta"], f"{train_name}.beta", 0, 100, low_open=kind != "grpo")
+    if kind == "grpo":
+        _grpo_choices(sft_choices, train_name, preset)
+    fixed = _fixed_args(kind, preset, layout)
     try:
         lora_reference = LoraConfig(task_type=recipe.task_type, **lora_choices).to_dict()
         sft_reference = _trainer_config(recipe)(output_dir="recipe", **fixed, **sft_choices).to_dict()
@@ -366,6 +375,43 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
                                   f"the grader trains exactly what your run trained. Change only "
                                   f"{', '.join(open_)}.")
     return lora_choices, sft_choices
+
+
+def _fixed_args(kind: str, preset: Preset, layout: str) -> dict:
+    """What the machine fixes in a recipe's trainer config: a GRPO run samples its own replies (no row length or
+    layout), every other kind trains on rows (`preset_sft_args`)."""
+    return preset_machine_args(preset) if kind == "grpo" else preset_sft_args(preset, layout)
+
+
+def _grpo_choices(choices: dict, what: str, preset: Preset) -> None:
+    """A GRPOConfig's own choices, checked (in place): a group of 2 to 8 replies per prompt, at most twice the
+    preset's batch of replies a step (a whole number of groups), a sampling temperature in (0, 2], at most
+    `GRPO_COMPLETION_TOKENS` new tokens, finite reward weights, one of TRL's reward scalings."""
+    from .grpo import MAX_GENERATIONS
+
+    group = choices["num_generations"] = _integer(choices.get("num_generations", 8), f"{what}.num_generations", 2,
+                                                  MAX_GENERATIONS)
+    batch = choices["per_device_train_batch_size"] = _integer(choices.get("per_device_train_batch_size", 8),
+                                                              f"{what}.per_device_train_batch_size", group,
+                                                              2 * preset.batch_size)
+    if batch % group:
+        raise RecipeError(f"{what}.per_device_train_batch_size ({batch} replies a step) must be a multiple of "
+                          f"num_generations ({group}): each prompt's group is sampled whole.")
+    _real(choices.get("temperature", 1.0), f"{what}.temperature", 0, 2, low_open=True)
+    if "max_completion_length" in choices:
+        choices["max_completion_length"] = _integer(choices["max_completion_length"], f"{what}.max_completion_length",
+                                                    *GRPO_COMPLETION_TOKENS)
+    else:
+        raise RecipeError(f"{what}.max_completion_length must be set (between {GRPO_COMPLETION_TOKENS[0]} and "
+                          f"{GRPO_COMPLETION_TOKENS[1]} tokens): TRL's default of 512 is far past a counting answer.")
+    weights = choices.get("reward_weights")
+    if weights is not None and not (isinstance(weights, list) and weights and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and abs(w) <= 100
+            for w in weights)):
+        raise RecipeError(f"{what}.reward_weights must be None (all 1) or a list of numbers in [-100, 100], one per "
+                          f"reward function, got {weights!r}.")
+    if choices.get("scale_rewards", "group") not in ("group", "batch", "none"):
+        raise RecipeError(f"{what}.scale_rewards must be 'group', 'batch' or 'none', got {choices['scale_rewards']!r}.")
 
 
 def preset_layers(preset: Preset) -> int:
@@ -416,7 +462,7 @@ def recipe_configs(lora_choices: dict, sft_choices: dict, preset: Preset, layout
 
     recipe = _recipe_kind(kind)
     return (LoraConfig(task_type=recipe.task_type, **lora_choices),
-            _trainer_config(recipe)(output_dir=str(output_dir), **preset_sft_args(preset, layout), **sft_choices))
+            _trainer_config(recipe)(output_dir=str(output_dir), **_fixed_args(kind, preset, layout), **sft_choices))
 
 
 def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str | None = None,
@@ -428,7 +474,8 @@ def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str 
     "dpo", layout "padded"), and `bnb_config` in a QLoRA exercise (the base choices are then
     `qlora_base_choices`'s, else {}). A RecipeError names the field that the exercise cannot train.
     """
-    kind = "reward" if "reward_config" in configs else "dpo" if "dpo_config" in configs else "sft"
+    kind = ("reward" if "reward_config" in configs else "dpo" if "dpo_config" in configs
+            else "grpo" if "grpo_config" in configs else "sft")
     layout = layout or ("padded" if kind in ("reward", "dpo") else "grouped")  # pairs train shuffled
     lora_name, train_name = RECIPE_KINDS[kind].names
     base = qlora_base_choices(configs["bnb_config"]) if "bnb_config" in configs else {}

@@ -67,9 +67,10 @@ def run_notebook(notebook: Path, preset: str) -> dict:
     verdict_file = artifact_dir(slug, workdir) / HELDOUT_VERDICT
     if verdict_file.is_file():  # the hidden test's held-out verdict, written by the grader process
         verdict = json.loads(verdict_file.read_text())
-        metrics = verdict["metrics"]  # exact match on the task; 07: the judge's score
-        row["heldout_base"] = metrics.get("base_exact_match", metrics.get("base_judge"))
-        row["heldout_tuned"] = metrics.get("exact_match", metrics.get("judge"))
+        metrics = verdict["metrics"]  # exact match on the task; 07: the judge's score; 08: the checker's share right
+        measure = "right" if "right_gain" in metrics else "judge"
+        row["heldout_base"] = metrics.get("base_exact_match", metrics.get(f"base_{measure}"))
+        row["heldout_tuned"] = metrics.get("exact_match", metrics.get(measure))
         row["probe_base"] = verdict["metrics"].get("base_probe_accuracy")
         row["probe_tuned"] = verdict["metrics"].get("probe_accuracy")
     earned, total = score_notebook(executed)

@@ -61,6 +61,24 @@ def solution_sources(slug: str) -> dict[str, str]:
             if c.metadata.get("nbgrader", {}).get("solution")}
 
 
+def reference_solution(slug: str, cell: str) -> str:
+    """The reference solution of one solution cell, its ### BEGIN/END SOLUTION markers removed."""
+    return "\n".join(line for line in solution_sources(slug)[cell].splitlines() if "###" not in line)
+
+
+def grade_outcome_cell(grade_id: str, cell: str, source: str, tmp_path, seed: int = 0):
+    """An outcome exercise graded as `make grade` grades it (`produce_and_evaluate`: the cell in a child, the
+    training and the held-out evaluation here), with `source` as its one solution cell, on the cpu preset."""
+    from ftcourse.grading import registry
+    from ftcourse.grading.learner import Cells
+    from ftcourse.grading.produce import produce_and_evaluate
+    from ftcourse.grading.secret import heldout_seed
+    from ftcourse.presets import get_preset
+
+    return produce_and_evaluate(registry.exercise(grade_id), Cells({cell: source}, "cpu", seed), get_preset("cpu"),
+                                heldout_seed(), tmp_path)
+
+
 def released_sources(slug: str) -> dict[str, str]:
     """{grade_id: source} of the released notebook's solution cells: what a learner starts from."""
     from pathlib import Path
@@ -105,9 +123,9 @@ def check_stated_outcome(results: dict, slug: str) -> None:
         assert claim[1](results), (slug, claim[0], results)
 
 
-# 07's judge scores a behaviour the base model already shows on about half of the questions: its outcome is a gain,
-# checked at the exercise's threshold (the registry's judge_gain)
-IMPROVED_NOT_FIXED = {"07_dpo": 0.15}
+# 07's judge and 08's checker score a behaviour the base model already shows on about half of the questions: their
+# outcome is a gain, checked at the exercise's threshold (the registry's judge_gain, right_gain)
+IMPROVED_NOT_FIXED = {"07_dpo": 0.15, "08_grpo": 0.12}
 
 
 # What the notebooks' prose says their demos show, as checks on the numbers they computed (course_results.json).
@@ -186,6 +204,20 @@ STATED_CLAIMS = {
          lambda r: r["sft_words"] < 3 and r["sft_right"] > r["base_right"]
          and r["sft_judge"] > max(r["base_judge"], r["dpo_padded_judge"])),
         ("SFT's training steps took less time than DPO's", lambda r: r["sft_seconds"] < r["dpo_padded_seconds"]),
+    ],
+    "08_grpo": [
+        ("sampled replies are right less often than greedy ones, and some groups have no right reply",
+         lambda r: r["sampled_right"] < r["base_right"] and r["groups_all_wrong"] > 0.1),
+        ("trained on 'contains the count', the replies turned into lists of numbers and the share right collapsed",
+         lambda r: r["hacked_numbers"] > r["base_numbers"] + 1 and r["hacked_right"] < r["base_right"] / 2),
+        ("... and its reward did not climb to 1 in 12 steps", lambda r: r["hacked_reward_last3"] < 0.9),
+        ("trained on the checker (one change), the share right rose",
+         lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
+        ("twice the replies cost more time, but less than twice",
+         lambda r: r["step_s_g4_len12"] < r["step_s_g8_len12"] < 2 * r["step_s_g4_len12"]),
+        ("twice the length limit: the replies used most of it, and the step took less than twice the time",
+         lambda r: r["reply_tokens_g4_len24"] > 1.4 * r["reply_tokens_g4_len12"]
+         and r["step_s_g4_len24"] < 2 * r["step_s_g4_len12"]),
     ],
 }
 

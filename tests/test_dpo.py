@@ -284,20 +284,15 @@ def test_training_inside_an_outer_autocast_region_is_refused(tokenizer, tmp_path
 
 
 def _reference_setup() -> str:
-    from conftest import solution_sources
+    from conftest import reference_solution
 
-    return "\n".join(line for line in solution_sources("07_dpo")["dpo_setup"].splitlines() if "###" not in line)
+    return reference_solution("07_dpo", "dpo_setup")
 
 
 def _grade_dpo_setup(source: str, tmp_path):
-    from ftcourse.grading import registry
-    from ftcourse.grading.learner import Cells
-    from ftcourse.grading.produce import produce_and_evaluate
-    from ftcourse.grading.secret import heldout_seed
-    from ftcourse.presets import get_preset
+    from conftest import grade_outcome_cell
 
-    return produce_and_evaluate(registry.exercise("dpo_final_outcome"), Cells({"dpo_setup": source}, "cpu", 0),
-                                get_preset("cpu"), heldout_seed(), tmp_path)
+    return grade_outcome_cell("dpo_final_outcome", "dpo_setup", source, tmp_path)
 
 
 @pytest.mark.parametrize("change,named", [

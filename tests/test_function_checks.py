@@ -65,7 +65,7 @@ def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner
                                            ("decision_rules_tests", "01_when_to_fine_tune"),
                                            ("static_bytes_tests", "01_when_to_fine_tune"),
                                            ("bradley_terry_tests", "06_reward_models_rlhf"),
-                                           ("dpo_loss_tests", "07_dpo")])
+                                           ("dpo_loss_tests", "07_dpo"), ("grpo_advantage_tests", "08_grpo")])
 def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
     (solution_id,) = registry.exercise(grade_id).solutions
     reference = solution_sources(slug)[solution_id]
@@ -200,6 +200,36 @@ def test_a_loss_exercise_that_calls_the_library_or_drops_an_input_is_refused(gra
     """6.1 and 7.1 are compared with TRL's loss: the child hides it (and the course's wrapper of it) while the
     learner's function runs, as 1.2 hides the estimator; a loss that ignores an input is named, not a grader fault."""
     verdict = _through_a_child(grade_id, {cell: source})
+    assert not verdict.passed and named in verdict.message, verdict
+
+
+@pytest.mark.parametrize("old,new,named", [
+    ("/ (count - 1)).sqrt()", "/ count).sqrt()", "checker's 0/1 rewards"),  # the population std, not torch's default
+    ("torch.nansum(rewards * reward_weights, dim=1)", "torch.nansum(rewards, dim=1)", "weighted"),  # weights ignored
+    ("total[unscorable] = float(\"nan\")", "pass", "no function scores"),  # an unscorable reply counted as reward 0
+    ("grouped = total.view(-1, num_generations)", "grouped = total.view(1, -1)", "weighted"),  # one baseline for all
+    ("(grouped - mean) / (std + 1e-4)", "(grouped - mean)", "weighted"),  # scale_rewards="none" instead of "group"
+])
+def test_a_group_advantage_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
+    """Each part of Exercise 8.1 is exercised by the unseen batches: the population standard deviation, the weights
+    left out, an unscorable reply counted as 0, one baseline for the whole batch, no scaling each fail, naming the
+    batch whose rule it breaks."""
+    reference = "\n".join(line for line in solution_sources("08_grpo")["group_advantages"].splitlines()
+                          if "###" not in line)
+    assert old in reference
+    assert check_in_kernel("grpo_advantage_tests", CPU, _define(reference)).passed
+    with pytest.raises(AssertionError, match=named):
+        check_in_kernel("grpo_advantage_tests", CPU, _define(reference.replace(old, new)))
+
+
+@pytest.mark.parametrize("source,named", [
+    ("from ftcourse.grpo import trl_group_advantages\ndef group_advantages(r, w, g):\n"
+     "    return trl_group_advantages(r, w, g)\n", "reached ftcourse.grpo.trl_group_advantages"),
+    ("def group_advantages(r, w, g):\n    return [0.0] * len(r)\n", "must return a tensor"),
+    ("import torch\ndef group_advantages(r, w, g):\n    return torch.zeros(3)\n", "expected"),
+])
+def test_a_group_advantage_that_calls_trl_or_has_the_wrong_shape_is_refused(source, named, learner_runtime):
+    verdict = _through_a_child("grpo_advantage_tests", {"group_advantages": source})
     assert not verdict.passed and named in verdict.message, verdict
 
 

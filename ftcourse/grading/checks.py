@@ -621,6 +621,67 @@ def _dpo_judge(exercise, preset, inputs, key, results) -> Verdict:
     return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
 
+# ---------------------------------------------------------------- 8.1: GRPO's group-relative advantage
+
+GRPO_CASES = (  # (groups, generations, weights, what the case holds), the four unseen batches
+    (2, 4, (1.0,), "a checker's 0/1 rewards, one group all right"),
+    (3, 8, (0.2, 1.0), "two reward functions, weighted"),
+    (2, 4, (1.0, 0.5), "a None reward and a completion no function scores"),
+    (4, 2, (1.0, -0.5, 2.0), "groups of two, three functions, a negative weight"),
+)
+
+
+def _grpo_inputs(preset, secret):
+    """Four unseen batches of rewards [completions, functions] with their weights and group size (NaN: a function
+    that returned None), each holding what TRL's advantage treats specially: a tied group (zero advantage), a
+    None, an unscorable completion, a negative weight."""
+    import torch
+
+    from .child import encode_tensor
+
+    g = torch.Generator().manual_seed(secrets_.derived_seed("08_grpo/group_advantages", secret))
+    cases = []
+    for index, (groups, generations, weights, _) in enumerate(GRPO_CASES):
+        n = groups * generations
+        if index == 0:
+            rewards = (torch.rand(n, 1, generator=g) > 0.6).float()
+            rewards[:generations] = 1.0  # the first prompt's replies all right: no gradient
+            rewards[generations:generations + 2] = torch.tensor([[1.0], [0.0]])  # the other group is not tied
+        else:
+            rewards = torch.round(torch.randn(n, len(weights), generator=g) * 1000) / 1000
+        if index == 2:
+            rewards[1, 0] = float("nan")  # one function said nothing about this reply
+            rewards[5, :] = float("nan")  # no function scored this one
+        cases.append({"rewards": encode_tensor(rewards), "weights": list(weights), "num_generations": generations})
+    return {"cases": cases}, None
+
+
+def _grpo_judge(exercise, preset, inputs, key, results) -> Verdict:
+    from ..grpo import trl_group_advantages
+    from .child import decode_tensor
+
+    cases = inputs["cases"]
+    expect(isinstance(results, list) and len(results) == len(cases), "group_advantages gave no result for every batch.")
+    worst, problems = 0.0, []
+    for case, got, (_, _, _, what) in zip(cases, results, GRPO_CASES):
+        want = trl_group_advantages(decode_tensor(case["rewards"]), case["weights"], case["num_generations"])
+        try:  # the child's answer is data from learner code: read it defensively
+            tensor = decode_tensor(got).reshape(-1) if decode_tensor(got).numel() == want.numel() else None
+        except (TypeError, ValueError) as error:
+            raise LearnerCodeError(f"group_advantages' result for the batch with {what} could not be read: {error}")
+        if tensor is None:
+            problems.append(f"batch with {what}: expected {want.numel()} advantages (one per completion), got "
+                            f"{list(decode_tensor(got).shape)}")
+            worst = float("inf")
+            continue
+        difference = float((tensor - want).abs().max())
+        difference = difference if difference == difference else float("inf")  # NaN never passes
+        worst = max(worst, difference)
+        if not difference <= exercise.thresholds["max_difference"][1]:
+            problems.append(f"batch with {what}: advantages differ from GRPOTrainer's by up to {difference:.3g}")
+    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
+
+
 CHECKS = {
     "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
     "static_bytes_tests": FunctionCheck("static_bytes", True, _static_inputs, _static_judge),
@@ -630,6 +691,7 @@ CHECKS = {
     "nf4_tests": FunctionCheck("nf4", False, _nf4_inputs, _nf4_judge),
     "bradley_terry_tests": FunctionCheck("bradley_terry", False, _bt_inputs, _bt_judge),
     "dpo_loss_tests": FunctionCheck("dpo_loss", False, _dpo_inputs, _dpo_judge),
+    "grpo_advantage_tests": FunctionCheck("group_advantages", False, _grpo_inputs, _grpo_judge),
 }
 
 

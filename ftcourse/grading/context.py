@@ -124,6 +124,18 @@ def _dpo_args(preset, seed):  # 07, §3: what the machine fixes in a DPOConfig
     return preset_dpo_args(preset)
 
 
+def _grpo_config(preset, seed):
+    from trl import GRPOConfig
+
+    return GRPOConfig
+
+
+def _grpo_args(preset, seed):  # 08, §4: what the machine fixes in a GRPOConfig
+    from ..grpo import preset_grpo_args
+
+    return preset_grpo_args(preset)
+
+
 def _judge(preset, seed):  # 06, §1: the course's programmatic judge of a reply
     from ..preferences import judge
 
@@ -136,7 +148,7 @@ PROVIDERS: dict[str, Callable] = {
     "TrainingPlan": _training_plan, "estimate_memory": _estimate_memory, "estimate_step_seconds": _estimate_step_seconds,
     "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s, "RewardConfig": _reward_config,
     "REWARD_ARGS": _reward_args, "PAIR_KINDS": _pair_kinds, "DPOConfig": _dpo_config, "DPO_ARGS": _dpo_args,
-    "judge": _judge,
+    "judge": _judge, "GRPOConfig": _grpo_config, "GRPO_ARGS": _grpo_args,
 }
 
 

@@ -310,16 +310,19 @@ def evaluate_reward_model(artifacts: Path, split: str, preset, secret, produced)
 
 
 DPO_NEW_TOKENS = 16  # a greedy reply to a counting question: "There are 12 pears in total." is 8 tokens
+GRPO_NEW_TOKENS = 32  # 08's replies: the longest completion a graded GRPO run may sample (GRPO_COMPLETION_TOKENS)
 
 
-def _dpo_questions(preset, split: str, secret):
+def _counting_questions(notebook: str, preset, split: str, secret):
+    """07's and 08's evaluation questions: the split's counting questions, held out by the secret."""
     from ..preferences import preference_splits
 
-    return preference_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed("07_dpo", split, secret))[split]
+    return preference_splits(preset.n_train, preset.n_eval, heldout_seed=split_seed(notebook, split, secret))[split]
 
 
-def _base_judge_reference(preset, split: str, questions, secret: int | None) -> dict:
-    """The base model's probe result and judge score on `questions` (greedy replies; cached like `_base_reference`)."""
+def _base_judge_reference(preset, split: str, questions, secret: int | None, new_tokens: int = DPO_NEW_TOKENS) -> dict:
+    """The base model's probe result and judge score on `questions` (greedy replies of at most `new_tokens`; cached
+    like `_base_reference`)."""
 
     def compute():
         from ..models import load_model_and_tokenizer
@@ -329,39 +332,51 @@ def _base_judge_reference(preset, split: str, questions, secret: int | None) -> 
 
         result = _cached_base_probe(preset, model, tokenizer, split, secret)
         with preset.autocast():
-            replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=DPO_NEW_TOKENS, temperature=0,
+            replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=new_tokens, temperature=0,
                                      batch_size=preset.eval_batch_size)
         result |= {f"base_{k}": v for k, v in judge_replies(questions, replies).items() if k != "n"}
         return result
 
     key = [preset.model, preset.bf16, preset.fp16, [q.prompt for q in questions], [q.answer for q in questions],
-           DPO_NEW_TOKENS]
+           new_tokens]
     return cached(f"base_judge_reference_{split}", key, compute, _signing(split, secret))
 
 
-def evaluate_dpo(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
-    """07: the DPO policy's greedy replies to the split's questions, scored by the judge, against the base model's
-    on the same questions; the general probe against the base model's."""
+def _judged_policy(notebook: str, artifacts: Path, split: str, preset, secret, produced, new_tokens: int):
+    """A trained policy's greedy replies to the split's counting questions, judged, against the base model's on the
+    same questions; the general probe against the base model's. (metrics, None) or (None, an early verdict)."""
     from ..models import load_adapter_model
     from ..probe import run_probe
     from ..rlhf import judge_replies, sample_replies
 
-    exercise = outcome_exercise("07_dpo")
-    adapter, early = _open_adapter(exercise, artifacts, split)
+    adapter, early = _open_adapter(outcome_exercise(notebook), artifacts, split)
     if early:
-        return early
-    questions = _dpo_questions(preset, split, secret)
-    base = _base_judge_reference(preset, split, questions, secret)
+        return None, early
+    questions = _counting_questions(notebook, preset, split, secret)
+    base = _base_judge_reference(preset, split, questions, secret, new_tokens)
     model, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
     with preset.autocast():
-        replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=DPO_NEW_TOKENS, temperature=0,
+        replies = sample_replies(model, tokenizer, questions, n=1, max_new_tokens=new_tokens, temperature=0,
                                  batch_size=preset.eval_batch_size)
         probe = run_probe(model, tokenizer).as_dict()
     scores = judge_replies(questions, replies)
     metrics = {"judge": scores["judge"], "base_judge": base["base_judge"], "judge_gain": scores["judge"] - base["base_judge"],
-               "right": scores["right"], "base_right": base["base_right"], "words": scores["words"],
-               "steps": _steps(artifacts, produced), "n_questions": len(questions)}
-    return judge(exercise, split, _with_probe(metrics, probe, base), preset)
+               "right": scores["right"], "base_right": base["base_right"], "right_gain": scores["right"] - base["base_right"],
+               "words": scores["words"], "steps": _steps(artifacts, produced), "n_questions": len(questions)}
+    return _with_probe(metrics, probe, base), None
+
+
+def evaluate_dpo(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """07: the DPO policy's judge score on the split's questions against the base model's (`_judged_policy`)."""
+    metrics, early = _judged_policy("07_dpo", artifacts, split, preset, secret, produced, DPO_NEW_TOKENS)
+    return early or judge(outcome_exercise("07_dpo"), split, metrics, preset)
+
+
+def evaluate_grpo(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """08: the GRPO policy's share the task's checker accepts on the split's questions against the base model's
+    (`_judged_policy`; the learner's reward functions play no part here)."""
+    metrics, early = _judged_policy("08_grpo", artifacts, split, preset, secret, produced, GRPO_NEW_TOKENS)
+    return early or judge(outcome_exercise("08_grpo"), split, metrics, preset)
 
 
 EVALUATORS = {
@@ -372,6 +387,7 @@ EVALUATORS = {
     "05_quantization_qlora": lambda a, s, p, k, d: _date_adapter("05_quantization_qlora", a, s, p, k, d, quantized=True),
     "06_reward_models_rlhf": evaluate_reward_model,
     "07_dpo": evaluate_dpo,
+    "08_grpo": evaluate_grpo,
 }
 
 
@@ -398,4 +414,6 @@ def warm_references(preset, secret: int | None) -> None:
         numbers = number_task_splits(SHIPPED_POOL, preset.n_eval,
                                      heldout_seed=split_seed("02_data_and_tooling", split, secret))
         _base_reference(preset, split, numbers[split], secret)
-        _base_judge_reference(preset, split, _dpo_questions(preset, split, secret), secret)
+        _base_judge_reference(preset, split, _counting_questions("07_dpo", preset, split, secret), secret)
+        _base_judge_reference(preset, split, _counting_questions("08_grpo", preset, split, secret), secret,
+                              GRPO_NEW_TOKENS)

@@ -18,7 +18,7 @@ from ..training import MAX_BATCH_FACTOR  # a graded setup may use up to 4x the p
 from . import secret as secrets_
 from .context import PROVIDERS
 from .evaluate import capstone_draws, evaluate
-from .learner import Cells, LearnerCodeError, as_dataclass, as_int, as_number, call, expect
+from .learner import Cells, LearnerCodeError, as_dataclass, as_int, as_number, call, expect, session
 from .registry import Exercise
 from .verdict import Verdict, failed
 
@@ -266,6 +266,99 @@ def _produce_dpo(exercise, cells, preset, secret, workdir):
     return result, {}
 
 
+def _checked_rewards(data, names: list[str], n: int) -> list:
+    """A child's rewards for one batch as data: a list per function, one finite number or None per completion."""
+    import math
+
+    expect(isinstance(data, list) and len(data) == len(names)
+           and all(isinstance(rs, list) and len(rs) == n for rs in data),
+           f"reward_funcs returned no list of {n} rewards for each of its {len(names)} functions.")
+    for name, rewards in zip(names, data):
+        for row, reward in enumerate(rewards):
+            expect(reward is None or (isinstance(reward, (int, float)) and not isinstance(reward, bool)
+                                      and math.isfinite(reward)),
+                   f"{name} returned {str(reward)[:60]} for completion {row}: a reward is a finite number or None.")
+    return data
+
+
+def remote_rewards(ask, names: list[str]) -> list:
+    """Reward functions for the grader's GRPOTrainer that ask the learner's child (`learner.session`) for their
+    values: one call per batch (at the first function) returns every function's rewards, checked as data
+    (`_checked_rewards`); the functions named as the learner's, for TRL's logs."""
+    import json
+    import re
+
+    state: dict = {"key": None, "rewards": None}
+
+    def rewards_of(index: int, prompts, completions, completion_ids=None, answer=None, item=None, **_):
+        key = json.dumps([prompts, completions], default=str)  # the batch itself: an object's id can be reused
+        if index == 0 or state["key"] != key:  # TRL calls the functions in order, once per batch
+            batch = {"prompts": prompts, "completions": completions,
+                     "completion_ids": [list(map(int, ids)) for ids in completion_ids],
+                     "answer": [int(a) for a in answer], "item": list(item)}
+            state["key"], state["rewards"] = key, _checked_rewards(ask("grpo_rewards", batch), names, len(completions))
+        return state["rewards"][index]
+
+    functions = []
+    for index, name in enumerate(names):
+        function = (lambda i: lambda *a, **k: rewards_of(i, *a, **k))(index)
+        function.__name__ = re.sub(r"\W", "_", name)[:40] or f"reward_{index}"
+        functions.append(function)
+    return functions
+
+
+AUDITED_QUESTIONS = 8  # training questions whose crafted replies a GRPO reward is audited on before training
+
+
+def audit_rewards(ask, names: list[str], weights, questions, tokenizer) -> None:
+    """Before training: on every audited training question the learner's weighted reward must pay the right answer
+    strictly more than each crafted reply that does not solve the task (`grpo.crafted_replies`); a reward that pays
+    one of them as much is one a policy can earn without counting, refused with the reply named."""
+    from ..grpo import audit_batch, audit_failure
+
+    rows, batch = audit_batch(questions, tokenizer)
+    failure = audit_failure(rows, _checked_rewards(ask("grpo_rewards", batch), names, len(rows)), weights)
+    expect(failure is None, failure or "")
+
+
+def _produce_grpo(exercise, cells, preset, secret, workdir):
+    """08: the learner's `reward_funcs` answer from a child that ran the solution cell once (`learner.session`): first
+    on crafted replies (`audit_rewards`: the right answer must earn the most), then on every batch of the grader's
+    GRPO run; their LoraConfig and GRPOConfig train here (`grpo.train_grpo` with `grpo.grpo_trainer_class`: the
+    mirror of the notebook's training cell). The held-out questions, and the checker that measures them, never
+    reach the child."""
+    from ..grpo import grpo_trainer_class, train_grpo
+    from ..models import load_model, load_tokenizer
+    from ..preferences import preference_splits
+    from ..training import RecipeError, checked_recipe, save_recipe_artifacts
+
+    questions = preference_splits(preset.n_train, preset.n_eval)["train"]
+    with session(cells, ["grpo_setup"], provides=exercise.provides) as ask:
+        setup = ask("grpo_setup", {"names": ["lora_config", "grpo_config"]})
+        expect(isinstance(setup, dict) and isinstance(setup.get("values"), dict)
+               and all(name in setup["values"] for name in ("lora_config", "grpo_config"))
+               and isinstance(setup.get("reward_functions"), list) and setup["reward_functions"]
+               and all(isinstance(n, str) for n in setup["reward_functions"]),
+               "The solution cell's values could not be read (expected reward_funcs, lora_config, grpo_config).")
+        names = setup["reward_functions"][:16]
+        expect(len(names) == len(setup["reward_functions"]), "reward_funcs may hold at most 16 functions.")
+        try:
+            configs = {name: setup["values"][name] for name in ("lora_config", "grpo_config")}  # the kind is ours
+            lora, args, _ = checked_recipe(configs, preset, exercise.step_budget(preset), output_dir=workdir / "trainer")
+        except RecipeError as error:
+            raise LearnerCodeError(str(error)) from None
+        expect(args.reward_weights is None or len(args.reward_weights) == len(names),
+               f"grpo_config.reward_weights has {len(args.reward_weights or [])} weights for {len(names)} reward "
+               "functions: give one weight per function in reward_funcs (or None: all 1).")
+        tokenizer = load_tokenizer(preset.model)
+        audit_rewards(ask, names, args.reward_weights, questions[:AUDITED_QUESTIONS], tokenizer)
+        model, result, logged = train_grpo(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
+                                           questions, remote_rewards(ask, names), lora, args, progress=False,
+                                           trainer_class=grpo_trainer_class(preset))
+    save_recipe_artifacts(model, tokenizer, result, workdir)
+    return result, {"reward_curve": [row.get("reward") for row in logged]}
+
+
 PRODUCERS = {
     "01_when_to_fine_tune": _produce_plan,
     "02_data_and_tooling": _produce_cleaned,
@@ -274,6 +367,7 @@ PRODUCERS = {
     "05_quantization_qlora": _produce_qlora,
     "06_reward_models_rlhf": _produce_reward,
     "07_dpo": _produce_dpo,
+    "08_grpo": _produce_grpo,
 }
 
 

@@ -261,6 +261,39 @@ EXERCISES = (
                 "steps ≤ two thirds of the budget",
         study_minutes=35,
     ),
+    Exercise(
+        grade_id="grpo_advantage_tests", notebook="08_grpo", number="8.1",
+        title="GRPO's group-relative advantage", kind="function", points=2, solutions=("group_advantages",),
+        provides=(),
+        thresholds={"max_difference": ("<=", 1e-4)},  # advantages, absolute (they are in units of a group's std)
+        hints=("weight each function's rewards and sum them, leaving out a None (NaN): torch.nansum",
+               "a completion every function left None is out of its group's mean and std, and its advantage is 0",
+               "divide by the group's standard deviation as torch computes it by default (n - 1) plus 1e-4"),
+        summary="`group_advantages` equals TRL's `GRPOTrainer` advantages on four unseen batches of rewards (tied "
+                "groups, None rewards, several weighted functions) within 1e-4",
+        study_minutes=20,
+    ),
+    Exercise(
+        grade_id="grpo_final_outcome", notebook="08_grpo", number="8.2",
+        title="verifiable rewards GRPO can learn from", kind="outcome", points=6, solutions=("grpo_setup",),
+        provides=("preset", "SEED", "LoraConfig", "GRPOConfig", "GRPO_ARGS"),
+        thresholds={
+            "right_gain": (">=", 0.12),  # held-out share the task's checker accepts, minus the base model's
+            "probe_accuracy_drop": ("<=", 0.03),  # base accuracy minus tuned accuracy on the general probe
+            "probe_perplexity_ratio": ("<=", 1.15),  # tuned / base perplexity on the general text
+            "steps": ("<=", "grpo_step_budget"),
+        },
+        hints=("refused before training: your reward pays a reply that does not solve the task as much as the right "
+               "answer; pay a reply whose every number is the count (the answer column), and give format a small weight",
+               "every group the same reward gives no gradient: a group of 8 replies at temperature 0.7 finds a right "
+               "one more often than 4",
+               "use at most preset.grpo_step_budget optimizer steps: the grader trains exactly the steps you chose"),
+        summary="your `reward_funcs` pay the right answer more than five crafted replies that do not solve the task; "
+                "the grader then trains GRPO (your `LoraConfig`, `GRPOConfig`) with them, each called in your own "
+                "process: held-out share the task's checker accepts ≥ the base model's + 0.12, probe accuracy drop "
+                "≤ 0.03, perplexity ratio ≤ 1.15, steps ≤ two thirds of the budget",
+        study_minutes=35,
+    ),
 )
 
 BY_GRADE_ID = {e.grade_id: e for e in EXERCISES}
