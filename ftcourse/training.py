@@ -385,7 +385,7 @@ def _fixed_args(kind: str, preset: Preset, layout: str) -> dict:
 
 def _grpo_choices(choices: dict, what: str, preset: Preset) -> None:
     """A GRPOConfig's own choices, checked (in place): a group of 2 to 8 replies per prompt, at most twice the
-    preset's batch of replies a step (a whole number of groups), a sampling temperature in (0, 2], at most
+    preset's batch of replies a step (a whole number of groups), a sampling temperature in [0.1, 2], at most
     `GRPO_COMPLETION_TOKENS` new tokens, finite reward weights, one of TRL's reward scalings."""
     from .grpo import MAX_GENERATIONS
 
@@ -397,7 +397,8 @@ def _grpo_choices(choices: dict, what: str, preset: Preset) -> None:
     if batch % group:
         raise RecipeError(f"{what}.per_device_train_batch_size ({batch} replies a step) must be a multiple of "
                           f"num_generations ({group}): each prompt's group is sampled whole.")
-    _real(choices.get("temperature", 1.0), f"{what}.temperature", 0, 2, low_open=True)
+    if "temperature" in choices:  # a float: transformers refuses an int temperature while it samples
+        choices["temperature"] = _real(choices["temperature"], f"{what}.temperature", 0.1, 2)
     if "max_completion_length" in choices:
         choices["max_completion_length"] = _integer(choices["max_completion_length"], f"{what}.max_completion_length",
                                                     *GRPO_COMPLETION_TOKENS)
@@ -406,7 +407,7 @@ def _grpo_choices(choices: dict, what: str, preset: Preset) -> None:
                           f"{GRPO_COMPLETION_TOKENS[1]} tokens): TRL's default of 512 is far past a counting answer.")
     weights = choices.get("reward_weights")
     if weights is not None and not (isinstance(weights, list) and weights and all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and abs(w) <= 100
+            isinstance(w, (int, float)) and not isinstance(w, bool) and abs(w) <= 100 and math.isfinite(w)
             for w in weights)):
         raise RecipeError(f"{what}.reward_weights must be None (all 1) or a list of numbers in [-100, 100], one per "
                           f"reward function, got {weights!r}.")

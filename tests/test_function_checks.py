@@ -225,6 +225,8 @@ def test_a_group_advantage_that_misses_one_rule_fails_and_names_the_batch(old, n
 @pytest.mark.parametrize("source,named", [
     ("from ftcourse.grpo import trl_group_advantages\ndef group_advantages(r, w, g):\n"
      "    return trl_group_advantages(r, w, g)\n", "reached ftcourse.grpo.trl_group_advantages"),
+    ("import ftcourse.grpo\ndef group_advantages(r, w, g, _f=ftcourse.grpo.trl_group_advantages):\n"
+     "    return _f(r, w, g)\n", "hidden while it runs"),  # captured before the op: its body is swapped too
     ("def group_advantages(r, w, g):\n    return [0.0] * len(r)\n", "must return a tensor"),
     ("import torch\ndef group_advantages(r, w, g):\n    return torch.zeros(3)\n", "expected"),
 ])

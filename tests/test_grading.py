@@ -325,6 +325,34 @@ def test_a_session_call_that_fails_ends_in_a_reason(learner_runtime, source, kin
             assert again is first
 
 
+@pytest.mark.parametrize("source,kind", [
+    # closes the result pipe and lives on: the grader must not wait for it
+    ("import os, sys, time\nos.close(int(sys.argv[2]))\ntime.sleep(10**6)", "no_result"),
+    # answers before it is asked (ready-made lines), then never reads its requests
+    ("import os, sys, time\nfd = int(sys.argv[2])\nos.write(fd, b'{\"ok\": true, \"data\": null}\\n' * 50)\n"
+     "time.sleep(10**6)", "bad_result"),
+])
+def test_a_session_child_that_breaks_the_protocol_is_stopped_without_hanging(source, kind, learner_runtime):
+    """From an attack review: a child that closes its result pipe and sleeps, or writes answers ahead of the
+    grader's requests and never reads them, is stopped with a reason within the cap, not waited on forever."""
+    batch = {"prompts": ["p"] * 400, "completions": ["x" * 200] * 400, "completion_ids": [[1]] * 400,
+             "answer": [4] * 400, "item": ["pears"] * 400}  # ~100 KB a request: more than a pipe holds
+    start = time.perf_counter()
+    with _session(source, Limits(seconds=8)) as child:
+        results = [child.call("grpo_rewards", batch) for _ in range(3)]
+    assert time.perf_counter() - start < 30
+    assert not results[-1].ok and results[-1].kind in (kind, "timeout"), results
+
+
+def test_a_session_has_one_time_budget_for_all_its_calls(learner_runtime):
+    """Slow answers just under a per-call cap cannot add up: the wait is capped over the whole session."""
+    source = "import time\ndef slow(completions, **_):\n    time.sleep(2)\n    return [0.0] * len(completions)\nreward_funcs = [slow]"
+    batch = {"prompts": ["p"], "completions": ["4"], "completion_ids": [[1]], "answer": [4], "item": ["pears"]}
+    with _session(source, Limits(seconds=5)) as child:
+        kinds = [child.call("grpo_rewards", batch).kind for _ in range(4)]
+    assert kinds[0] == "ok" and kinds[-1] == "timeout", kinds
+
+
 def test_a_session_whose_cells_fail_answers_nothing(learner_runtime):
     with _session("raise ValueError('no rewards here')") as child:
         assert not child.started.ok and "no rewards here" in child.started.error

@@ -127,6 +127,8 @@ def _grade_grpo_setup(source: str, tmp_path):
     (("max_completion_length=12", "max_completion_length=64"), "max_completion_length must be an integer between 4"),
     (("reward_weights=[1.0, 0.2]", "reward_weights=[1.0]"), "one weight per function"),
     (("seed=SEED, **GRPO_ARGS)", "seed=SEED, loss_type='grpo', **GRPO_ARGS)"), "this exercise keeps it at"),
+    (("reward_weights=[1.0, 0.2]", "reward_weights=[10**400, 0.2]"), "list of numbers in [-100, 100]"),
+    (("temperature=0.7", "temperature=0.01"), "temperature must be a number in [0.1, 2]"),
     (("reward_funcs = [correct_count, one_short_answer]", "reward_funcs = correct_count"), "non-empty list"),
 ])
 def test_exercise_8_2_refuses_what_it_would_not_train_before_training(change, named, learner_runtime, tmp_path):
@@ -238,3 +240,43 @@ def test_the_audit_passes_the_reference_and_names_the_reply_a_careless_reward_pa
     assert grpo.audit_failure(rows, [checker, short], [1.0, 0.2]) is None  # beside correctness, it is fine
     assert "(wrong count)" in grpo.audit_failure(rows, [checker, short], [0.0, 1.0])  # ... unless correctness weighs 0
     assert grpo.audit_failure(rows, [[None] * len(rows)]) is not None  # no opinion on anything pays nothing
+
+
+def test_the_references_reward_functions_on_crafted_completions():
+    """Exercise 8.2's reference rewards, run as the solution cell defines them: the right reply earns the most
+    (correctness 1 + format 0.2), a wrong count only the small format reward, a malformed reply (no number, two
+    numbers, a recited list) nothing, and the grader's audit passes on the 8 questions it uses."""
+    from ftcourse.grading.context import build
+
+    namespace = build(("preset", "SEED", "LoraConfig", "GRPOConfig", "GRPO_ARGS"), "cpu", 0)
+    exec(_reference_setup(), namespace)
+    funcs, weights = namespace["reward_funcs"], namespace["grpo_config"].reward_weights
+    q = prefs.Question("Answer the question about the list.\n- pears: 4\n- plums: 9\nHow many pears are there?", "pears", 4)
+    replies = {"correct": "There are 4 pears in total.", "wrong": "There are 9 pears in total.",
+               "no number": "Some pears.", "two numbers": "4 or 9.", "recited": "- pears: 4\n- plums: 9",
+               "rambling right": "There are 4 pears in the list, which I counted one by one very carefully."}
+    batch = dict(prompts=[q.prompt] * len(replies), answer=[4] * len(replies), item=["pears"] * len(replies),
+                 completions=[[{"role": "assistant", "content": r}] for r in replies.values()])
+    scores = [f(**batch) for f in funcs]
+    weighted = {name: sum(w * s[i] for w, s in zip(weights, scores)) for i, name in enumerate(replies)}
+    assert weighted == pytest.approx({"correct": 1.2, "wrong": 0.2, "no number": 0.0, "two numbers": 0.0,
+                                      "recited": 0.0, "rambling right": 1.0})
+    rows, audit = grpo.audit_batch(prefs.preference_splits(400, 64)["train"][:8])
+    assert grpo.audit_failure(rows, [f(**audit) for f in funcs], weights) is None
+
+
+def test_a_batch_where_a_wrong_reply_earns_as_much_as_a_right_one_is_refused():
+    """The audit's rule held on every training batch (a reward could answer the audit honestly and then change):
+    among replies to one prompt, each reply the checker accepts must earn more than each it rejects."""
+    from ftcourse.grading.learner import LearnerCodeError
+    from ftcourse.grading.produce import _paid_for_the_task
+
+    prompt = [{"role": "user", "content": "How many pears?"}]
+    batch = {"prompts": [prompt] * 3 + [[{"role": "user", "content": "How many plums?"}]],
+             "completions": [[{"role": "assistant", "content": t}] for t in ("4 pears.", "5 pears.", "Pears.", "9.")],
+             "answer": [4, 4, 4, 2], "item": ["pears"] * 3 + ["plums"]}
+    _paid_for_the_task(batch, [[1.0, 0.2, 0.0, 5.0]], None)  # the plums' wrong reply competes with no right one
+    _paid_for_the_task(batch, [[1.0, 0.0, None, 0.0], [0.2, 0.2, 0.0, 0.2]], [1.0, 0.2])
+    with pytest.raises(LearnerCodeError, match="'5 pears.', which does not solve the task"):
+        _paid_for_the_task(batch, [[1.0, 1.0, 0.0, 0.0]], None)
+

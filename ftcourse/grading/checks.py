@@ -667,7 +667,7 @@ def _grpo_judge(exercise, preset, inputs, key, results) -> Verdict:
         want = trl_group_advantages(decode_tensor(case["rewards"]), case["weights"], case["num_generations"])
         try:  # the child's answer is data from learner code: read it defensively
             tensor = decode_tensor(got).reshape(-1) if decode_tensor(got).numel() == want.numel() else None
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
             raise LearnerCodeError(f"group_advantages' result for the batch with {what} could not be read: {error}")
         if tensor is None:
             problems.append(f"batch with {what}: expected {want.numel()} advantages (one per completion), got "

@@ -50,9 +50,11 @@ def decode_tensor(raw: dict):
               "int16": np.int16, "int8": np.int8, "bool": np.bool_}
     if raw["dtype"] not in dtypes:
         raise ValueError(f"unsupported tensor dtype {raw['dtype']!r}")
+    import math
+
     shape = [int(x) for x in raw["shape"]]
     array = np.frombuffer(base64.b64decode(raw["b64"]), dtype=dtypes[raw["dtype"]])
-    if any(d < 0 for d in shape) or array.size != int(np.prod(shape)):
+    if any(d < 0 for d in shape) or array.size != math.prod(shape):  # exact: numpy's product can wrap to 0
         raise ValueError(f"tensor of shape {shape} carries {array.size} values")
     return torch.from_numpy(array.copy()).reshape(shape)
 
@@ -259,6 +261,13 @@ class LibraryLossHidden(CellError):
     """A loss exercise reached the library loss it is compared with (a deterrent, as Exercise 1.2's)."""
 
 
+def _hidden_library_function(*args, **kwargs):
+    """The body a hidden library function runs while learner code does (however the learner reached it). It runs
+    in the hidden function's own module, so it names only builtins."""
+    raise PermissionError("your code reached a function the grader compares it with (or the task's checker), "
+                          "which is hidden while it runs: compute the result yourself.")
+
+
 @contextlib.contextmanager
 def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple[str, ...], methods: tuple[str, ...],
                          what: str = "the loss"):
@@ -272,11 +281,16 @@ def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple
             raise LibraryLossHidden(f"{function} must compute {what} itself; it reached {name}().")
         return call
 
-    originals, replaced = {}, []
+    originals, replaced, bodies = {}, [], []
     for dotted in module_functions:
         module, name = dotted.rsplit(".", 1)
-        originals[id(getattr(importlib.import_module(module), name))] = dotted
+        function = getattr(importlib.import_module(module), name)
+        originals[id(function)] = dotted
+        if getattr(function, "__closure__", 1) is None:  # a plain function: its body is hidden too, so a reference
+            bodies.append((function, function.__code__))  # kept elsewhere (a default argument, a list) refuses
     try:
+        for function, _ in bodies:
+            function.__code__ = _hidden_library_function.__code__
         for place in [vars(m) for m in list(sys.modules.values()) if m is not None] + [namespace]:
             for key, value in list(place.items()):
                 if callable(value) and id(value) in originals:
@@ -290,6 +304,8 @@ def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple
                 setattr(owner, name, refused(f"{cls}.{name}"))
         yield
     finally:
+        for function, code in bodies:
+            function.__code__ = code
         for place, key, value in reversed(replaced):
             if isinstance(place, dict):
                 place[key] = value
@@ -408,6 +424,7 @@ def op_group_advantages(namespace: dict, inputs: dict):
     return results
 
 
+MAX_REWARD = 1e6  # a reward's largest size: TRL's float32 sums of weighted rewards stay finite
 REWARD_CALL_KEYS = ("prompts", "completions", "completion_ids", "answer", "item")  # what TRL passes a reward function
 
 
@@ -445,11 +462,12 @@ def op_grpo_rewards(namespace: dict, inputs: dict):
                 if reward is not None:
                     try:
                         reward = float(reward)
-                    except (TypeError, ValueError):
+                    except (TypeError, ValueError, OverflowError):
                         raise CellError(f"{name} returned {str(reward)[:60]!r} for completion {row}: a reward is a "
                                         "number (or None: no opinion).") from None
-                    if not math.isfinite(reward):
-                        raise CellError(f"{name} returned {reward} for completion {row}: a reward must be finite.")
+                    if not (math.isfinite(reward) and abs(reward) <= MAX_REWARD):
+                        raise CellError(f"{name} returned {reward} for completion {row}: a reward must be finite, "
+                                        f"at most {MAX_REWARD:g} in size.")
                 values.append(reward)
             out.append(values)
     return out

@@ -270,21 +270,25 @@ def _checked_rewards(data, names: list[str], n: int) -> list:
     """A child's rewards for one batch as data: a list per function, one finite number or None per completion."""
     import math
 
+    from .child import MAX_REWARD
+
     expect(isinstance(data, list) and len(data) == len(names)
            and all(isinstance(rs, list) and len(rs) == n for rs in data),
            f"reward_funcs returned no list of {n} rewards for each of its {len(names)} functions.")
     for name, rewards in zip(names, data):
         for row, reward in enumerate(rewards):
             expect(reward is None or (isinstance(reward, (int, float)) and not isinstance(reward, bool)
-                                      and math.isfinite(reward)),
-                   f"{name} returned {str(reward)[:60]} for completion {row}: a reward is a finite number or None.")
+                                      and abs(reward) <= MAX_REWARD and math.isfinite(reward)),
+                   f"{name} returned {str(reward)[:60]} for completion {row}: a reward is a finite number (at most "
+                   f"{MAX_REWARD:g} in size) or None.")
     return data
 
 
-def remote_rewards(ask, names: list[str]) -> list:
+def remote_rewards(ask, names: list[str], weights=None) -> list:
     """Reward functions for the grader's GRPOTrainer that ask the learner's child (`learner.session`) for their
     values: one call per batch (at the first function) returns every function's rewards, checked as data
-    (`_checked_rewards`); the functions named as the learner's, for TRL's logs."""
+    (`_checked_rewards`) and against the audit's rule on the batch itself (`_paid_for_the_task`: the audit could
+    be told apart from training); the functions named as the learner's, for TRL's logs."""
     import json
     import re
 
@@ -296,7 +300,9 @@ def remote_rewards(ask, names: list[str]) -> list:
             batch = {"prompts": prompts, "completions": completions,
                      "completion_ids": [list(map(int, ids)) for ids in completion_ids],
                      "answer": [int(a) for a in answer], "item": list(item)}
-            state["key"], state["rewards"] = key, _checked_rewards(ask("grpo_rewards", batch), names, len(completions))
+            rewards = _checked_rewards(ask("grpo_rewards", batch), names, len(completions))
+            _paid_for_the_task(batch, rewards, weights)
+            state["key"], state["rewards"] = key, rewards
         return state["rewards"][index]
 
     functions = []
@@ -305,6 +311,31 @@ def remote_rewards(ask, names: list[str]) -> list:
         function.__name__ = re.sub(r"\W", "_", name)[:40] or f"reward_{index}"
         functions.append(function)
     return functions
+
+
+def _paid_for_the_task(batch: dict, rewards: list, weights) -> None:
+    """The audit's rule on a training batch: among replies to the same prompt, each reply the task's checker accepts
+    must earn a strictly higher weighted reward (None counted as 0) than each reply it rejects."""
+    import json
+
+    from ..grpo import reply_text, task_checker
+    from ..preferences import Question
+
+    weights = weights or [1.0] * len(rewards)
+    totals = [sum(w * (r[i] or 0.0) for w, r in zip(weights, rewards)) for i in range(len(batch["completions"]))]
+    by_prompt: dict = {}
+    for i, (prompt, completion, answer, item) in enumerate(zip(batch["prompts"], batch["completions"],
+                                                               batch["answer"], batch["item"])):
+        text = reply_text(completion)
+        by_prompt.setdefault(json.dumps(prompt, default=str), ([], []))[
+            0 if task_checker(Question("", item, int(answer)), text) else 1].append((totals[i], text))
+    for right, wrong in by_prompt.values():
+        for paid_right, right_text in right:
+            for paid_wrong, wrong_text in wrong:
+                expect(paid_wrong < paid_right,
+                       f"During training your weighted reward paid {wrong_text[:80]!r}, which does not solve the task, "
+                       f"{paid_wrong:.3g}, and {right_text[:80]!r}, a right answer to the same question, {paid_right:.3g}: "
+                       "a policy can earn it without counting. Every right answer must earn more than every wrong one.")
 
 
 AUDITED_QUESTIONS = 8  # training questions whose crafted replies a GRPO reward is audited on before training
@@ -340,7 +371,7 @@ def _produce_grpo(exercise, cells, preset, secret, workdir):
                and isinstance(setup.get("reward_functions"), list) and setup["reward_functions"]
                and all(isinstance(n, str) for n in setup["reward_functions"]),
                "The solution cell's values could not be read (expected reward_funcs, lora_config, grpo_config).")
-        names = setup["reward_functions"][:16]
+        names = [name[:60] for name in setup["reward_functions"][:16]]
         expect(len(names) == len(setup["reward_functions"]), "reward_funcs may hold at most 16 functions.")
         try:
             configs = {name: setup["values"][name] for name in ("lora_config", "grpo_config")}  # the kind is ours
@@ -352,9 +383,12 @@ def _produce_grpo(exercise, cells, preset, secret, workdir):
                "functions: give one weight per function in reward_funcs (or None: all 1).")
         tokenizer = load_tokenizer(preset.model)
         audit_rewards(ask, names, args.reward_weights, questions[:AUDITED_QUESTIONS], tokenizer)
-        model, result, logged = train_grpo(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
-                                           questions, remote_rewards(ask, names), lora, args, progress=False,
-                                           trainer_class=grpo_trainer_class(preset))
+        try:
+            model, result, logged = train_grpo(load_model(preset.model, preset.device, seed=cells.seed), tokenizer,
+                                               questions, remote_rewards(ask, names, args.reward_weights), lora, args,
+                                               progress=False, trainer_class=grpo_trainer_class(preset))
+        except RuntimeError as error:  # e.g. sampling from non-finite probabilities: the choices diverged
+            raise LearnerCodeError(f"GRPO training with your choices failed: {str(error)[:300]}") from None
     save_recipe_artifacts(model, tokenizer, result, workdir)
     return result, {"reward_curve": [row.get("reward") for row in logged]}
 

@@ -33,7 +33,8 @@ DEFAULT_LEARNER_USER = "ftcourse-learner"
 SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
 # The child's first lines: lower its own limits (irreversibly), then import the child entry from the
 # grader's install. Limits are set here rather than in a preexec_fn, which is unsafe in a threaded parent.
-BOOTSTRAP = ("import json, resource, sys\n"
+BOOTSTRAP = ("import json, os, resource, sys\n"
+             "os.nice(19)\n"  # learner code yields the CPU to the grader, which may be training beside it
              "for name, value in json.loads(sys.argv[3]).items():\n"
              "    resource.setrlimit(getattr(resource, name), (value, value))\n"
              "if sys.argv[1]: sys.path.insert(0, sys.argv[1])\n"
@@ -137,6 +138,8 @@ def run_learner_code(request: dict, *, limits: Limits | None = None, site: str |
     """
     limits = limits or Limits.from_env()
     identity = learner_identity(create=True)
+    if identity is not None:
+        sweep_user(identity)  # nothing of an earlier submission may still run beside this one
     private = Path(tempfile.mkdtemp(prefix="ftcourse-grader-"))  # the parent's side: request, result, log
     workdir = Path(tempfile.mkdtemp(prefix="ftcourse-learner-"))
     try:
@@ -229,9 +232,11 @@ class LearnerSession:
     functions, called at every GRPO step while the grader trains in its own process.
 
     The same child as `run_learner_code` (user, caps, environment, cleanup): the request goes in as one JSON line
-    on its stdin, each call as another line, and each answer comes back as one JSON line on the result pipe. A call
-    waits at most `limits.seconds`; the child's CPU time over the whole session is capped by RLIMIT_CPU. Use as a
-    context manager: `started` is the cells' ChildResult (not ok: the cells failed, and `call` returns that again).
+    on its stdin, each call as another line, and each answer comes back as one JSON line on the result pipe. The
+    time spent waiting for the child, summed over the whole session (writing requests, reading answers), is capped
+    at `limits.seconds`, and its CPU time by RLIMIT_CPU; it runs at the lowest priority (nice 19) beside the
+    grader's training. An answer the grader did not ask for yet, or an ended result pipe, ends the session. Use as
+    a context manager: `started` is the cells' ChildResult (not ok: the cells failed, and `call` returns that again).
     """
 
     def __init__(self, request: dict, *, limits: Limits | None = None, site: str | None = None,
@@ -244,6 +249,9 @@ class LearnerSession:
 
     def __enter__(self) -> "LearnerSession":
         self.identity = learner_identity(create=True)
+        if self.identity is not None:
+            sweep_user(self.identity)  # nothing of an earlier submission may still run beside this one
+        self.budget = self.limits.seconds  # seconds left to wait for the child, over the whole session
         self.private = Path(tempfile.mkdtemp(prefix="ftcourse-grader-"))
         self.workdir = Path(tempfile.mkdtemp(prefix="ftcourse-learner-"))
         if self.identity is not None:
@@ -279,35 +287,67 @@ class LearnerSession:
         import select
 
         start = time.perf_counter()
+        deadline = start + max(self.budget, 0)
         try:
-            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass  # the child is gone; reading says why
-        cap, deadline = self.limits.output_mb * 2**20, start + self.limits.seconds
-        while b"\n" not in self.buffer:
-            remaining = deadline - time.perf_counter()
-            ready = select.select([self.reader], [], [], max(remaining, 0))[0] if remaining > 0 else []
-            if not ready:
-                _kill_group(self.proc)
-                self.started = ChildResult(False, None, f"Your code ran past the time cap of {self.limits.seconds:.0f} "
-                                           "s for one call and was stopped (an endless loop, a long sleep, or far too "
-                                           "much work).", "timeout", time.perf_counter() - start, self._tail())
-                return self.started
-            chunk = os.read(self.reader, 1 << 16)
-            if not chunk:  # the child ended: what it wrote before is not an answer to this call
-                returncode = self.proc.wait()
-                self.started = _parse_result(b"", returncode, self.limits, self.secret_inputs,
-                                             time.perf_counter() - start, self._tail())
-                return self.started
-            self.buffer += chunk
-            if len(self.buffer) > cap:
-                _kill_group(self.proc)
-                self.started = ChildResult(False, None, "The result of your code is too large.", "bad_result",
-                                           time.perf_counter() - start, self._tail())
-                return self.started
-        line, self.buffer = self.buffer.split(b"\n", 1)
+            if self.buffer or select.select([self.reader], [], [], 0)[0]:  # an answer before the question
+                return self._end("bad_result", "Your code's process wrote to the grader's channel before it was asked "
+                                 "(an answer the grader did not request).", start)
+            if not self._send(json.dumps(message).encode() + b"\n", deadline):
+                return self._end("timeout", self._late(), start)
+            cap, pieces, size = self.limits.output_mb * 2**20, [], 0
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or not select.select([self.reader], [], [], remaining)[0]:
+                    return self._end("timeout", self._late(), start)
+                chunk = os.read(self.reader, 1 << 16)
+                if not chunk:  # the result pipe ended: whatever was written before is not an answer to this call
+                    try:
+                        returncode = self.proc.wait(timeout=max(0.1, min(5.0, deadline - time.perf_counter())))
+                    except subprocess.TimeoutExpired:  # it closed the channel and lives on: stop it
+                        returncode = None
+                    _kill_group(self.proc)
+                    self.started = _parse_result(b"", returncode, self.limits, self.secret_inputs,
+                                                 time.perf_counter() - start, self._tail())
+                    return self.started
+                pieces.append(chunk)
+                size += len(chunk)
+                if size > cap:
+                    return self._end("bad_result", "The result of your code is too large.", start)
+                if b"\n" in chunk:
+                    break
+        finally:
+            self.budget -= time.perf_counter() - start
+        line, _, self.buffer = b"".join(pieces).partition(b"\n")
         return _parse_result(line, None, self.limits, self.secret_inputs, time.perf_counter() - start, self._tail())
+
+    def _send(self, data: bytes, deadline: float) -> bool:
+        """Write a request within the deadline (a child that does not read cannot block the grader); False: late.
+        A child that is gone is not an error here: reading its answer says why."""
+        import select
+
+        fd = self.proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        while data:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                return False
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                continue
+            except OSError:  # BrokenPipeError: the child closed its end
+                return True
+        return True
+
+    def _late(self) -> str:
+        return (f"Your code ran past the time cap of {self.limits.seconds:.0f} s (all of this submission's calls "
+                "together) and was stopped: an endless loop, a long sleep, or far too much work.")
+
+    def _end(self, kind: str, error: str, start: float) -> ChildResult:
+        """Stop the child: every later call gets this result."""
+        _kill_group(self.proc)
+        self.started = ChildResult(False, None, error, kind, time.perf_counter() - start, self._tail())
+        return self.started
 
     def _tail(self) -> str:
         self.log.flush()

@@ -24,13 +24,13 @@
 #
 # The task is 06's and 07's: answer a question about a short inventory list. The **task's checker** (a
 # program) accepts a reply whose numbers are all the asked count; it measures success in this notebook. The
-# base model's greedy reply is right on about half of the questions.
+# base model's greedy reply is right on a little under half of the validation questions (section 1).
 #
 # **You will be able to**
 # 1. write reward functions (format, correctness, their weights) in TRL's signature, and tell a reward that
 #    can be satisfied without solving the task from one that cannot;
 # 2. write GRPO's group-relative advantage and check it against TRL's `GRPOTrainer`;
-# 3. say what GRPO removes relative to PPO (the value model) and what it keeps optional (the KL term and its
+# 3. say what GRPO removes relative to PPO (the value model) and what TRL makes optional (the KL term and its
 #    reference model);
 # 4. measure the share of groups that give no gradient, and what a step costs on this machine;
 # 5. train GRPO with PEFT's `LoraConfig`, TRL's `GRPOConfig` and `GRPOTrainer`, and read its reward and
@@ -124,35 +124,40 @@ for question, replies in list(zip(train_questions, groups["replies"]))[:2]:
 del base_model
 
 # %% [markdown]
-# Sampled replies are right far less often than greedy ones (sampling at temperature 1 picks unlikely tokens),
-# and the share of groups with no right reply is printed above: those groups, and any group all right, have
-# zero advantage and contribute nothing to a step. This is GRPO's **cold-start problem**: a model that never
-# samples a right reply cannot learn from a right-or-wrong reward at all. This model does sample right replies,
-# so GRPO can start from it; a task it never solves would first need a short SFT on demonstrations (03's
-# recipe) to put right replies within reach of its samples. Larger groups, and a lower temperature, make a
-# group with at least one right reply more likely (the exercise's hints).
+# Sampled replies are right far less often than greedy ones (three things differ: sampling at temperature 1
+# picks unlikely tokens, the samples stop at 12 new tokens as the runs below train, some before their number,
+# and they answer training questions, the greedy replies validation ones). The share of groups with no right
+# reply is printed above: those groups, and any group all right, have zero advantage and contribute nothing to
+# a step. This is GRPO's **cold-start problem**: a model that never samples a right reply cannot learn from a
+# right-or-wrong reward at all. This model does sample right replies, so GRPO can start from it; a task it never
+# solves would first need a short SFT on demonstrations (03's recipe) to put right replies within reach of its
+# samples. More replies per prompt make a group with at least one right reply more likely.
 #
 # ## 2 · The group-relative advantage
-# PPO, the RL algorithm of classic RLHF, estimates each reply's advantage with a **value model** (a critic):
-# a second network, as large as the policy, trained alongside it to predict the reward. GRPO removes the
-# critic. For a group of $G$ replies to one prompt with rewards $r_1, \dots, r_G$ it uses the group itself as
+# PPO, the RL algorithm of classic RLHF, estimates an advantage for every token with a **value model** (a
+# critic): a second network, usually the size of the policy, trained alongside it to predict the return to come
+# at each token (the advantage then follows by GAE). GRPO removes the critic. For a group of $G$ replies to one prompt with rewards $r_1, \dots, r_G$ it uses the group itself as
 # the baseline:
 #
 # $$A_i = \frac{r_i - \operatorname{mean}(r_1,\dots,r_G)}{\operatorname{std}(r_1,\dots,r_G) + \varepsilon},$$
 #
-# and gives every token of reply $i$ that advantage, in a clipped policy-gradient loss like PPO's. With several
+# and gives every token of reply $i$ that advantage, in a clipped policy-gradient loss like PPO's. (With TRL's
+# defaults, one optimisation pass per batch of samples, the policy's ratio to the sampling policy is 1 and the
+# clip never acts: the loss is the policy gradient with the group as baseline. TRL's default `loss_type="dapo"`
+# averages over every token of the batch, where DeepSeekMath averaged within each reply first.) With several
 # reward functions, TRL's `GRPOTrainer` first sums each reply's rewards weighted by `reward_weights`; a function
 # may return `None` for a reply it has no opinion on (left out of the sum), and a reply that *no* function scored
-# is left out of its group's statistics and gets advantage 0. The standard deviation is torch's default
-# (divided by $n-1$), and $\varepsilon = 10^{-4}$.
+# is left out of its group's statistics and gets advantage 0. TRL's standard deviation is torch's default
+# (divided by $n-1$), and its $\varepsilon = 10^{-4}$.
 #
 # ### Exercise 8.1 — GRPO's group-relative advantage (2 points)
 # Write `group_advantages(rewards, reward_weights, num_generations)`: `rewards` a float tensor
 # `[completions, functions]` ordered prompt by prompt (`num_generations` consecutive rows per prompt), NaN where a
 # function returned `None`; `reward_weights` a 1-D tensor, one weight per function. Return a 1-D tensor of one
 # advantage per completion, as `GRPOTrainer` computes it (its default `scale_rewards="group"`). The grader
-# compares yours with TRL's on four unseen batches: a tied group, `None` rewards, a completion no function
-# scored, groups of 2, a negative weight.
+# compares yours, within 1e-4, with TRL's computation (`grpo.trl_group_advantages`, its line-for-line mirror,
+# which tests/test_grpo.py checks against a real `GRPOTrainer` batch) on four unseen batches that between them
+# hold a tied group, `None` rewards, a completion no function scored, groups of 2 and a negative weight.
 
 # %%
 print_exercise("grpo_advantage_tests", preset)
@@ -190,7 +195,7 @@ print("TRL's:          ", [round(a, 4) for a in trl_way.tolist()])
 assert torch.allclose(yours, trl_way, atol=1e-4)
 
 # %% nbgrader={"grade": true, "grade_id": "grpo_advantage_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-# Hidden tests compare group_advantages with TRL's GRPOTrainer on unseen batches of rewards.
+# Hidden tests compare group_advantages with TRL's advantage computation on unseen batches of rewards.
 ### BEGIN HIDDEN TESTS
 with quiet():
     check_in_kernel("grpo_advantage_tests", preset, globals())
@@ -201,9 +206,9 @@ with quiet():
 # a reply is pushed up for beating its siblings, not for its reward.
 #
 # **What GRPO keeps optional: the reference model.** The DeepSeekMath objective also subtracts
-# $\beta\,\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$, a penalty for drifting from a frozen reference (0.04 in the
-# report's experiments). The claim that GRPO "eliminates the reference model" is wrong on both counts: the
-# original keeps one, and what GRPO eliminates is the critic. What is true is that TRL now defaults to
+# $\beta\,\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$, a penalty for drifting from a reference model (0.04 in the
+# report's experiments). A common claim, that GRPO "eliminates the reference model", is wrong: the original
+# keeps one, and what GRPO eliminates is the critic. What is true is that TRL now defaults to
 # $\beta = 0$, and with $\beta = 0$ it computes no reference log-probabilities at all. The configs and a trainer
 # show it:
 
@@ -319,18 +324,19 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # %% [markdown]
 # Trained on "contains the count", the policy stopped answering: its replies turned into lists of items and
 # numbers, sums and sequences (the replies printed above, and the numbers a reply in the table), and the share
-# right collapsed (printed above). A reply that holds many numbers earns this reward more often than one answer
-# does, right or wrong; the policy only ever sees the reward, and moved towards what earns it. Its reward did not climb to 1 in 12
-# steps (the lists, cut at 12 tokens, miss the asked count often), but the direction is set: a reward is
-# **hackable** when a reply can earn it without solving the task, and GRPO finds those replies because they are
-# in its samples. Trained on the checker, one change, the share right rose (printed above): the checker pays
+# right collapsed (printed above). Its own reward barely moved (first and last three steps, printed above: the
+# lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison within each group:
+# a sampled reply with several numbers earns this reward more often than a single sampled answer (right only 0.20
+# of the time in section 1), so it tends to beat its siblings, and GRPO pushes it up. A reward is **hackable**
+# when a reply can earn it without solving the task, and GRPO finds such replies because they are in its samples,
+# before the reward itself shows anything. Trained on the checker, one change, the share right rose (printed above): the checker pays
 # only a reply whose every number is the count. Reward functions for GRPO should make doing the task the
 # cheapest way to earn them: check the answer itself, exactly, and give format rewards a small weight beside
 # the correctness reward, not in its place.
 #
 # ## 4 · What a step costs
-# On a CPU the cost of a GRPO step is generation: every reply is sampled token by token, then scored in one
-# pass for the gradient. Section 3's runs give the time of a step with 4 replies per prompt and at most 12 new
+# A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
+# grow with the number of replies and their length (the table below does not split the two). Section 3's runs give the time of a step with 4 replies per prompt and at most 12 new
 # tokens; two short runs (3 steps each, the checker as the reward) change one of them: 8 replies per prompt, or
 # at most 24 new tokens. The time per step leaves out each run's first step (it includes start-up work).
 
@@ -347,10 +353,10 @@ print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
 # %% [markdown]
 # Twice the replies cost more time, but less than twice (the table: a step's replies are sampled as one batch,
 # and fixed costs are shared). Twice the length limit: the replies used most of it (the last column; sampled at
-# temperature 1, many run to the limit), and a step took less than twice the time. On a GPU the balance differs;
-# the GPU presets have not been measured. The README's GRPO section measured 8 replies
-# per prompt as better than 4 in all six of its pairings (0.79 against 0.71 at temperature 1 on one seed, for
-# example), at 1.6-1.8 times the time per step.
+# temperature 1, many run to the limit), and a step took less than twice the time. The GPU presets have not been
+# measured. The README's GRPO section measured 8 replies per prompt as better than 4 in all six of its pairings
+# (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within the
+# noise, at 1.6-1.9 times the time per step.
 #
 # ## 5 · In the field: DeepSeek-R1
 # DeepSeek-R1 (DeepSeek-AI, 2025) trained its reasoning with GRPO and **rule-based rewards**: an accuracy
@@ -358,21 +364,24 @@ print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
 # reward (the reasoning between `<think>` tags). The report says it used no neural reward model for these tasks
 # because such a model can be hacked in large-scale RL and retraining it costs resources: section 3's lesson at
 # scale. R1-Zero applied GRPO directly to the base model; R1 first fine-tuned on a few thousand long
-# chain-of-thought examples (a "cold start": section 1's problem at a larger scale) and added a
-# language-consistency reward. What the report does not let you reproduce: the first version (arXiv, January
-# 2025) gives no step counts, hyperparameters or compute for the RL stages (the later peer-reviewed version
-# adds some), and neither releases the RL prompts nor the base model's pre-training data.
+# chain-of-thought examples (its "cold start": for readable reasoning and a steadier start, not because the base
+# model never succeeded: R1-Zero learned from it directly) and added a language-consistency reward. What the report
+# does not let you reproduce: the first version (arXiv, January 2025) gives no hyperparameters or compute for
+# the RL stages (the later peer-reviewed version adds some), and neither releases the RL prompts nor the base
+# model's pre-training data.
 #
 # ## 6 · Rewards that make the policy do the task
 # ### Exercise 8.2 — verifiable rewards GRPO can learn from (6 points)
 # Write the reward functions and the recipe of a GRPO fine-tune that the grader, on **held-out questions it
 # generates**, finds better than the base model by the task's checker: a share right at least **0.12** above
 # the base model's on the same questions (greedy replies of at most 32 tokens), without regressing the general
-# probe beyond the course's gate, in at most `preset.grpo_step_budget` optimizer steps (16 on the cpu preset).
+# probe beyond the course's gate (accuracy drop ≤ 0.03, perplexity ratio ≤ 1.15), in at most
+# `preset.grpo_step_budget` optimizer steps (16 on the cpu preset: two thirds of its `step_budget`).
 # - `reward_funcs`: a list of reward functions in TRL's signature,
 #   `f(prompts, completions, answer, item, **kwargs) -> list`, one number (or `None`) per completion; `answer` is
 #   each question's right count and `item` the item asked about. Write the correctness check yourself: the
-#   task's checker and the judge are not available to your functions while the grader trains.
+#   task's checker and the judge are not available to your functions while the grader trains (the rest of the
+#   course package is, `grpo.reply_text` included).
 # - `lora_config`: a `LoraConfig` (`task_type="CAUSAL_LM"`; choose `r`, `lora_alpha`, `lora_dropout`,
 #   `target_modules`, `use_rslora`);
 # - `grpo_config`: a `GRPOConfig` with `**GRPO_ARGS` (choose `max_steps`, `learning_rate`, `num_generations`
@@ -384,10 +393,11 @@ print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
 # `GRPO_ARGS` defined as here) and keeps it open while it works. First it **audits your rewards**: on crafted
 # replies to 8 training questions (the right answer; a wrong count; the list's counts recited; the right count
 # hedged with another; the count inside a larger number; no number) your weighted reward must pay the right
-# answer strictly more than each of the others, or it does not train (a reward that pays one of them as much,
+# answer strictly more than each of the others (a `None` counts as 0), or it does not train (a reward that pays one of them as much,
 # like section 3's "contains the count", is one a policy can earn without counting). Then it **trains your
 # choices itself** with `GRPOTrainer` (`grpo.train_grpo`, section 3's recipe packaged): at every step it sends
-# your process the step's sampled replies and reads back your rewards. Last, it scores the policy's greedy
+# your process the step's sampled replies and reads back your rewards, and holds them to the audit's rule
+# (among the replies to one question, each reply the checker accepts must earn more than each it rejects). Last, it scores the policy's greedy
 # replies to its own questions with the task's checker; your reward functions play no part in that score.
 
 # %%
@@ -505,10 +515,11 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   leaves it off by default ($\beta = 0$), so no reference is computed.
 # - A group whose replies all earn the same reward gives no gradient: measure how often the model's *samples*
 #   succeed before relying on a right-or-wrong reward, and warm-start with SFT when they never do.
-# - `LoraConfig`, `GRPOConfig` and `GRPOTrainer` train it; on a CPU the cost of a step is generation, and it
-#   grows with the group and with the replies' length.
+# - `LoraConfig`, `GRPOConfig` and `GRPOTrainer` train it; a step samples its replies token by token and then
+#   scores them, and on a CPU its time grows with the group and the replies' length (less than in proportion).
 # - **The mistake to remember: evaluating on the wrong thing**, in its RL form: a reward that rose is not a task
-#   solved. Trained on "contains the count", the policy turned to lists of numbers and the share right
-#   collapsed; measure success with the task's checker, on questions the policy did not train on.
+#   solved, nor a flat one a task kept. Trained on "contains the count", the reward barely moved while the
+#   policy turned to lists of numbers and the share right collapsed; measure success with the task's checker,
+#   on questions the policy did not train on.
 #
 # **Next:** 09 distils a larger model's behaviour into a smaller one.
