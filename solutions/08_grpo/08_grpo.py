@@ -325,20 +325,20 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # Trained on "contains the count", the policy stopped answering: its replies turned into lists of items and
 # numbers, sums and sequences (the replies printed above, and the numbers a reply in the table), and the share
 # right collapsed (printed above). Its own reward barely moved (first and last three steps, printed above: the
-# lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison within each group:
-# a sampled reply with several numbers earns this reward more often than a single sampled answer (right only 0.20
-# of the time in section 1), so it tends to beat its siblings, and GRPO pushes it up. A reward is **hackable**
-# when a reply can earn it without solving the task, and GRPO finds such replies because they are in its samples,
-# before the reward itself shows anything. Trained on the checker, one change, the share right rose (printed above): the checker pays
-# only a reply whose every number is the count. Reward functions for GRPO should make doing the task the
-# cheapest way to earn them: check the answer itself, exactly, and give format rewards a small weight beside
-# the correctness reward, not in its place.
+# lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison within each
+# group: a sampled reply with several numbers is more likely to hold the count than a single sampled answer,
+# which section 1 found wrong most of the time, so it tends to beat its siblings, and GRPO pushes it up. A
+# reward is **hackable** when a reply can earn it without solving the task, and GRPO finds such replies because
+# they are in its samples, before the reward itself shows anything. Trained on the checker, one change, the
+# share right rose (printed above): the checker pays only a reply whose every number is the count. Reward
+# functions for GRPO should make doing the task the cheapest way to earn them: check the answer itself,
+# exactly, and give format rewards a small weight beside the correctness reward, not in its place.
 #
 # ## 4 · What a step costs
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
-# grow with the number of replies and their length (the table below does not split the two). Section 3's runs give the time of a step with 4 replies per prompt and at most 12 new
-# tokens; two short runs (3 steps each, the checker as the reward) change one of them: 8 replies per prompt, or
-# at most 24 new tokens. The time per step leaves out each run's first step (it includes start-up work).
+# grow with the number of replies and their length (the table below does not split the two). Section 3's runs
+# give the time of a step with 4 replies per prompt and at most 12 new tokens; two short runs (3 steps each, the
+# checker as the reward) change one of them: 8 replies per prompt, or at most 24 new tokens. The time per step leaves out each run's first step (it includes start-up work).
 
 # %%
 timing = [{"replies per prompt": 4, "max new tokens": 12, "replies a step": 8, "s per step": checked["s_per_step"],
