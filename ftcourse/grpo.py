@@ -71,12 +71,18 @@ def audit_batch(questions: Sequence[Question], tokenizer=None) -> tuple[list, di
     return rows, batch
 
 
+def weighted_totals(rewards: Sequence[Sequence], weights=None) -> list[float]:
+    """Each completion's weighted reward summed over the functions (`rewards`: one list per function), a None
+    counted as 0 and no weights as all 1: what the audit and the grader's per-batch rule compare."""
+    weights = weights or [1.0] * len(rewards)
+    return [sum(w * (r[i] or 0.0) for w, r in zip(weights, rewards)) for i in range(len(rewards[0]) if rewards else 0)]
+
+
 def audit_failure(rows: list, rewards: Sequence[Sequence], weights=None) -> str | None:
     """The first crafted reply whose weighted reward (None counted as 0) is not strictly below the right answer's
     to the same question, as a message naming both; None when the right answer wins everywhere. `rewards` holds
     one list per reward function over `rows` (from `audit_batch`)."""
-    weights = weights or [1.0] * len(rewards)
-    totals = [sum(w * (r[i] or 0.0) for w, r in zip(weights, rewards)) for i in range(len(rows))]
+    totals = weighted_totals(rewards, weights)
     for start in range(0, len(rows), len(AUDIT_KINDS)):
         for offset in range(1, len(AUDIT_KINDS)):
             question, kind, reply = rows[start + offset]

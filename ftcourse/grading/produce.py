@@ -318,11 +318,10 @@ def _paid_for_the_task(batch: dict, rewards: list, weights) -> None:
     must earn a strictly higher weighted reward (None counted as 0) than each reply it rejects."""
     import json
 
-    from ..grpo import reply_text, task_checker
+    from ..grpo import reply_text, task_checker, weighted_totals
     from ..preferences import Question
 
-    weights = weights or [1.0] * len(rewards)
-    totals = [sum(w * (r[i] or 0.0) for w, r in zip(weights, rewards)) for i in range(len(batch["completions"]))]
+    totals = weighted_totals(rewards, weights)
     by_prompt: dict = {}
     for i, (prompt, completion, answer, item) in enumerate(zip(batch["prompts"], batch["completions"],
                                                                batch["answer"], batch["item"])):
