@@ -1,0 +1,288 @@
+"""A retrieval task in a company's own words, for notebook 10 (fine-tuning an embedding model).
+
+An operations team keeps a runbook: one page per (system, procedure), written in the formal names of the
+systems ("the payroll service"). Its staff ask in their own words: the systems' internal codenames ("Heron"),
+which no page mentions and no pretraining text links to them, and paraphrases of the procedure ("Heron is
+stuck, how do I bring it back up?"). Beside each page sit its near misses: the same system's other procedures
+(restart against retire, grant against revoke access) and the same procedure on a system with a similar name
+(the payroll service and the payments gateway). A general-purpose embedding model matches the procedure and
+guesses the system; fine-tuning on the team's own questions teaches it the codenames.
+
+Splits (`retrieval_splits`): the 160 pages are split once into training pages and evaluation pages (a fixed,
+public seed); training questions ask about training pages only, validation and held-out questions about
+evaluation pages only, and with phrasings a training question never uses: a question or a page seen in
+training is never scored. The held-out questions come from the grader's seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+
+# (formal name in the runbook, codename the staff use); neighbours in this list are near misses by name
+SYSTEMS = (
+    ("the payroll service", "Heron"), ("the payments gateway", "Kestrel"),
+    ("the customer database", "Basalt"), ("the customer data warehouse", "Granite"),
+    ("the build servers", "Tamar"), ("the test runners", "Severn"),
+    ("the VPN gateway", "Juniper"), ("the office Wi-Fi network", "Alder"),
+    ("the email relay", "Osprey"), ("the team chat server", "Quartz"),
+    ("the single sign-on portal", "Larch"), ("the password vault", "Wren"),
+    ("the backup storage", "Cobalt"), ("the shared file server", "Mersey"),
+    ("the invoice archive", "Rowan"), ("the expense reports app", "Ibis"),
+)
+
+# procedure -> (page title, page body, question phrasings); `{system}` is the formal name, `{code}` the codename.
+# The first TRAIN_PHRASINGS phrasings are for training questions, the rest for validation and held-out ones.
+PROCEDURES = {
+    "restart": (
+        "Restarting {system}",
+        "When {system} stops responding, stop its process from the operations console, wait until the health "
+        "check reports it down, then start it again and watch the health check turn green.",
+        ("{code} is not responding, how do I restart it?", "{code} hangs, how do I bring it back up?",
+         "{code} froze again. Steps to reboot it?", "what do I do when {code} is stuck and needs a restart",
+         "{code} stopped answering requests, how to get it running again", "how to bounce {code}")),
+    "retire": (
+        "Retiring {system}",
+        "Before {system} is switched off for good, announce the date, export what must be kept, remove it from "
+        "monitoring and the inventory, and only then shut its machines down permanently.",
+        ("we no longer need {code}, how do we shut it down for good?", "steps to decommission {code}",
+         "{code} is being retired next month, what is the procedure?", "how to permanently switch off {code}",
+         "checklist for turning {code} off forever", "sunsetting {code}: what has to happen first")),
+    "restore": (
+        "Restoring {system} from a backup",
+        "To bring back lost or damaged data in {system}, pick the last good nightly snapshot, restore it to a "
+        "staging copy, check it, then swap it in during a maintenance window.",
+        ("someone deleted data in {code}, how do I get yesterday's copy back?", "roll {code} back to last night's snapshot",
+         "how to recover {code} from backup", "{code} data got corrupted, how do we restore it",
+         "I need the version of {code} from before the bad import", "getting lost records back into {code}")),
+    "grant": (
+        "Giving a colleague access to {system}",
+        "Access to {system} is requested through the identity portal; the system's owner approves it, and the "
+        "new account receives the least privileged role that does the job.",
+        ("a new hire needs a login for {code}, who do I ask?", "how do I add someone to {code}",
+         "request access to {code} for a colleague", "how can my teammate get an account on {code}",
+         "onboarding: getting permissions for {code}", "my new colleague can't sign in to {code} yet, how to set them up")),
+    "revoke": (
+        "Removing a colleague's access to {system}",
+        "When someone leaves the team or changes role, their account on {system} is disabled the same day, their "
+        "sessions are ended, and the owner confirms that nothing still runs under their name.",
+        ("someone left the team, how do I take away their {code} login?", "remove a user from {code}",
+         "disable a former employee's account on {code}", "how to cut off a contractor's access to {code}",
+         "offboarding: revoking permissions on {code}", "my colleague changed teams and should lose {code} rights")),
+    "certificate": (
+        "Renewing the TLS certificate of {system}",
+        "The TLS certificate of {system} is renewed two weeks before it expires: request a new one from the "
+        "internal authority, install it on every node, and reload the web front end.",
+        ("the browser warns that the {code} certificate expired, what now?", "renew the cert on {code}",
+         "{code} shows an HTTPS error, the certificate is out of date", "how to replace the SSL certificate of {code}",
+         "the padlock on {code} is red, the cert needs updating", "when and how does the {code} certificate get renewed")),
+    "scale": (
+        "Adding capacity to {system}",
+        "If {system} is slow under load, add nodes behind its load balancer from the capacity dashboard, then "
+        "check that the new nodes receive traffic and latency falls.",
+        ("{code} is slow under load, how do I give it more machines?", "scale out {code}",
+         "{code} can't keep up with traffic, add capacity", "how to add more servers to {code}",
+         "{code} response times are terrible at peak, we need more nodes", "how to make {code} handle more users")),
+    "logs": (
+        "Reading the logs of {system}",
+        "The logs of {system} are collected centrally: open the log search, filter by the system's name and the "
+        "time range, and follow the request identifier across services.",
+        ("where can I see what {code} printed before it crashed?", "how do I read the {code} logs",
+         "find the error messages from {code}", "where does {code} write its log output",
+         "I need {code}'s log lines from last night", "searching the output of {code} for an error")),
+    "migrate": (
+        "Moving {system} to the new data centre",
+        "Moving {system} to the new data centre happens in three steps: copy its data while it runs, freeze "
+        "writes for the final sync, then point its address at the new site.",
+        ("{code} has to move to the other site, how does the move work?", "migrate {code} to the new data centre",
+         "plan for relocating {code} to the new building", "how do we transfer {code} to different hardware",
+         "{code} is moving data centres next week, what are the steps", "cut-over plan for moving {code}")),
+    "monitor": (
+        "Monitoring the disk space of {system}",
+        "The disks of {system} alert at 80 % full: check which volume grows, clean up old files or temporary "
+        "data, and ask for a larger volume if the growth is steady.",
+        ("{code} is running out of disk, what should I do?", "check the disk usage of {code}",
+         "the storage alert for {code} went off", "{code} disk almost full, how do I free space",
+         "how full are the volumes on {code}", "{code} keeps filling up its drive")),
+}
+# The old wiki still holds a copy of three procedures' pages: a question about one of them has two right pages,
+# and a negative mined for it may be the other right page (a false negative).
+OLD_WIKI = ("restart", "restore", "logs")
+TRAIN_PHRASINGS = 3
+SPLIT_SEED = 1010  # which pages are training pages: fixed and public
+EVALUATION_SHARE = 0.3
+TRAIN_SEED = 2020
+VALIDATION_SEED = 3030
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """One runbook page: `doc_id` is `system-index/procedure`."""
+
+    doc_id: str
+    system: str
+    procedure: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """A staff member's question and the one page that answers it."""
+
+    text: str
+    doc_id: str
+
+
+def _doc_id(system_index: int, procedure: str) -> str:
+    return f"{system_index:02d}/{procedure}"
+
+
+def runbook() -> list[Page]:
+    """The 208 pages: every system's every procedure (title and body in formal names), and the old wiki's copy of
+    three of them (`OLD_WIKI`, ids ending in `/old-wiki`)."""
+    pages = []
+    for index, (system, _code) in enumerate(SYSTEMS):
+        for procedure, (title, body, _phrasings) in PROCEDURES.items():
+            text = f"{title.format(system=system)}. {body.format(system=system)}"
+            pages.append(Page(_doc_id(index, procedure), system, procedure, text[0].upper() + text[1:]))
+        for procedure in OLD_WIKI:
+            title, body, _phrasings = PROCEDURES[procedure]
+            text = f"(Copied from the old wiki) {title.format(system=system)}: {body.format(system=system)}"
+            pages.append(Page(_doc_id(index, procedure) + "/old-wiki", system, procedure, text))
+    return pages
+
+
+def relevant_pages(question: "Question") -> set[str]:
+    """Every page that answers `question`: its own page, and the old wiki's copy of it where one is kept."""
+    procedure = question.doc_id.split("/")[1]
+    return {question.doc_id, question.doc_id + "/old-wiki"} if procedure in OLD_WIKI else {question.doc_id}
+
+
+def page_split(seed: int = SPLIT_SEED, evaluation_share: float = EVALUATION_SHARE) -> tuple[list[str], list[str]]:
+    """(training page ids, evaluation page ids): every system and every procedure keeps training pages, so the
+    codenames and phrasings can be learned; the evaluation pages are other combinations of them."""
+    rng = random.Random(seed)
+    procedures = list(PROCEDURES)
+    per_system = round(len(procedures) * evaluation_share)
+    # a Latin-square-like draw: system i holds out procedures at shifted offsets, so each procedure is held out
+    # about equally often and never for every system
+    offset = rng.randrange(len(procedures))
+    order = procedures[:]
+    rng.shuffle(order)
+    evaluation = {_doc_id(i, order[(offset + i * per_system + j) % len(order)])
+                  for i in range(len(SYSTEMS)) for j in range(per_system)}
+    every = [_doc_id(i, p) for i in range(len(SYSTEMS)) for p in procedures]
+    return [d for d in every if d not in evaluation], [d for d in every if d in evaluation]
+
+
+def _question(doc_id: str, phrasing: int) -> Question:
+    index, procedure = doc_id.split("/")
+    code = SYSTEMS[int(index)][1]
+    return Question(PROCEDURES[procedure][2][phrasing].format(code=code), doc_id)
+
+
+def make_questions(doc_ids: Sequence[str], phrasings: Sequence[int], n: int, seed: int) -> list[Question]:
+    """`n` distinct questions about `doc_ids`, each in one of `phrasings` (indices into a procedure's list)."""
+    pool = [(d, p) for d in doc_ids for p in phrasings]
+    if n > len(pool):
+        raise ValueError(f"make_questions: asked for {n} questions, but {len(doc_ids)} pages x {len(phrasings)} "
+                         f"phrasings give only {len(pool)}.")
+    rng = random.Random(seed)
+    return [_question(d, p) for d, p in rng.sample(pool, n)]
+
+
+def retrieval_splits(n_train: int = 240, n_eval: int = 64, heldout_seed: int | None = None) -> dict[str, list[Question]]:
+    """Training questions on training pages (training phrasings); validation and, with `heldout_seed`, held-out
+    questions on evaluation pages (the other phrasings)."""
+    train_pages, eval_pages = page_split()
+    phrasings = len(next(iter(PROCEDURES.values()))[2])
+    splits = {"train": make_questions(train_pages, range(TRAIN_PHRASINGS), n_train, TRAIN_SEED),
+              "validation": make_questions(eval_pages, range(TRAIN_PHRASINGS, phrasings), n_eval, VALIDATION_SEED)}
+    if heldout_seed is not None:
+        splits["heldout"] = make_questions(eval_pages, range(TRAIN_PHRASINGS, phrasings), n_eval, heldout_seed)
+    return splits
+
+
+def corpus(pages: Sequence[Page] | None = None) -> dict[str, str]:
+    """doc_id -> text of the runbook (every page: what a question is ranked against)."""
+    return {page.doc_id: page.text for page in (runbook() if pages is None else pages)}
+
+
+def training_pages() -> list[Page]:
+    """The pages training may see: the training pages and their old-wiki copies (mining draws negatives from these)."""
+    train, _ = page_split()
+    keep = set(train)
+    return [page for page in runbook() if page.doc_id.removesuffix("/old-wiki") in keep]
+
+
+def load_embedding_model(device: str = "cpu", seed: int = 0):
+    """The shipped all-MiniLM-L6-v2 as a `SentenceTransformer` (a fresh copy on every call)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from .models import _quiet_transformers, embedding_model_dir
+
+    _quiet_transformers()
+    torch.manual_seed(seed)
+    return SentenceTransformer(str(embedding_model_dir()), device=device)
+
+
+def retrieval_scores(model, questions: Sequence[Question], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """MRR@10 and recall@k of `model` on `questions` against the whole runbook, with every right page of a question
+    relevant (`relevant_pages`), by sentence-transformers' `InformationRetrievalEvaluator` (cosine similarity)."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    if not questions:
+        raise ValueError("retrieval_scores needs at least one question.")
+    evaluator = InformationRetrievalEvaluator(
+        {str(i): q.text for i, q in enumerate(questions)}, corpus(),
+        {str(i): relevant_pages(q) for i, q in enumerate(questions)}, mrr_at_k=[10], accuracy_at_k=[1],
+        precision_recall_at_k=list(ks), ndcg_at_k=[10], map_at_k=[10], show_progress_bar=False, batch_size=64,
+        name="runbook")
+    raw = evaluator(model)
+    scores = {"mrr@10": raw["runbook_cosine_mrr@10"]}
+    scores.update({f"recall@{k}": raw[f"runbook_cosine_recall@{k}"] for k in ks})
+    return scores
+
+
+def training_data(questions: Sequence[Question], kind: str, miner=None, relative_margin: float = 0.05):
+    """(a `datasets.Dataset` for `MultipleNegativesRankingLoss`, how many of its negatives are right pages).
+
+    `kind`: "in-batch" (anchor, positive) pairs; "mined" one hard negative per pair, the page `miner` (a
+    `SentenceTransformer`, usually the base model) ranks highest after the positive, unfiltered; "mined, filtered"
+    the same with `relative_margin` (`mine_hard_negatives`' filter against false negatives)."""
+    from datasets import Dataset
+
+    pages = corpus()
+    pairs = Dataset.from_dict({"anchor": [q.text for q in questions], "positive": [pages[q.doc_id] for q in questions]})
+    if kind == "in-batch":
+        return pairs, 0
+    if kind not in ("mined", "mined, filtered"):
+        raise ValueError(f"training_data: kind must be 'in-batch', 'mined' or 'mined, filtered', got {kind!r}.")
+    from sentence_transformers.util import mine_hard_negatives
+
+    margin = relative_margin if kind == "mined, filtered" else None
+    mined = mine_hard_negatives(pairs, miner, corpus=[p.text for p in training_pages()], num_negatives=1,
+                                range_max=20, relative_margin=margin, sampling_strategy="top",
+                                output_format="triplet", verbose=False, batch_size=64)
+    right_texts = {q.text: {pages[d] for d in relevant_pages(q)} for q in questions}
+    false_negatives = sum(row["negative"] in right_texts[row["anchor"]] for row in mined)
+    return mined, false_negatives
+
+
+def train_embedding(model, dataset, steps: int, batch_size: int, learning_rate: float, seed: int = 0,
+                    output_dir: str = "build/embedding"):
+    """The embedding recipe notebook 10 teaches, packaged: `SentenceTransformerTrainer` with
+    `MultipleNegativesRankingLoss` (no duplicate texts in a batch) -> (model, the loss of every step)."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
+        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        batch_sampler="no_duplicates", disable_tqdm=True, dataloader_pin_memory=False)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=MultipleNegativesRankingLoss(model))
+    trainer.train()
+    return model, [h["loss"] for h in trainer.state.log_history if "loss" in h]
