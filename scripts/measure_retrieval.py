@@ -16,6 +16,13 @@ Scores: MRR@10 and recall@1/5/10 on the validation questions (evaluation pages, 
 with the library's `InformationRetrievalEvaluator`, every right page counted as relevant.
 
     python scripts/measure_retrieval.py [--steps 16] [--batch 16] [--lr 1e-4] [--seeds 0 1 2]
+
+`--budget` instead compares kinds of data at a fixed budget of texts encoded (README's second table): each
+`kind:batch:steps:lr` run (kinds `in-batch`, `mined`, `filtered` = mined with the margin, both by the base model)
+on all 144 evaluation questions, for every seed:
+
+    python scripts/measure_retrieval.py --budget in-batch:4:32:3e-4 in-batch:8:16:2e-4 mined:4:21:3e-4 \
+        filtered:4:21:3e-4 in-batch:16:16:1e-4 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="build/measure_retrieval.json")
+    parser.add_argument("--budget", nargs="+", metavar="KIND:BATCH:STEPS:LR")
     args = parser.parse_args()
+    if args.budget:
+        return at_a_budget(args.budget, args.seeds, args.out)
 
     splits = retrieval.retrieval_splits()
     rows = []
@@ -65,6 +75,32 @@ def main() -> None:
             print(plots.table(rows, list(rows[-1]), floatfmt=".3f"), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+def evaluation_questions() -> list:
+    """Every evaluation page in each of its evaluation phrasings (144 questions)."""
+    _, pages = retrieval.page_split()
+    phrasings = range(retrieval.TRAIN_PHRASINGS, len(next(iter(retrieval.PROCEDURES.values()))[2]))
+    return retrieval.make_questions(pages, phrasings, len(pages) * len(phrasings), seed=0)
+
+
+def at_a_budget(specs: list[str], seeds: list[int], out: str) -> None:
+    questions, train = evaluation_questions(), retrieval.retrieval_splits()["train"]
+    base = retrieval.load_embedding_model()
+    rows = [{"run": "base model", "seed": "", "texts": 0, **retrieval.retrieval_scores(base, questions)}]
+    kinds = {"in-batch": "in-batch", "mined": "mined", "filtered": "mined, filtered"}
+    data = {kind: retrieval.training_data(train, name, base)[0] for kind, name in kinds.items()}
+    for spec in specs:
+        kind, batch, steps, lr = spec.split(":")
+        for seed in seeds:
+            model, _ = retrieval.train_embedding(retrieval.load_embedding_model(), data[kind], steps=int(steps),
+                                                 batch_size=int(batch), learning_rate=float(lr), seed=seed)
+            texts = int(steps) * int(batch) * len(data[kind].column_names)
+            rows.append({"run": spec, "seed": seed, "texts": texts, **retrieval.retrieval_scores(model, questions)})
+            print(plots.table(rows[-1:], list(rows[-1]), floatfmt=".3f"), flush=True)
+    print(plots.table(rows, list(rows[0]), floatfmt=".3f"))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"specs": specs, "seeds": seeds, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
