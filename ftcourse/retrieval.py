@@ -16,6 +16,7 @@ training is never scored. The held-out questions come from the grader's seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections.abc import Sequence
@@ -246,6 +247,28 @@ def retrieval_scores(model, questions: Sequence[Question], ks: Sequence[int] = (
     return scores
 
 
+@contextlib.contextmanager
+def _quiet_mining(miner):
+    """sentence-transformers 6.2's `mine_hard_negatives` draws progress bars whatever `verbose` says (its encode
+    calls pass `show_progress_bar=True`, its scoring loop uses `trange`): within this, they draw none."""
+    from sentence_transformers.util import hard_negatives
+
+    def quiet(encode):
+        return lambda *args, **kwargs: encode(*args, **{**kwargs, "show_progress_bar": False})
+
+    originals = {name: getattr(miner, name) for name in ("encode_query", "encode_document")}
+    trange = hard_negatives.trange
+    try:
+        for name, encode in originals.items():
+            setattr(miner, name, quiet(encode))
+        hard_negatives.trange = lambda *args, **kwargs: range(*args)
+        yield
+    finally:
+        for name in originals:
+            delattr(miner, name)  # the class's methods again
+        hard_negatives.trange = trange
+
+
 def training_data(questions: Sequence[Question], kind: str, miner=None, relative_margin: float = 0.05):
     """(a `datasets.Dataset` for `MultipleNegativesRankingLoss`, how many of its negatives are right pages).
 
@@ -260,12 +283,15 @@ def training_data(questions: Sequence[Question], kind: str, miner=None, relative
         return pairs, 0
     if kind not in ("mined", "mined, filtered"):
         raise ValueError(f"training_data: kind must be 'in-batch', 'mined' or 'mined, filtered', got {kind!r}.")
+    if miner is None:
+        raise ValueError(f"training_data({kind!r}) mines with a model: pass miner= (a SentenceTransformer).")
     from sentence_transformers.util import mine_hard_negatives
 
     margin = relative_margin if kind == "mined, filtered" else None
-    mined = mine_hard_negatives(pairs, miner, corpus=[p.text for p in training_pages()], num_negatives=1,
-                                range_max=20, relative_margin=margin, sampling_strategy="top",
-                                output_format="triplet", verbose=False, batch_size=64)
+    with _quiet_mining(miner):
+        mined = mine_hard_negatives(pairs, miner, corpus=[p.text for p in training_pages()], num_negatives=1,
+                                    range_max=20, relative_margin=margin, sampling_strategy="top",
+                                    output_format="triplet", verbose=False, batch_size=64)
     right_texts = {q.text: {pages[d] for d in relevant_pages(q)} for q in questions}
     false_negatives = sum(row["negative"] in right_texts[row["anchor"]] for row in mined)
     return mined, false_negatives

@@ -157,11 +157,16 @@ def test_the_base_model_does_poorly_and_a_short_fine_tune_learns_the_codenames(b
     assert after["mrr@10"] > before["mrr@10"] + 0.2, (before, after)
 
 
-def test_mining_adds_one_negative_and_counts_the_right_pages_it_picked(base_model):
+def test_mining_adds_one_negative_and_counts_the_right_pages_it_picked(base_model, capfd):
     questions = [q for q in retrieval.retrieval_splits()["train"] if q.doc_id.split("/")[1] in retrieval.OLD_WIKI][:12]
     pages = retrieval.corpus()
+    with pytest.raises(ValueError, match="pass miner="):
+        retrieval.training_data(questions, "mined")
 
+    capfd.readouterr()
     mined, false_negatives = retrieval.training_data(questions, "mined", base_model)
+    assert capfd.readouterr().err == ""  # no progress bars (a notebook cell would show them on stderr)
+    assert "encode_query" not in vars(base_model)  # the quieted methods are the class's again
     assert mined.column_names == ["anchor", "positive", "negative"] and len(mined) == len(questions)
     assert all(row["negative"] != row["positive"] for row in mined)
     right = {q.text: {pages[d] for d in retrieval.relevant_pages(q)} for q in questions}
