@@ -13,14 +13,10 @@ from typing import Callable, Sequence
 
 from .preferences import Question, judge, reply_numbers
 from .presets import Preset
+from .rlhf import reply_text  # noqa: F401  (notebook 08's reward functions call grpo.reply_text)
 
 COMPLETION_TOKENS = 12  # a reply to a counting question: "There are 12 pears in total." is 8 tokens
 MAX_GENERATIONS = 8  # the largest group the CPU preset samples (16 replies a step at 2 prompts)
-
-
-def reply_text(completion) -> str:
-    """The text of a TRL completion: a conversational one is [{"role": "assistant", "content": ...}]."""
-    return completion[-1]["content"] if isinstance(completion, list) else str(completion)
 
 
 def task_checker(question: Question, reply: str) -> bool:

@@ -75,13 +75,14 @@ def rl_dataset(questions: Sequence[Question]):
                                "item": q.item} for q in questions])
 
 
-def _reply_text(completion) -> str:
+def reply_text(completion) -> str:
+    """The text of a TRL completion: a conversational one is [{"role": "assistant", "content": ...}]."""
     return completion[-1]["content"] if isinstance(completion, list) else str(completion)
 
 
 def judge_reward(prompts, completions, answer, item, **_) -> list[float]:
     """The judge as a reward function (RLOOTrainer's signature): logged, never optimised in this course's RL runs."""
-    return [judge(Question("", it, int(a)), _reply_text(c)) for c, a, it in zip(completions, answer, item)]
+    return [judge(Question("", it, int(a)), reply_text(c)) for c, a, it in zip(completions, answer, item)]
 
 
 def reward_model_reward(model, tokenizer) -> Callable:
@@ -90,7 +91,7 @@ def reward_model_reward(model, tokenizer) -> Callable:
 
     def reward_model(prompts, completions, **_) -> list[float]:
         return reward_scores(model, tokenizer, [p[-1]["content"] if isinstance(p, list) else p for p in prompts],
-                             [_reply_text(c) for c in completions])
+                             [reply_text(c) for c in completions])
 
     return reward_model
 

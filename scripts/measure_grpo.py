@@ -29,33 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_SEED, TRAIN_SEED = 8081, 8080
 
 
-def right_reward(prompts, completions, answer, item, **_) -> list[float]:
-    """1.0 when the reply is right (the judge scores it above 0: every number in it is the asked count), else 0.0:
-    the checker as a reward."""
-    from ftcourse.rlhf import judge_reward
-
-    return [float(score > 0) for score in judge_reward(prompts, completions, answer, item)]
-
-
 def number_reward(completions, **_) -> list[float]:
     """1.0 for any reply that contains a number: a reward the policy can satisfy without counting anything."""
     from ftcourse.preferences import reply_numbers
-    from ftcourse.rlhf import _reply_text
+    from ftcourse.rlhf import reply_text
 
-    return [float(bool(reply_numbers(_reply_text(c)))) for c in completions]
-
-
-def zero_advantage_share(model, tokenizer, questions, generations: int = 4, temperature: float = 1.0) -> dict:
-    """Sample `generations` replies per question: the share right, and of groups all right or all wrong."""
-    from ftcourse import rlhf
-    from ftcourse.preferences import judge
-
-    replies = rlhf.sample_replies(model, tokenizer, questions, n=generations, max_new_tokens=12,
-                                  temperature=temperature)
-    rights = [[judge(q, r) > 0 for r in rs] for q, rs in zip(questions, replies)]
-    return {"sampled_right": sum(map(sum, rights)) / (len(rights) * generations),
-            "groups_all_right": sum(all(r) for r in rights) / len(rights),
-            "groups_all_wrong": sum(not any(r) for r in rights) / len(rights)}
+    return [float(bool(reply_numbers(reply_text(c)))) for c in completions]
 
 
 def measure(run: str, steps: int, learning_rate: float, generations: int, seed: int = 0) -> dict:
@@ -64,7 +43,7 @@ def measure(run: str, steps: int, learning_rate: float, generations: int, seed: 
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from ftcourse import preferences, rlhf
+    from ftcourse import grpo, preferences, rlhf
     from ftcourse.models import load_model, load_tokenizer
     from ftcourse.notebook import seed_everything
     from ftcourse.presets import get_preset
@@ -86,11 +65,11 @@ def measure(run: str, steps: int, learning_rate: float, generations: int, seed: 
     start = time.perf_counter()
     if name == "base":
         with preset.autocast():
-            row |= zero_advantage_share(model, tokenizer, preferences.make_questions(32, TRAIN_SEED + 100 * seed), group,
-                                         temperature)
+            row |= grpo.zero_advantage_share(model, tokenizer, preferences.make_questions(32, TRAIN_SEED + 100 * seed),
+                                             group, temperature)
         trained = model
     elif name in ("right", "number"):
-        reward = right_reward if name == "right" else number_reward
+        reward = grpo.checker_reward if name == "right" else number_reward
         args = GRPOConfig(output_dir=str(ROOT / "build" / "measure_grpo"), max_steps=steps, learning_rate=learning_rate,
                           lr_scheduler_type="constant", per_device_train_batch_size=max(2 * group, 8),
                           num_generations=group, max_completion_length=length, temperature=temperature, beta=0.0, seed=seed,

@@ -30,7 +30,7 @@ def test_rloo_kl_and_leave_one_out_advantage_equal_trls_on_the_same_batch(model_
     seen = {"rewards": [], "logps": [], "batch": []}
 
     def length_reward(prompts, completions, **_):
-        rewards = [len(rlhf._reply_text(c)) / 10 for c in completions]
+        rewards = [len(rlhf.reply_text(c)) / 10 for c in completions]
         seen["rewards"].append(rewards)
         return rewards
 
@@ -258,7 +258,7 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
         args = config_class(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
                             num_generations=2, max_completion_length=8, beta=0.05, learning_rate=1e-3, seed=0,
                             **rlhf.preset_rl_args(get_preset("cpu")))
-        trainer = trainer_class(model=model, reward_funcs=[lambda completions, **_: [len(rlhf._reply_text(c)) / 10
+        trainer = trainer_class(model=model, reward_funcs=[lambda completions, **_: [len(rlhf.reply_text(c)) / 10
                                                                                     for c in completions]],
                                 args=args, train_dataset=rlhf.rl_dataset(prefs.make_questions(8, 1)),
                                 processing_class=tokenizer,
