@@ -102,3 +102,21 @@ def test_the_distillation_trainer_at_alpha_0_is_the_sft_loss_and_at_alpha_1_is_z
     itself = first_loss(distill.distillation_trainer(teacher, 2.0, 1.0),
                         distill.layer_pruned_student(teacher, range(teacher.config.num_hidden_layers)))
     assert itself == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_the_soft_term_is_trls_gkd_loss_at_beta_0_times_t_squared(temperature):
+    """TRL's distillation loss where its API fits: `GKDTrainer.generalized_jsd_loss` (trl.experimental, an unstable
+    API) with beta 0 is the forward KL(teacher || student) at temperature T over the labelled positions, without the
+    T^2 factor and without the labels' term; ours at alpha 1 on the same positions is T^2 times it."""
+    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+    generator = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(3, 7, 40, generator=generator), 2 * torch.randn(3, 7, 40, generator=generator)
+    labels = torch.randint(0, 40, (3, 7), generator=generator)
+    labels[:, :3] = -100  # the prompt
+    labels[2, 5:] = -100  # padding
+    mask = labels != -100
+    trl_loss = GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=0.0, temperature=temperature)
+    ours = distill.distillation_loss(student[mask], teacher[mask], labels[mask], temperature, alpha=1.0)
+    assert ours.item() == pytest.approx(temperature**2 * trl_loss.item(), rel=1e-5)
