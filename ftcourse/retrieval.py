@@ -195,13 +195,19 @@ def make_questions(doc_ids: Sequence[str], phrasings: Sequence[int], n: int, see
 
 def retrieval_splits(n_train: int = 240, n_eval: int = 64, heldout_seed: int | None = None) -> dict[str, list[Question]]:
     """Training questions on training pages (training phrasings); validation and, with `heldout_seed`, held-out
-    questions on evaluation pages (the other phrasings)."""
+    questions on evaluation pages (the other phrasings). A held-out question is never a validation question: it is
+    drawn from the (page, phrasing) pairs that validation left (144 - n_eval of them)."""
     train_pages, eval_pages = page_split()
-    phrasings = len(next(iter(PROCEDURES.values()))[2])
+    phrasings = range(TRAIN_PHRASINGS, len(next(iter(PROCEDURES.values()))[2]))
     splits = {"train": make_questions(train_pages, range(TRAIN_PHRASINGS), n_train, TRAIN_SEED),
-              "validation": make_questions(eval_pages, range(TRAIN_PHRASINGS, phrasings), n_eval, VALIDATION_SEED)}
+              "validation": make_questions(eval_pages, phrasings, n_eval, VALIDATION_SEED)}
     if heldout_seed is not None:
-        splits["heldout"] = make_questions(eval_pages, range(TRAIN_PHRASINGS, phrasings), n_eval, heldout_seed)
+        asked = {q.text for q in splits["validation"]}
+        rest = [q for d in eval_pages for p in phrasings if (q := _question(d, p)).text not in asked]
+        if n_eval > len(rest):
+            raise ValueError(f"retrieval_splits: {n_eval} held-out questions asked, but only {len(rest)} evaluation "
+                             f"questions are not validation questions; use a smaller n_eval.")
+        splits["heldout"] = random.Random(heldout_seed).sample(rest, n_eval)
     return splits
 
 

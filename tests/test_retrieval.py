@@ -66,7 +66,8 @@ def test_the_splits_never_share_a_page_or_a_phrasing():
     # every codename and every procedure is trained on, and each procedure is evaluated on some systems
     for index, (_, code) in enumerate(retrieval.SYSTEMS):
         assert any(q.doc_id.startswith(f"{index:02d}/") for q in splits["train"])
-        assert all(code in q.text for q in splits["train"] + splits["validation"] if q.doc_id.startswith(f"{index:02d}/"))
+        formal = retrieval.SYSTEMS[index][0].removeprefix("the ")
+        assert not any(formal in q.text for q in splits["train"] + splits["validation"])  # only codenames ask
     for procedure in retrieval.PROCEDURES:
         assert any(d.endswith(procedure) for d in train_pages) and any(d.endswith(procedure) for d in eval_pages)
     # a training phrasing never asks an evaluation question
@@ -75,13 +76,16 @@ def test_the_splits_never_share_a_page_or_a_phrasing():
     evaluated = {(q.doc_id.split("/")[1], q.text.replace(retrieval.SYSTEMS[int(q.doc_id[:2])][1], "{code}"))
                  for q in splits["validation"] + splits["heldout"]}
     assert not trained & evaluated
-    assert [q.text for q in splits["heldout"]] != [q.text for q in splits["validation"]]
+    assert not {q.text for q in splits["heldout"]} & {q.text for q in splits["validation"]}
+    assert len({q.text for q in splits["heldout"]}) == len(splits["heldout"]) == 64
     assert retrieval.retrieval_splits(heldout_seed=4242) == splits  # deterministic
 
 
 def test_bad_requests_say_what_was_expected():
     with pytest.raises(ValueError, match="only 6"):
         retrieval.make_questions(["00/restart"], range(6), 7, seed=0)
+    with pytest.raises(ValueError, match="not validation questions"):
+        retrieval.retrieval_splits(n_eval=80, heldout_seed=1)  # 144 evaluation questions, 80 of them validation
     with pytest.raises(ValueError, match="kind must be"):
         retrieval.training_data(retrieval.retrieval_splits()["train"][:2], "hard")
     with pytest.raises(ValueError, match="at least one question"):
@@ -143,31 +147,40 @@ def test_from_scratch_info_nce_equals_multiple_negatives_ranking_loss(base_model
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_the_base_model_does_poorly_and_a_short_fine_tune_learns_the_codenames(base_model):
+@pytest.fixture(scope="module")
+def tuned_model():
+    """8 steps of in-batch negatives on the training questions (a round-one model: it knows the codenames)."""
+    dataset, false_negatives = retrieval.training_data(retrieval.retrieval_splits()["train"], "in-batch")
+    model, losses = retrieval.train_embedding(retrieval.load_embedding_model(), dataset, steps=8, batch_size=16,
+                                              learning_rate=1e-4, seed=0, output_dir="build/test_embedding")
+    assert false_negatives == 0 and len(losses) == 8
+    return model
+
+
+def test_the_base_model_does_poorly_and_a_short_fine_tune_learns_the_codenames(base_model, tuned_model):
     """The task is hard for the base model (MRR@10 well below 0.6: measured 0.22) and learnable: 8 steps of in-batch
     negatives move validation MRR@10 (evaluation pages, phrasings never trained on) by more than 0.2."""
     splits = retrieval.retrieval_splits()
     before = retrieval.retrieval_scores(base_model, splits["validation"])
     assert before["mrr@10"] < 0.35 and before["recall@1"] < 0.25
-    dataset, false_negatives = retrieval.training_data(splits["train"], "in-batch")
-    model, losses = retrieval.train_embedding(retrieval.load_embedding_model(), dataset, steps=8, batch_size=16,
-                                              learning_rate=1e-4, seed=0, output_dir="build/test_embedding")
-    after = retrieval.retrieval_scores(model, splits["validation"])
-    assert false_negatives == 0 and len(losses) == 8
+    after = retrieval.retrieval_scores(tuned_model, splits["validation"])
     assert after["mrr@10"] > before["mrr@10"] + 0.2, (before, after)
 
 
-def test_mining_adds_one_negative_and_counts_the_right_pages_it_picked(base_model, capfd):
+def test_mining_adds_one_negative_and_finds_the_right_pages_it_picked(base_model, tuned_model, capfd):
+    """Mined by a model that knows the codenames, the negative picked for a question about a page the old wiki
+    copied is often that copy: a right page (a false negative), which the count must find, page by page."""
     questions = [q for q in retrieval.retrieval_splits()["train"] if q.doc_id.split("/")[1] in retrieval.OLD_WIKI][:12]
     pages = retrieval.corpus()
     with pytest.raises(ValueError, match="pass miner="):
         retrieval.training_data(questions, "mined")
 
     capfd.readouterr()
-    mined, false_negatives = retrieval.training_data(questions, "mined", base_model)
+    mined, false_negatives = retrieval.training_data(questions, "mined", tuned_model)
     assert capfd.readouterr().err == ""  # no progress bars (a notebook cell would show them on stderr)
-    assert "encode_query" not in vars(base_model)  # the quieted methods are the class's again
+    assert "encode_query" not in vars(tuned_model)  # the quieted methods are the class's again
     assert mined.column_names == ["anchor", "positive", "negative"] and len(mined) == len(questions)
     assert all(row["negative"] != row["positive"] for row in mined)
-    right = {q.text: {pages[d] for d in retrieval.relevant_pages(q)} for q in questions}
-    assert false_negatives == sum(row["negative"] in right[row["anchor"]] for row in mined)
+    assert [row["anchor"] for row in mined] == [q.text for q in questions]  # one row per question, in order
+    copies = sum(row["negative"] == pages[q.doc_id + "/old-wiki"] for row, q in zip(mined, questions))
+    assert false_negatives == copies >= 3, (false_negatives, copies)  # measured: 65 of 240 at 16 steps
