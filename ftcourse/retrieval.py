@@ -6,12 +6,15 @@ which no page mentions and no pretraining text links to them, and paraphrases of
 stuck, how do I bring it back up?"). Beside each page sit its near misses: the same system's other procedures
 (restart against retire, grant against revoke access) and the same procedure on a system with a similar name
 (the payroll service and the payments gateway). A general-purpose embedding model matches the procedure and
-guesses the system; fine-tuning on the team's own questions teaches it the codenames.
+guesses the system; fine-tuning on the team's own questions teaches it the codenames. The old wiki still holds
+a copy of three procedures' pages for every system (`OLD_WIKI`): a second right page for their questions, and the
+false negative that mining with a model that knows the codenames picks.
 
 Splits (`retrieval_splits`): the 160 pages are split once into training pages and evaluation pages (a fixed,
-public seed); training questions ask about training pages only, validation and held-out questions about
-evaluation pages only, and with phrasings a training question never uses: a question or a page seen in
-training is never scored. The held-out questions come from the grader's seed.
+public seed; an old-wiki copy goes with its page); training questions ask about training pages only, validation
+and held-out questions about evaluation pages only, and with phrasings a training question never uses: a question
+or a page seen in training is never scored. The held-out questions come from the grader's seed, among the
+evaluation questions that validation does not ask.
 """
 
 from __future__ import annotations
