@@ -114,6 +114,7 @@ PROCEDURES = {
 # and a negative mined for it may be the other right page (a false negative).
 OLD_WIKI = ("restart", "restore", "logs")
 TRAIN_PHRASINGS = 3
+EVALUATION_PHRASINGS = range(TRAIN_PHRASINGS, len(PROCEDURES["restart"][2]))  # every procedure has six
 SPLIT_SEED = 1010  # which pages are training pages: fixed and public
 EVALUATION_SHARE = 0.3
 TRAIN_SEED = 2020
@@ -196,17 +197,23 @@ def make_questions(doc_ids: Sequence[str], phrasings: Sequence[int], n: int, see
     return [_question(d, p) for d, p in rng.sample(pool, n)]
 
 
+def evaluation_questions() -> list[Question]:
+    """Every evaluation page in each of its evaluation phrasings (144 questions), page by page: the pool validation
+    and held-out questions are drawn from."""
+    _, eval_pages = page_split()
+    return [_question(d, p) for d in eval_pages for p in EVALUATION_PHRASINGS]
+
+
 def retrieval_splits(n_train: int = 240, n_eval: int = 64, heldout_seed: int | None = None) -> dict[str, list[Question]]:
     """Training questions on training pages (training phrasings); validation and, with `heldout_seed`, held-out
     questions on evaluation pages (the other phrasings). A held-out question is never a validation question: it is
     drawn from the (page, phrasing) pairs that validation left (144 - n_eval of them)."""
     train_pages, eval_pages = page_split()
-    phrasings = range(TRAIN_PHRASINGS, len(next(iter(PROCEDURES.values()))[2]))
     splits = {"train": make_questions(train_pages, range(TRAIN_PHRASINGS), n_train, TRAIN_SEED),
-              "validation": make_questions(eval_pages, phrasings, n_eval, VALIDATION_SEED)}
+              "validation": make_questions(eval_pages, EVALUATION_PHRASINGS, n_eval, VALIDATION_SEED)}
     if heldout_seed is not None:
         asked = {q.text for q in splits["validation"]}
-        rest = [q for d in eval_pages for p in phrasings if (q := _question(d, p)).text not in asked]
+        rest = [q for q in evaluation_questions() if q.text not in asked]
         if n_eval > len(rest):
             raise ValueError(f"retrieval_splits: {n_eval} held-out questions asked, but only {len(rest)} evaluation "
                              f"questions are not validation questions; use a smaller n_eval.")
@@ -281,9 +288,10 @@ def _quiet_mining(miner):
 def training_data(questions: Sequence[Question], kind: str, miner=None, relative_margin: float = 0.05):
     """(a `datasets.Dataset` for `MultipleNegativesRankingLoss`, how many of its negatives are right pages).
 
-    `kind`: "in-batch" (anchor, positive) pairs; "mined" one hard negative per pair, the page `miner` (a
-    `SentenceTransformer`, usually the base model) ranks highest after the positive, unfiltered; "mined, filtered"
-    the same with `relative_margin` (`mine_hard_negatives`' filter against false negatives)."""
+    `kind`: "in-batch" (anchor, positive) pairs; "mined" one hard negative per pair, the page other than the
+    positive that `miner` (a `SentenceTransformer`, usually the base model) scores highest, which may score above
+    the positive; "mined, filtered" the same, skipping candidates that score above (1 - `relative_margin`) times the
+    positive's score (`mine_hard_negatives`' filter; a pair with no candidate left in the top 20 is dropped)."""
     from datasets import Dataset
 
     pages = corpus()

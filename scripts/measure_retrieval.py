@@ -60,7 +60,7 @@ def main() -> None:
         tuned = None
         for data, miner in (("in-batch", None), ("mined", "base"), ("mined, filtered", "base"), ("mined", "tuned"),
                             ("mined, filtered", "tuned")):
-            mining_model = retrieval.load_embedding_model() if miner == "base" else tuned
+            mining_model = base if miner == "base" else tuned  # mining only encodes: the base model is unchanged
             dataset, false_negatives = retrieval.training_data(splits["train"], data, mining_model)
             start = time.perf_counter()
             model, losses = retrieval.train_embedding(retrieval.load_embedding_model(), dataset, steps=args.steps,
@@ -77,15 +77,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
 
-def evaluation_questions() -> list:
-    """Every evaluation page in each of its evaluation phrasings (144 questions)."""
-    _, pages = retrieval.page_split()
-    phrasings = range(retrieval.TRAIN_PHRASINGS, len(next(iter(retrieval.PROCEDURES.values()))[2]))
-    return retrieval.make_questions(pages, phrasings, len(pages) * len(phrasings), seed=0)
-
-
 def at_a_budget(specs: list[str], seeds: list[int], out: str) -> None:
-    questions, train = evaluation_questions(), retrieval.retrieval_splits()["train"]
+    questions, train = retrieval.evaluation_questions(), retrieval.retrieval_splits()["train"]
     base = retrieval.load_embedding_model()
     rows = [{"run": "base model", "seed": "", "texts": 0, **retrieval.retrieval_scores(base, questions)}]
     kinds = {"in-batch": "in-batch", "mined": "mined", "filtered": "mined, filtered"}
