@@ -242,7 +242,11 @@ def load_embedding_model(device: str = "cpu", seed: int = 0):
 
     _quiet_transformers()
     torch.manual_seed(seed)
-    return SentenceTransformer(str(embedding_model_dir()), device=device)
+    model = SentenceTransformer(str(embedding_model_dir()), device=device)
+    # the trainer fills a model card's widget examples behind a progress bar a notebook shows as a widget; this
+    # course saves no model card
+    model.model_card_data.set_widget_examples = lambda dataset: None
+    return model
 
 
 def retrieval_scores(model, questions: Sequence[Question], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -298,7 +302,7 @@ def training_data(questions: Sequence[Question], kind: str, miner=None, relative
     pairs = Dataset.from_dict({"anchor": [q.text for q in questions], "positive": [pages[q.doc_id] for q in questions]})
     if kind == "in-batch":
         return pairs, 0
-    if kind not in ("mined", "mined, filtered"):
+    if kind not in NEGATIVES:
         raise ValueError(f"training_data: kind must be 'in-batch', 'mined' or 'mined, filtered', got {kind!r}.")
     if miner is None:
         raise ValueError(f"training_data({kind!r}) mines with a model: pass miner= (a SentenceTransformer).")
@@ -314,18 +318,150 @@ def training_data(questions: Sequence[Question], kind: str, miner=None, relative
     return mined, false_negatives
 
 
-def train_embedding(model, dataset, steps: int, batch_size: int, learning_rate: float, seed: int = 0,
-                    output_dir: str = "build/embedding"):
-    """The embedding recipe notebook 10 teaches, packaged: `SentenceTransformerTrainer` with
-    `MultipleNegativesRankingLoss` (no duplicate texts in a batch) -> (model, the loss of every step)."""
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+NEGATIVES = ("in-batch", "mined", "mined, filtered")  # the kinds of training data `training_data` builds
+TEXT_BUDGET = 256  # Exercise 10.2: texts a graded fine-tune may encode (steps x batch x texts a row)
+MAX_EMBEDDING_BATCH = 64  # rows a step; a batch of 64 triplets encodes 192 short texts
+EMBEDDING_CHOICES = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type",
+                     "warmup_steps", "weight_decay", "seed")
 
-    args = SentenceTransformerTrainingArguments(
+
+def preset_embedding_args(preset) -> dict:
+    """The `SentenceTransformerTrainingArguments` the machine fixes, not the learner: the device, float32 (a 22 M
+    model gains nothing from autocast here), batches without a repeated text (a repeat would be its own
+    negative), a loss logged at every step, nothing saved or reported."""
+    return dict(use_cpu=preset.device == "cpu", batch_sampler="no_duplicates", logging_steps=1, save_strategy="no",
+                report_to="none", disable_tqdm=True, dataloader_pin_memory=False, dataloader_num_workers=0)
+
+
+def texts_per_row(negatives: str) -> int:
+    """Texts a training row holds: question and page, and a mined negative page."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {negatives!r}.")
+    return 2 if negatives == "in-batch" else 3
+
+
+def embedding_choices(args, negatives, relative_margin, loss_scale, preset, text_budget: int = TEXT_BUDGET) -> dict:
+    """Exercise 10.2's choices, checked: `args` a `SentenceTransformerTrainingArguments` (or its `to_dict()`) whose
+    fields other than `EMBEDDING_CHOICES` keep the values `preset_embedding_args` gives; the kind of negatives; the
+    mining margin (0 to 0.5); the loss's scale (1 to 100); at most `text_budget` texts encoded in training.
+    A RecipeError names the field the grader would not train."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from .training import _MACHINE, _WHERE, RecipeError, SCHEDULERS, _integer, _real, _same
+
+    if isinstance(args, dict):
+        data = dict(args)
+    elif type(args).__name__ == "SentenceTransformerTrainingArguments" and hasattr(args, "to_dict"):
+        data = args.to_dict()
+    else:
+        raise RecipeError(f"training_args must be a SentenceTransformerTrainingArguments, got {type(args).__name__}.")
+    if not isinstance(negatives, str) or negatives not in NEGATIVES:
+        raise RecipeError(f"negatives must be one of {list(NEGATIVES)}, got {str(negatives)[:80]!r}.")
+    margin = _real(relative_margin, "relative_margin", 0, 0.5)
+    scale = _real(loss_scale, "loss_scale", 1, 100)
+    choices = {k: data[k] for k in EMBEDDING_CHOICES if k in data}
+    choices["max_steps"] = _integer(choices.get("max_steps", -1), "training_args.max_steps (a graded fine-tune counts "
+                                    "optimizer steps)", 1, text_budget)
+    choices["per_device_train_batch_size"] = _integer(choices.get("per_device_train_batch_size", 8),
+                                                      "training_args.per_device_train_batch_size", 2,
+                                                      MAX_EMBEDDING_BATCH)
+    _real(choices.get("learning_rate", 5e-5), "training_args.learning_rate", 0, 0.1, low_open=True)
+    if choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
+        raise RecipeError(f"training_args.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
+                          f"got {choices.get('lr_scheduler_type')!r}.")
+    warmup = choices.get("warmup_steps", 0)
+    if isinstance(warmup, float) and not warmup.is_integer():
+        _real(warmup, "training_args.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
+    elif "warmup_steps" in choices:
+        choices["warmup_steps"] = _integer(warmup, "training_args.warmup_steps", 0, choices["max_steps"])
+    _real(choices.get("weight_decay", 0.0), "training_args.weight_decay", 0, 1)
+    if "seed" in choices:
+        choices["seed"] = _integer(choices["seed"], "training_args.seed", 0, 2**32 - 1)
+    texts = choices["max_steps"] * choices["per_device_train_batch_size"] * texts_per_row(negatives)
+    if texts > text_budget:
+        raise RecipeError(f"training_args encode {texts} texts ({choices['max_steps']} steps x "
+                          f"{choices['per_device_train_batch_size']} rows x {texts_per_row(negatives)} texts a "
+                          f"{negatives!r} row); the budget is {text_budget}: fewer steps or smaller batches.")
+    try:
+        reference = SentenceTransformerTrainingArguments(output_dir="recipe", **preset_embedding_args(preset),
+                                                         **choices).to_dict()
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"These choices do not make valid training arguments: {error}") from None
+    foreign = sorted(set(data) - set(reference) - set(_MACHINE) - set(_WHERE))
+    if foreign:
+        raise RecipeError(f"training_args has fields {', '.join(foreign[:4])} that SentenceTransformerTrainingArguments "
+                          "does not have.")
+    for key, value in data.items():
+        if key in choices or key in _MACHINE or key in _WHERE:
+            continue
+        if not _same(value, reference[key]):
+            raise RecipeError(f"training_args.{key} = {repr(value)[:80]}: this exercise keeps it at {reference[key]!r} "
+                              f"(pass **EMBEDDING_ARGS), so that the grader trains exactly what your run trained. Change "
+                              f"only {', '.join(EMBEDDING_CHOICES)}.")
+    return {"args": choices, "negatives": negatives, "relative_margin": margin, "loss_scale": scale, "texts": texts}
+
+
+def embedding_args(steps: int, batch_size: int, learning_rate: float, seed: int = 0, preset=None,
+                   output_dir: str = "build/embedding", **choices):
+    """`SentenceTransformerTrainingArguments` of a short fine-tune on `preset` (the cpu preset by default)."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from .presets import get_preset
+
+    return SentenceTransformerTrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
-        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
-        batch_sampler="no_duplicates", disable_tqdm=True, dataloader_pin_memory=False)
+        seed=seed, **preset_embedding_args(preset or get_preset("cpu")), **choices)
+
+
+def train_embedding(model, dataset, args, scale: float = 20.0):
+    """The embedding recipe notebook 10 teaches (its section 3), packaged: `SentenceTransformerTrainer` with
+    `MultipleNegativesRankingLoss(model, scale)` and `args` -> (model, the loss of every step, seconds)."""
+    import time
+
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers.trainer_callback import PrinterCallback
+
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=MultipleNegativesRankingLoss(model))
+                                         loss=MultipleNegativesRankingLoss(model, scale=scale))
+    trainer.remove_callback(PrinterCallback)  # no log line per step
+    start = time.perf_counter()
     trainer.train()
-    return model, [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return model, [h["loss"] for h in trainer.state.log_history if "loss" in h], time.perf_counter() - start
+
+
+WEIGHTS_FILE = "embedding.safetensors"
+
+
+def save_embedding(model, folder) -> None:
+    """The fine-tuned weights as one safetensors file (tensors only: the grader rebuilds the shipped architecture
+    and loads them, so a saved folder can carry no code or configuration of its own)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
+
+
+def load_saved_embedding(folder, device: str = "cpu"):
+    """The shipped architecture with the weights `save_embedding` wrote: every tensor present, of its shape."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS_FILE
+    if path.is_symlink() or not path.is_file():
+        raise FileNotFoundError(f"No fine-tuned embedding weights at {path}: save them with "
+                                "retrieval.save_embedding(model, folder).")
+    model = load_embedding_model(device)
+    state = load_file(str(path))
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    if missing or extra or wrong:
+        raise ValueError(f"{path.name} is not all-MiniLM-L6-v2's weights: missing {missing[:3]}, unknown {extra[:3]}, "
+                         f"wrong shape {wrong[:3]}.")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model

@@ -226,7 +226,8 @@ class RecipeError(ValueError):
         super().__init__(message if len(message) <= self.MAX_MESSAGE else message[:self.MAX_MESSAGE] + " [...]")
 
 
-CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "DPOConfig", "GRPOConfig", "BitsAndBytesConfig")
+CONFIG_TYPES = ("LoraConfig", "SFTConfig", "RewardConfig", "DPOConfig", "GRPOConfig", "BitsAndBytesConfig",
+                "SentenceTransformerTrainingArguments")
 
 
 def _recipe_kind(kind: str) -> RecipeKind:

@@ -123,9 +123,10 @@ def check_stated_outcome(results: dict, slug: str) -> None:
         assert claim[1](results), (slug, claim[0], results)
 
 
-# 07's judge and 08's checker score a behaviour the base model already shows on about half of the questions: their
-# outcome is a gain, checked at the exercise's threshold (the registry's judge_gain, right_gain)
-IMPROVED_NOT_FIXED = {"07_dpo": 0.15, "08_grpo": 0.12}
+# 07's judge and 08's checker score a behaviour the base model already shows on about half of the questions, and the
+# base retriever of 10 ranks the right page first for some questions: their outcome is a gain, checked at the
+# exercise's threshold (the registry's judge_gain, right_gain, mrr_gain)
+IMPROVED_NOT_FIXED = {"07_dpo": 0.15, "08_grpo": 0.12, "10_embedding_fine_tuning": 0.45}
 
 
 # What the notebooks' prose says their demos show, as checks on the numbers they computed (course_results.json).
@@ -218,6 +219,20 @@ STATED_CLAIMS = {
         ("twice the length limit: the replies used most of it, and the step took less than twice the time",
          lambda r: r["reply_tokens_g4_len24"] > 1.4 * r["reply_tokens_g4_len12"]
          and r["step_s_g4_len24"] < 2 * r["step_s_g4_len12"]),
+    ],
+    "10_embedding_fine_tuning": [
+        ("the base model does poorly: MRR@10 well below 0.6", lambda r: r["base_mrr"] < 0.35),
+        ("sixteen steps moved validation MRR@10 far above the base model's",
+         lambda r: r["tuned_mrr"] > r["base_mrr"] + 0.4),
+        ("scored on training questions it has seen, the fine-tuned model looks better still",
+         lambda r: r["tuned_train_mrr"] > r["tuned_mrr"]),
+        ("at 4 rows a step, filtered mined negatives gave the highest MRR@10, above pairs alone; unfiltered gained less",
+         lambda r: r["small_mined_filtered_mrr"] > max(r["small_in_batch_mrr"], r["small_mined_mrr"]) + 0.05),
+        ("unfiltered, the base model scored most mined negatives above the right page",
+         lambda r: r["small_mined_above"] > 0.5),
+        ("few of the base model's picks are right pages; the fine-tuned miner's are many, and the margin removes most",
+         lambda r: r["false_negatives_base_mined"] < 10 and r["false_negatives_fine_tuned_mined"] >= 30
+         and r["false_negatives_fine_tuned_mined_filtered"] < r["false_negatives_fine_tuned_mined"] / 3),
     ],
 }
 

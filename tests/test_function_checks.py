@@ -65,7 +65,8 @@ def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner
                                            ("decision_rules_tests", "01_when_to_fine_tune"),
                                            ("static_bytes_tests", "01_when_to_fine_tune"),
                                            ("bradley_terry_tests", "06_reward_models_rlhf"),
-                                           ("dpo_loss_tests", "07_dpo"), ("grpo_advantage_tests", "08_grpo")])
+                                           ("dpo_loss_tests", "07_dpo"), ("grpo_advantage_tests", "08_grpo"),
+                                           ("info_nce_tests", "10_embedding_fine_tuning")])
 def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
     (solution_id,) = registry.exercise(grade_id).solutions
     reference = solution_sources(slug)[solution_id]
@@ -243,3 +244,43 @@ def test_a_forged_tensor_with_negative_dimensions_is_refused():
     raw = encode_tensor(torch.zeros(8))
     with pytest.raises(ValueError, match="carries"):
         decode_tensor(raw | {"shape": [-2, -4]})
+
+
+@pytest.mark.parametrize("old,new,named", [
+    # no normalisation: a dot product, not the cosine (the long and short rows give it away)
+    ("scale * F.normalize(query_embeddings, dim=-1) @ F.normalize(document_embeddings, dim=-1).T",
+     "scale * query_embeddings @ document_embeddings.T", "pairs only"),
+    # the scale left out
+    ("logits = scale * F.normalize", "logits = 20.0 * F.normalize", "scale 50"),
+    # the hard negatives left out of the softmax
+    ("@ F.normalize(document_embeddings, dim=-1).T",
+     "@ F.normalize(document_embeddings[:len(query_embeddings)], dim=-1).T", "one hard negative per query"),
+    # a sum over the batch instead of its mean
+    ("torch.arange(len(query_embeddings), device=logits.device))",
+     "torch.arange(len(query_embeddings), device=logits.device), reduction='sum')", "pairs only"),
+])
+def test_an_info_nce_loss_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
+    """Each part of Exercise 10.1 is exercised by the unseen batches: the cosine (not the dot product), the scale,
+    the hard negatives in every query's softmax, the batch mean; each fails, naming a batch whose rule it breaks."""
+    reference = "\n".join(line for line in solution_sources("10_embedding_fine_tuning")["info_nce_loss"].splitlines()
+                          if "###" not in line)
+    assert old in reference
+    assert check_in_kernel("info_nce_tests", CPU, _define(reference)).passed
+    with pytest.raises(AssertionError, match=named):
+        check_in_kernel("info_nce_tests", CPU, _define(reference.replace(old, new)))
+
+
+@pytest.mark.parametrize("source,named", [
+    ("from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss\n"
+     "def info_nce_loss(q, d, scale):\n"
+     "    return MultipleNegativesRankingLoss(None, scale=scale).compute_loss_from_embeddings([q] + list(d.split(len(q))), None)\n",
+     "reached MultipleNegativesRankingLoss.compute_loss_from_embeddings"),
+    ("import torch\ndef info_nce_loss(q, d, scale):\n    return torch.tensor(1.0)\n", "has no gradient"),
+    ("import torch.nn.functional as F, torch\ndef info_nce_loss(q, d, scale):\n"
+     "    logits = scale * F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T.detach()\n"
+     "    return F.cross_entropy(logits, torch.arange(len(q)))\n", "does not depend on document_embeddings"),
+])
+def test_an_info_nce_loss_that_calls_the_library_or_drops_an_input_is_refused(source, named, learner_runtime):
+    """10.1 is compared with sentence-transformers' loss: the child hides it while the learner's function runs."""
+    verdict = _through_a_child("info_nce_tests", {"info_nce_loss": source})
+    assert not verdict.passed and named in verdict.message, verdict

@@ -151,8 +151,8 @@ def test_from_scratch_info_nce_equals_multiple_negatives_ranking_loss(base_model
 def tuned_model():
     """8 steps of in-batch negatives on the training questions (a round-one model: it knows the codenames)."""
     dataset, false_negatives = retrieval.training_data(retrieval.retrieval_splits()["train"], "in-batch")
-    model, losses = retrieval.train_embedding(retrieval.load_embedding_model(), dataset, steps=8, batch_size=16,
-                                              learning_rate=1e-4, seed=0, output_dir="build/test_embedding")
+    args = retrieval.embedding_args(8, 16, 1e-4, seed=0, output_dir="build/test_embedding")
+    model, losses, _ = retrieval.train_embedding(retrieval.load_embedding_model(), dataset, args)
     assert false_negatives == 0 and len(losses) == 8
     return model
 
@@ -184,3 +184,87 @@ def test_mining_adds_one_negative_and_finds_the_right_pages_it_picked(base_model
     assert [row["anchor"] for row in mined] == [q.text for q in questions]  # one row per question, in order
     copies = sum(row["negative"] == pages[q.doc_id + "/old-wiki"] for row, q in zip(mined, questions))
     assert false_negatives == copies >= 3, (false_negatives, copies)  # measured: 65 of 240 at 16 steps
+
+
+def test_saved_weights_load_into_the_shipped_architecture_and_nothing_else(tuned_model, tmp_path):
+    """The artifact is one safetensors file of tensors: loaded into a fresh copy of the shipped model it scores as
+    the model that saved it; a file with a tensor missing or of another shape is refused, naming it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    retrieval.save_embedding(tuned_model, tmp_path / "embedding")
+    loaded = retrieval.load_saved_embedding(tmp_path / "embedding")
+    questions = retrieval.retrieval_splits()["validation"][:16]
+    assert retrieval.retrieval_scores(loaded, questions) == retrieval.retrieval_scores(tuned_model, questions)
+    state = load_file(str(tmp_path / "embedding" / retrieval.WEIGHTS_FILE))
+    name = next(iter(state))
+    for broken, named in (({k: v for k, v in state.items() if k != name}, "missing"),
+                          ({**state, name: torch.zeros(3)}, "wrong shape")):
+        save_file(broken, str(tmp_path / "embedding" / retrieval.WEIGHTS_FILE))
+        with pytest.raises(ValueError, match=named):
+            retrieval.load_saved_embedding(tmp_path / "embedding")
+    with pytest.raises(FileNotFoundError, match="save_embedding"):
+        retrieval.load_saved_embedding(tmp_path / "nothing")
+
+
+def test_the_exercise_budget_is_the_registrys_and_counts_every_text():
+    from ftcourse.grading import registry
+    from ftcourse.presets import get_preset
+
+    exercise = registry.exercise("embedding_final_outcome")
+    assert exercise.threshold_values(get_preset("cpu"))["texts"] == ("<=", retrieval.TEXT_BUDGET)
+    assert [retrieval.texts_per_row(n) for n in retrieval.NEGATIVES] == [2, 3, 3]
+    args = retrieval.embedding_args(4, 32, 5e-4)
+    assert retrieval.embedding_choices(args, "in-batch", 0.05, 20.0, get_preset("cpu"))["texts"] == 256
+    from ftcourse.training import RecipeError
+
+    with pytest.raises(RecipeError, match="384 texts"):  # the same run with a mined negative: 3 texts a row
+        retrieval.embedding_choices(args, "mined", 0.05, 20.0, get_preset("cpu"))
+
+
+def _reference_setup() -> str:
+    from conftest import reference_solution
+
+    return reference_solution("10_embedding_fine_tuning", "embedding_setup")
+
+
+@pytest.mark.parametrize("change,named", [
+    (("max_steps=4", "max_steps=5"), "320 texts"),
+    (('negatives = "in-batch"', 'negatives = "mined, filtered"'), "384 texts"),
+    (('negatives = "in-batch"', 'negatives = "hard"'), "negatives must be one of"),
+    (("relative_margin = 0.05", "relative_margin = 0.9"), "relative_margin must be a number in [0, 0.5]"),
+    (("loss_scale = 20.0", "loss_scale = float('nan')"), "loss_scale must be a number in [1, 100]"),
+    (("seed=SEED,", "seed=SEED, gradient_accumulation_steps=8,"), "gradient_accumulation_steps = 8: this exercise keeps"),
+    (("seed=SEED,", "seed=SEED, num_train_epochs=100,"), "num_train_epochs = 100"),
+    (("per_device_train_batch_size=32", "per_device_train_batch_size=65"), "between 2 and 64"),
+    (("training_args = SentenceTransformerTrainingArguments(", "training_args = dict("), "this exercise keeps it at"),
+    (("**EMBEDDING_ARGS)", "**EMBEDDING_ARGS)\ntraining_args = 3"), "must be a SentenceTransformerTrainingArguments"),
+])
+def test_exercise_10_2_refuses_what_it_would_not_train_before_training(change, named, learner_runtime, tmp_path):
+    """Part of the tamper suite for 10.2: choices over the budget of texts, or that the grader would not train as
+    the learner's run trained, fail with the field named, before any training (the cell runs in a child)."""
+    from conftest import grade_outcome_cell
+
+    old, new = change
+    reference = _reference_setup()
+    assert old in reference
+    verdict = grade_outcome_cell("embedding_final_outcome", "embedding_setup", reference.replace(old, new), tmp_path)
+    assert not verdict.passed and named in verdict.message, verdict
+    assert not (tmp_path / "embedding").exists()  # refused before any training
+
+
+def test_exercise_10_2_trains_the_grader_own_data_whatever_the_cell_does(learner_runtime, tmp_path):
+    """The cell can only choose: one that forges weights, a training record and the package's evaluator in its own
+    process is graded on what the grader trains from its choices (here 1 step of 2 pairs: no real gain)."""
+    from conftest import grade_outcome_cell
+
+    reference = _reference_setup()
+    forged = reference.replace("max_steps=4", "max_steps=1").replace("per_device_train_batch_size=32",
+                                                                      "per_device_train_batch_size=2") + (
+        "\nimport json, pathlib\nfrom ftcourse import retrieval\nimport ftcourse.grading.evaluate as e\n"
+        "e.evaluate_embedding = lambda *a, **k: None\nretrieval.retrieval_scores = lambda *a, **k: {'mrr@10': 1.0}\n"
+        "folder = pathlib.Path('artifacts/10_embedding_fine_tuning')\nfolder.mkdir(parents=True, exist_ok=True)\n"
+        "(folder / 'training.json').write_text(json.dumps({'steps': 1, 'texts': 4, 'losses': [0.0]}))\n")
+    verdict = grade_outcome_cell("embedding_final_outcome", "embedding_setup", forged, tmp_path)
+    assert not verdict.passed and verdict.metrics["texts"] == 4 and verdict.metrics["mrr_gain"] < 0.2, verdict
+    assert len(verdict.metrics["train_losses"]) == 1

@@ -682,6 +682,77 @@ def _grpo_judge(exercise, preset, inputs, key, results) -> Verdict:
     return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
 
+# ---------------------------------------------------------------- 10.1: the in-batch-negatives loss (InfoNCE)
+
+INFO_NCE_CASES = (  # (queries, hard negatives per query, dimension, scale, what the case holds)
+    (6, 0, 16, 20.0, "pairs only"),
+    (5, 1, 24, 20.0, "one hard negative per query"),
+    (4, 2, 12, 50.0, "two hard negatives per query, scale 50"),
+    (8, 0, 32, 5.0, "rows of very different lengths, scale 5"),
+)
+
+
+def _info_nce_inputs(preset, secret):
+    """Four unseen batches of embeddings: queries [B, d] and documents [B x (1 + negatives), d] (the positives, then
+    each query's hard negatives), each positive near its query, the rows' lengths far from 1."""
+    import torch
+
+    from .child import encode_tensor
+
+    g = torch.Generator().manual_seed(secrets_.derived_seed("10_embedding_fine_tuning/info_nce", secret))
+    cases = []
+    for index, (n, negatives, dim, scale, _) in enumerate(INFO_NCE_CASES):
+        queries = torch.randn(n, dim, generator=g) * 3
+        documents = torch.cat([queries + torch.randn(n, dim, generator=g) * 2]
+                              + [queries + torch.randn(n, dim, generator=g) * 3 for _ in range(negatives)])
+        if index == 3:  # a row 100 times longer than another: only normalised similarities agree
+            queries[0] *= 100
+            documents[1] *= 0.01
+        cases.append({"queries": encode_tensor(queries), "documents": encode_tensor(documents), "scale": scale})
+    return {"cases": cases}, None
+
+
+def library_info_nce(case: dict) -> dict:
+    """sentence-transformers' `MultipleNegativesRankingLoss` (its defaults: cosine similarity, one query-to-document
+    softmax) on a case, and its gradients with respect to the queries and the documents."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from .child import decode_tensor
+
+    queries = decode_tensor(case["queries"]).requires_grad_(True)
+    documents = decode_tensor(case["documents"]).requires_grad_(True)
+    n = len(queries)
+    columns = [queries] + list(documents.split(n))
+    loss = MultipleNegativesRankingLoss(None, scale=case["scale"]).compute_loss_from_embeddings(columns, None)
+    loss.backward()
+    return {"loss": loss.item(), "grad_queries": queries.grad, "grad_documents": documents.grad}
+
+
+def _info_nce_judge(exercise, preset, inputs, key, results) -> Verdict:
+    from .child import decode_tensor
+
+    cases = inputs["cases"]
+    expect(isinstance(results, list) and len(results) == len(cases), "info_nce_loss gave no result for every batch.")
+    worst, problems = 0.0, []
+    for case, got, (_, _, _, _, what) in zip(cases, results, INFO_NCE_CASES):
+        want = library_info_nce(case)
+        try:  # the child's answer is data from learner code: read it defensively
+            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
+            tensors = {part: decode_tensor(got[part]) for part in ("grad_queries", "grad_documents")}
+        except (KeyError, TypeError, ValueError) as error:
+            raise LearnerCodeError(f"info_nce_loss's result for the batch with {what} could not be read: {error}")
+        for part, tensor in tensors.items():
+            diffs[part] = (float((tensor - want[part]).abs().max()) if tensor.shape == want[part].shape
+                           else float("inf"))
+        diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
+        worst = max(worst, *diffs.values())
+        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
+        if bad:
+            problems.append(f"batch with {what}: {', '.join(bad)} differ from MultipleNegativesRankingLoss's (loss "
+                            f"{float(got['loss']):.4g}, the library's {want['loss']:.4g})")
+    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
+
+
 CHECKS = {
     "decision_rules_tests": FunctionCheck("decide", True, _decision_inputs, _decision_judge),
     "static_bytes_tests": FunctionCheck("static_bytes", True, _static_inputs, _static_judge),
@@ -692,6 +763,7 @@ CHECKS = {
     "bradley_terry_tests": FunctionCheck("bradley_terry", False, _bt_inputs, _bt_judge),
     "dpo_loss_tests": FunctionCheck("dpo_loss", False, _dpo_inputs, _dpo_judge),
     "grpo_advantage_tests": FunctionCheck("group_advantages", False, _grpo_inputs, _grpo_judge),
+    "info_nce_tests": FunctionCheck("info_nce", False, _info_nce_inputs, _info_nce_judge),
 }
 
 

@@ -424,6 +424,28 @@ def op_group_advantages(namespace: dict, inputs: dict):
     return results
 
 
+def op_info_nce(namespace: dict, inputs: dict):
+    """Each case: the learner's `info_nce_loss(query_embeddings, document_embeddings, scale)`, its value and its
+    gradients with respect to both (with sentence-transformers' loss, the one it is compared with, hidden)."""
+    import torch
+
+    loss_fn = _need(namespace, "info_nce_loss")
+    where = "sentence_transformers.sentence_transformer.losses.multiple_negatives_ranking.MultipleNegativesRankingLoss"
+    results = []
+    with _library_loss_hidden(namespace, "info_nce_loss", (),
+                              (f"{where}.compute_loss_from_embeddings", f"{where}.forward")):
+        for case in inputs["cases"]:
+            queries = decode_tensor(case["queries"]).requires_grad_(True)
+            documents = decode_tensor(case["documents"]).requires_grad_(True)
+            loss = loss_fn(queries, documents, case["scale"])
+            _check_mean_loss(loss, "info_nce_loss's result", "the embeddings (the model trains through this loss)")
+            loss.reshape(()).backward()
+            _need_gradients("info_nce_loss", query_embeddings=queries, document_embeddings=documents)
+            results.append({"loss": loss.item(), "grad_queries": encode_tensor(queries.grad.to(torch.float32)),
+                            "grad_documents": encode_tensor(documents.grad.to(torch.float32))})
+    return results
+
+
 MAX_REWARD = 1e6  # a reward's largest size: TRL's float32 sums of weighted rewards stay finite
 REWARD_CALL_KEYS = ("prompts", "completions", "completion_ids", "answer", "item")  # what TRL passes a reward function
 
@@ -484,7 +506,7 @@ def op_draw(namespace: dict, inputs: dict):
 OPS = {"values": op_values, "decide": op_decide, "static_bytes": op_static_bytes, "clean": op_clean, "label_mask": op_label_mask,
        "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw, "bradley_terry": op_bradley_terry,
        "dpo_loss": op_dpo_loss, "dpo_pairs": op_dpo_pairs, "group_advantages": op_group_advantages,
-       "grpo_setup": op_grpo_setup, "grpo_rewards": op_grpo_rewards}
+       "grpo_setup": op_grpo_setup, "grpo_rewards": op_grpo_rewards, "info_nce": op_info_nce}
 
 
 # ---------------------------------------------------------------- the process

@@ -136,6 +136,24 @@ def _grpo_args(preset, seed):  # 08, §4: what the machine fixes in a GRPOConfig
     return preset_grpo_args(preset)
 
 
+def _embedding_arguments(preset, seed):
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments
+
+
+def _embedding_args(preset, seed):  # 10, §3: what the machine fixes in SentenceTransformerTrainingArguments
+    from ..retrieval import preset_embedding_args
+
+    return preset_embedding_args(preset)
+
+
+def _negatives(preset, seed):  # 10, §4: the kinds of training data
+    from ..retrieval import NEGATIVES
+
+    return NEGATIVES
+
+
 def _judge(preset, seed):  # 06, §1: the course's programmatic judge of a reply
     from ..preferences import judge
 
@@ -149,6 +167,8 @@ PROVIDERS: dict[str, Callable] = {
     "longest": _longest, "shape": _shape, "flops_per_s": _flops_per_s, "RewardConfig": _reward_config,
     "REWARD_ARGS": _reward_args, "PAIR_KINDS": _pair_kinds, "DPOConfig": _dpo_config, "DPO_ARGS": _dpo_args,
     "judge": _judge, "GRPOConfig": _grpo_config, "GRPO_ARGS": _grpo_args,
+    "SentenceTransformerTrainingArguments": _embedding_arguments, "EMBEDDING_ARGS": _embedding_args,
+    "NEGATIVES": _negatives,
 }
 
 

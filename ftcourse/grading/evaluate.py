@@ -379,6 +379,57 @@ def evaluate_grpo(artifacts: Path, split: str, preset, secret, produced) -> Verd
     return early or judge(outcome_exercise("08_grpo"), split, metrics, preset)
 
 
+def _embedding_questions(preset, split: str, secret):
+    """10's evaluation questions: validation, or held-out questions drawn by the secret (`retrieval_splits`)."""
+    from ..retrieval import retrieval_splits
+
+    return retrieval_splits(heldout_seed=split_seed("10_embedding_fine_tuning", split, secret))[split]
+
+
+def _base_retrieval_reference(preset, split: str, questions, secret: int | None) -> dict:
+    """The shipped embedding model's MRR@10 and recall@k on `questions` (cached like `_base_reference`)."""
+
+    def compute():
+        from ..retrieval import load_embedding_model, retrieval_scores
+
+        return retrieval_scores(load_embedding_model(preset.device), questions)
+
+    key = ["all-MiniLM-L6-v2", [q.text for q in questions], [q.doc_id for q in questions]]
+    return cached(f"base_retrieval_reference_{split}", key, compute, _signing(split, secret))
+
+
+def _texts(artifacts: Path, produced: dict | None) -> int:
+    """Texts the run encoded: the grader's own count, else the kernel's record (missing: over any budget)."""
+    if produced:
+        return produced["texts"]
+    try:
+        texts = read_json(artifacts / "training.json", "training record").get("texts")
+    except ArtifactError:
+        return 10**9
+    return texts if isinstance(texts, int) and not isinstance(texts, bool) else 10**9
+
+
+def evaluate_embedding(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """10: the fine-tuned embedding model's MRR@10 and recall@k on the split's questions against the whole runbook,
+    beside the shipped model's on the same questions."""
+    from ..retrieval import load_saved_embedding, retrieval_scores
+
+    exercise = outcome_exercise("10_embedding_fine_tuning")
+    try:
+        check_tree(artifacts)
+        model = load_saved_embedding(artifacts / "embedding", preset.device)
+    except (ArtifactError, FileNotFoundError, ValueError, OSError) as error:
+        return failed(exercise, split, f"{error} Run the training cell: it saves the weights there.")
+    questions = _embedding_questions(preset, split, secret)
+    base = _base_retrieval_reference(preset, split, questions, secret)
+    scores = retrieval_scores(model, questions)
+    metrics = {"mrr@10": scores["mrr@10"], "base_mrr@10": base["mrr@10"], "mrr_gain": scores["mrr@10"] - base["mrr@10"],
+               **{k: v for k, v in scores.items() if k != "mrr@10"}, "base_recall@1": base["recall@1"],
+               "texts": _texts(artifacts, produced), "steps": _steps(artifacts, produced),
+               "n_questions": len(questions)}
+    return judge(exercise, split, metrics, preset)
+
+
 EVALUATORS = {
     "01_when_to_fine_tune": evaluate_plan,
     "02_data_and_tooling": evaluate_cleaned_sft,
@@ -388,6 +439,7 @@ EVALUATORS = {
     "06_reward_models_rlhf": evaluate_reward_model,
     "07_dpo": evaluate_dpo,
     "08_grpo": evaluate_grpo,
+    "10_embedding_fine_tuning": evaluate_embedding,
 }
 
 
@@ -417,3 +469,4 @@ def warm_references(preset, secret: int | None) -> None:
         _base_judge_reference(preset, split, _counting_questions("07_dpo", preset, split, secret), secret)
         _base_judge_reference(preset, split, _counting_questions("08_grpo", preset, split, secret), secret,
                               GRPO_NEW_TOKENS)
+        _base_retrieval_reference(preset, split, _embedding_questions(preset, split, secret), secret)

@@ -41,13 +41,25 @@ def print_exercise(grade_id: str, preset) -> None:
     print(describe(grade_id, preset))
 
 
-def check_recipe(grade_id: str, preset, **configs) -> None:
+def check_recipe(grade_id: str, preset, **configs) -> dict | None:
     """The grader's checks of a recipe exercise's configs, run before training: a field it would refuse is named now.
 
-    `configs`: `lora_config`, `sft_config` (and `bnb_config` for QLoRA), as the solution cell built them.
+    `configs`: `lora_config`, `sft_config` (and `bnb_config` for QLoRA), as the solution cell built them; for
+    Exercise 10.2 `training_args`, `negatives`, `relative_margin` and `loss_scale` (the checked choices returned).
     """
     from ..training import RecipeError, checked_recipe
 
+    if "training_args" in configs:  # 10.2: an embedding fine-tune, budgeted in texts
+        from ..retrieval import embedding_choices
+
+        budget = exercise(grade_id).threshold_values(preset)["texts"][1]
+        try:
+            chosen = embedding_choices(configs["training_args"], configs.get("negatives"), configs.get("relative_margin"),
+                                       configs.get("loss_scale"), preset, budget)
+        except RecipeError as error:
+            raise ValueError(f"The grader would not train these choices: {error}") from None
+        print(f"The grader accepts these choices ({chosen['texts']} texts of a budget of {budget}).")
+        return chosen
     budget = exercise(grade_id).step_budget(preset)
     try:
         checked_recipe(configs, preset, budget)

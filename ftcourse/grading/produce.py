@@ -392,6 +392,48 @@ def _produce_grpo(exercise, cells, preset, secret, workdir):
     return result, {"reward_curve": [row.get("reward") for row in logged]}
 
 
+EMBEDDING_NAMES = ["negatives", "relative_margin", "loss_scale", "training_args"]
+
+
+def checked_embedding_choices(values: dict, preset, exercise) -> dict:
+    """Exercise 10.2's choices read back from the child, checked (`retrieval.embedding_choices`) within the
+    registry's budget of texts."""
+    from ..retrieval import embedding_choices
+    from ..training import RecipeError
+
+    try:
+        return embedding_choices(values["training_args"], values["negatives"], values["relative_margin"],
+                                 values["loss_scale"], preset, exercise.threshold_values(preset)["texts"][1])
+    except RecipeError as error:
+        raise LearnerCodeError(str(error)) from None
+
+
+def _produce_embedding(exercise, cells, preset, secret, workdir):
+    """10: the learner's choices (the kind of negatives, the margin, the loss's scale, the training arguments);
+    the grader builds the training data from the training questions (mining, when chosen, with the base model),
+    trains here (`retrieval.train_embedding`, the mirror of the notebook's section 3 cell) and saves the weights."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from ..retrieval import (load_embedding_model, preset_embedding_args, retrieval_splits, save_embedding,
+                             train_embedding, training_data)
+    from ..training import TrainResult, write_training_record
+
+    values = _values(cells, exercise, "embedding_setup", EMBEDDING_NAMES)
+    chosen = checked_embedding_choices(values, preset, exercise)
+    questions = retrieval_splits()["train"]
+    miner = load_embedding_model(preset.device) if chosen["negatives"] != "in-batch" else None
+    dataset, false_negatives = training_data(questions, chosen["negatives"], miner, chosen["relative_margin"])
+    args = SentenceTransformerTrainingArguments(output_dir=str(workdir / "trainer"), **preset_embedding_args(preset),
+                                                **chosen["args"])
+    model, losses, seconds = train_embedding(load_embedding_model(preset.device, seed=cells.seed), dataset, args,
+                                             scale=chosen["loss_scale"])
+    save_embedding(model, workdir / "embedding")
+    write_training_record(workdir, len(losses), losses, seconds, texts=chosen["texts"])
+    result = TrainResult(losses=losses, steps=len(losses), seconds=seconds, real_tokens=0, slot_tokens=0,
+                         step_seconds=[])
+    return result, {"texts": chosen["texts"], "false_negatives": false_negatives, "rows": len(dataset)}
+
+
 PRODUCERS = {
     "01_when_to_fine_tune": _produce_plan,
     "02_data_and_tooling": _produce_cleaned,
@@ -401,6 +443,7 @@ PRODUCERS = {
     "06_reward_models_rlhf": _produce_reward,
     "07_dpo": _produce_dpo,
     "08_grpo": _produce_grpo,
+    "10_embedding_fine_tuning": _produce_embedding,
 }
 
 

@@ -294,6 +294,40 @@ EXERCISES = (
                 "≤ 0.03, perplexity ratio ≤ 1.15, steps ≤ two thirds of the budget",
         study_minutes=35,
     ),
+    Exercise(
+        grade_id="info_nce_tests", notebook="10_embedding_fine_tuning", number="10.1",
+        title="the in-batch-negatives loss (InfoNCE) from scratch", kind="function", points=2,
+        solutions=("info_nce_loss",), provides=(),
+        thresholds={"max_difference": ("<=", 1e-5)},  # loss relative to max(1, |loss|); gradients absolute
+        hints=("compare every query with every document of the batch: cosine similarity is the dot product of "
+               "L2-normalised embeddings (torch.nn.functional.normalize)",
+               "query i's positive is document i; the documents after the batch's positives are hard negatives, "
+               "negatives for every query",
+               "the loss is the cross-entropy of scale x similarity with target i for row i, averaged over queries"),
+        summary="`info_nce_loss` equals sentence-transformers' `MultipleNegativesRankingLoss` and its gradients on "
+                "four unseen batches of embeddings (pairs, hard negatives, scales 5-50, unnormalised rows) within 1e-5",
+        study_minutes=20,
+    ),
+    Exercise(
+        grade_id="embedding_final_outcome", notebook="10_embedding_fine_tuning", number="10.2",
+        title="a retriever that finds the page, on a budget of texts", kind="outcome", points=6,
+        solutions=("embedding_setup",),
+        provides=("preset", "SEED", "SentenceTransformerTrainingArguments", "EMBEDDING_ARGS", "NEGATIVES"),
+        thresholds={
+            "mrr_gain": (">=", 0.45),  # held-out MRR@10 minus the base model's on the same questions
+            "texts": ("<=", 256),  # retrieval.TEXT_BUDGET: steps x batch x texts a row
+        },
+        hints=("refused before training: steps x batch x texts a row (2 for pairs, 3 with a mined negative) must be "
+               "at most 256; fewer steps, or smaller batches",
+               "gain too low: with few steps, a learning rate near 1e-4 moves the model too little; and every other "
+               "row of a batch is a negative for each question: compare what larger batches and mined negatives give "
+               "for the same texts",
+               "mined negatives without a margin can be right pages (the old wiki's copies): filter them"),
+        summary="the grader builds your training data (in-batch pairs, or negatives it mines with the base model, "
+                "filtered by your margin) and trains your `SentenceTransformerTrainingArguments` with "
+                "`MultipleNegativesRankingLoss`: held-out MRR@10 ≥ the base model's + 0.45, ≤ 256 texts encoded",
+        study_minutes=30,
+    ),
 )
 
 BY_GRADE_ID = {e.grade_id: e for e in EXERCISES}
