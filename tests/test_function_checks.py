@@ -275,6 +275,14 @@ def test_an_info_nce_loss_that_misses_one_rule_fails_and_names_the_batch(old, ne
      "def info_nce_loss(q, d, scale):\n"
      "    return MultipleNegativesRankingLoss(None, scale=scale).compute_loss_from_embeddings([q] + list(d.split(len(q))), None)\n",
      "reached MultipleNegativesRankingLoss.compute_loss_from_embeddings"),
+    ("def info_nce_loss(q, d, scale):\n"  # imported only when called: the class is already hidden
+     "    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss as M\n"
+     "    return M(None, scale=scale).compute_loss_from_embeddings([q] + list(d.split(len(q))), None)\n",
+     "reached MultipleNegativesRankingLoss.compute_loss_from_embeddings"),
+    ("from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss as M\n"
+     "keep = M.compute_loss_from_embeddings\n"  # a reference kept before the check: its body is swapped too
+     "def info_nce_loss(q, d, scale):\n    return keep(M(None, scale=scale), [q] + list(d.split(len(q))), None)\n",
+     "hidden while it runs"),
     ("import torch\ndef info_nce_loss(q, d, scale):\n    return torch.tensor(1.0)\n", "has no gradient"),
     ("import torch.nn.functional as F, torch\ndef info_nce_loss(q, d, scale):\n"
      "    logits = scale * F.normalize(q, dim=-1) @ F.normalize(d, dim=-1).T.detach()\n"

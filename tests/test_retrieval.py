@@ -268,3 +268,18 @@ def test_exercise_10_2_trains_the_grader_own_data_whatever_the_cell_does(learner
     verdict = grade_outcome_cell("embedding_final_outcome", "embedding_setup", forged, tmp_path)
     assert not verdict.passed and verdict.metrics["texts"] == 4 and verdict.metrics["mrr_gain"] < 0.2, verdict
     assert len(verdict.metrics["train_losses"]) == 1
+
+
+def test_exercise_10_2_a_margin_that_leaves_less_than_a_batch_is_refused(learner_runtime, tmp_path):
+    """A wide margin drops the questions with no candidate below it (54 of 240 rows are left at 0.5, measured): fewer
+    rows than one batch is the learner's to fix, named before training, not a fault of the grader."""
+    from conftest import grade_outcome_cell
+
+    source = _reference_setup()
+    for old, new in (('negatives = "in-batch"', 'negatives = "mined, filtered"'), ("relative_margin = 0.05", "relative_margin = 0.5"),
+                     ("max_steps=4", "max_steps=1"), ("per_device_train_batch_size=32", "per_device_train_batch_size=64")):
+        assert old in source
+        source = source.replace(old, new)
+    verdict = grade_outcome_cell("embedding_final_outcome", "embedding_setup", source, tmp_path)
+    assert not verdict.passed and "fewer than one batch of 64" in verdict.message, verdict
+    assert not (tmp_path / "embedding").exists()

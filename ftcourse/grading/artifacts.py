@@ -54,8 +54,8 @@ def read_json(path: Path, what: str) -> dict:
         raise ArtifactError(f"{what}: {path.name} is larger than {MAX_JSON_BYTES // 10**6} MB.")
     try:
         value = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ArtifactError(f"{what}: {path.name} is not JSON ({error}).") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: nested too deep to read
+        raise ArtifactError(f"{what}: {path.name} is not JSON ({type(error).__name__}: {error}).") from None
     if not isinstance(value, dict):
         raise ArtifactError(f"{what}: {path.name} must hold a JSON object.")
     return value

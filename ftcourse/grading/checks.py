@@ -738,12 +738,12 @@ def _info_nce_judge(exercise, preset, inputs, key, results) -> Verdict:
         want = library_info_nce(case)
         try:  # the child's answer is data from learner code: read it defensively
             diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
-            tensors = {part: decode_tensor(got[part]) for part in ("grad_queries", "grad_documents")}
-        except (KeyError, TypeError, ValueError) as error:
+            tensors = {part: decode_tensor(got[part]).double() for part in ("grad_queries", "grad_documents")}
+            for part, tensor in tensors.items():
+                diffs[part] = (float((tensor - want[part].double()).abs().max()) if tensor.shape == want[part].shape
+                               else float("inf"))
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
             raise LearnerCodeError(f"info_nce_loss's result for the batch with {what} could not be read: {error}")
-        for part, tensor in tensors.items():
-            diffs[part] = (float((tensor - want[part]).abs().max()) if tensor.shape == want[part].shape
-                           else float("inf"))
         diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
         worst = max(worst, *diffs.values())
         bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]

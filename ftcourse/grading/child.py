@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -300,8 +301,12 @@ def _library_loss_hidden(namespace: dict, function: str, module_functions: tuple
             module, cls, name = dotted.rsplit(".", 2)
             owner = getattr(sys.modules.get(module), cls, None)
             if owner is not None and name in vars(owner):
-                replaced.append((owner, name, vars(owner)[name]))
+                method = vars(owner)[name]
+                replaced.append((owner, name, method))
                 setattr(owner, name, refused(f"{cls}.{name}"))
+                if getattr(method, "__closure__", 1) is None:  # a reference kept to the method refuses too
+                    bodies.append((method, method.__code__))
+                    method.__code__ = _hidden_library_function.__code__
         yield
     finally:
         for function, code in bodies:
@@ -430,7 +435,9 @@ def op_info_nce(namespace: dict, inputs: dict):
     import torch
 
     loss_fn = _need(namespace, "info_nce_loss")
-    where = "sentence_transformers.sentence_transformer.losses.multiple_negatives_ranking.MultipleNegativesRankingLoss"
+    module = "sentence_transformers.sentence_transformer.losses.multiple_negatives_ranking"
+    importlib.import_module(module)  # imported first, so a loss that imports it only when called finds it hidden
+    where = f"{module}.MultipleNegativesRankingLoss"
     results = []
     with _library_loss_hidden(namespace, "info_nce_loss", (),
                               (f"{where}.compute_loss_from_embeddings", f"{where}.forward")):

@@ -142,13 +142,13 @@ def _embedding_arguments(preset, seed):
     return SentenceTransformerTrainingArguments
 
 
-def _embedding_args(preset, seed):  # 10, §3: what the machine fixes in SentenceTransformerTrainingArguments
+def _embedding_args(preset, seed):  # 10, §4: what the machine fixes in SentenceTransformerTrainingArguments
     from ..retrieval import preset_embedding_args
 
     return preset_embedding_args(preset)
 
 
-def _negatives(preset, seed):  # 10, §4: the kinds of training data
+def _negatives(preset, seed):  # 10, §5 and §7: the kinds of training data
     from ..retrieval import NEGATIVES
 
     return NEGATIVES

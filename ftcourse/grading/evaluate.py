@@ -392,7 +392,7 @@ def _base_retrieval_reference(preset, split: str, questions, secret: int | None)
     def compute():
         from ..retrieval import load_embedding_model, retrieval_scores
 
-        return retrieval_scores(load_embedding_model(preset.device), questions)
+        return retrieval_scores(load_embedding_model(preset.device, verify=True), questions)
 
     key = ["all-MiniLM-L6-v2", [q.text for q in questions], [q.doc_id for q in questions]]
     return cached(f"base_retrieval_reference_{split}", key, compute, _signing(split, secret))
@@ -417,8 +417,8 @@ def evaluate_embedding(artifacts: Path, split: str, preset, secret, produced) ->
     exercise = outcome_exercise("10_embedding_fine_tuning")
     try:
         check_tree(artifacts)
-        model = load_saved_embedding(artifacts / "embedding", preset.device)
-    except (ArtifactError, FileNotFoundError, ValueError, OSError) as error:
+        model = load_saved_embedding(artifacts / "embedding", preset.device, verify=True)
+    except (ArtifactError, FileNotFoundError, ValueError, OSError) as error:  # a changed shipped model raises
         return failed(exercise, split, f"{error} Run the training cell: it saves the weights there.")
     questions = _embedding_questions(preset, split, secret)
     base = _base_retrieval_reference(preset, split, questions, secret)

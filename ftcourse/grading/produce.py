@@ -411,7 +411,7 @@ def checked_embedding_choices(values: dict, preset, exercise) -> dict:
 def _produce_embedding(exercise, cells, preset, secret, workdir):
     """10: the learner's choices (the kind of negatives, the margin, the loss's scale, the training arguments);
     the grader builds the training data from the training questions (mining, when chosen, with the base model),
-    trains here (`retrieval.train_embedding`, the mirror of the notebook's section 3 cell) and saves the weights."""
+    trains here (`retrieval.train_embedding`, the mirror of the notebook's section 4 cell) and saves the weights."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     from ..retrieval import (load_embedding_model, preset_embedding_args, retrieval_splits, save_embedding,
@@ -421,12 +421,16 @@ def _produce_embedding(exercise, cells, preset, secret, workdir):
     values = _values(cells, exercise, "embedding_setup", EMBEDDING_NAMES)
     chosen = checked_embedding_choices(values, preset, exercise)
     questions = retrieval_splits()["train"]
-    miner = load_embedding_model(preset.device) if chosen["negatives"] != "in-batch" else None
+    miner = load_embedding_model(preset.device, verify=True) if chosen["negatives"] != "in-batch" else None
     dataset, false_negatives = training_data(questions, chosen["negatives"], miner, chosen["relative_margin"])
+    expect(len(dataset) >= chosen["args"]["per_device_train_batch_size"],
+           f"relative_margin={chosen['relative_margin']:g} left {len(dataset)} training rows of {len(questions)} (a "
+           f"question with no candidate below the margin is dropped), fewer than one batch of "
+           f"{chosen['args']['per_device_train_batch_size']}: use a smaller margin.")
     args = SentenceTransformerTrainingArguments(output_dir=str(workdir / "trainer"), **preset_embedding_args(preset),
                                                 **chosen["args"])
-    model, losses, seconds = train_embedding(load_embedding_model(preset.device, seed=cells.seed), dataset, args,
-                                             scale=chosen["loss_scale"])
+    model, losses, seconds = train_embedding(load_embedding_model(preset.device, seed=cells.seed, verify=True), dataset,
+                                             args, scale=chosen["loss_scale"])
     save_embedding(model, workdir / "embedding")
     write_training_record(workdir, len(losses), losses, seconds, texts=chosen["texts"])
     result = TrainResult(losses=losses, steps=len(losses), seconds=seconds, real_tokens=0, slot_tokens=0,

@@ -322,7 +322,8 @@ EXERCISES = (
                "gain too low: with few steps, a learning rate near 1e-4 moves the model too little; and every other "
                "row of a batch is a negative for each question: compare what larger batches and mined negatives give "
                "for the same texts",
-               "mined negatives without a margin can be right pages (the old wiki's copies): filter them"),
+               "mined negatives: in section 5, the margin filter (\"mined, filtered\") gave more than unfiltered "
+               "mining; a large margin drops questions with no candidate below it"),
         summary="the grader builds your training data (in-batch pairs, or negatives it mines with the base model, "
                 "filtered by your margin) and trains your `SentenceTransformerTrainingArguments` with "
                 "`MultipleNegativesRankingLoss`: held-out MRR@10 ≥ the base model's + 0.45, ≤ 256 texts encoded",

@@ -133,17 +133,31 @@ for question, scores in list(zip(eval_questions, base_similarity))[:4]:
     rows.append({"question": question.text[:60], "right page": question.doc_id,
                  "base model's first page": top, "right?": top in retrieval.relevant_pages(question)})
 print(plots.table(rows, list(rows[0])))
-print(f"\nthe codenames are system {', '.join(f'{i:02d}: {code}' for i, (_, code) in enumerate(retrieval.SYSTEMS[:4]))}, ...")
+
+
+def procedure_right_system_wrong(scores, questions):
+    """Share of questions whose first page has the asked procedure on another system."""
+    firsts = [doc_ids[int(i)].split("/") for i in scores.argmax(dim=1)]
+    return sum(first[1] == q.doc_id.split("/")[1] and first[0] != q.doc_id.split("/")[0]
+               for first, q in zip(firsts, questions)) / len(questions)
+
+
+base_wrong_system = procedure_right_system_wrong(base_similarity, eval_questions)
+print(f"\nall {len(eval_questions)} validation questions: the first page has the right procedure on another system "
+      f"for {base_wrong_system:.2f} of them")
+print(f"the codenames are system {', '.join(f'{i:02d}: {code}' for i, (_, code) in enumerate(retrieval.SYSTEMS[:4]))}, ...")
 
 # %% [markdown]
-# Each page id is `system/procedure`. The base model's first page (the table) often has the right procedure on
-# the wrong system: it reads "restart" but cannot know which system "Heron" is.
+# Each page id is `system/procedure`. The base model's first page often has the right procedure on the wrong
+# system (the table, and the share over all validation questions printed below it): it reads "restart" but cannot
+# know which system "Heron" is.
 #
 # ## 2 · Measuring retrieval: MRR@10 and recall@k
 # For each question, rank the pages by similarity. **Recall@k** is the share of a question's right pages found in
 # the top k, averaged over questions; **MRR@10** (mean reciprocal rank) averages $1/\text{rank}$ of the first
 # right page, counting 0 when it is not in the top 10: 1.0 means the right page always comes first, 0.5 that it
-# comes second on average. From scratch, on the similarity matrix above, then by sentence-transformers'
+# always comes second (or comes first for half the questions and is missed for the others). **Accuracy@1** is the
+# share of questions whose first page is right. From scratch, on the similarity matrix above, then by sentence-transformers'
 # `InformationRetrievalEvaluator` (`retrieval.retrieval_scores` runs it on the questions and the whole runbook):
 
 # %%
@@ -160,8 +174,8 @@ assert abs(mrr_at_10 - base_scores["mrr@10"]) < 1e-6 and all(
     abs(recall_at[k] - base_scores[f"recall@{k}"]) < 1e-6 for k in (1, 5, 10))
 
 # %% [markdown]
-# The two agree. The base model's MRR@10 (printed above) is far from 1: the right page is often not first, and
-# sometimes not in the top 10 at all.
+# The two agree. The base model's MRR@10 (printed above) is far from 1: the right page is often not first
+# (accuracy@1), and often not in the top 10 at all (recall@10).
 #
 # ## 3 · The in-batch-negatives loss
 # Training needs (question, right page) pairs and a loss that pulls each pair together and pushes wrong pages
@@ -172,7 +186,8 @@ assert abs(mrr_at_10 - base_scores["mrr@10"]) < 1e-6 and all(
 #
 # $$\mathcal{L} = -\frac{1}{B}\sum_{i=1}^{B} \log \frac{\exp\big(s \cos(q_i, d_i)\big)}{\sum_{j} \exp\big(s \cos(q_i, d_j)\big)}.$$
 #
-# It is **InfoNCE** (van den Oord et al., 2018), sentence-transformers' `MultipleNegativesRankingLoss`. When each
+# It is a form of **InfoNCE** (van den Oord et al., 2018) with a scaled cosine as its score: sentence-transformers'
+# `MultipleNegativesRankingLoss`. When each
 # pair also carries a **hard negative** (a wrong page chosen because it looks right, section 5), the hard
 # negatives join the denominator of every question: the documents are the $B$ positives, then the negatives.
 #
@@ -204,13 +219,16 @@ def info_nce_loss(query_embeddings, document_embeddings, scale):
 # %% [markdown]
 # Self-check against `MultipleNegativesRankingLoss` on a real batch: the base model's embeddings of 8 training
 # questions, their pages, and for each a hard negative (the same system's logs page, or its capacity page for a
-# question about logs):
+# question about logs). The model's embeddings have length 1 (its last module normalises them), so each row is
+# first stretched by a random factor: a loss on dot products instead of cosines would agree on unit rows only.
 
 # %%
 batch = train_questions[:8]
 negative_pages = [documents[q.doc_id.split("/")[0] + ("/scale" if q.doc_id.endswith("logs") else "/logs")] for q in batch]
 columns = [[q.text for q in batch], [documents[q.doc_id] for q in batch], negative_pages]
-embeddings = [base_model.encode(c, convert_to_tensor=True).clone().requires_grad_(True) for c in columns]
+lengths = torch.Generator().manual_seed(SEED)
+embeddings = [(base_model.encode(c, convert_to_tensor=True) * (0.1 + 10 * torch.rand(len(c), 1, generator=lengths)))
+              .requires_grad_(True) for c in columns]
 library_loss = MultipleNegativesRankingLoss(base_model).compute_loss_from_embeddings(embeddings, None)
 your_loss = info_nce_loss(embeddings[0], torch.cat(embeddings[1:]), 20.0)
 library_grads = torch.autograd.grad(library_loss, embeddings)
@@ -218,6 +236,7 @@ your_grads = torch.autograd.grad(your_loss, embeddings)
 print(f"loss: yours {your_loss.item():.6f}, MultipleNegativesRankingLoss {library_loss.item():.6f}; largest gradient "
       f"difference {max(float((a - b).abs().max()) for a, b in zip(your_grads, library_grads)):.2e}")
 assert abs(your_loss.item() - library_loss.item()) < 1e-5
+assert all(float((a - b).abs().max()) < 1e-5 for a, b in zip(your_grads, library_grads))
 
 # %% nbgrader={"grade": true, "grade_id": "info_nce_tests", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # Hidden tests compare info_nce_loss and its gradients with MultipleNegativesRankingLoss on unseen batches.
@@ -254,14 +273,18 @@ in_batch_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 tuned_model = model
 tuned_scores = retrieval.retrieval_scores(tuned_model, eval_questions)
 tuned_train_scores = retrieval.retrieval_scores(tuned_model, train_questions[:len(eval_questions)])
+tuned_similarity = similarity(tuned_model, eval_questions)
+tuned_wrong_system = procedure_right_system_wrong(tuned_similarity, eval_questions)
 print(f"{len(in_batch_losses)} steps in {in_batch_seconds:.0f} s; loss {in_batch_losses[0]:.3f} -> {in_batch_losses[-1]:.3f}")
 rows = [{"model": "base", "questions": "validation", **base_scores},
         {"model": "fine-tuned", "questions": "validation", **tuned_scores},
         {"model": "fine-tuned", "questions": "training (seen)", **tuned_train_scores}]
 print(plots.table(rows, list(rows[0]), floatfmt=".3f"))
+print(f"first page with the right procedure on another system: base {base_wrong_system:.2f}, fine-tuned "
+      f"{tuned_wrong_system:.2f} of the validation questions")
 
 # %%
-tuned_order = similarity(tuned_model, eval_questions).argsort(dim=1, descending=True).tolist()
+tuned_order = tuned_similarity.argsort(dim=1, descending=True).tolist()
 tuned_first_right = [next(i + 1 for i, d in enumerate(row) if d in wanted) for row, wanted in zip(tuned_order, relevant)]
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
 left.plot(range(1, len(in_batch_losses) + 1), in_batch_losses, marker=".")
@@ -276,21 +299,24 @@ fig.tight_layout()
 
 # %% [markdown]
 # Sixteen steps moved MRR@10 on the validation questions far above the base model's (the table): the right page
-# now comes first for most questions (the histogram), on pages and in phrasings training never showed. The
-# model learned the codenames from the training questions and carried them to the evaluation pages. Its scores
-# on training questions it has seen (the table's last row) are higher still: scored on those, it would look
-# better than it is. That is why the validation questions ask about other pages, in other words.
+# now comes first for most questions (accuracy@1, and the histogram), on pages and in phrasings training never
+# showed. The right procedure on the wrong system, the base model's usual miss, became far less common (printed
+# under the table): the model learned the codenames from the training questions and carried them to the
+# evaluation pages. Its scores on training questions it has seen (the table's last row) are higher still: scored on
+# those, it would look better than it is. That is why the validation questions ask about other pages, in other
+# words.
 #
 # ## 5 · Hard negatives, and negatives that are right
 # In-batch negatives are random pages: most are easy (another system, another procedure). A **hard negative** is
 # a wrong page the model ranks high: mined by ranking the training pages for each question with the base model
 # (`sentence_transformers.util.mine_hard_negatives`, through `retrieval.training_data`) and taking the best page
-# that is not the positive. Below, one thing changes: the training data. Three runs from the base model, each
+# that is not the positive. Below, one thing changes: the training data (and with it the texts a step encodes: a
+# mined row holds a third text, so those runs encode 1.5 times the texts). Three runs from the base model, each
 # 32 steps of **4 rows** (a small batch has only 3 in-batch negatives per question, where a mined negative
 # should count most), learning rate 1e-4, the same seed: pairs only; pairs with the top-ranked other page; and
 # the same mining with the library's margin filter (`relative_margin=0.05`: a candidate must score at least 5 %
-# below the positive, so pages the miner scores above the positive are skipped). A mined row holds three texts, so
-# those runs encode 1.5 times the texts.
+# below the positive, so pages the miner scores above the positive are skipped, and a question with no such page in
+# its top 20 is dropped).
 
 # %%
 SMALL_BATCH, SMALL_STEPS, SMALL_LR = 4, 32, 1e-4
@@ -303,23 +329,29 @@ for negatives in retrieval.NEGATIVES:
     with quiet():
         small_model, _, seconds = retrieval.train_embedding(retrieval.load_embedding_model(preset.device, seed=SEED),
                                                             data, small_args)
-    above = None
+    above = same_procedure = None
     if negatives != "in-batch":  # how often the base model scored the mined negative above the right page
         q, p, n = (base_model.encode(data[c], convert_to_tensor=True, normalize_embeddings=True)
                    for c in ("anchor", "positive", "negative"))
         above = float(((q * n).sum(-1) > (q * p).sum(-1)).float().mean())
+        page_of = {text: doc_id for doc_id, text in documents.items()}
+        same_procedure = sum(page_of[neg].split("/")[1] == page_of[pos].split("/")[1]
+                             and page_of[neg].split("/")[0] != page_of[pos].split("/")[0]
+                             for pos, neg in zip(data["positive"], data["negative"])) / len(data)
     small_batch_runs.append({"training data": negatives, "rows": len(data), "right pages as negatives": false_negatives,
-                             "negative above positive": above,
+                             "negative above positive": above, "same procedure, other system": same_procedure,
                              "texts": SMALL_STEPS * SMALL_BATCH * retrieval.texts_per_row(negatives),
                              "s": seconds, **retrieval.retrieval_scores(small_model, eval_questions)})
 print(plots.table(small_batch_runs, list(small_batch_runs[0]), floatfmt=".3f"))
 
 # %% [markdown]
 # At 4 rows a step, the filtered mined negatives gave the highest MRR@10 of the three (the table), above pairs
-# alone; unfiltered mining gained less. The base model does not know the codenames, so the page it ranks above the
-# right one ("negative above positive", most rows unfiltered) is usually the same procedure on another system:
-# a true negative, but one the model cannot yet tell apart, and the filter replaces it with a page the model
-# ranks just below the right one. Few of the base model's picks are right pages (the third column).
+# alone and above unfiltered mining. The base model does not know the codenames: unfiltered, the page it mines
+# scores above the right one for most rows ("negative above positive"), and most mined pages are the same
+# procedure on another system (the next column): true negatives, which the model cannot yet tell apart from the
+# right page. The filter takes instead the best page scoring at least 5 % below the right one, and drops the
+# questions that have none (the rows column). Few of the base model's picks are right pages, with or without the
+# filter (the third column).
 #
 # **False negatives.** A miner that knows the codenames finds a different kind of hard negative. Section 4's
 # fine-tuned model, mining the same questions: for a question about a restart, restore or logs page, the page it
@@ -342,18 +374,18 @@ print(f"\n{example['anchor']!r}\n  positive: {example['positive'][:90]}...\n  'n
 
 # %% [markdown]
 # Mined by the fine-tuned model without a filter, a large share of the negatives are right pages (the table);
-# the margin removes most of them. Training on them would teach the model to push away the old wiki's copy of
-# every page it should find. Two ways out, often combined: a margin (or a threshold on the miner's score), and
+# the margin removes most of them. On such a row the loss pushes the question away from the old wiki's copy of its
+# page, a page it should find. Two ways out, often combined: a margin (or a threshold on the miner's score), and
 # data that marks every right page of a question (here `retrieval.relevant_pages`).
 #
 # ## 6 · In the field: fine-tuning the retriever of a RAG system
-# Dense Passage Retrieval (Karpukhin et al., 2020) trained a question encoder and a passage encoder with this
-# loss, in-batch negatives plus one hard negative per question from BM25 (a keyword ranker), and found the
-# hard negative helped. NV-Retriever (Moreira et al., 2024) studied how hard negatives are mined and filtered for
+# Dense Passage Retrieval (Karpukhin et al., 2020) trained a question encoder and a passage encoder with the same
+# in-batch cross-entropy (on dot products rather than scaled cosines), in-batch negatives plus one hard negative
+# per question from BM25 (a keyword ranker), and found the hard negative helped. NV-Retriever (Moreira et al., 2024) studied how hard negatives are mined and filtered for
 # false negatives; its filter keeps candidates that score below a share of the positive's score (95 % among its
 # best settings), the filter `relative_margin=0.05` applies above. For a RAG system whose generator answers
 # well once it gets the right page, fine-tuning the retriever is the cheaper fix: this notebook's runs take
-# seconds on a CPU, where 03's generator fine-tunes took minutes. What a report on a production retriever rarely
+# seconds on a CPU (printed above), and a small model trains whole. What a report on a production retriever rarely
 # gives is its training questions: the one input that taught this model the codenames.
 #
 # ## 7 · A retriever on a budget of texts
@@ -361,15 +393,20 @@ print(f"\n{example['anchor']!r}\n  positive: {example['positive'][:90]}...\n  'n
 # Choose the training data and the run of a fine-tune that the grader, on **held-out questions it draws** (about
 # the evaluation pages, none of them a validation question), finds better than the base model: MRR@10 at least
 # **0.45** above the base model's on the same questions, within a budget of **256 texts** encoded in training
-# (steps × rows a step × texts a row: 2 for a pair, 3 with a mined negative). Section 4's run encoded 512 and
-# section 5's 256 or 384: neither fits as it is, and how you spend the budget decides the score.
+# (steps × rows a step × texts a row: 2 for a pair, 3 with a mined negative). Section 4's run encoded 512 texts;
+# section 5's in-batch run fits (256) but gained far less than 0.45, and its mined runs encoded 384. How you spend
+# the budget decides the score.
 # - `negatives`: one of `NEGATIVES` (`"in-batch"`, `"mined"`, `"mined, filtered"`); mined negatives are mined
 #   by the grader with the base model, from the training pages, as in section 5;
 # - `relative_margin`: the filter's margin (0 to 0.5), used by `"mined, filtered"`;
 # - `loss_scale`: `MultipleNegativesRankingLoss`'s scale (1 to 100);
 # - `training_args`: a `SentenceTransformerTrainingArguments` with `**EMBEDDING_ARGS` (choose `max_steps`,
-#   `per_device_train_batch_size` from 2 to 64, `learning_rate`, `lr_scheduler_type`, `warmup_steps`,
-#   `weight_decay`, `seed`).
+#   `per_device_train_batch_size` from 2 to 64, `learning_rate` in (0, 0.1], `lr_scheduler_type` (`"linear"`,
+#   `"cosine"`, `"constant"` or `"constant_with_warmup"`), `warmup_steps` (a float below 1 is a share of the
+#   steps), `weight_decay`, `seed`; it trains in float32 on every preset).
+#
+# Define all four names, `relative_margin` too when you do not mine. `check_recipe` below runs the grader's checks
+# of them before you train.
 #
 # The grader runs your cell in a process of its own (with `preset`, `SEED`, `SentenceTransformerTrainingArguments`,
 # `EMBEDDING_ARGS` and `NEGATIVES` defined as here), builds the training data from the training questions,
@@ -426,10 +463,13 @@ by_data = {run["training data"]: run for run in small_batch_runs}
 write_results("10_embedding_fine_tuning", base_metric=m.get("base_mrr@10", float("nan")),
               tuned_metric=m.get("mrr@10", float("nan")), metric="MRR@10, validation questions",
               base_mrr=base_scores["mrr@10"], tuned_mrr=tuned_scores["mrr@10"],
-              tuned_train_mrr=tuned_train_scores["mrr@10"], base_recall1=base_scores["recall@1"],
-              tuned_recall1=tuned_scores["recall@1"], in_batch_seconds=in_batch_seconds,
+              tuned_train_mrr=tuned_train_scores["mrr@10"], base_accuracy1=base_scores["accuracy@1"],
+              tuned_accuracy1=tuned_scores["accuracy@1"], base_wrong_system=base_wrong_system,
+              tuned_wrong_system=tuned_wrong_system, in_batch_seconds=in_batch_seconds,
               **{f"small_{k.replace(', ', '_').replace('-', '_')}_mrr": v["mrr@10"] for k, v in by_data.items()},
               small_mined_above=by_data["mined"]["negative above positive"],
+              small_mined_same_procedure=by_data["mined"]["same procedure, other system"],
+              small_filtered_rows=by_data["mined, filtered"]["rows"],
               **{f"false_negatives_{r['miner'].split()[0].replace('-', '_')}_{r['mining'].replace(', ', '_')}":
                  r["right pages as negatives"] for r in false_negative_rows},
               exercise_texts=chosen["texts"], exercise_seconds=your_seconds)
@@ -444,8 +484,9 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   gradients.
 # - `SentenceTransformerTrainingArguments`, `MultipleNegativesRankingLoss` and `SentenceTransformerTrainer` train
 #   the whole model in seconds on a CPU; sixteen steps taught it the codenames.
-# - Hard negatives mined by a model are worth most when batches are small; a miner that knows the domain picks
-#   right pages as negatives (false negatives), and a margin filter removes most of them.
+# - A mined hard negative adds a text to every row: at 4 rows a step, negatives mined by the base model and
+#   filtered by a margin beat pairs alone. A miner that knows the domain picks right pages as negatives (false
+#   negatives), and the margin filter removes most of them.
 # - **The mistake to remember: leakage.** A retriever scored on questions about pages it trained on, in phrasings
 #   it trained on, scores higher than it will on new ones (section 4's last row); split by page and by phrasing.
 #
