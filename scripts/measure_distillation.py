@@ -6,6 +6,10 @@ two ways: on the labels alone (alpha 0) and on the teacher's soft targets mixed 
 (`distill.distillation_trainer`, temperature T, weight alpha). Exact match on the 64 validation dates.
 
     python scripts/measure_distillation.py [--students 0-29:2 0-19,29] [--steps 48] [--lr 5e-4] [--t 2] [--alpha 0.5]
+    python scripts/measure_distillation.py --students 0-19,29 --variants 0:0:5e-4 1:0.5:5e-4 2:0.5:2e-4
+
+`--variants T:alpha:lr ...` replaces the two runs per student (labels only, then T/alpha at --lr) with one run per
+variant (alpha 0: labels only, T unused), for a sweep of the loss's temperature, weight and learning rate.
 
 A student is a list of kept layers: `a-b:s` (a to b step s) or comma-separated indices, joined by commas.
 """
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--t", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--variants", nargs="+", metavar="T:ALPHA:LR")
     parser.add_argument("--out", default="build/measure_distillation.json")
     args = parser.parse_args()
 
@@ -74,18 +79,22 @@ def main() -> None:
     data = to_prompt_completion(splits["train"])
     for spec in args.students:
         keep = parse_layers(spec)
-        for alpha in (0.0, args.alpha):
+        variants = ([tuple(float(x) for x in v.split(":")) for v in args.variants] if args.variants
+                    else [(args.t, 0.0, args.lr), (args.t, args.alpha, args.lr)])
+        for temperature, alpha, lr in variants:
             student = distill.layer_pruned_student(teacher, keep)
-            setup = SFTSetup(method="full", max_steps=args.steps, learning_rate=args.lr, batch_size=8, seed=0)
+            setup = SFTSetup(method="full", max_steps=args.steps, learning_rate=lr, batch_size=8, seed=0)
             torch.manual_seed(0)
-            trainer_cls = completion_only_trainer() if alpha == 0 else distill.distillation_trainer(teacher, args.t, alpha)
+            trainer_cls = (completion_only_trainer() if alpha == 0
+                           else distill.distillation_trainer(teacher, temperature, alpha))
             trainer = trainer_cls(model=student, args=sft_config(setup, preset, ROOT / "build" / "distill_student"),
                                   train_dataset=data, processing_class=tokenizer)
             began = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - began
             losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-            rows.append({"model": f"student {spec}, " + ("labels only" if alpha == 0 else f"T {args.t}, alpha {alpha}"),
+            rows.append({"model": f"student {spec}, " + ("labels only" if alpha == 0 else f"T {temperature:g}, alpha {alpha:g}")
+                         + f", lr {lr:g}",
                          "layers": len(keep), "params_m": distill.parameter_count(student) / 1e6,
                          "exact_match": exact_match(extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()), "train_s": seconds,
                          "first_loss": losses[0], "last_loss": losses[-1]})
