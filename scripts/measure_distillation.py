@@ -8,6 +8,11 @@ two ways: on the labels alone (alpha 0) and on the teacher's soft targets mixed 
     python scripts/measure_distillation.py [--students 0-29:2 0-19,29] [--steps 48] [--lr 5e-4] [--t 2] [--alpha 0.5]
     python scripts/measure_distillation.py --students 0-19,29 --variants 0:0:5e-4 1:0.5:5e-4 2:0.5:2e-4
 
+`--scarce N` asks whether the teacher helps when labels are scarce: the student trains (same steps, --lr) on N
+labelled examples only; on the teacher's greedy answers to every training prompt (sequence-level distillation: the
+teacher labels the prompts nobody labelled); on those answers with the teacher's soft targets (T 1, alpha 1); and,
+as the ceiling, on every training prompt's true label.
+
 `--variants T:alpha:lr ...` replaces the two runs per student (labels only, then T/alpha at --lr) with one run per
 variant (alpha 0: labels only, T unused), for a sweep of the loss's temperature, weight and learning rate.
 
@@ -46,6 +51,7 @@ def main() -> None:
     parser.add_argument("--t", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--variants", nargs="+", metavar="T:ALPHA:LR")
+    parser.add_argument("--scarce", type=int, metavar="N")
     parser.add_argument("--out", default="build/measure_distillation.json")
     args = parser.parse_args()
 
@@ -77,24 +83,38 @@ def main() -> None:
              "train_s": time.perf_counter() - start}]
     print(plots.table(rows, list(rows[0]), floatfmt=".3f"), flush=True)
     data = to_prompt_completion(splits["train"])
+    datasets = {}
+    if args.scarce:
+        from ftcourse.tasks import Example
+
+        with preset.autocast():
+            _, answers = evaluation.exact_match(teacher, tokenizer, splits["train"], preset.eval_batch_size)
+        generated = [Example(e.prompt, evaluation.normalise_answer(a)) for e, a in zip(splits["train"], answers)]
+        agree = sum(g.answer == e.answer for g, e in zip(generated, splits["train"])) / len(generated)
+        print(f"teacher's answers to the {len(generated)} training prompts: {agree:.3f} equal the true labels", flush=True)
+        datasets = {f"{args.scarce} labelled only": (to_prompt_completion(splits["train"][:args.scarce]), 0.0, 1.0),
+                    "teacher-generated answers": (to_prompt_completion(generated), 0.0, 1.0),
+                    "teacher-generated + soft targets T 1": (to_prompt_completion(generated), 1.0, 1.0),
+                    "every prompt's true label (ceiling)": (data, 0.0, 1.0)}
     for spec in args.students:
         keep = parse_layers(spec)
-        variants = ([tuple(float(x) for x in v.split(":")) for v in args.variants] if args.variants
-                    else [(args.t, 0.0, args.lr), (args.t, args.alpha, args.lr)])
-        for temperature, alpha, lr in variants:
+        variants = ([(name, t, a, args.lr, d) for name, (d, a, t) in datasets.items()] if datasets
+                    else [("", *(float(x) for x in v.split(":")), data) for v in args.variants] if args.variants
+                    else [("", args.t, 0.0, args.lr, data), ("", args.t, args.alpha, args.lr, data)])
+        for name, temperature, alpha, lr, train_data in variants:
             student = distill.layer_pruned_student(teacher, keep)
             setup = SFTSetup(method="full", max_steps=args.steps, learning_rate=lr, batch_size=8, seed=0)
             torch.manual_seed(0)
             trainer_cls = (completion_only_trainer() if alpha == 0
                            else distill.distillation_trainer(teacher, temperature, alpha))
             trainer = trainer_cls(model=student, args=sft_config(setup, preset, ROOT / "build" / "distill_student"),
-                                  train_dataset=data, processing_class=tokenizer)
+                                  train_dataset=train_data, processing_class=tokenizer)
             began = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - began
             losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-            rows.append({"model": f"student {spec}, " + ("labels only" if alpha == 0 else f"T {temperature:g}, alpha {alpha:g}")
-                         + f", lr {lr:g}",
+            rows.append({"model": f"student {spec}, " + (name or ("labels only" if alpha == 0 else
+                                                                   f"T {temperature:g}, alpha {alpha:g}")) + f", lr {lr:g}",
                          "layers": len(keep), "params_m": distill.parameter_count(student) / 1e6,
                          "exact_match": exact_match(extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()), "train_s": seconds,
                          "first_loss": losses[0], "last_loss": losses[-1]})
