@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--variants", nargs="+", metavar="T:ALPHA:LR")
     parser.add_argument("--scarce", type=int, metavar="N")
+    parser.add_argument("--seed", type=int, default=0, help="the students' training seed (and which N are labelled); "
+                                                              "the teacher is always seed 0's")
     parser.add_argument("--out", default="build/measure_distillation.json")
     args = parser.parse_args()
 
@@ -92,7 +94,10 @@ def main() -> None:
         generated = [Example(e.prompt, evaluation.normalise_answer(a)) for e, a in zip(splits["train"], answers)]
         agree = sum(g.answer == e.answer for g, e in zip(generated, splits["train"])) / len(generated)
         print(f"teacher's answers to the {len(generated)} training prompts: {agree:.3f} equal the true labels", flush=True)
-        datasets = {f"{args.scarce} labelled only": (to_prompt_completion(splits["train"][:args.scarce]), 0.0, 1.0),
+        import random
+
+        labelled = random.Random(args.seed).sample(splits["train"], args.scarce) if args.seed else splits["train"][:args.scarce]
+        datasets = {f"{args.scarce} labelled only": (to_prompt_completion(labelled), 0.0, 1.0),
                     "teacher-generated answers": (to_prompt_completion(generated), 0.0, 1.0),
                     "teacher-generated + soft targets T 1": (to_prompt_completion(generated), 1.0, 1.0),
                     "every prompt's true label (ceiling)": (data, 0.0, 1.0)}
@@ -103,8 +108,8 @@ def main() -> None:
                     else [("", args.t, 0.0, args.lr, data), ("", args.t, args.alpha, args.lr, data)])
         for name, temperature, alpha, lr, train_data in variants:
             student = distill.layer_pruned_student(teacher, keep)
-            setup = SFTSetup(method="full", max_steps=args.steps, learning_rate=lr, batch_size=8, seed=0)
-            torch.manual_seed(0)
+            setup = SFTSetup(method="full", max_steps=args.steps, learning_rate=lr, batch_size=8, seed=args.seed)
+            torch.manual_seed(args.seed)
             trainer_cls = (completion_only_trainer() if alpha == 0
                            else distill.distillation_trainer(teacher, temperature, alpha))
             trainer = trainer_cls(model=student, args=sft_config(setup, preset, ROOT / "build" / "distill_student"),
