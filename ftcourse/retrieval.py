@@ -378,14 +378,9 @@ def embedding_choices(args, negatives, relative_margin, loss_scale, preset, text
     A RecipeError names the field the grader would not train."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
-    from .training import SCHEDULERS, RecipeError, _integer, _real, only_choices_differ
+    from .training import RecipeError, _integer, _real, config_dict, only_choices_differ, schedule_choices
 
-    if isinstance(args, dict):
-        data = dict(args)
-    elif type(args).__name__ == "SentenceTransformerTrainingArguments" and hasattr(args, "to_dict"):
-        data = args.to_dict()
-    else:
-        raise RecipeError(f"training_args must be a SentenceTransformerTrainingArguments, got {type(args).__name__}.")
+    data = config_dict(args, "training_args", "SentenceTransformerTrainingArguments")
     if not isinstance(negatives, str) or negatives not in NEGATIVES:
         raise RecipeError(f"negatives must be one of {list(NEGATIVES)}, got {str(negatives)[:80]!r}.")
     margin = _real(relative_margin, "relative_margin", 0, 0.5)
@@ -397,17 +392,7 @@ def embedding_choices(args, negatives, relative_margin, loss_scale, preset, text
                                                       "training_args.per_device_train_batch_size", 2,
                                                       MAX_EMBEDDING_BATCH)
     _real(choices.get("learning_rate", 5e-5), "training_args.learning_rate", 0, 0.1, low_open=True)
-    if choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
-        raise RecipeError(f"training_args.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
-                          f"got {choices.get('lr_scheduler_type')!r}.")
-    warmup = choices.get("warmup_steps", 0)
-    if isinstance(warmup, float) and not warmup.is_integer():
-        _real(warmup, "training_args.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
-    elif "warmup_steps" in choices:
-        choices["warmup_steps"] = _integer(warmup, "training_args.warmup_steps", 0, choices["max_steps"])
-    _real(choices.get("weight_decay", 0.0), "training_args.weight_decay", 0, 1)
-    if "seed" in choices:
-        choices["seed"] = _integer(choices["seed"], "training_args.seed", 0, 2**32 - 1)
+    schedule_choices(choices, "training_args", choices["max_steps"])
     texts = choices["max_steps"] * choices["per_device_train_batch_size"] * texts_per_row(negatives)
     if texts > text_budget:
         raise RecipeError(f"training_args encode {texts} texts ({choices['max_steps']} steps x "
@@ -418,12 +403,9 @@ def embedding_choices(args, negatives, relative_margin, loss_scale, preset, text
                                                          **choices).to_dict()
     except (TypeError, ValueError) as error:
         raise RecipeError(f"These choices do not make valid training arguments: {error}") from None
+    # other exercises leave precision to the machine; this one trains in float32 on every preset
     only_choices_differ("training_args", "SentenceTransformerTrainingArguments", data, reference, choices,
-                        EMBEDDING_CHOICES, " (pass **EMBEDDING_ARGS)")
-    for name in ("bf16", "fp16"):  # other exercises leave precision to the machine; this one trains in float32
-        if data.get(name):
-            raise RecipeError(f"training_args.{name} = True: this exercise trains in float32 on every preset, so that "
-                              f"the grader trains exactly what your run trained (pass **EMBEDDING_ARGS).")
+                        EMBEDDING_CHOICES, " (pass **EMBEDDING_ARGS)", machine=("use_cpu",))
     return {"args": choices, "negatives": negatives, "relative_margin": margin, "loss_scale": scale, "texts": texts}
 
 

@@ -251,7 +251,7 @@ def config_dict(config, what: str, expected: str | None = None) -> dict:
                                 else "DPOConfig" if what.startswith("dpo") else "GRPOConfig" if what.startswith("grpo")
                                 else "SFTConfig")
         raise RecipeError(f"{what} must be a {expected}, got {type(config).__name__}: the graded exercise trains "
-                          f"a LoRA adapter from the configs your cell builds.")
+                          f"from the configs your cell builds.")
     if isinstance(data.get("target_modules"), (set, frozenset, tuple)):
         data["target_modules"] = sorted(data["target_modules"])
     return data
@@ -338,17 +338,7 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
         sft_choices["per_device_train_batch_size"] = _integer(sft_choices["per_device_train_batch_size"],
                                                               f"{train_name}.per_device_train_batch_size", 1,
                                                               MAX_BATCH_FACTOR * preset.batch_size)
-    if sft_choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
-        raise RecipeError(f"{train_name}.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
-                          f"got {sft_choices.get('lr_scheduler_type')!r}.")
-    warmup = sft_choices.get("warmup_steps", 0)
-    if isinstance(warmup, float) and not warmup.is_integer():
-        _real(warmup, f"{train_name}.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
-    elif "warmup_steps" in sft_choices:
-        sft_choices["warmup_steps"] = _integer(warmup, f"{train_name}.warmup_steps", 0, budget)
-    _real(sft_choices.get("weight_decay", 0.0), f"{train_name}.weight_decay", 0, 1)
-    if "seed" in sft_choices:
-        sft_choices["seed"] = _integer(sft_choices["seed"], f"{train_name}.seed", 0, 2**32 - 1)
+    schedule_choices(sft_choices, train_name, budget)
     if sft_choices.get("center_rewards_coefficient") is not None:
         _real(sft_choices["center_rewards_coefficient"], f"{train_name}.center_rewards_coefficient", 0, 1)
     if "beta" in sft_choices:  # GRPO may leave the KL term out (its default); DPO's beta scales its reward
@@ -366,17 +356,34 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     return lora_choices, sft_choices
 
 
+def schedule_choices(choices: dict, what: str, budget: int) -> None:
+    """A trainer config's schedule choices, checked (in place): a known scheduler, warmup (steps within `budget`, or
+    a float share below 1), weight decay in [0, 1], a 32-bit seed."""
+    if choices.get("lr_scheduler_type", "linear") not in SCHEDULERS:
+        raise RecipeError(f"{what}.lr_scheduler_type must be one of {list(SCHEDULERS)}, "
+                          f"got {choices.get('lr_scheduler_type')!r}.")
+    warmup = choices.get("warmup_steps", 0)
+    if isinstance(warmup, float) and not warmup.is_integer():
+        _real(warmup, f"{what}.warmup_steps (a float below 1 is a share of the steps)", 0, 0.999)
+    elif "warmup_steps" in choices:
+        choices["warmup_steps"] = _integer(warmup, f"{what}.warmup_steps", 0, budget)
+    _real(choices.get("weight_decay", 0.0), f"{what}.weight_decay", 0, 1)
+    if "seed" in choices:
+        choices["seed"] = _integer(choices["seed"], f"{what}.seed", 0, 2**32 - 1)
+
+
 def only_choices_differ(what: str, class_name: str, data: dict, reference: dict, chosen: dict, open_: Sequence[str],
-                        how: str = "") -> None:
+                        how: str = "", machine: Sequence[str] = _MACHINE) -> None:
     """A config read back as data (`data`) against the config the grader builds from the checked choices
-    (`reference`, a `to_dict()`): a field the class lacks, or one other than the exercise's `open_` choices that
-    differs from the grader's, is a RecipeError naming it (`how`: how to get the grader's values)."""
+    (`reference`, a `to_dict()`): a field the class lacks, or one other than the exercise's `open_` choices and the
+    `machine`'s fields that differs from the grader's, is a RecipeError naming it (`how`: how to get the grader's
+    values)."""
     foreign = sorted(set(data) - set(reference) - set(_MACHINE) - set(_WHERE))
     if foreign:  # a config of another class, read back as data: its fields give it away
         raise RecipeError(f"{what} has fields {', '.join(foreign[:4])} that a {class_name} does not have: it must be a "
                           f"{class_name}.")
     for key, value in data.items():
-        if key in chosen or key in _MACHINE or key in _WHERE:
+        if key in chosen or key in machine or key in _WHERE:
             continue
         if not _same(value, reference[key]):
             raise RecipeError(f"{what}.{key} = {repr(value)[:80]}: this exercise keeps it at {reference[key]!r}{how}, "

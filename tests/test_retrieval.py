@@ -220,6 +220,8 @@ def test_the_exercise_budget_is_the_registrys_and_counts_every_text():
 
     with pytest.raises(RecipeError, match="384 texts"):  # the same run with a mined negative: 3 texts a row
         retrieval.embedding_choices(args, "mined", 0.05, 20.0, get_preset("cpu"))
+    with pytest.raises(RecipeError, match="bf16 = True: this exercise keeps it at False"):  # float32 on every preset
+        retrieval.embedding_choices(args.to_dict() | {"bf16": True}, "in-batch", 0.05, 20.0, get_preset("cpu"))
 
 
 def _reference_setup() -> str:

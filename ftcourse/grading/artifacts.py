@@ -63,11 +63,16 @@ def read_json(path: Path, what: str) -> dict:
 
 def recorded_steps(artifacts: Path) -> int:
     """Optimizer steps from the run's training.json; a missing or unreadable record counts as over any budget."""
+    return recorded_count(artifacts, "steps")
+
+
+def recorded_count(artifacts: Path, field: str) -> int:
+    """An integer of the run's training.json (steps, texts); missing or unreadable, it counts as over any budget."""
     try:
-        steps = read_json(artifacts / "training.json", "training record").get("steps")
+        value = read_json(artifacts / "training.json", "training record").get(field)
     except ArtifactError:
         return 10**9
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) else 10**9
+    return value if isinstance(value, int) and not isinstance(value, bool) else 10**9
 
 
 def recorded_double_quant(artifacts: Path) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..evaluation import FEW_SHOT_K
 from . import secret as secrets_
-from .artifacts import ArtifactError, check_tree, read_json, recorded_double_quant, recorded_steps
+from .artifacts import ArtifactError, check_tree, read_json, recorded_count, recorded_double_quant, recorded_steps
 from .learner import Cells, LearnerCodeError, call
 from .references import cached
 from .registry import outcome_exercise
@@ -400,13 +400,7 @@ def _base_retrieval_reference(preset, split: str, questions, secret: int | None)
 
 def _texts(artifacts: Path, produced: dict | None) -> int:
     """Texts the run encoded: the grader's own count, else the kernel's record (missing: over any budget)."""
-    if produced:
-        return produced["texts"]
-    try:
-        texts = read_json(artifacts / "training.json", "training record").get("texts")
-    except ArtifactError:
-        return 10**9
-    return texts if isinstance(texts, int) and not isinstance(texts, bool) else 10**9
+    return produced["texts"] if produced else recorded_count(artifacts, "texts")
 
 
 def evaluate_embedding(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
