@@ -162,10 +162,18 @@ print(f"the codenames are system {', '.join(f'{i:02d}: {code}' for i, (_, code) 
 
 # %%
 relevant = [{doc_ids.index(d) for d in retrieval.relevant_pages(q)} for q in eval_questions]
-order = base_similarity.argsort(dim=1, descending=True)
-first_right = [next(i + 1 for i, d in enumerate(row) if d in wanted) for row, wanted in zip(order.tolist(), relevant)]
+
+
+def first_right_ranks(scores):
+    """Each validation question's rank (from 1) of its first right page, pages ordered by similarity."""
+    order = scores.argsort(dim=1, descending=True).tolist()
+    return [next(i + 1 for i, d in enumerate(row) if d in wanted) for row, wanted in zip(order, relevant)]
+
+
+first_right = first_right_ranks(base_similarity)
 mrr_at_10 = sum(1 / r for r in first_right if r <= 10) / len(first_right)
-recall_at = {k: sum(len(wanted & set(row[:k])) / len(wanted) for row, wanted in zip(order.tolist(), relevant))
+order = base_similarity.argsort(dim=1, descending=True).tolist()
+recall_at = {k: sum(len(wanted & set(row[:k])) / len(wanted) for row, wanted in zip(order, relevant))
              / len(relevant) for k in (1, 5, 10)}
 base_scores = retrieval.retrieval_scores(base_model, eval_questions)
 print(f"from scratch: MRR@10 {mrr_at_10:.4f}, " + ", ".join(f"recall@{k} {v:.4f}" for k, v in recall_at.items()))
@@ -284,8 +292,7 @@ print(f"first page with the right procedure on another system: base {base_wrong_
       f"{tuned_wrong_system:.2f} of the validation questions")
 
 # %%
-tuned_order = tuned_similarity.argsort(dim=1, descending=True).tolist()
-tuned_first_right = [next(i + 1 for i, d in enumerate(row) if d in wanted) for row, wanted in zip(tuned_order, relevant)]
+tuned_first_right = first_right_ranks(tuned_similarity)
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
 left.plot(range(1, len(in_batch_losses) + 1), in_batch_losses, marker=".")
 left.set(xlabel="step", ylabel="MultipleNegativesRankingLoss", title="training loss")
