@@ -1,4 +1,4 @@
-"""Knowledge distillation instruments for notebook 09 (not built yet): a student made by dropping layers of the
+"""Knowledge distillation instruments for notebook 09: a student made by dropping layers of the
 teacher, the distillation loss as the library computes it, and the trainer that trains a student on it.
 
 The loss on the completion tokens, with temperature T and mixing weight alpha (Hinton et al. 2015):
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def parameter_count(model) -> int:
@@ -95,3 +96,181 @@ def distillation_trainer(teacher, temperature: float, alpha: float):
             return distillation_loss(student_logits, teacher_logits, labels[mask], temperature, alpha)
 
     return DistillationTrainer
+
+
+# ---------------------------------------------------------------- notebook 09's teacher, student and data
+
+STUDENT_LAYERS = tuple(range(20)) + (29,)  # the first 20 decoder layers and the last: 21 of 30, 76 % of the weights
+LABELLED = 16  # the training prompts whose true answer the student's owner has; the teacher answers the rest
+DATA_CHOICES = ("labels", "teacher answers", "teacher answers, labels where known")
+TEACHER_FILE = "adapter_model.safetensors"
+
+
+def teacher_setup():
+    """Notebook 03's LoRA recipe on the date task (the course's `SFTSetup` shorthand): the teacher's fine-tune."""
+    from .training import SFTSetup
+
+    return SFTSetup(method="lora", max_steps=24, learning_rate=1e-3, batch_size=8, seed=0)
+
+
+def _file_sha256(path: Path) -> str:
+    from .models import _sha256
+
+    return _sha256(path)
+
+
+def course_teacher(preset, folder: str | Path, sha256: str | None = None, retrain: bool = False,
+                   progress: bool = True):
+    """The teacher: the course model with 03's LoRA fine-tune on the date task (`teacher_setup`), merged.
+
+    Trained once and cached in `folder` (its adapter, ~20 MB, and its greedy answers to every training prompt);
+    later calls load it (a few seconds). With `sha256` the cached adapter is used only when its file has that
+    hash (the grader's signed record), otherwise, or with `retrain`, it is trained again. Returns (teacher,
+    tokenizer, {"sha256": the adapter file's hash, "answers": the teacher's answer to each training prompt}).
+    """
+    import json
+
+    from . import evaluation
+    from .models import load_adapter_model, load_model, load_tokenizer
+    from .tasks import date_task_splits
+    from .training import save_sft_artifacts, train_sft
+
+    folder = Path(folder)
+    adapter, answers_file = folder / "adapter", folder / "answers.json"
+    weights = adapter / TEACHER_FILE
+    train = date_task_splits(preset.n_train, preset.n_eval)["train"]
+    cached = (not retrain and weights.is_file() and not weights.is_symlink() and answers_file.is_file()
+              and (sha256 is None or _file_sha256(weights) == sha256))
+    if cached:
+        teacher, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
+        answers = json.loads(answers_file.read_text())
+        if not (isinstance(answers, list) and len(answers) == len(train) and all(isinstance(a, str) for a in answers)):
+            cached = False
+    if not cached:
+        tokenizer = load_tokenizer(preset.model)
+        tuned, result = train_sft(load_model(preset.model, preset.device, seed=0), tokenizer, train, teacher_setup(),
+                                  preset, folder / "trainer", progress=progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_sft_artifacts(tuned, tokenizer, result, teacher_setup(), folder)
+        teacher = tuned.merge_and_unload()
+        with preset.autocast():
+            _, replies = evaluation.exact_match(teacher, tokenizer, train, preset.eval_batch_size)
+        answers = [evaluation.normalise_answer(r) for r in replies]
+        answers_file.write_text(json.dumps(answers))
+    teacher.eval().requires_grad_(False)
+    return teacher, tokenizer, {"sha256": _file_sha256(weights), "answers": answers}
+
+
+def distillation_examples(choice: str, train, answers, labelled: int = LABELLED):
+    """The student's training rows for one of `DATA_CHOICES`: "labels", the first `labelled` training prompts with
+    their true answers (all a student without the teacher has); "teacher answers", every training prompt with the
+    teacher's answer (sequence-level distillation: the teacher labels the prompts nobody labelled); "teacher
+    answers, labels where known", the same with the true answer where there is one. A prompt the teacher left
+    without an answer is dropped."""
+    from .tasks import Example
+
+    if choice not in DATA_CHOICES:
+        raise ValueError(f"training_data must be one of {list(DATA_CHOICES)}, got {choice!r}.")
+    if len(answers) != len(train):
+        raise ValueError(f"answers must hold one answer per training prompt ({len(train)}), got {len(answers)}.")
+    if choice == "labels":
+        return list(train[:labelled])
+    known = labelled if choice.endswith("where known") else 0
+    return list(train[:known]) + [Example(e.prompt, a) for e, a in zip(train[known:], answers[known:]) if a]
+
+
+def train_student(teacher, tokenizer, examples, args, temperature: float, alpha: float, preset, progress: bool = True):
+    """The packaged mirror of notebook 09's student cell: a fresh `layer_pruned_student` of the teacher, trained in
+    full on `examples` with the `SFTConfig` `args` by `distillation_trainer(teacher, temperature, alpha)` (alpha 0:
+    the preset's SFT trainer, no teacher forward). Returns (student, TrainResult)."""
+    from .training import run_trainer
+
+    student = layer_pruned_student(teacher, STUDENT_LAYERS)
+    trainer_cls = distillation_trainer(teacher, temperature, alpha) if alpha > 0 else None
+    return run_trainer(student, tokenizer, examples, None, args, preset, "grouped", progress=progress,
+                       trainer_cls=trainer_cls)
+
+
+def save_student(student, folder: str | Path) -> Path:
+    """The student's weights alone (safetensors): `load_student` rebuilds its architecture from the teacher."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in student.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, folder / "model.safetensors")
+    return folder
+
+
+def load_student(teacher, folder: str | Path):
+    """A `layer_pruned_student` of `teacher` holding the weights `save_student` wrote (every tensor, with its
+    shape, or a clear error): nothing but tensors is read from `folder`."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file() or path.is_symlink():
+        raise FileNotFoundError(f"No student weights in {folder}: expected model.safetensors (save_student writes it).")
+    student = layer_pruned_student(teacher, STUDENT_LAYERS)
+    state = load_file(str(path), device="cpu")
+    expected = {k: v.shape for k, v in student.state_dict().items() if k != "lm_head.weight"}
+    if set(state) != set(expected) or any(state[k].shape != expected[k] for k in expected):
+        raise ValueError(f"{path} does not hold the student's {len(expected)} tensors with their shapes: not the "
+                         f"{len(STUDENT_LAYERS)}-layer student of this course.")
+    student.load_state_dict(state, strict=False)
+    student.tie_weights()
+    return student.eval()
+
+
+DISTILL_NAMES = ["training_data", "temperature", "alpha", "sft_config"]
+
+
+def distillation_choices(sft_config, training_data, temperature, alpha, preset, step_budget: int) -> dict:
+    """Exercise 9.2's choices, checked as the grader checks them: one of `DATA_CHOICES`, a temperature in
+    [0.5, 10], alpha in [0, 1], and an `SFTConfig` whose only choices are `training.SFT_CHOICES` (with
+    `PRESET_ARGS`), within the step budget. A `RecipeError` names what it cannot train."""
+    from .training import RecipeError, _real, train_choices
+
+    if not isinstance(training_data, str) or training_data not in DATA_CHOICES:
+        raise RecipeError(f"training_data must be one of {list(DATA_CHOICES)}, got {str(training_data)[:80]!r}.")
+    choices = {"training_data": training_data, "temperature": _real(temperature, "temperature", 0.5, 10),
+               "alpha": _real(alpha, "alpha", 0, 1)}
+    return choices | {"sft": train_choices(sft_config, "sft_config", preset, "grouped", step_budget)}
+
+
+def labels_only_args(preset, steps: int, output_dir: str | Path):
+    """The `SFTConfig` of the student trained without the teacher (section 5's first run, and the grader's
+    reference): `steps` of 8 rows at learning rate 5e-4, seed 0, what the machine fixes (`preset_sft_args`)."""
+    from trl import SFTConfig
+
+    from .training import preset_sft_args
+
+    return SFTConfig(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, learning_rate=5e-4,
+                     seed=0, **preset_sft_args(preset))
+
+
+def answer_logits(model, tokenizer, examples):
+    """The model's logits at the positions that predict each answer token of `examples` (the chat prompt, then the
+    answer), one row per answer token: (logits [tokens, vocabulary] in float32, the answer tokens, the index of the
+    example each row belongs to). What the distillation loss compares, on real prompts."""
+    import torch
+
+    from .evaluation import render_prompt
+
+    rows, targets, owners = [], [], []
+    for index, example in enumerate(examples):
+        prompt = tokenizer(render_prompt(tokenizer, example.prompt), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + answer], device=next(model.parameters()).device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float()
+        rows.append(logits[len(prompt) - 1:len(prompt) + len(answer) - 1].cpu())
+        targets += answer
+        owners += [index] * len(answer)
+    return torch.cat(rows), torch.tensor(targets), torch.tensor(owners)
+
+
+def teacher_dir(preset) -> Path:
+    """Where the notebook's teacher is cached for this preset (in the course's model cache; the grader keeps its own)."""
+    from .models import cache_root
+
+    return cache_root() / "teacher" / preset.name

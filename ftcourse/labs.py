@@ -294,3 +294,121 @@ def quantization_lab_widget(weight, model, tokenizer, text: str, error_rows: lis
                 "quantization", readout, image, shown_error)
     display(box)
     return box
+
+
+# ---------------------------------------------------------------- Distillation Lab (notebook 09)
+
+LAB_TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def soft_target_entropy(teacher_logits, temperature: float) -> float:
+    """Entropy (nats) of the teacher's soft targets softmax(logits / T): 0 for one sure token, log(V) for uniform."""
+    import torch
+
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return float(-(log_p.exp() * log_p).sum())
+
+
+def distillation_lab_numbers(teacher_logits, label: int, temperature: float, alpha: float, steps: int = 40,
+                             lr: float = 0.2, top: int = 6) -> dict:
+    """Real gradient steps of the distillation loss (`distill.distillation_loss`) on a learnable student distribution
+    over the whole vocabulary: its logits start at zero (every token equally likely) and take `steps` Adam steps at
+    `lr` towards the teacher's `teacher_logits` (one position of a real prompt) at temperature T, mixed by alpha
+    with the label's cross-entropy. Returns the teacher's and the student's probabilities (at T and at 1) of
+    the teacher's `top` tokens, the loss and the KL at T per step, and the soft targets' entropy at every
+    `LAB_TEMPERATURES` value."""
+    import torch
+
+    from .distill import distillation_loss
+
+    teacher = teacher_logits.detach().float().reshape(1, -1)
+    target = torch.tensor([int(label)])
+    student = torch.zeros_like(teacher, requires_grad=True)
+    optimizer = torch.optim.Adam([student], lr=lr)
+    losses, kls = [], []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = distillation_loss(student, teacher, target, temperature, alpha)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        with torch.no_grad():
+            kls.append(distillation_loss(student, teacher, target, temperature, 1.0).item() / temperature**2)
+    student = student.detach()
+    tokens = teacher[0].topk(top).indices.tolist()
+
+    def probs(logits, t):
+        return torch.softmax(logits[0] / t, dim=-1)[tokens].tolist()
+
+    return {"temperature": temperature, "alpha": alpha, "steps": steps, "tokens": tokens, "label": int(label),
+            "teacher_at_t": probs(teacher, temperature), "student_at_t": probs(student, temperature),
+            "teacher_at_1": probs(teacher, 1.0), "student_at_1": probs(student, 1.0), "losses": losses, "kl": kls,
+            "entropy": soft_target_entropy(teacher[0], temperature),
+            "entropy_by_t": {t: soft_target_entropy(teacher[0], t) for t in LAB_TEMPERATURES}}
+
+
+def distillation_lab_text(numbers: dict, names: Sequence[str]) -> str:
+    """The lab's readout: the soft targets' entropy at T, the loss and the KL before and after the steps, and which
+    token the student ranks first."""
+    first = max(range(len(numbers["tokens"])), key=lambda i: numbers["student_at_1"][i])
+    return (f"T {numbers['temperature']:g}, alpha {numbers['alpha']:g}: the teacher's soft targets have entropy "
+            f"{numbers['entropy']:.3f} nats (at T 1: {numbers['entropy_by_t'][1.0]:.3f})\n"
+            f"loss {numbers['losses'][0]:.3f} -> {numbers['losses'][-1]:.3f} in {numbers['steps']} steps; "
+            f"KL(teacher || student) at T {numbers['kl'][0]:.4f} -> {numbers['kl'][-1]:.4f}\n"
+            f"the student's first token (at T 1): {names[first]!r}, p {numbers['student_at_1'][first]:.3f}; the "
+            f"teacher's: {names[0]!r}, p {numbers['teacher_at_1'][0]:.3f}")
+
+
+def distillation_lab_figure(numbers: dict, names: Sequence[str], title: str = ""):
+    """Three panels: the teacher's soft targets and the student's distribution at T over the teacher's top tokens;
+    the loss and the KL per step; the soft targets' entropy against T, the chosen T marked."""
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curve, entropy) = plt.subplots(1, 3, figsize=(12, 3.2))
+    x = list(range(len(names)))
+    bars.bar([i - 0.2 for i in x], numbers["teacher_at_t"], width=0.4, label="teacher (soft targets)")
+    bars.bar([i + 0.2 for i in x], numbers["student_at_t"], width=0.4, label="student")
+    bars.set_xticks(x, [repr(n)[1:-1][:8] for n in names], rotation=45, fontsize=8)
+    bars.set(ylabel=f"probability at T {numbers['temperature']:g}", ylim=(0, 1),
+             title="the teacher's top tokens")
+    bars.legend(fontsize=8)
+    steps = range(1, len(numbers["losses"]) + 1)
+    curve.plot(steps, numbers["losses"], label="loss")
+    curve.plot(steps, numbers["kl"], label="KL at T")
+    curve.set(xlabel="gradient step", yscale="log", title=f"alpha {numbers['alpha']:g}")
+    curve.legend(fontsize=8)
+    temperatures = list(numbers["entropy_by_t"])
+    entropy.plot(temperatures, list(numbers["entropy_by_t"].values()), marker=".")
+    entropy.scatter([numbers["temperature"]], [numbers["entropy"]], color="C3", zorder=3, label="this T")
+    entropy.set(xlabel="temperature T", ylabel="entropy of the soft targets (nats)", title="softer with T")
+    entropy.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def distillation_lab_widget(teacher_logits, label: int, names: Sequence[str], temperature: float = 2.0,
+                            alpha: float = 0.5, steps: int = 40, lr: float = 0.2):
+    """Sliders for T and alpha over `distillation_lab_numbers` and `distillation_lab_figure`: each move runs the
+    gradient steps again from the same start."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    t_slider = widgets.SelectionSlider(options=list(LAB_TEMPERATURES), value=temperature, description="T")
+    alpha_slider = widgets.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.1, description="alpha")
+    text, image, shown_error = widgets.HTML(), widgets.Image(format="png"), widgets.HTML()
+
+    def redraw(*_):
+        numbers = distillation_lab_numbers(teacher_logits, label, t_slider.value, alpha_slider.value, steps, lr,
+                                           top=len(names))
+        text.value = _pre(distillation_lab_text(numbers, names))
+        image.value = _figure_png(distillation_lab_figure(numbers, names))
+
+    redraw()
+    for control in (t_slider, alpha_slider):
+        control.observe(_shown(redraw, shown_error), names="value")
+    box = _mark(widgets.VBox([widgets.HBox([t_slider, alpha_slider]), text, shown_error, image]), "distillation",
+                text, image, shown_error)
+    display(box)
+    return box

@@ -301,10 +301,9 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
     if lora is None:
         raise RecipeError(f"{lora_name} must be a LoraConfig, got None: the graded exercise trains and saves a "
                           "LoRA adapter (a full fine-tune has no adapter to grade).")
-    lora, sft = config_dict(lora, lora_name, "LoraConfig"), config_dict(sft, train_name, recipe.config_class)
+    lora = config_dict(lora, lora_name, "LoraConfig")
     budget = step_budget or preset.step_budget
     lora_choices = {k: lora[k] for k in recipe.lora_choices if k in lora}
-    sft_choices = {k: sft[k] for k in recipe.train_choices if k in sft}
     if str(lora.get("task_type")) not in (recipe.task_type, f"TaskType.{recipe.task_type}"):
         what = "a causal language model" if recipe.task_type == "CAUSAL_LM" else "a sequence scorer: the reward head"
         raise RecipeError(f"{lora_name}.task_type must be {recipe.task_type!r} ({what}), got {lora.get('task_type')!r}.")
@@ -328,6 +327,23 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
             raise RecipeError(f"{lora_name}.layers_to_transform must be None (every layer) or distinct layer "
                               f"indices from 0 to {n_layers - 1}, got {layers!r}.")
         lora_choices["layers_to_transform"] = sorted(layers)
+    sft_choices = train_choices(sft, train_name, preset, layout, budget, kind)
+    try:
+        lora_reference = LoraConfig(task_type=recipe.task_type, **lora_choices).to_dict()
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"These choices do not make a valid config: {error}") from None
+    only_choices_differ(lora_name, "LoraConfig", lora, lora_reference, lora_choices, recipe.lora_choices)
+    return lora_choices, sft_choices
+
+
+def train_choices(config, what: str, preset: Preset, layout: str, budget: int, kind: str = "sft") -> dict:
+    """The learner's choices in a trainer config (the object or its `to_dict()`) of a recipe `kind`, checked as
+    `recipe_choices` checks them: within the step budget and the machine's sizes, every other field at the
+    grader's value. Notebook 09's student (a full fine-tune, no adapter) is checked by this alone."""
+    recipe = _recipe_kind(kind)
+    sft = config_dict(config, what, recipe.config_class)
+    sft_choices = {k: sft[k] for k in recipe.train_choices if k in sft}
+    train_name = what
     steps = sft_choices.get("max_steps", -1)
     if isinstance(steps, int) and not isinstance(steps, bool) and steps > budget:
         raise RecipeError(f"{train_name}.max_steps must be at most {budget} (the step budget), got {steps}.")
@@ -347,13 +363,11 @@ def recipe_choices(lora, sft, preset: Preset, layout: str = "grouped", step_budg
         _grpo_choices(sft_choices, train_name, preset)
     fixed = _fixed_args(kind, preset, layout)
     try:
-        lora_reference = LoraConfig(task_type=recipe.task_type, **lora_choices).to_dict()
         sft_reference = _trainer_config(recipe)(output_dir="recipe", **fixed, **sft_choices).to_dict()
     except (TypeError, ValueError) as error:
         raise RecipeError(f"These choices do not make a valid config: {error}") from None
-    only_choices_differ(lora_name, "LoraConfig", lora, lora_reference, lora_choices, recipe.lora_choices)
     only_choices_differ(train_name, recipe.config_class, sft, sft_reference, sft_choices, recipe.train_choices)
-    return lora_choices, sft_choices
+    return sft_choices
 
 
 def schedule_choices(choices: dict, what: str, budget: int) -> None:
@@ -694,10 +708,11 @@ def train_pairs(trainer_class, model, tokenizer, dataset, peft_config, args, pro
 
 
 def run_trainer(model, tokenizer, train_examples: Sequence[Example], peft_config, args, preset: Preset, layout: str,
-                prompt_format: str = "chat", progress: bool = True):
+                prompt_format: str = "chat", progress: bool = True, trainer_cls=None):
     """The course's training cell: seed, order the data for the layout, build the trainer, train.
 
     `model` is trained in place; returns (trained model, TrainResult). This is notebook 03's recipe cell.
+    `trainer_cls` replaces the preset's trainer (`trainer_class`): notebook 09's distillation trainer.
     """
     import torch
 
@@ -708,8 +723,9 @@ def run_trainer(model, tokenizer, train_examples: Sequence[Example], peft_config
     dataset = to_prompt_completion(train_examples, prompt_format)
     recorder = TrainingRecorder(progress=progress)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = trainer_class(preset)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                    peft_config=peft_config, callbacks=[recorder])
+    trainer = (trainer_cls or trainer_class(preset))(model=model, args=args, train_dataset=dataset,
+                                                     processing_class=tokenizer, peft_config=peft_config,
+                                                     callbacks=[recorder])
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the recorder's progress line replaces its dict dumps

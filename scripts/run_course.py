@@ -69,7 +69,8 @@ def run_notebook(notebook: Path, preset: str) -> dict:
         verdict = json.loads(verdict_file.read_text())
         metrics = verdict["metrics"]  # exact match on the task; 07: the judge's score; 08: the checker's share right;
         measure = "right" if "right_gain" in metrics else "mrr@10" if "mrr_gain" in metrics else "judge"  # 10: MRR@10
-        row["heldout_base"] = metrics.get("base_exact_match", metrics.get(f"base_{measure}"))
+        row["heldout_base"] = metrics.get("base_exact_match", metrics.get(  # 09: the student without the teacher
+            "labels_only_exact_match", metrics.get(f"base_{measure}")))
         row["heldout_tuned"] = metrics.get("exact_match", metrics.get(measure))
         row["probe_base"] = verdict["metrics"].get("base_probe_accuracy")
         row["probe_tuned"] = verdict["metrics"].get("probe_accuracy")

@@ -20,8 +20,9 @@ import browser_labs  # noqa: E402
 
 
 def test_lab_notebooks_are_found_and_each_lab_widget_is_marked():
-    assert browser_labs.lab_notebooks() == ["04_lora", "05_quantization_qlora", "06_reward_models_rlhf"]
-    for module in ("labs.py", "rlhf.py"):  # the labs of 04-05, and 06's RLHF Lab beside its instruments
+    assert browser_labs.lab_notebooks() == ["04_lora", "05_quantization_qlora", "06_reward_models_rlhf",
+                                            "09_distillation"]
+    for module in ("labs.py", "rlhf.py"):  # the labs of 04, 05 and 09, and 06's RLHF Lab beside its instruments
         labs_source = (ROOT / "ftcourse" / module).read_text()
         widgets = [line.split("def ")[1].split("(")[0] for line in labs_source.splitlines() if line.startswith("def ")
                    and "_lab_widget(" in line]

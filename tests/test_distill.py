@@ -120,3 +120,141 @@ def test_the_soft_term_is_trls_gkd_loss_at_beta_0_times_t_squared(temperature):
     trl_loss = GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=0.0, temperature=temperature)
     ours = distill.distillation_loss(student[mask], teacher[mask], labels[mask], temperature, alpha=1.0)
     assert ours.item() == pytest.approx(temperature**2 * trl_loss.item(), rel=1e-5)
+
+
+def test_the_student_data_choices_use_the_labels_and_the_teachers_answers_as_said():
+    from ftcourse.tasks import Example
+
+    train = [Example(f"p{i}", f"a{i}") for i in range(20)]
+    answers = [f"t{i}" if i != 18 else "" for i in range(20)]  # the teacher left prompt 18 without an answer
+    assert distill.distillation_examples("labels", train, answers, labelled=4) == train[:4]
+    teacher = distill.distillation_examples("teacher answers", train, answers, labelled=4)
+    assert [e.answer for e in teacher] == [f"t{i}" for i in range(20) if i != 18]
+    mixed = distill.distillation_examples("teacher answers, labels where known", train, answers, labelled=4)
+    assert mixed[:4] == train[:4] and [e.answer for e in mixed[4:]] == [f"t{i}" for i in range(4, 20) if i != 18]
+    with pytest.raises(ValueError, match="training_data must be one of"):
+        distill.distillation_examples("teacher", train, answers)
+    with pytest.raises(ValueError, match="one answer per training prompt"):
+        distill.distillation_examples("labels", train, answers[:3])
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"training_data": "soft"}, "training_data must be one of"),
+    ({"temperature": 0.1}, "temperature must be a number in [0.5, 10]"),
+    ({"alpha": 1.5}, "alpha must be a number in [0, 1]"),
+    ({"max_steps": 33}, "max_steps must be at most 32"),
+    ({"gradient_accumulation_steps": 4}, "gradient_accumulation_steps = 4: this exercise keeps"),
+    ({"per_device_train_batch_size": 64}, "per_device_train_batch_size must be an integer between 1 and 32"),
+])
+def test_exercise_9_2_choices_are_checked_naming_the_field(change, named):
+    from trl import SFTConfig
+
+    from ftcourse.grading import registry
+    from ftcourse.presets import get_preset
+    from ftcourse.training import RecipeError, preset_sft_args
+
+    cpu = get_preset("cpu")
+    budget = registry.exercise("distill_final_outcome").step_budget(cpu)
+    choices = {"training_data": "teacher answers", "temperature": 1.0, "alpha": 0.0}
+    config = {"max_steps": 32, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "seed": 0}
+    accepted = distill.distillation_choices(SFTConfig(output_dir="x", **config, **preset_sft_args(cpu)),
+                                            *choices.values(), cpu, budget)
+    assert accepted["sft"]["max_steps"] == 32 and accepted["training_data"] == "teacher answers"
+    choices |= {k: v for k, v in change.items() if k in choices}
+    config |= {k: v for k, v in change.items() if k not in choices}
+    with pytest.raises(RecipeError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        distill.distillation_choices(SFTConfig(output_dir="x", **config, **preset_sft_args(cpu)), *choices.values(),
+                                     cpu, budget)
+
+
+def test_a_saved_student_loads_into_the_students_architecture_and_nothing_else(teacher, tmp_path):
+    student = distill.layer_pruned_student(teacher, distill.STUDENT_LAYERS)
+    with torch.no_grad():
+        student.model.layers[3].mlp.up_proj.weight.add_(0.01)  # trained: no longer the teacher's layer
+    distill.save_student(student, tmp_path / "student")
+    loaded = distill.load_student(teacher, tmp_path / "student")
+    assert loaded.config.num_hidden_layers == len(distill.STUDENT_LAYERS)
+    torch.testing.assert_close(loaded.model.layers[3].mlp.up_proj.weight, student.model.layers[3].mlp.up_proj.weight)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()  # tied, as the teacher's
+    with pytest.raises(FileNotFoundError, match="No student weights"):
+        distill.load_student(teacher, tmp_path / "nothing")
+    distill.save_student(distill.layer_pruned_student(teacher, range(0, 30, 2)), tmp_path / "other")
+    with pytest.raises(ValueError, match="21-layer student"):  # another student's tensors are refused
+        distill.load_student(teacher, tmp_path / "other")
+
+
+def test_answer_logits_are_the_positions_that_predict_the_answer(teacher):
+    from ftcourse.models import load_tokenizer
+    from ftcourse.tasks import Example
+
+    tokenizer = load_tokenizer("embedded")
+    examples = [Example("Write 3 as a word.", "three"), Example("Write 12 as digits.", "12")]
+    logits, targets, owners = distill.answer_logits(teacher, tokenizer, examples)
+    lengths = [len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples]
+    assert logits.shape == (sum(lengths), teacher.config.vocab_size) and owners.tolist() == [0] * lengths[0] + [1] * lengths[1]
+    assert tokenizer.decode(targets[:lengths[0]]) == "three"
+    assert distill.distillation_loss(logits, logits, targets, 2.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_distillation_lab_converges_with_soft_targets_and_softens_with_temperature():
+    """The lab's numbers on peaked logits: soft targets alone bring the student's distribution to the teacher's
+    (KL down fiftyfold, its second choice learned within a factor of 2); the label alone leaves the KL where it was; the soft
+    targets' entropy rises with T."""
+    from ftcourse import labs
+
+    logits = torch.randn(2000, generator=torch.Generator().manual_seed(0))
+    logits[7], logits[3] = 12.0, 10.5
+    soft = labs.distillation_lab_numbers(logits, 7, 2.0, 1.0)
+    assert soft["kl"][-1] < soft["kl"][0] / 50 and soft["tokens"][:2] == [7, 3]
+    assert 0.5 < soft["student_at_1"][1] / soft["teacher_at_1"][1] < 2  # the teacher's second choice, learned
+    hard = labs.distillation_lab_numbers(logits, 7, 2.0, 0.0)
+    assert hard["student_at_1"][0] > 0.95 and hard["student_at_1"][1] < 0.01 < hard["teacher_at_1"][1]
+    entropies = list(soft["entropy_by_t"].values())
+    assert entropies == sorted(entropies) and entropies[0] < entropies[-1]
+    assert "entropy" in labs.distillation_lab_text(soft, ["a", "b", "c", "d", "e", "f"])
+
+
+def _reference_setup() -> str:
+    from conftest import reference_solution
+
+    return reference_solution("09_distillation", "distill_setup")
+
+
+@pytest.mark.parametrize("change,named", [
+    (("max_steps=32", "max_steps=48"), "max_steps must be at most 32"),
+    (('training_data = "teacher answers, labels where known"', 'training_data = "the teacher"'),
+     "training_data must be one of"),
+    (("temperature = 1.0", "temperature = 0.0"), "temperature must be a number in [0.5, 10]"),
+    (("alpha = 0.0", "alpha = -1"), "alpha must be a number in [0, 1]"),
+    (("seed=SEED,", "seed=SEED, gradient_accumulation_steps=8,"), "gradient_accumulation_steps = 8: this exercise keeps"),
+    (("sft_config = SFTConfig(", "sft_config = dict("), "this exercise keeps it at"),
+    (("**PRESET_ARGS)", "**PRESET_ARGS)\nsft_config = 3"), "must be a SFTConfig"),
+    (("alpha = 0.0", "del alpha"), "alpha"),
+])
+def test_exercise_9_2_refuses_what_it_would_not_train_before_training(change, named, learner_runtime, tmp_path):
+    """Part of the tamper suite for 9.2: choices over the step budget, outside the loss's ranges, or that the grader
+    would not train as the learner's run trained, fail with the field named, before any training (in a child)."""
+    from conftest import grade_outcome_cell
+
+    old, new = change
+    reference = _reference_setup()
+    assert old in reference
+    verdict = grade_outcome_cell("distill_final_outcome", "distill_setup", reference.replace(old, new), tmp_path)
+    assert not verdict.passed and named in verdict.message, verdict
+    assert not (tmp_path / "student").exists()  # refused before any training
+
+
+def test_exercise_9_2_trains_the_grader_own_student_whatever_the_cell_does(learner_runtime, tmp_path):
+    """The cell can only choose: one that forges a student, a training record and the package's evaluator in its own
+    process is graded on what the grader trains from its choices (here 1 step on the labels: no skill)."""
+    from conftest import grade_outcome_cell
+
+    forged = _reference_setup().replace("max_steps=32", "max_steps=1").replace(
+        '"teacher answers, labels where known"', '"labels"') + (
+        "\nimport json, pathlib\nfrom ftcourse import evaluation\nimport ftcourse.grading.evaluate as e\n"
+        "e.evaluate_distillation = lambda *a, **k: None\nevaluation.exact_match = lambda *a, **k: (1.0, [])\n"
+        "folder = pathlib.Path('artifacts/09_distillation')\nfolder.mkdir(parents=True, exist_ok=True)\n"
+        "(folder / 'training.json').write_text(json.dumps({'steps': 1, 'losses': [0.0]}))\n")
+    verdict = grade_outcome_cell("distill_final_outcome", "distill_setup", forged, tmp_path)
+    assert not verdict.passed and verdict.metrics["steps"] == 1 and verdict.metrics["gain_over_labels_only"] < 0.1, verdict
+    assert len(verdict.metrics["train_losses"]) == 1 and verdict.metrics["params_share"] < 0.8

@@ -66,6 +66,7 @@ def test_the_child_runs_the_cell_and_the_grader_compares(source, passed, learner
                                            ("static_bytes_tests", "01_when_to_fine_tune"),
                                            ("bradley_terry_tests", "06_reward_models_rlhf"),
                                            ("dpo_loss_tests", "07_dpo"), ("grpo_advantage_tests", "08_grpo"),
+                                           ("distillation_loss_tests", "09_distillation"),
                                            ("info_nce_tests", "10_embedding_fine_tuning")])
 def test_reference_passes_and_the_released_stub_fails_through_a_child(grade_id, slug, learner_runtime):
     (solution_id,) = registry.exercise(grade_id).solutions
@@ -291,4 +292,49 @@ def test_an_info_nce_loss_that_misses_one_rule_fails_and_names_the_batch(old, ne
 def test_an_info_nce_loss_that_calls_the_library_or_drops_an_input_is_refused(source, named, learner_runtime):
     """10.1 is compared with sentence-transformers' loss: the child hides it while the learner's function runs."""
     verdict = _through_a_child("info_nce_tests", {"info_nce_loss": source})
+    assert not verdict.passed and named in verdict.message, verdict
+
+
+@pytest.mark.parametrize("old,new,named", [
+    # the T^2 factor left out: only T 1 (and alpha 0) survive
+    ("return alpha * temperature**2 * soft", "return alpha * soft", "T 2"),
+    # the labels' term at temperature T instead of 1
+    ("-torch.log_softmax(student_logits, dim=-1)", "-torch.log_softmax(student_logits / temperature, dim=-1)",
+     "labels alone"),
+    # KL the wrong way round: KL(student || teacher)
+    ("soft = (log_p.exp() * (log_p - log_q)).sum(-1).mean()", "soft = (log_q.exp() * (log_q - log_p)).sum(-1).mean()",
+     "T 1, alpha 0.5"),
+    # log(softmax(...)): infinities on logits in the hundreds
+    ("log_p = torch.log_softmax(teacher_logits / temperature, dim=-1)",
+     "log_p = torch.softmax(teacher_logits / temperature, dim=-1).log()", "logits in the hundreds"),
+    # a sum over rows instead of their mean
+    ("soft = (log_p.exp() * (log_p - log_q)).sum(-1).mean()", "soft = (log_p.exp() * (log_p - log_q)).sum()",
+     "T 1, alpha 0.5"),
+])
+def test_a_distillation_loss_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
+    """Each part of Exercise 9.1 is exercised by the unseen batches: the T² factor, the labels' term at temperature
+    1, the direction of the KL, a stable log-softmax, the mean over rows; each fails, naming a batch it breaks."""
+    reference = "\n".join(line for line in solution_sources("09_distillation")["distillation_loss"].splitlines()
+                          if "###" not in line)
+    assert old in reference
+    assert check_in_kernel("distillation_loss_tests", CPU, _define(reference)).passed
+    with pytest.raises(AssertionError, match=named):
+        check_in_kernel("distillation_loss_tests", CPU, _define(reference.replace(old, new)))
+
+
+@pytest.mark.parametrize("source,named", [
+    ("import torch.nn.functional as F\n"
+     "def distillation_loss(s, t, y, T, a):\n"
+     "    soft = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction='batchmean')\n"
+     "    return a * T**2 * soft + (1 - a) * F.cross_entropy(s, y)\n", "reached torch.nn.functional.kl_div"),
+    ("from ftcourse import distill\n"
+     "def distillation_loss(s, t, y, T, a):\n    return distill.distillation_loss(s, t, y, T, a)\n",
+     "reached ftcourse.distill.distillation_loss"),
+    ("from ftcourse.distill import distillation_loss as d\nkeep = [d]\n"  # a reference kept out of sight: its body
+     "def distillation_loss(s, t, y, T, a):\n    return keep[0](s, t, y, T, a)\n", "hidden while it runs"),
+    ("import torch\ndef distillation_loss(s, t, y, T, a):\n    return torch.tensor(1.0)\n", "has no gradient"),
+])
+def test_a_distillation_loss_that_calls_the_library_is_refused(source, named, learner_runtime):
+    """9.1 is compared with PyTorch's kl_div (through the course's loss): both are hidden while the learner's runs."""
+    verdict = _through_a_child("distillation_loss_tests", {"distillation_loss": source})
     assert not verdict.passed and named in verdict.message, verdict

@@ -682,6 +682,73 @@ def _grpo_judge(exercise, preset, inputs, key, results) -> Verdict:
     return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
 
+# ---------------------------------------------------------------- 9.1: the distillation loss
+
+DISTILLATION_CASES = (  # (rows, vocabulary, temperature, alpha, logit scale, what the case holds)
+    (6, 40, 1.0, 0.5, 3.0, "T 1, alpha 0.5"),
+    (5, 64, 2.0, 0.5, 3.0, "T 2 (the T² factor)"),
+    (8, 50, 4.0, 0.9, 5.0, "T 4, alpha 0.9"),
+    (4, 30, 2.0, 1.0, 60.0, "soft targets alone, logits in the hundreds (a naive softmax overflows)"),
+    (7, 32, 0.5, 0.0, 3.0, "labels alone (alpha 0)"),
+)
+
+
+def _distillation_inputs(preset, secret):
+    """Five unseen batches of student and teacher logits [rows, vocabulary] with a label per row."""
+    import torch
+
+    from .child import encode_tensor
+
+    g = torch.Generator().manual_seed(secrets_.derived_seed("09_distillation/loss", secret))
+    cases = []
+    for rows, vocab, temperature, alpha, scale, _ in DISTILLATION_CASES:
+        teacher = torch.randn(rows, vocab, generator=g) * scale
+        student = teacher * 0.5 + torch.randn(rows, vocab, generator=g) * scale
+        labels = torch.randint(0, vocab, (rows,), generator=g)
+        cases.append({"student": encode_tensor(student), "teacher": encode_tensor(teacher), "labels": labels.tolist(),
+                      "temperature": temperature, "alpha": alpha})
+    return {"cases": cases}, None
+
+
+def library_distillation_loss(case: dict) -> dict:
+    """The loss by PyTorch's `kl_div` and `cross_entropy` (`distill.distillation_loss`) on a case, and its gradient
+    with respect to the student's logits."""
+    import torch
+
+    from ..distill import distillation_loss
+    from .child import decode_tensor
+
+    student = decode_tensor(case["student"]).requires_grad_(True)
+    loss = distillation_loss(student, decode_tensor(case["teacher"]), torch.tensor(case["labels"]),
+                             case["temperature"], case["alpha"])
+    loss.backward()
+    return {"loss": loss.item(), "grad_student": student.grad}
+
+
+def _distillation_judge(exercise, preset, inputs, key, results) -> Verdict:
+    from .child import decode_tensor
+
+    cases = inputs["cases"]
+    expect(isinstance(results, list) and len(results) == len(cases), "distillation_loss gave no result for every batch.")
+    worst, problems = 0.0, []
+    for case, got, (*_, what) in zip(cases, results, DISTILLATION_CASES):
+        want = library_distillation_loss(case)
+        try:  # the child's answer is data from learner code: read it defensively
+            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
+            grad = decode_tensor(got["grad_student"]).double()
+            diffs["gradient"] = (float((grad - want["grad_student"].double()).abs().max())
+                                 if grad.shape == want["grad_student"].shape else float("inf"))
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
+            raise LearnerCodeError(f"distillation_loss's result for the batch with {what} could not be read: {error}")
+        diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
+        worst = max(worst, *diffs.values())
+        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
+        if bad:
+            problems.append(f"batch with {what}: {', '.join(bad)} differ from kl_div + cross_entropy's (loss "
+                            f"{float(got['loss']):.4g}, the library's {want['loss']:.4g})")
+    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
+
+
 # ---------------------------------------------------------------- 10.1: the in-batch-negatives loss (InfoNCE)
 
 INFO_NCE_CASES = (  # (queries, hard negatives per query, dimension, scale, what the case holds)
@@ -763,6 +830,7 @@ CHECKS = {
     "bradley_terry_tests": FunctionCheck("bradley_terry", False, _bt_inputs, _bt_judge),
     "dpo_loss_tests": FunctionCheck("dpo_loss", False, _dpo_inputs, _dpo_judge),
     "grpo_advantage_tests": FunctionCheck("group_advantages", False, _grpo_inputs, _grpo_judge),
+    "distillation_loss_tests": FunctionCheck("distillation_loss", False, _distillation_inputs, _distillation_judge),
     "info_nce_tests": FunctionCheck("info_nce", False, _info_nce_inputs, _info_nce_judge),
 }
 

@@ -453,6 +453,28 @@ def op_info_nce(namespace: dict, inputs: dict):
     return results
 
 
+def op_distillation_loss(namespace: dict, inputs: dict):
+    """Each case: the learner's `distillation_loss(student_logits, teacher_logits, labels, temperature, alpha)`, its
+    value and its gradient with respect to the student's logits (with PyTorch's `kl_div` and the course's loss, the
+    ones it is compared with, hidden while it runs)."""
+    import torch
+
+    loss_fn = _need(namespace, "distillation_loss")
+    results = []
+    with _library_loss_hidden(namespace, "distillation_loss",
+                              ("ftcourse.distill.distillation_loss", "torch.nn.functional.kl_div"), ()):
+        for case in inputs["cases"]:
+            student = decode_tensor(case["student"]).requires_grad_(True)
+            teacher = decode_tensor(case["teacher"])
+            labels = torch.tensor(case["labels"], dtype=torch.long)
+            loss = loss_fn(student, teacher, labels, case["temperature"], case["alpha"])
+            _check_mean_loss(loss, "distillation_loss's result", "the student's logits (the student trains through it)")
+            loss.reshape(()).backward()
+            _need_gradients("distillation_loss", student_logits=student)
+            results.append({"loss": loss.item(), "grad_student": encode_tensor(student.grad.to(torch.float32))})
+    return results
+
+
 MAX_REWARD = 1e6  # a reward's largest size: TRL's float32 sums of weighted rewards stay finite
 REWARD_CALL_KEYS = ("prompts", "completions", "completion_ids", "answer", "item")  # what TRL passes a reward function
 
@@ -513,7 +535,8 @@ def op_draw(namespace: dict, inputs: dict):
 OPS = {"values": op_values, "decide": op_decide, "static_bytes": op_static_bytes, "clean": op_clean, "label_mask": op_label_mask,
        "lora_layer": op_lora_layer, "nf4": op_nf4, "draw": op_draw, "bradley_terry": op_bradley_terry,
        "dpo_loss": op_dpo_loss, "dpo_pairs": op_dpo_pairs, "group_advantages": op_group_advantages,
-       "grpo_setup": op_grpo_setup, "grpo_rewards": op_grpo_rewards, "info_nce": op_info_nce}
+       "grpo_setup": op_grpo_setup, "grpo_rewards": op_grpo_rewards, "info_nce": op_info_nce,
+       "distillation_loss": op_distillation_loss}
 
 
 # ---------------------------------------------------------------- the process

@@ -424,6 +424,94 @@ def evaluate_embedding(artifacts: Path, split: str, preset, secret, produced) ->
     return judge(exercise, split, metrics, preset)
 
 
+_TEACHERS: dict = {}  # (preset, sha256) -> (teacher, tokenizer): one load per grader process
+_LABELS_ONLY: dict = {}  # preset name -> the labels-only student, trained once per grader process
+
+
+def distill_teacher(preset, split: str, secret: int | None):
+    """09's teacher, trained by the grader itself (`distill.course_teacher`, 03's recipe) and cached in the references
+    folder; the record of its adapter's hash and its answers to the training prompts is the grader's own (signed
+    for held-out), so a rewritten cached adapter is trained again, not trusted. Returns (teacher, tokenizer, record)."""
+    from dataclasses import asdict
+
+    from ..distill import course_teacher, teacher_setup
+    from .references import references_dir
+
+    folder = references_dir() / f"distill_teacher_{preset.name}_{split}"  # one per record: neither rewrites the other's
+
+    def compute():
+        return course_teacher(preset, folder, retrain=True, progress=False)[2]
+
+    key = [preset.model, preset.bf16, preset.fp16, preset.n_train, asdict(teacher_setup())]
+    record = cached("distill_teacher", key, compute, _signing(split, secret))
+    if (preset.name, record["sha256"]) not in _TEACHERS:
+        teacher, tokenizer, _ = course_teacher(preset, folder, sha256=record["sha256"], progress=False)
+        _TEACHERS[(preset.name, record["sha256"])] = (teacher, tokenizer)
+    return (*_TEACHERS[(preset.name, record["sha256"])], record)
+
+
+def _distill_examples(preset, split: str, secret):
+    from ..tasks import date_task_splits
+
+    return date_task_splits(preset.n_train, preset.n_eval,
+                            heldout_seed=split_seed("09_distillation", split, secret))[split]
+
+
+def _distill_references(preset, split: str, examples, secret: int | None) -> dict:
+    """The teacher's exact match on `examples`, and that of the same student trained without the teacher on the same
+    budget (`distill.labels_only_args`: the labelled prompts alone, the exercise's whole step budget), cached."""
+
+    def compute():
+        from ..distill import LABELLED, labels_only_args, train_student
+        from ..evaluation import exact_match
+        from ..tasks import date_task_splits
+
+        teacher, tokenizer, _ = distill_teacher(preset, split, secret)
+        if preset.name not in _LABELS_ONLY:
+            import tempfile
+
+            budget = outcome_exercise("09_distillation").step_budget(preset)
+            with tempfile.TemporaryDirectory(prefix="ftcourse-labels-only-") as workdir:
+                train = date_task_splits(preset.n_train, preset.n_eval)["train"][:LABELLED]
+                _LABELS_ONLY[preset.name] = train_student(teacher, tokenizer, train, labels_only_args(preset, budget,
+                                                                                                        workdir),
+                                                          0.0, 0.0, preset, progress=False)[0]
+        with preset.autocast():
+            return {"teacher_exact_match": exact_match(teacher, tokenizer, examples, preset.eval_batch_size)[0],
+                    "labels_only_exact_match": exact_match(_LABELS_ONLY[preset.name], tokenizer, examples,
+                                                           preset.eval_batch_size)[0]}
+
+    key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.answer for e in examples],
+           outcome_exercise("09_distillation").step_budget(preset)]
+    return cached(f"distill_reference_{split}", key, compute, _signing(split, secret))
+
+
+def evaluate_distillation(artifacts: Path, split: str, preset, secret, produced) -> Verdict:
+    """09: the student's exact match on the split's dates, against the teacher's and against the same student trained
+    on the labelled prompts alone for the same steps; the student is rebuilt from the grader's teacher and only its
+    tensors are read from the artifacts."""
+    from ..distill import STUDENT_LAYERS, load_student, parameter_count
+    from ..evaluation import exact_match
+
+    exercise = outcome_exercise("09_distillation")
+    teacher, tokenizer, _ = distill_teacher(preset, split, secret)
+    try:
+        check_tree(artifacts)
+        student = load_student(teacher, artifacts / "student")
+    except (ArtifactError, FileNotFoundError, ValueError, OSError) as error:
+        return failed(exercise, split, f"{error} Run the training cell: it saves the student there.")
+    examples = _distill_examples(preset, split, secret)
+    references = _distill_references(preset, split, examples, secret)
+    with preset.autocast():
+        em, _ = exact_match(student, tokenizer, examples, batch_size=preset.eval_batch_size)
+    metrics = {"exact_match": em, **references,
+               "share_of_teacher": em / max(references["teacher_exact_match"], 1e-9),
+               "gain_over_labels_only": em - references["labels_only_exact_match"],
+               "params_share": parameter_count(student) / parameter_count(teacher), "layers": len(STUDENT_LAYERS),
+               "steps": _steps(artifacts, produced), "n_examples": len(examples)}
+    return judge(exercise, split, metrics, preset)
+
+
 EVALUATORS = {
     "01_when_to_fine_tune": evaluate_plan,
     "02_data_and_tooling": evaluate_cleaned_sft,
@@ -433,6 +521,7 @@ EVALUATORS = {
     "06_reward_models_rlhf": evaluate_reward_model,
     "07_dpo": evaluate_dpo,
     "08_grpo": evaluate_grpo,
+    "09_distillation": evaluate_distillation,
     "10_embedding_fine_tuning": evaluate_embedding,
 }
 
@@ -464,3 +553,4 @@ def warm_references(preset, secret: int | None) -> None:
         _base_judge_reference(preset, split, _counting_questions("08_grpo", preset, split, secret), secret,
                               GRPO_NEW_TOKENS)
         _base_retrieval_reference(preset, split, _embedding_questions(preset, split, secret), secret)
+        _distill_references(preset, split, _distill_examples(preset, split, secret), secret)

@@ -45,9 +45,22 @@ def check_recipe(grade_id: str, preset, **configs) -> dict | None:
     """The grader's checks of a recipe exercise's configs, run before training: a field it would refuse is named now.
 
     `configs`: `lora_config`, `sft_config` (and `bnb_config` for QLoRA), as the solution cell built them; for
-    Exercise 10.2 `training_args`, `negatives`, `relative_margin` and `loss_scale` (the checked choices returned).
+    Exercise 10.2 `training_args`, `negatives`, `relative_margin` and `loss_scale`; for Exercise 9.2 `sft_config`,
+    `training_data`, `temperature` and `alpha` (for these two the checked choices are returned).
     """
     from ..training import RecipeError, checked_recipe
+
+    if "training_data" in configs:  # 9.2: a student's full fine-tune, no adapter
+        from ..distill import distillation_choices
+
+        budget = exercise(grade_id).step_budget(preset)
+        try:
+            chosen = distillation_choices(configs.get("sft_config"), configs.get("training_data"),
+                                          configs.get("temperature"), configs.get("alpha"), preset, budget)
+        except RecipeError as error:
+            raise ValueError(f"The grader would not train these choices: {error}") from None
+        print(f"The grader accepts these choices (step budget {budget}).")
+        return chosen
 
     if "training_args" in configs:  # 10.2: an embedding fine-tune, budgeted in texts
         from ..retrieval import embedding_choices

@@ -438,6 +438,34 @@ def _produce_embedding(exercise, cells, preset, secret, workdir):
     return result, {"texts": chosen["texts"], "false_negatives": false_negatives, "rows": len(dataset)}
 
 
+def _produce_distillation(exercise, cells, preset, secret, workdir):
+    """09: the learner's training data, temperature, alpha and SFTConfig (`distill.distillation_choices`), trained
+    here from the grader's own teacher (`distill.train_student`, the mirror of the notebook's section 4 cell)."""
+    from trl import SFTConfig
+
+    from ..distill import (DISTILL_NAMES, distillation_choices, distillation_examples, save_student,
+                           train_student)
+    from ..tasks import date_task_splits
+    from ..training import RecipeError, preset_sft_args, write_training_record
+    from .evaluate import distill_teacher
+
+    values = _values(cells, exercise, "distill_setup", DISTILL_NAMES)
+    try:
+        chosen = distillation_choices(values["sft_config"], values["training_data"], values["temperature"],
+                                      values["alpha"], preset, exercise.step_budget(preset))
+    except RecipeError as error:
+        raise LearnerCodeError(str(error)) from None
+    teacher, tokenizer, record = distill_teacher(preset, "heldout", secret)
+    examples = distillation_examples(chosen["training_data"], date_task_splits(preset.n_train, preset.n_eval)["train"],
+                                     record["answers"])
+    args = SFTConfig(output_dir=str(workdir / "trainer"), **preset_sft_args(preset), **chosen["sft"])
+    student, result = train_student(teacher, tokenizer, examples, args, chosen["temperature"], chosen["alpha"], preset,
+                                    progress=False)
+    save_student(student, workdir / "student")
+    write_training_record(workdir, result.steps, result.losses, result.seconds)
+    return result, {"training_data": chosen["training_data"], "rows": len(examples)}
+
+
 PRODUCERS = {
     "01_when_to_fine_tune": _produce_plan,
     "02_data_and_tooling": _produce_cleaned,
@@ -447,6 +475,7 @@ PRODUCERS = {
     "06_reward_models_rlhf": _produce_reward,
     "07_dpo": _produce_dpo,
     "08_grpo": _produce_grpo,
+    "09_distillation": _produce_distillation,
     "10_embedding_fine_tuning": _produce_embedding,
 }
 

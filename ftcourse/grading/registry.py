@@ -295,6 +295,39 @@ EXERCISES = (
         study_minutes=35,
     ),
     Exercise(
+        grade_id="distillation_loss_tests", notebook="09_distillation", number="9.1",
+        title="the distillation loss from scratch", kind="function", points=2, solutions=("distillation_loss",),
+        provides=(), thresholds={"max_difference": ("<=", 1e-5)},  # loss relative to max(1, |loss|); gradient absolute
+        hints=("the soft term is the KL divergence from the teacher's softmax at temperature T to the student's, "
+               "summed over the vocabulary and averaged over rows, times T²; compute both sides with log_softmax, "
+               "never log(softmax(...)), which overflows on large logits",
+               "the hard term is the cross-entropy of the student's logits at temperature 1 with the labels",
+               "mix them as alpha x soft + (1 - alpha) x hard"),
+        summary="`distillation_loss` (T²-scaled KL to the teacher's soft targets plus the labels' cross-entropy, "
+                "mixed by α) equals PyTorch's `kl_div` + `cross_entropy` and its gradient on five unseen batches "
+                "(T 0.5-4, α 0-1, logits in the hundreds) within 1e-5",
+        study_minutes=20,
+    ),
+    Exercise(
+        grade_id="distill_final_outcome", notebook="09_distillation", number="9.2",
+        title="a student that keeps the teacher's skill", kind="outcome", points=6, solutions=("distill_setup",),
+        provides=("preset", "SEED", "SFTConfig", "PRESET_ARGS", "DATA_CHOICES"),
+        thresholds={
+            "share_of_teacher": (">=", 0.6),  # the student's held-out exact match over the teacher's
+            "gain_over_labels_only": (">=", 0.3),  # minus the same student's trained on the 16 labels alone
+            "steps": ("<=", 32),
+        },
+        hints=("gain too low: 16 labelled dates teach the student those dates and little else; the teacher can "
+               "answer every other training prompt",
+               "share too low: a full fine-tune of the student needs a learning rate near 5e-4 and most of the 32 steps",
+               "use at most 32 optimizer steps: the grader trains exactly the steps you chose"),
+        summary="the grader trains its 21-layer student (76 % of the teacher's parameters) on the data you chose "
+                "(the 16 labels, the teacher's answers, or both) with your temperature, α and `SFTConfig`: held-out "
+                "exact match ≥ 0.6 × the teacher's and ≥ the same student trained on the labels alone + 0.3, "
+                "steps ≤ 32",
+        study_minutes=30,
+    ),
+    Exercise(
         grade_id="info_nce_tests", notebook="10_embedding_fine_tuning", number="10.1",
         title="the in-batch-negatives loss (InfoNCE) from scratch", kind="function", points=2,
         solutions=("info_nce_loss",), provides=(),
