@@ -187,8 +187,18 @@ def train_student(teacher, tokenizer, examples, args, temperature: float, alpha:
 
     student = layer_pruned_student(teacher, STUDENT_LAYERS)
     trainer_cls = distillation_trainer(teacher, temperature, alpha) if alpha > 0 else None
-    return run_trainer(student, tokenizer, examples, None, args, preset, "grouped", progress=progress,
+    return run_trainer(student, tokenizer, examples, None, args, preset, "padded", progress=progress,
                        trainer_cls=trainer_cls)
+
+
+def preset_student_args(preset) -> dict:
+    """What the machine fixes in the student's `SFTConfig` (`STUDENT_ARGS` in the notebook): the preset's precision
+    and device, and rows drawn at random (the "padded" layout). A full fine-tune takes a large step on each batch;
+    length-grouped batches hold one surface form of the date each (their lengths differ by form), and measured
+    worse on new dates."""
+    from .training import preset_sft_args
+
+    return preset_sft_args(preset, "padded")
 
 
 def save_student(student, folder: str | Path) -> Path:
@@ -227,25 +237,23 @@ DISTILL_NAMES = ["training_data", "temperature", "alpha", "sft_config"]
 def distillation_choices(sft_config, training_data, temperature, alpha, preset, step_budget: int) -> dict:
     """Exercise 9.2's choices, checked as the grader checks them: one of `DATA_CHOICES`, a temperature in
     [0.5, 10], alpha in [0, 1], and an `SFTConfig` whose only choices are `training.SFT_CHOICES` (with
-    `PRESET_ARGS`), within the step budget. A `RecipeError` names what it cannot train."""
+    `STUDENT_ARGS`, `preset_student_args`), within the step budget. A `RecipeError` names what it cannot train."""
     from .training import RecipeError, _real, train_choices
 
     if not isinstance(training_data, str) or training_data not in DATA_CHOICES:
         raise RecipeError(f"training_data must be one of {list(DATA_CHOICES)}, got {str(training_data)[:80]!r}.")
     choices = {"training_data": training_data, "temperature": _real(temperature, "temperature", 0.5, 10),
                "alpha": _real(alpha, "alpha", 0, 1)}
-    return choices | {"sft": train_choices(sft_config, "sft_config", preset, "grouped", step_budget)}
+    return choices | {"sft": train_choices(sft_config, "sft_config", preset, "padded", step_budget)}
 
 
 def labels_only_args(preset, steps: int, output_dir: str | Path):
     """The `SFTConfig` of the student trained without the teacher (section 5's first run, and the grader's
-    reference): `steps` of 8 rows at learning rate 5e-4, seed 0, what the machine fixes (`preset_sft_args`)."""
+    reference): `steps` of 8 rows at learning rate 5e-4, seed 0, what the machine fixes (`preset_student_args`)."""
     from trl import SFTConfig
 
-    from .training import preset_sft_args
-
     return SFTConfig(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, learning_rate=5e-4,
-                     seed=0, **preset_sft_args(preset))
+                     seed=0, **preset_student_args(preset))
 
 
 def answer_logits(model, tokenizer, examples):

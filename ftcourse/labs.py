@@ -309,8 +309,8 @@ def soft_target_entropy(teacher_logits, temperature: float) -> float:
     return float(-(log_p.exp() * log_p).sum())
 
 
-def distillation_lab_numbers(teacher_logits, label: int, temperature: float, alpha: float, steps: int = 40,
-                             lr: float = 0.2, top: int = 6) -> dict:
+def distillation_lab_numbers(teacher_logits, label: int, temperature: float, alpha: float, steps: int = 60,
+                             lr: float = 0.5, top: int = 6) -> dict:
     """Real gradient steps of the distillation loss (`distill.distillation_loss`) on a learnable student distribution
     over the whole vocabulary: its logits start at zero (every token equally likely) and take `steps` Adam steps at
     `lr` towards the teacher's `teacher_logits` (one position of a real prompt) at temperature T, mixed by alpha
@@ -389,7 +389,7 @@ def distillation_lab_figure(numbers: dict, names: Sequence[str], title: str = ""
 
 
 def distillation_lab_widget(teacher_logits, label: int, names: Sequence[str], temperature: float = 2.0,
-                            alpha: float = 0.5, steps: int = 40, lr: float = 0.2):
+                            alpha: float = 0.5, steps: int = 60, lr: float = 0.5):
     """Sliders for T and alpha over `distillation_lab_numbers` and `distillation_lab_figure`: each move runs the
     gradient steps again from the same start."""
     import ipywidgets as widgets

@@ -30,8 +30,18 @@ def main() -> None:
     from .presets import get_preset
 
     os.environ.update(secret.public_test_env())
-    warm_references(get_preset("auto"), secret.heldout_seed())
+    preset = get_preset("auto")
+    warm_references(preset, secret.heldout_seed())
     print(f"base-model references ready ({time.perf_counter() - start:.1f} s)")
+    import shutil
+
+    from .distill import teacher_dir
+    from .grading.evaluate import distill_teacher_dir
+
+    trained = distill_teacher_dir(preset)  # the grader's own teacher, trained just now
+    if trained.is_dir() and not teacher_dir(preset).is_dir():  # notebook 09's copy: it need not train its own
+        shutil.copytree(trained, teacher_dir(preset), ignore=shutil.ignore_patterns("trainer"))
+        print(f"notebook 09's teacher ready: {teacher_dir(preset)}")
 
 
 if __name__ == "__main__":

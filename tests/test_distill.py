@@ -151,19 +151,19 @@ def test_exercise_9_2_choices_are_checked_naming_the_field(change, named):
 
     from ftcourse.grading import registry
     from ftcourse.presets import get_preset
-    from ftcourse.training import RecipeError, preset_sft_args
+    from ftcourse.training import RecipeError
 
     cpu = get_preset("cpu")
     budget = registry.exercise("distill_final_outcome").step_budget(cpu)
     choices = {"training_data": "teacher answers", "temperature": 1.0, "alpha": 0.0}
     config = {"max_steps": 32, "per_device_train_batch_size": 8, "learning_rate": 5e-4, "seed": 0}
-    accepted = distill.distillation_choices(SFTConfig(output_dir="x", **config, **preset_sft_args(cpu)),
+    accepted = distill.distillation_choices(SFTConfig(output_dir="x", **config, **distill.preset_student_args(cpu)),
                                             *choices.values(), cpu, budget)
     assert accepted["sft"]["max_steps"] == 32 and accepted["training_data"] == "teacher answers"
     choices |= {k: v for k, v in change.items() if k in choices}
     config |= {k: v for k, v in change.items() if k not in choices}
     with pytest.raises(RecipeError, match=named.replace("[", r"\[").replace("]", r"\]")):
-        distill.distillation_choices(SFTConfig(output_dir="x", **config, **preset_sft_args(cpu)), *choices.values(),
+        distill.distillation_choices(SFTConfig(output_dir="x", **config, **distill.preset_student_args(cpu)), *choices.values(),
                                      cpu, budget)
 
 
@@ -228,7 +228,7 @@ def _reference_setup() -> str:
     (("alpha = 0.0", "alpha = -1"), "alpha must be a number in [0, 1]"),
     (("seed=SEED,", "seed=SEED, gradient_accumulation_steps=8,"), "gradient_accumulation_steps = 8: this exercise keeps"),
     (("sft_config = SFTConfig(", "sft_config = dict("), "this exercise keeps it at"),
-    (("**PRESET_ARGS)", "**PRESET_ARGS)\nsft_config = 3"), "must be a SFTConfig"),
+    (("**STUDENT_ARGS)", "**STUDENT_ARGS)\nsft_config = 3"), "must be a SFTConfig"),
     (("alpha = 0.0", "del alpha"), "alpha"),
 ])
 def test_exercise_9_2_refuses_what_it_would_not_train_before_training(change, named, learner_runtime, tmp_path):

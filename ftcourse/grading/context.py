@@ -154,6 +154,12 @@ def _negatives(preset, seed):  # 10, §5 and §7: the kinds of training data
     return NEGATIVES
 
 
+def _student_args(preset, seed):  # 09, §5: what the machine fixes in the student's SFTConfig
+    from ..distill import preset_student_args
+
+    return preset_student_args(preset)
+
+
 def _data_choices(preset, seed):  # 09, §5 and §7: the student's training data
     from ..distill import DATA_CHOICES
 
@@ -174,7 +180,7 @@ PROVIDERS: dict[str, Callable] = {
     "REWARD_ARGS": _reward_args, "PAIR_KINDS": _pair_kinds, "DPOConfig": _dpo_config, "DPO_ARGS": _dpo_args,
     "judge": _judge, "GRPOConfig": _grpo_config, "GRPO_ARGS": _grpo_args,
     "SentenceTransformerTrainingArguments": _embedding_arguments, "EMBEDDING_ARGS": _embedding_args,
-    "NEGATIVES": _negatives, "DATA_CHOICES": _data_choices,
+    "NEGATIVES": _negatives, "DATA_CHOICES": _data_choices, "STUDENT_ARGS": _student_args,
 }
 
 

@@ -425,7 +425,15 @@ def evaluate_embedding(artifacts: Path, split: str, preset, secret, produced) ->
 
 
 _TEACHERS: dict = {}  # (preset, sha256) -> (teacher, tokenizer): one load per grader process
+_TRAINED: dict = {}  # preset -> the record of the teacher this process trained (both splits' records share it)
 _LABELS_ONLY: dict = {}  # preset name -> the labels-only student, trained once per grader process
+
+
+def distill_teacher_dir(preset) -> Path:
+    """Where the grader keeps the teacher it trained (`make setup` copies it for notebook 09's own use)."""
+    from .references import references_dir
+
+    return references_dir() / f"distill_teacher_{preset.name}"
 
 
 def distill_teacher(preset, split: str, secret: int | None):
@@ -435,12 +443,13 @@ def distill_teacher(preset, split: str, secret: int | None):
     from dataclasses import asdict
 
     from ..distill import course_teacher, teacher_setup
-    from .references import references_dir
 
-    folder = references_dir() / f"distill_teacher_{preset.name}_{split}"  # one per record: neither rewrites the other's
+    folder = distill_teacher_dir(preset)
 
-    def compute():
-        return course_teacher(preset, folder, retrain=True, progress=False)[2]
+    def compute():  # never a cached file's word: this process trains the teacher (once for both splits' records)
+        if preset.name not in _TRAINED:
+            _TRAINED[preset.name] = course_teacher(preset, folder, retrain=True, progress=False)[2]
+        return _TRAINED[preset.name]
 
     key = [preset.model, preset.bf16, preset.fp16, preset.n_train, asdict(teacher_setup())]
     record = cached("distill_teacher", key, compute, _signing(split, secret))
@@ -481,8 +490,12 @@ def _distill_references(preset, split: str, examples, secret: int | None) -> dic
                     "labels_only_exact_match": exact_match(_LABELS_ONLY[preset.name], tokenizer, examples,
                                                            preset.eval_batch_size)[0]}
 
+    from ..distill import LABELLED, STUDENT_LAYERS, labels_only_args
+
+    recipe = {k: str(v) for k, v in labels_only_args(preset, outcome_exercise("09_distillation").step_budget(preset),
+                                                      "x").to_dict().items() if k not in ("output_dir", "logging_dir")}
     key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.answer for e in examples],
-           outcome_exercise("09_distillation").step_budget(preset)]
+           recipe, LABELLED, list(STUDENT_LAYERS)]
     return cached(f"distill_reference_{split}", key, compute, _signing(split, secret))
 
 

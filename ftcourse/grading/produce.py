@@ -443,10 +443,10 @@ def _produce_distillation(exercise, cells, preset, secret, workdir):
     here from the grader's own teacher (`distill.train_student`, the mirror of the notebook's section 4 cell)."""
     from trl import SFTConfig
 
-    from ..distill import (DISTILL_NAMES, distillation_choices, distillation_examples, save_student,
-                           train_student)
+    from ..distill import (DISTILL_NAMES, distillation_choices, distillation_examples, preset_student_args,
+                           save_student, train_student)
     from ..tasks import date_task_splits
-    from ..training import RecipeError, preset_sft_args, write_training_record
+    from ..training import RecipeError, write_training_record
     from .evaluate import distill_teacher
 
     values = _values(cells, exercise, "distill_setup", DISTILL_NAMES)
@@ -458,7 +458,7 @@ def _produce_distillation(exercise, cells, preset, secret, workdir):
     teacher, tokenizer, record = distill_teacher(preset, "heldout", secret)
     examples = distillation_examples(chosen["training_data"], date_task_splits(preset.n_train, preset.n_eval)["train"],
                                      record["answers"])
-    args = SFTConfig(output_dir=str(workdir / "trainer"), **preset_sft_args(preset), **chosen["sft"])
+    args = SFTConfig(output_dir=str(workdir / "trainer"), **preset_student_args(preset), **chosen["sft"])
     student, result = train_student(teacher, tokenizer, examples, args, chosen["temperature"], chosen["alpha"], preset,
                                     progress=False)
     save_student(student, workdir / "student")
