@@ -100,10 +100,18 @@ def distillation_trainer(teacher, temperature: float, alpha: float):
 
 # ---------------------------------------------------------------- notebook 09's teacher, student and data
 
-STUDENT_LAYERS = tuple(range(20)) + (29,)  # the first 20 decoder layers and the last: 21 of 30, 76 % of the weights
+STUDENT_LAYERS = tuple(range(20)) + (29,)  # the cpu preset's: the first 20 decoder layers and the last, 76 % of the weights
 LABELLED = 16  # the training prompts whose true answer the student's owner has; the teacher answers the rest
 DATA_CHOICES = ("labels", "teacher answers", "teacher answers, labels where known")
 TEACHER_FILE = "adapter_model.safetensors"
+
+
+def student_layers(teacher_layers: int) -> tuple[int, ...]:
+    """The student's layers for a teacher of `teacher_layers` decoder layers: the first two thirds and the last (the
+    course model's 30 give `STUDENT_LAYERS`)."""
+    if teacher_layers < 3:
+        raise ValueError(f"a teacher needs at least 3 decoder layers to prune, got {teacher_layers}.")
+    return tuple(range(round(2 * teacher_layers / 3))) + (teacher_layers - 1,)
 
 
 def teacher_setup():
@@ -113,10 +121,14 @@ def teacher_setup():
     return SFTSetup(method="lora", max_steps=24, learning_rate=1e-3, batch_size=8, seed=0)
 
 
-def _file_sha256(path: Path) -> str:
+def _adapter_sha256(adapter: Path) -> str:
+    """One hash of the adapter's weights and its config (rank, alpha, targets: what makes the teacher)."""
+    import hashlib
+
     from .models import _sha256
 
-    return _sha256(path)
+    return hashlib.sha256("".join(_sha256(adapter / name) for name in (TEACHER_FILE, "adapter_config.json"))
+                          .encode()).hexdigest()
 
 
 def course_teacher(preset, folder: str | Path, sha256: str | None = None, retrain: bool = False,
@@ -124,8 +136,8 @@ def course_teacher(preset, folder: str | Path, sha256: str | None = None, retrai
     """The teacher: the course model with 03's LoRA fine-tune on the date task (`teacher_setup`), merged.
 
     Trained once and cached in `folder` (its adapter, ~20 MB, and its greedy answers to every training prompt);
-    later calls load it (a few seconds). With `sha256` the cached adapter is used only when its file has that
-    hash (the grader's signed record), otherwise, or with `retrain`, it is trained again. Returns (teacher,
+    later calls load it (a few seconds). With `sha256` the cached adapter is used only when its weights and config
+    have that hash (the grader's signed record), otherwise, or with `retrain`, it is trained again. Returns (teacher,
     tokenizer, {"sha256": the adapter file's hash, "answers": the teacher's answer to each training prompt}).
     """
     import json
@@ -139,13 +151,17 @@ def course_teacher(preset, folder: str | Path, sha256: str | None = None, retrai
     adapter, answers_file = folder / "adapter", folder / "answers.json"
     weights = adapter / TEACHER_FILE
     train = date_task_splits(preset.n_train, preset.n_eval)["train"]
-    cached = (not retrain and weights.is_file() and not weights.is_symlink() and answers_file.is_file()
-              and (sha256 is None or _file_sha256(weights) == sha256))
+    files = (weights, adapter / "adapter_config.json", answers_file)
+    cached = (not retrain and not adapter.is_symlink() and all(f.is_file() and not f.is_symlink() for f in files)
+              and (sha256 is None or _adapter_sha256(adapter) == sha256))
+    if cached:
+        try:
+            answers = json.loads(answers_file.read_text())
+        except (ValueError, OSError):
+            answers = None
+        cached = (isinstance(answers, list) and len(answers) == len(train) and all(isinstance(a, str) for a in answers))
     if cached:
         teacher, tokenizer = load_adapter_model(adapter, preset.device, base=preset.model, merge=True)
-        answers = json.loads(answers_file.read_text())
-        if not (isinstance(answers, list) and len(answers) == len(train) and all(isinstance(a, str) for a in answers)):
-            cached = False
     if not cached:
         tokenizer = load_tokenizer(preset.model)
         tuned, result = train_sft(load_model(preset.model, preset.device, seed=0), tokenizer, train, teacher_setup(),
@@ -158,7 +174,7 @@ def course_teacher(preset, folder: str | Path, sha256: str | None = None, retrai
         answers = [evaluation.normalise_answer(r) for r in replies]
         answers_file.write_text(json.dumps(answers))
     teacher.eval().requires_grad_(False)
-    return teacher, tokenizer, {"sha256": _file_sha256(weights), "answers": answers}
+    return teacher, tokenizer, {"sha256": _adapter_sha256(adapter), "answers": answers}
 
 
 def distillation_examples(choice: str, train, answers, labelled: int = LABELLED):
@@ -185,7 +201,7 @@ def train_student(teacher, tokenizer, examples, args, temperature: float, alpha:
     the preset's SFT trainer, no teacher forward). Returns (student, TrainResult)."""
     from .training import run_trainer
 
-    student = layer_pruned_student(teacher, STUDENT_LAYERS)
+    student = layer_pruned_student(teacher, student_layers(teacher.config.num_hidden_layers))
     trainer_cls = distillation_trainer(teacher, temperature, alpha) if alpha > 0 else None
     return run_trainer(student, tokenizer, examples, None, args, preset, "padded", progress=progress,
                        trainer_cls=trainer_cls)
@@ -220,13 +236,19 @@ def load_student(teacher, folder: str | Path):
     path = Path(folder) / "model.safetensors"
     if not path.is_file() or path.is_symlink():
         raise FileNotFoundError(f"No student weights in {folder}: expected model.safetensors (save_student writes it).")
-    student = layer_pruned_student(teacher, STUDENT_LAYERS)
-    state = load_file(str(path), device="cpu")
-    expected = {k: v.shape for k, v in student.state_dict().items() if k != "lm_head.weight"}
-    if set(state) != set(expected) or any(state[k].shape != expected[k] for k in expected):
-        raise ValueError(f"{path} does not hold the student's {len(expected)} tensors with their shapes: not the "
-                         f"{len(STUDENT_LAYERS)}-layer student of this course.")
-    student.load_state_dict(state, strict=False)
+    layers = student_layers(teacher.config.num_hidden_layers)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors raises its own error type on a truncated or foreign file
+        raise ValueError(f"{path} is not a safetensors file of tensors ({type(error).__name__}: {error}).") from None
+    student = layer_pruned_student(teacher, layers)
+    own = student.state_dict()
+    expected = {k: v for k, v in own.items() if k != "lm_head.weight"}
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape or not state[k].is_floating_point()
+                                          for k in expected):
+        raise ValueError(f"{path} does not hold the student's {len(expected)} floating-point tensors with their shapes: "
+                         f"not the {len(layers)}-layer student of this course.")
+    student.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
     student.tie_weights()
     return student.eval()
 

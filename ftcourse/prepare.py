@@ -36,9 +36,9 @@ def main() -> None:
     import shutil
 
     from .distill import teacher_dir
-    from .grading.evaluate import distill_teacher_dir
+    from .grading.evaluate import distill_teacher, distill_teacher_dir
 
-    trained = distill_teacher_dir(preset)  # the grader's own teacher, trained just now
+    trained = distill_teacher_dir(preset) / distill_teacher(preset, "validation", None)[2]["sha256"][:16]
     if trained.is_dir() and not teacher_dir(preset).is_dir():  # notebook 09's copy: it need not train its own
         shutil.copytree(trained, teacher_dir(preset), ignore=shutil.ignore_patterns("trainer"))
         print(f"notebook 09's teacher ready: {teacher_dir(preset)}")

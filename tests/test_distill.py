@@ -122,6 +122,13 @@ def test_the_soft_term_is_trls_gkd_loss_at_beta_0_times_t_squared(temperature):
     assert ours.item() == pytest.approx(temperature**2 * trl_loss.item(), rel=1e-5)
 
 
+def test_the_student_keeps_the_first_two_thirds_of_any_teachers_layers_and_its_last():
+    assert distill.student_layers(30) == distill.STUDENT_LAYERS == tuple(range(20)) + (29,)
+    assert distill.student_layers(24) == tuple(range(16)) + (23,)  # the a100 preset's model
+    with pytest.raises(ValueError, match="at least 3 decoder layers"):
+        distill.student_layers(2)
+
+
 def test_the_student_data_choices_use_the_labels_and_the_teachers_answers_as_said():
     from ftcourse.tasks import Example
 

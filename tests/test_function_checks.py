@@ -300,7 +300,7 @@ def test_an_info_nce_loss_that_calls_the_library_or_drops_an_input_is_refused(so
     ("return alpha * temperature**2 * soft", "return alpha * soft", "T 2"),
     # the labels' term at temperature T instead of 1
     ("-torch.log_softmax(student_logits, dim=-1)", "-torch.log_softmax(student_logits / temperature, dim=-1)",
-     "labels alone"),
+     "T 2"),
     # KL the wrong way round: KL(student || teacher)
     ("soft = (log_p.exp() * (log_p - log_q)).sum(-1).mean()", "soft = (log_q.exp() * (log_q - log_p)).sum(-1).mean()",
      "T 1, alpha 0.5"),
@@ -313,7 +313,8 @@ def test_an_info_nce_loss_that_calls_the_library_or_drops_an_input_is_refused(so
 ])
 def test_a_distillation_loss_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
     """Each part of Exercise 9.1 is exercised by the unseen batches: the T² factor, the labels' term at temperature
-    1, the direction of the KL, a stable log-softmax, the mean over rows; each fails, naming a batch it breaks."""
+    1, the direction of the KL, a stable log-softmax, the mean over rows; each fails, naming one of the (first two)
+    batches it breaks."""
     reference = "\n".join(line for line in solution_sources("09_distillation")["distillation_loss"].splitlines()
                           if "###" not in line)
     assert old in reference
@@ -330,6 +331,10 @@ def test_a_distillation_loss_that_misses_one_rule_fails_and_names_the_batch(old,
     ("from ftcourse import distill\n"
      "def distillation_loss(s, t, y, T, a):\n    return distill.distillation_loss(s, t, y, T, a)\n",
      "reached ftcourse.distill.distillation_loss"),
+    ("import torch\n"  # the operator behind F.kl_div
+     "def distillation_loss(s, t, y, T, a):\n"
+     "    soft = torch.kl_div(torch.log_softmax(s / T, -1), torch.log_softmax(t / T, -1), 2, log_target=True) / len(s)\n"
+     "    return a * T**2 * soft + (1 - a) * torch.nn.functional.cross_entropy(s, y)\n", "reached torch.kl_div"),
     ("from ftcourse.distill import distillation_loss as d\nkeep = [d]\n"  # a reference kept out of sight: its body
      "def distillation_loss(s, t, y, T, a):\n    return keep[0](s, t, y, T, a)\n", "hidden while it runs"),
     ("import torch\ndef distillation_loss(s, t, y, T, a):\n    return torch.tensor(1.0)\n", "has no gradient"),

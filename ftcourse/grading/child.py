@@ -462,7 +462,8 @@ def op_distillation_loss(namespace: dict, inputs: dict):
     loss_fn = _need(namespace, "distillation_loss")
     results = []
     with _library_loss_hidden(namespace, "distillation_loss",
-                              ("ftcourse.distill.distillation_loss", "torch.nn.functional.kl_div"), ()):
+                              ("ftcourse.distill.distillation_loss", "torch.nn.functional.kl_div", "torch.kl_div"),
+                              ()):
         for case in inputs["cases"]:
             student = decode_tensor(case["student"]).requires_grad_(True)
             teacher = decode_tensor(case["teacher"])

@@ -424,13 +424,14 @@ def evaluate_embedding(artifacts: Path, split: str, preset, secret, produced) ->
     return judge(exercise, split, metrics, preset)
 
 
-_TEACHERS: dict = {}  # (preset, sha256) -> (teacher, tokenizer): one load per grader process
+_TEACHERS: dict = {}  # (preset, sha256) -> (teacher, tokenizer, record): one load per grader process
 _TRAINED: dict = {}  # preset -> the record of the teacher this process trained (both splits' records share it)
-_LABELS_ONLY: dict = {}  # preset name -> the labels-only student, trained once per grader process
+_LABELS_ONLY: dict = {}  # (preset, teacher's sha256) -> the labels-only student, trained once per grader process
 
 
 def distill_teacher_dir(preset) -> Path:
-    """Where the grader keeps the teacher it trained (`make setup` copies it for notebook 09's own use)."""
+    """Where the grader keeps the teachers it trained, one folder per adapter hash (training is not bit-reproducible
+    across processes: a record must find its own teacher, never another run's)."""
     from .references import references_dir
 
     return references_dir() / f"distill_teacher_{preset.name}"
@@ -444,19 +445,32 @@ def distill_teacher(preset, split: str, secret: int | None):
 
     from ..distill import course_teacher, teacher_setup
 
-    folder = distill_teacher_dir(preset)
+    import os
+    import shutil
+
+    root = distill_teacher_dir(preset)
 
     def compute():  # never a cached file's word: this process trains the teacher (once for both splits' records)
         if preset.name not in _TRAINED:
-            _TRAINED[preset.name] = course_teacher(preset, folder, retrain=True, progress=False)[2]
+            training = root / f"training-{os.getpid()}"
+            shutil.rmtree(training, ignore_errors=True)
+            trained = course_teacher(preset, training, retrain=True, progress=False)[2]
+            shutil.rmtree(training / "trainer", ignore_errors=True)
+            final = root / trained["sha256"][:16]
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(training, final)
+            _TRAINED[preset.name] = trained
         return _TRAINED[preset.name]
 
-    key = [preset.model, preset.bf16, preset.fp16, preset.n_train, asdict(teacher_setup())]
+    key = [preset.model, preset.bf16, preset.fp16, preset.n_train, asdict(teacher_setup()), "weights and config hash"]
     record = cached("distill_teacher", key, compute, _signing(split, secret))
     if (preset.name, record["sha256"]) not in _TEACHERS:
-        teacher, tokenizer, _ = course_teacher(preset, folder, sha256=record["sha256"], progress=False)
-        _TEACHERS[(preset.name, record["sha256"])] = (teacher, tokenizer)
-    return (*_TEACHERS[(preset.name, record["sha256"])], record)
+        teacher, tokenizer, loaded = course_teacher(preset, root / record["sha256"][:16], sha256=record["sha256"],
+                                                    progress=False)
+        if loaded["sha256"] != record["sha256"]:  # the folder held another teacher: this process just trained one
+            record = loaded  # (training is not bit-reproducible here), and grades with it and its own answers
+        _TEACHERS[(preset.name, record["sha256"])] = (teacher, tokenizer, record)
+    return _TEACHERS[(preset.name, record["sha256"])]
 
 
 def _distill_examples(preset, split: str, secret):
@@ -469,33 +483,33 @@ def _distill_examples(preset, split: str, secret):
 def _distill_references(preset, split: str, examples, secret: int | None) -> dict:
     """The teacher's exact match on `examples`, and that of the same student trained without the teacher on the same
     budget (`distill.labels_only_args`: the labelled prompts alone, the exercise's whole step budget), cached."""
+    from ..distill import LABELLED, labels_only_args
+
+    teacher, tokenizer, record = distill_teacher(preset, split, secret)
+    budget = outcome_exercise("09_distillation").step_budget(preset)
 
     def compute():
-        from ..distill import LABELLED, labels_only_args, train_student
+        from ..distill import train_student
         from ..evaluation import exact_match
         from ..tasks import date_task_splits
 
-        teacher, tokenizer, _ = distill_teacher(preset, split, secret)
-        if preset.name not in _LABELS_ONLY:
+        trained = (preset.name, record["sha256"])
+        if trained not in _LABELS_ONLY:
             import tempfile
 
-            budget = outcome_exercise("09_distillation").step_budget(preset)
             with tempfile.TemporaryDirectory(prefix="ftcourse-labels-only-") as workdir:
                 train = date_task_splits(preset.n_train, preset.n_eval)["train"][:LABELLED]
-                _LABELS_ONLY[preset.name] = train_student(teacher, tokenizer, train, labels_only_args(preset, budget,
-                                                                                                        workdir),
-                                                          0.0, 0.0, preset, progress=False)[0]
+                _LABELS_ONLY[trained] = train_student(teacher, tokenizer, train, labels_only_args(preset, budget, workdir),
+                                                      0.0, 0.0, preset, progress=False)[0]
         with preset.autocast():
             return {"teacher_exact_match": exact_match(teacher, tokenizer, examples, preset.eval_batch_size)[0],
-                    "labels_only_exact_match": exact_match(_LABELS_ONLY[preset.name], tokenizer, examples,
+                    "labels_only_exact_match": exact_match(_LABELS_ONLY[trained], tokenizer, examples,
                                                            preset.eval_batch_size)[0]}
 
-    from ..distill import LABELLED, STUDENT_LAYERS, labels_only_args
-
-    recipe = {k: str(v) for k, v in labels_only_args(preset, outcome_exercise("09_distillation").step_budget(preset),
-                                                      "x").to_dict().items() if k not in ("output_dir", "logging_dir")}
+    recipe = {k: str(v) for k, v in labels_only_args(preset, budget, "x").to_dict().items()
+              if k not in ("output_dir", "logging_dir")}
     key = [preset.model, preset.bf16, preset.fp16, [e.prompt for e in examples], [e.answer for e in examples],
-           recipe, LABELLED, list(STUDENT_LAYERS)]
+           recipe, LABELLED, record["sha256"]]
     return cached(f"distill_reference_{split}", key, compute, _signing(split, secret))
 
 
@@ -503,13 +517,15 @@ def evaluate_distillation(artifacts: Path, split: str, preset, secret, produced)
     """09: the student's exact match on the split's dates, against the teacher's and against the same student trained
     on the labelled prompts alone for the same steps; the student is rebuilt from the grader's teacher and only its
     tensors are read from the artifacts."""
-    from ..distill import STUDENT_LAYERS, load_student, parameter_count
+    from ..distill import load_student, parameter_count
     from ..evaluation import exact_match
 
     exercise = outcome_exercise("09_distillation")
-    teacher, tokenizer, _ = distill_teacher(preset, split, secret)
-    try:
+    try:  # the artifacts first: a missing student is named before the teacher loads
         check_tree(artifacts)
+        if not (artifacts / "student" / "model.safetensors").is_file():
+            raise FileNotFoundError(f"No student weights in {artifacts / 'student'}.")
+        teacher, tokenizer, _ = distill_teacher(preset, split, secret)
         student = load_student(teacher, artifacts / "student")
     except (ArtifactError, FileNotFoundError, ValueError, OSError) as error:
         return failed(exercise, split, f"{error} Run the training cell: it saves the student there.")
@@ -520,7 +536,8 @@ def evaluate_distillation(artifacts: Path, split: str, preset, secret, produced)
     metrics = {"exact_match": em, **references,
                "share_of_teacher": em / max(references["teacher_exact_match"], 1e-9),
                "gain_over_labels_only": em - references["labels_only_exact_match"],
-               "params_share": parameter_count(student) / parameter_count(teacher), "layers": len(STUDENT_LAYERS),
+               "params_share": parameter_count(student) / parameter_count(teacher),
+               "layers": student.config.num_hidden_layers,
                "steps": _steps(artifacts, produced), "n_examples": len(examples)}
     return judge(exercise, split, metrics, preset)
 

@@ -124,7 +124,7 @@ print(f"e.g. {train[20].prompt!r} -> the teacher says {teacher_answers[20]!r} (t
 # parameters, the weights' memory, the time to answer the 64 validation dates, and exact match.
 
 # %%
-STUDENT_LAYERS = distill.STUDENT_LAYERS
+STUDENT_LAYERS = distill.student_layers(teacher.config.num_hidden_layers)  # 30 layers: 0-19 and 29
 student = distill.layer_pruned_student(teacher, STUDENT_LAYERS)
 
 
@@ -382,7 +382,7 @@ fig.tight_layout()
 # - `temperature` (0.5 to 10) and `alpha` (0 to 1): the loss (alpha 0 is the cross-entropy alone; define
 #   `temperature` anyway);
 # - `sft_config`: an `SFTConfig` with `**STUDENT_ARGS` (choose `max_steps`, `per_device_train_batch_size` up to
-#   32, `learning_rate`, `lr_scheduler_type`, `warmup_steps`, `weight_decay`, `seed`).
+#   4 × the preset's batch, `learning_rate`, `lr_scheduler_type`, `warmup_steps`, `weight_decay`, `seed`).
 #
 # The grader runs your cell in a process of its own (with `preset`, `SEED`, `SFTConfig`, `STUDENT_ARGS` and
 # `DATA_CHOICES` defined as here), builds the data from its teacher's answers, **trains the student itself**
