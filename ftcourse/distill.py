@@ -138,7 +138,8 @@ def course_teacher(preset, folder: str | Path, sha256: str | None = None, retrai
     Trained once and cached in `folder` (its adapter, ~20 MB, and its greedy answers to every training prompt);
     later calls load it (a few seconds). With `sha256` the cached adapter is used only when its weights and config
     have that hash (the grader's signed record), otherwise, or with `retrain`, it is trained again. Returns (teacher,
-    tokenizer, {"sha256": the adapter file's hash, "answers": the teacher's answer to each training prompt}).
+    tokenizer, {"sha256": the adapter's hash (weights and config), "answers": the teacher's answer to each training
+    prompt}).
     """
     import json
 
