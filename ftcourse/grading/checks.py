@@ -726,25 +726,34 @@ def library_distillation_loss(case: dict) -> dict:
 
 
 def _distillation_judge(exercise, preset, inputs, key, results) -> Verdict:
+    return _loss_judge(exercise, preset, inputs["cases"], results, [c[-1] for c in DISTILLATION_CASES],
+                       "distillation_loss", "kl_div + cross_entropy", library_distillation_loss,
+                       {"gradient": "grad_student"})
+
+
+def _loss_judge(exercise, preset, cases, results, whats, function: str, library_name: str, library, parts: dict
+                ) -> Verdict:
+    """A loss exercise's verdict: each case's loss (relative to max(1, |loss|)) and gradients (`parts`: name in the
+    message -> key of the tensor in the child's answer and in `library(case)`'s) against the library's."""
     from .child import decode_tensor
 
-    cases = inputs["cases"]
-    expect(isinstance(results, list) and len(results) == len(cases), "distillation_loss gave no result for every batch.")
+    expect(isinstance(results, list) and len(results) == len(cases), f"{function} gave no result for every batch.")
     worst, problems = 0.0, []
-    for case, got, (*_, what) in zip(cases, results, DISTILLATION_CASES):
-        want = library_distillation_loss(case)
+    for case, got, what in zip(cases, results, whats):
+        want = library(case)
         try:  # the child's answer is data from learner code: read it defensively
             diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
-            grad = decode_tensor(got["grad_student"]).double()
-            diffs["gradient"] = (float((grad - want["grad_student"].double()).abs().max())
-                                 if grad.shape == want["grad_student"].shape else float("inf"))
+            for name, part in parts.items():
+                tensor = decode_tensor(got[part]).double()
+                diffs[name] = (float((tensor - want[part].double()).abs().max()) if tensor.shape == want[part].shape
+                               else float("inf"))
         except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
-            raise LearnerCodeError(f"distillation_loss's result for the batch with {what} could not be read: {error}")
+            raise LearnerCodeError(f"{function}'s result for the batch with {what} could not be read: {error}")
         diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
         worst = max(worst, *diffs.values())
         bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
         if bad:
-            problems.append(f"batch with {what}: {', '.join(bad)} differ from kl_div + cross_entropy's (loss "
+            problems.append(f"batch with {what}: {', '.join(bad)} differ from {library_name}'s (loss "
                             f"{float(got['loss']):.4g}, the library's {want['loss']:.4g})")
     return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
@@ -796,28 +805,9 @@ def library_info_nce(case: dict) -> dict:
 
 
 def _info_nce_judge(exercise, preset, inputs, key, results) -> Verdict:
-    from .child import decode_tensor
-
-    cases = inputs["cases"]
-    expect(isinstance(results, list) and len(results) == len(cases), "info_nce_loss gave no result for every batch.")
-    worst, problems = 0.0, []
-    for case, got, (_, _, _, _, what) in zip(cases, results, INFO_NCE_CASES):
-        want = library_info_nce(case)
-        try:  # the child's answer is data from learner code: read it defensively
-            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
-            tensors = {part: decode_tensor(got[part]).double() for part in ("grad_queries", "grad_documents")}
-            for part, tensor in tensors.items():
-                diffs[part] = (float((tensor - want[part].double()).abs().max()) if tensor.shape == want[part].shape
-                               else float("inf"))
-        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
-            raise LearnerCodeError(f"info_nce_loss's result for the batch with {what} could not be read: {error}")
-        diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
-        worst = max(worst, *diffs.values())
-        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
-        if bad:
-            problems.append(f"batch with {what}: {', '.join(bad)} differ from MultipleNegativesRankingLoss's (loss "
-                            f"{float(got['loss']):.4g}, the library's {want['loss']:.4g})")
-    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
+    return _loss_judge(exercise, preset, inputs["cases"], results, [c[-1] for c in INFO_NCE_CASES], "info_nce_loss",
+                       "MultipleNegativesRankingLoss", library_info_nce,
+                       {"grad_queries": "grad_queries", "grad_documents": "grad_documents"})
 
 
 CHECKS = {
