@@ -24,7 +24,7 @@ course: setup
 
 ## Run every test: units, notebook execution, the nbgrader round trip, freshness of generated files.
 test: setup
-	$(BIN)/python -m pytest -ra --durations=20 tests
+	$(BIN)/python -m pytest -ra --durations=40 tests
 
 ## JupyterLab on the learner notebooks.
 lab: setup

@@ -66,36 +66,70 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature: floa
     return alpha * temperature**2 * soft + (1 - alpha) * hard
 
 
-def distillation_trainer(teacher, temperature: float, alpha: float):
+def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: int = 256):
     """The course's completion-only `SFTTrainer` (`training.completion_only_trainer`) whose loss is
     `distillation_loss` against the frozen `teacher`'s logits on the same rows: the student and teacher share the
-    tokenizer, so their completion positions are the same."""
+    tokenizer, so their completion positions are the same.
+
+    The teacher is frozen, so its logits for a row are computed once and kept (up to `cache_mb` MB, float32): a
+    row seen again (16 labelled rows make 32 steps of 8 revisit each 16 times) costs no teacher forward pass.
+    """
     import torch
 
-    from .training import completion_only_trainer
+    from .training import completion_logits, completion_only_trainer
 
     teacher.eval().requires_grad_(False)
+    kept = TeacherLogits(teacher, cache_mb)
 
     class DistillationTrainer(completion_only_trainer()):
+        teacher_logits = kept  # what it kept, and how many rows it computed and reused
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
-            backbone = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-
-            def completion_logits(lm):
-                hidden = getattr(lm, lm.base_model_prefix)(**backbone, use_cache=False).last_hidden_state
-                return lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
-
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
             with self.accelerator.autocast():
-                student_logits = completion_logits(base)
+                student_logits = completion_logits(model, inputs, mask).float()
                 with torch.no_grad():
-                    teacher_logits = completion_logits(teacher)
+                    teacher_logits = kept(inputs, mask)
             if return_outputs:
                 raise ValueError("DistillationTrainer computes no full logits.")
             return distillation_loss(student_logits, teacher_logits, labels[mask], temperature, alpha)
 
     return DistillationTrainer
+
+
+class TeacherLogits:
+    """A frozen teacher's completion logits (`training.completion_logits`), kept per row (its unpadded token ids)
+    up to `cache_mb` MB; rows not kept are computed in one forward pass of those rows alone. Rows are padded on
+    the right (TRL's collator), so a row's logits do not depend on the rows batched with it."""
+
+    def __init__(self, teacher, cache_mb: int = 256):
+        self.teacher, self.limit, self.bytes = teacher, cache_mb * 2**20, 0
+        self.kept: dict[tuple, object] = {}
+        self.computed = self.reused = 0
+
+    def __call__(self, inputs: dict, mask):
+        import torch
+
+        from .training import completion_logits
+
+        ids, attention = inputs["input_ids"], inputs.get("attention_mask")
+        keys = [(tuple((row[attention[i].bool()] if attention is not None else row).tolist()),
+                 tuple(mask[i].nonzero().flatten().tolist())) for i, row in enumerate(ids)]
+        missing = [i for i, key in enumerate(keys) if key not in self.kept]
+        found = {}
+        if missing:
+            rows = torch.tensor(missing, device=ids.device)
+            sub = {k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            logits = completion_logits(self.teacher, sub, mask[rows]).float()
+            for i, part in zip(missing, logits.split(mask[rows].sum(dim=1).tolist())):
+                found[i] = part
+                if self.bytes + part.numel() * 4 <= self.limit:
+                    self.kept[keys[i]] = part
+                    self.bytes += part.numel() * 4
+        self.computed += len(missing)
+        self.reused += len(keys) - len(missing)
+        return torch.cat([found[i] if i in found else self.kept[key] for i, key in enumerate(keys)])
 
 
 # ---------------------------------------------------------------- notebook 09's teacher, student and data

@@ -513,6 +513,15 @@ def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str 
     return (*recipe_configs(lora_choices, sft_choices, preset, layout, output_dir, kind), base)
 
 
+def completion_logits(model, inputs: dict, mask):
+    """`model`'s logits at the positions `mask` selects (`labels[:, 1:] != -100`: those that predict a completion
+    token), one row per position in row-major order: the backbone on every position, the LM head on these alone."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+    hidden = getattr(base, base.base_model_prefix)(**backbone_inputs, use_cache=False).last_hidden_state
+    return base.get_output_embeddings()(hidden[:, :-1][mask])
+
+
 def completion_only_trainer():
     """`SFTTrainer` with its loss computed on the completion positions only: the CPU preset's trainer.
 
@@ -529,13 +538,10 @@ def completion_only_trainer():
 
     class CompletionOnlySFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
-            backbone_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
             with self.accelerator.autocast():
-                hidden = getattr(base, base.base_model_prefix)(**backbone_inputs, use_cache=False).last_hidden_state
-                logits = base.get_output_embeddings()(hidden[:, :-1][mask])
+                logits = completion_logits(model, inputs, mask)
             targets = labels[mask]
             count = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = F.cross_entropy(logits.float(), targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
