@@ -129,11 +129,11 @@ def test_the_kernel_gets_its_estimator_back_after_a_check():
 
 
 @pytest.mark.parametrize("old,new,named", [
-    ("-F.logsigmoid(difference).mean()", "-torch.log(torch.sigmoid(difference)).mean()", "plain"),  # overflows
+    ("-F.logsigmoid(difference).mean()", "-torch.log(torch.sigmoid(difference)).mean()", "no margin or centring"),  # overflows
     ("difference - margin", "difference + margin", "with margins"),
     ("torch.mean((rewards_chosen + rewards_rejected) ** 2)", "torch.mean(rewards_chosen ** 2 + rewards_rejected ** 2)",
-     "with centring"),
-    ("-F.logsigmoid(difference).mean()", "-F.logsigmoid(difference).sum()", "plain"),
+     "with reward centring"),
+    ("-F.logsigmoid(difference).mean()", "-F.logsigmoid(difference).sum()", "no margin or centring"),
 ])
 def test_a_bradley_terry_loss_that_misses_one_rule_fails_and_names_the_batch(old, new, named):
     """Each part of Exercise 6.1 is exercised by the unseen batches: a naive log-sigmoid, a margin with the wrong

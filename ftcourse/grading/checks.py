@@ -522,29 +522,15 @@ def trl_bradley_terry(case: dict) -> dict:
     return {"loss": loss.item(), "grad_chosen": chosen.grad, "grad_rejected": rejected.grad}
 
 
+BT_CASES = ("no margin or centring", "margins", "reward centring", "margins and reward centring")  # _bt_inputs' four
+
+
 def _bt_judge(exercise, preset, inputs, key, results) -> Verdict:
     from .child import decode_tensor
 
-    cases = inputs["cases"]
-    expect(isinstance(results, list) and len(results) == len(cases), "bradley_terry_loss gave no result for every batch.")
-    worst, problems = 0.0, []
-    names = ("plain", "with margins", "with centring", "with margins and centring")
-    for name, case, got in zip(names, cases, results):
-        want = trl_bradley_terry(case)
-        try:  # the child's answer is data from learner code: read it defensively
-            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
-            tensors = {part: decode_tensor(got[part]) for part in ("grad_chosen", "grad_rejected")}
-        except (KeyError, TypeError, ValueError) as error:
-            raise LearnerCodeError(f"bradley_terry_loss's result for the {name} batch could not be read: {error}")
-        for part, tensor in tensors.items():
-            diffs[part] = (float((tensor - want[part]).abs().max()) if tensor.shape == want[part].shape
-                           else float("inf"))
-        worst = max(worst, *diffs.values())
-        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
-        if bad:
-            problems.append(f"{name} (batch of {len(want['grad_chosen'])}): {', '.join(bad)} differ from TRL's "
-                            f"(loss {float(got['loss']):.4g}, TRL's {want['loss']:.4g})")
-    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
+    whats = [f"{what} ({len(decode_tensor(case['chosen']))} pairs)" for what, case in zip(BT_CASES, inputs["cases"])]
+    return _loss_judge(exercise, preset, inputs["cases"], results, whats, "bradley_terry_loss", "TRL's RewardTrainer",
+                       trl_bradley_terry, {"grad_chosen": "grad_chosen", "grad_rejected": "grad_rejected"})
 
 
 # ---------------------------------------------------------------- 7.1: the DPO loss
@@ -591,34 +577,14 @@ def trl_dpo(case: dict) -> dict:
 
 
 def _dpo_judge(exercise, preset, inputs, key, results) -> Verdict:
-    from .child import decode_tensor
+    def logged_means(want, tensors):  # the rewards' means are what DPOTrainer logs as rewards/chosen and rewards/rejected
+        return {part: abs(float(tensors[part].mean()) - logged) / max(1.0, abs(logged))
+                for part, logged in zip(("chosen_rewards", "rejected_rewards"), want["trl_rewards"]) if tensors[part].numel()}
 
-    cases = inputs["cases"]
-    expect(isinstance(results, list) and len(results) == len(cases), "dpo_loss gave no result for every batch.")
-    worst, problems = 0.0, []
-    for case, got in zip(cases, results):
-        want = trl_dpo(case)
-        name = f"beta {case['beta']}, {len(want['grad_chosen'])} pairs"
-        try:  # the child's answer is data from learner code: read it defensively
-            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
-            tensors = {part: decode_tensor(got[part]) for part in
-                       ("grad_chosen", "grad_rejected", "chosen_rewards", "rejected_rewards")}
-        except (KeyError, TypeError, ValueError) as error:
-            raise LearnerCodeError(f"dpo_loss's result for the batch ({name}) could not be read: {error}")
-        for part, tensor in tensors.items():
-            scale = 1.0 if part.startswith("grad") else max(1.0, float(want[part].abs().max()))
-            diffs[part] = (float((tensor - want[part]).abs().max()) / scale if tensor.shape == want[part].shape
-                           else float("inf"))
-        # the rewards' means are what DPOTrainer logs as rewards/chosen and rewards/rejected
-        for part, logged in zip(("chosen_rewards", "rejected_rewards"), want["trl_rewards"]):
-            if tensors[part].numel():
-                diffs[part] = max(diffs[part], abs(float(tensors[part].mean()) - logged) / max(1.0, abs(logged)))
-        worst = max(worst, *diffs.values())
-        bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
-        if bad:
-            problems.append(f"batch at {name}: {', '.join(bad)} differ from TRL's (loss {float(got['loss']):.4g}, "
-                            f"TRL's {want['loss']:.4g})")
-    return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
+    whats = [f"beta {beta}, {size} pairs" for size, beta in DPO_CASES]
+    parts = {name: name for name in ("grad_chosen", "grad_rejected", "chosen_rewards", "rejected_rewards")}
+    return _loss_judge(exercise, preset, inputs["cases"], results, whats, "dpo_loss", "TRL's DPOTrainer", trl_dpo, parts,
+                       relative=("chosen_rewards", "rejected_rewards"), extra=logged_means)
 
 
 # ---------------------------------------------------------------- 8.1: GRPO's group-relative advantage
@@ -731,10 +697,12 @@ def _distillation_judge(exercise, preset, inputs, key, results) -> Verdict:
                        {"gradient": "grad_student"})
 
 
-def _loss_judge(exercise, preset, cases, results, whats, function: str, library_name: str, library, parts: dict
-                ) -> Verdict:
-    """A loss exercise's verdict: each case's loss (relative to max(1, |loss|)) and gradients (`parts`: name in the
-    message -> key of the tensor in the child's answer and in `library(case)`'s) against the library's."""
+def _loss_judge(exercise, preset, cases, results, whats, function: str, library_name: str, library, parts: dict,
+                relative: tuple = (), extra: Callable | None = None) -> Verdict:
+    """A loss exercise's verdict (6.1, 7.1, 9.1, 10.1): each case's loss (relative to max(1, |loss|)) and tensors
+    (`parts`: name in the message -> key of the tensor in the child's answer and in `library(case)`'s; those named
+    in `relative` relative to max(1, their largest magnitude), the others absolute) against the library's.
+    `extra(want, tensors)` may add differences of its own (the larger one counts)."""
     from .child import decode_tensor
 
     expect(isinstance(results, list) and len(results) == len(cases), f"{function} gave no result for every batch.")
@@ -743,10 +711,13 @@ def _loss_judge(exercise, preset, cases, results, whats, function: str, library_
         want = library(case)
         try:  # the child's answer is data from learner code: read it defensively
             diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
-            for name, part in parts.items():
-                tensor = decode_tensor(got[part]).double()
-                diffs[name] = (float((tensor - want[part].double()).abs().max()) if tensor.shape == want[part].shape
-                               else float("inf"))
+            tensors = {name: decode_tensor(got[part]).double() for name, part in parts.items()}
+            for name, tensor in tensors.items():
+                scale = max(1.0, float(want[parts[name]].abs().max())) if name in relative else 1.0
+                diffs[name] = (float((tensor - want[parts[name]].double()).abs().max()) / scale
+                               if tensor.shape == want[parts[name]].shape else float("inf"))
+            for name, value in (extra(want, tensors) if extra else {}).items():
+                diffs[name] = max(diffs[name], value if value == value else float("inf"))
         except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
             raise LearnerCodeError(f"{function}'s result for the batch with {what} could not be read: {error}")
         diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
