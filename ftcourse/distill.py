@@ -72,7 +72,7 @@ def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: in
     tokenizer, so their completion positions are the same.
 
     The teacher is frozen, so its logits for a row are computed once and kept (up to `cache_mb` MB, float32): a
-    row seen again (16 labelled rows make 32 steps of 8 revisit each 16 times) costs no teacher forward pass.
+    row seen again (32 steps of 8 on 16 labelled rows see each row 16 times) costs no teacher forward pass.
     """
     import torch
 
@@ -99,9 +99,10 @@ def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: in
 
 
 class TeacherLogits:
-    """A frozen teacher's completion logits (`training.completion_logits`), kept per row (its unpadded token ids)
-    up to `cache_mb` MB; rows not kept are computed in one forward pass of those rows alone. Rows are padded on
-    the right (TRL's collator), so a row's logits do not depend on the rows batched with it."""
+    """A frozen teacher's completion logits (`training.completion_logits`), kept per row (its unpadded token ids,
+    positions and completion positions) up to `cache_mb` MB; rows not kept are computed in one forward pass of
+    those rows alone. TRL's collator pads on the right, so a row's logits are those of the same row in any batch,
+    up to rounding (under bf16 autocast, the batch it was first computed in decides the last digits)."""
 
     def __init__(self, teacher, cache_mb: int = 256):
         self.teacher, self.limit, self.bytes = teacher, cache_mb * 2**20, 0
@@ -113,8 +114,10 @@ class TeacherLogits:
 
         from .training import completion_logits
 
-        ids, attention = inputs["input_ids"], inputs.get("attention_mask")
-        keys = [(tuple((row[attention[i].bool()] if attention is not None else row).tolist()),
+        ids, attention, positions = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("position_ids")
+        real = [attention[i].bool() if attention is not None else torch.ones_like(row, dtype=torch.bool)
+                for i, row in enumerate(ids)]
+        keys = [(tuple(row[real[i]].tolist()), tuple(positions[i][real[i]].tolist()) if positions is not None else (),
                  tuple(mask[i].nonzero().flatten().tolist())) for i, row in enumerate(ids)]
         missing = [i for i, key in enumerate(keys) if key not in self.kept]
         found = {}
@@ -124,8 +127,8 @@ class TeacherLogits:
             logits = completion_logits(self.teacher, sub, mask[rows]).float()
             for i, part in zip(missing, logits.split(mask[rows].sum(dim=1).tolist())):
                 found[i] = part
-                if self.bytes + part.numel() * 4 <= self.limit:
-                    self.kept[keys[i]] = part
+                if keys[i] not in self.kept and self.bytes + part.numel() * 4 <= self.limit:
+                    self.kept[keys[i]] = part.clone()  # a view would hold the whole batch's logits
                     self.bytes += part.numel() * 4
         self.computed += len(missing)
         self.reused += len(keys) - len(missing)

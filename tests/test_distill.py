@@ -106,14 +106,16 @@ def test_the_distillation_trainer_at_alpha_0_is_the_sft_loss_and_at_alpha_1_is_z
 
 def test_the_teacher_logits_are_computed_once_per_row_and_equal_a_fresh_forward_pass(teacher, tmp_path):
     """The distillation trainer keeps the frozen teacher's logits per row: a row seen again, in another order or
-    batch, gets what a fresh forward pass gives, without one; with no room kept, every row is computed."""
+    another batch (padded to another length), gets what a fresh forward pass gives, without one; with room for a
+    few rows, the kept and the computed ones are put back in the batch's order; with none, every row is computed;
+    and training uses what it kept."""
     from ftcourse.models import load_tokenizer
     from ftcourse.presets import get_preset
     from ftcourse.tasks import date_task_splits
     from ftcourse.training import SFTSetup, completion_logits, sft_config, to_prompt_completion
 
     preset = get_preset("cpu")
-    setup = SFTSetup(method="full", max_steps=1, learning_rate=1e-5, batch_size=4, warmup_steps=0, seed=0,
+    setup = SFTSetup(method="full", max_steps=4, learning_rate=1e-5, batch_size=4, warmup_steps=0, seed=0,
                      layout="padded")
     trainer_cls = distill.distillation_trainer(teacher, 2.0, 0.5)
     trainer = trainer_cls(model=distill.layer_pruned_student(teacher, [0, 1]), args=sft_config(setup, preset, tmp_path),
@@ -122,15 +124,20 @@ def test_the_teacher_logits_are_computed_once_per_row_and_equal_a_fresh_forward_
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == 2 and any((b["attention_mask"] == 0).any() for b in batches)  # rows of several lengths
     flipped = [{k: v.flip(0) for k, v in b.items()} for b in batches]  # the same rows, another order
-    kept, none_kept = trainer_cls.teacher_logits, distill.TeacherLogits(teacher, cache_mb=0)
-    for batch in batches + flipped[::-1]:
+    collate = trainer.get_train_dataloader().collate_fn  # the trainer's collator, unused columns removed
+    mixed = collate([trainer.train_dataset[i] for i in (0, 3, 4, 7)])  # rows of both batches
+    kept, none_kept, some_kept = (distill.TeacherLogits(teacher, mb) for mb in (256, 0, 5))  # ~2 MB a row
+    for batch in batches + flipped[::-1] + [mixed]:
         mask = batch["labels"][:, 1:] != -100
         with torch.no_grad():
             fresh = completion_logits(teacher, batch, mask).float()
-            assert torch.allclose(kept(batch, mask), fresh, atol=1e-4)
-            assert torch.allclose(none_kept(batch, mask), fresh, atol=1e-4)
-    assert (kept.computed, kept.reused, len(kept.kept)) == (8, 8, 8)
-    assert (none_kept.computed, none_kept.reused, len(none_kept.kept)) == (16, 0, 0)
+            for logits in (kept, none_kept, some_kept):
+                assert torch.allclose(logits(batch, mask), fresh, atol=1e-4)
+    assert (kept.computed, kept.reused, len(kept.kept)) == (8, 12, 8)
+    assert (none_kept.computed, none_kept.reused, len(none_kept.kept)) == (20, 0, 0)
+    assert 0 < len(some_kept.kept) < 8 and some_kept.reused > 0 and some_kept.computed > 8  # kept and computed mixed
+    trainer.train()  # 4 steps of 4: each of the 8 rows twice
+    assert (trainer_cls.teacher_logits.computed, trainer_cls.teacher_logits.reused) == (8, 8)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])

@@ -707,25 +707,26 @@ def _loss_judge(exercise, preset, cases, results, whats, function: str, library_
 
     expect(isinstance(results, list) and len(results) == len(cases), f"{function} gave no result for every batch.")
     worst, problems = 0.0, []
-    for case, got, what in zip(cases, results, whats):
-        want = library(case)
+    for case, got, what in zip(cases, results, whats, strict=True):
+        want = library(case)  # the grader's own numbers: a fault here is the grader's, not the learner's
+        scales = {name: max(1.0, float(want[part].abs().max())) if name in relative else 1.0 for name, part in parts.items()}
         try:  # the child's answer is data from learner code: read it defensively
-            diffs = {"loss": abs(float(got["loss"]) - want["loss"]) / max(1.0, abs(want["loss"]))}
+            learner_loss = float(got["loss"])
             tensors = {name: decode_tensor(got[part]).double() for name, part in parts.items()}
+            diffs = {"loss": abs(learner_loss - want["loss"]) / max(1.0, abs(want["loss"]))}
             for name, tensor in tensors.items():
-                scale = max(1.0, float(want[parts[name]].abs().max())) if name in relative else 1.0
-                diffs[name] = (float((tensor - want[parts[name]].double()).abs().max()) / scale
+                diffs[name] = (float((tensor - want[parts[name]].double()).abs().max()) / scales[name]
                                if tensor.shape == want[parts[name]].shape else float("inf"))
-            for name, value in (extra(want, tensors) if extra else {}).items():
-                diffs[name] = max(diffs[name], value if value == value else float("inf"))
         except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as error:
             raise LearnerCodeError(f"{function}'s result for the batch with {what} could not be read: {error}")
+        for name, value in (extra(want, tensors) if extra else {}).items():  # on tensors already read as float64
+            diffs[name] = max(diffs[name], value if value == value else float("inf"))
         diffs = {k: (v if v == v else float("inf")) for k, v in diffs.items()}  # NaN never passes
         worst = max(worst, *diffs.values())
         bad = [k for k, v in diffs.items() if not v <= exercise.thresholds["max_difference"][1]]
         if bad:
             problems.append(f"batch with {what}: {', '.join(bad)} differ from {library_name}'s (loss "
-                            f"{float(got['loss']):.4g}, the library's {want['loss']:.4g})")
+                            f"{learner_loss:.4g}, the library's {want['loss']:.4g})")
     return _failed_on(judge(exercise, "-", {"max_difference": worst, "batches": len(cases)}, preset), problems)
 
 
