@@ -343,3 +343,38 @@ def test_a_distillation_loss_that_calls_the_library_is_refused(source, named, le
     """9.1 is compared with PyTorch's kl_div (through the course's loss): both are hidden while the learner's runs."""
     verdict = _through_a_child("distillation_loss_tests", {"distillation_loss": source})
     assert not verdict.passed and named in verdict.message, verdict
+
+
+def _library_answers(grade_id: str, library) -> list:
+    """The library's own answers to the unseen batches, encoded as a child would send them."""
+    from ftcourse.grading.checks import CHECKS
+    from ftcourse.grading.child import encode_tensor
+
+    inputs, _ = CHECKS[grade_id].inputs(CPU, heldout_seed())
+    return [{k: (encode_tensor(v) if hasattr(v, "shape") else v) for k, v in library(case).items()}
+            for case in inputs["cases"]]
+
+
+@pytest.mark.parametrize("grade_id", ["bradley_terry_tests", "dpo_loss_tests"])
+@pytest.mark.parametrize("spoil,named", [
+    (lambda a: {**a, "loss": float("nan")}, ": loss differ"),  # NaN never passes
+    (lambda a: {**a, "grad_chosen": "not a tensor"}, "could not be read"),
+    (lambda a: {k: v for k, v in a.items() if k != "grad_rejected"}, "could not be read"),
+    (lambda a: {**a, "grad_chosen": {**a["grad_chosen"], "dtype": "bool", "b64": ""}}, "could not be read"),
+    (lambda a: "a string", "could not be read"),
+])
+def test_the_loss_judges_of_6_1_and_7_1_fail_a_malformed_answer_with_a_reason_and_never_crash(grade_id, spoil, named):
+    """The grader's side of 6.1 and 7.1 (`checks._loss_judge`) on answers a child could send: the library's own
+    answers pass; one spoiled batch (a NaN loss, a part that is no tensor, a missing part, bytes that are not the
+    tensor they claim, not a dict at all) fails with the reason, as a verdict, not an exception."""
+    from ftcourse.grading.checks import trl_bradley_terry, trl_dpo
+
+    library = trl_bradley_terry if grade_id == "bradley_terry_tests" else trl_dpo
+    answers = [{k: v for k, v in a.items() if k != "trl_rewards"} for a in _library_answers(grade_id, library)]
+    exercise = registry.exercise(grade_id)
+    assert run_check(exercise, CPU, heldout_seed(), lambda op, inputs, secret: answers).passed
+    spoiled = answers[:1] + [spoil(answers[1])] + answers[2:]
+    verdict = run_check(exercise, CPU, heldout_seed(), lambda op, inputs, secret: spoiled)
+    assert not verdict.passed and named in verdict.message, verdict
+    short = run_check(exercise, CPU, heldout_seed(), lambda op, inputs, secret: answers[:-1])
+    assert not short.passed and "no result for every batch" in short.message, short
