@@ -492,6 +492,14 @@ def _nf4_judge(exercise, preset, inputs, key, data) -> Verdict:
 
 # ---------------------------------------------------------------- 6.1: the Bradley-Terry loss
 
+BT_CASES = (  # (pairs, margins?, centring coefficient, what the case holds), the four unseen batches
+    (8, False, None, "no margin or centring"),
+    (5, True, None, "margins"),
+    (6, False, 0.01, "reward centring"),
+    (7, True, 0.05, "margins and reward centring"),
+)
+
+
 def _bt_inputs(preset, secret):
     """Four unseen batches: plain, with margins, with reward centring, with both; one pair far apart (a naive
     log(sigmoid) overflows there), so only a numerically stable loss matches."""
@@ -501,7 +509,7 @@ def _bt_inputs(preset, secret):
 
     g = torch.Generator().manual_seed(secrets_.derived_seed("06_reward_models_rlhf/bradley_terry", secret))
     cases = []
-    for size, margin, center in ((8, False, None), (5, True, None), (6, False, 0.01), (7, True, 0.05)):
+    for size, margin, center, _ in BT_CASES:
         chosen, rejected = torch.randn(size, generator=g) * 2, torch.randn(size, generator=g) * 2
         rejected[0] = chosen[0] + 150.0  # a confident mistake: -log sigmoid(-150) is 150, not inf
         cases.append({"chosen": encode_tensor(chosen), "rejected": encode_tensor(rejected),
@@ -522,13 +530,8 @@ def trl_bradley_terry(case: dict) -> dict:
     return {"loss": loss.item(), "grad_chosen": chosen.grad, "grad_rejected": rejected.grad}
 
 
-BT_CASES = ("no margin or centring", "margins", "reward centring", "margins and reward centring")  # _bt_inputs' four
-
-
 def _bt_judge(exercise, preset, inputs, key, results) -> Verdict:
-    from .child import decode_tensor
-
-    whats = [f"{what} ({len(decode_tensor(case['chosen']))} pairs)" for what, case in zip(BT_CASES, inputs["cases"])]
+    whats = [f"{what} ({size} pairs)" for size, *_, what in BT_CASES]
     return _loss_judge(exercise, preset, inputs["cases"], results, whats, "bradley_terry_loss", "TRL's RewardTrainer",
                        trl_bradley_terry, {"grad_chosen": "grad_chosen", "grad_rejected": "grad_rejected"})
 
