@@ -215,8 +215,8 @@ STATED_CLAIMS = {
         ("... and its reward did not climb to 1 in 12 steps", lambda r: r["hacked_reward_last3"] < 0.9),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
-        ("twice the replies cost more time, but less than twice",
-         lambda r: r["step_s_g4_len12"] < r["step_s_g8_len12"] < 2 * r["step_s_g4_len12"]),
+        ("twice the replies cost more time, between 1.5 and 2.5 times",
+         lambda r: 1.5 * r["step_s_g4_len12"] < r["step_s_g8_len12"] < 2.5 * r["step_s_g4_len12"]),
         ("twice the length limit: the replies used most of it, and the step took less than twice the time",
          lambda r: r["reply_tokens_g4_len24"] > 1.4 * r["reply_tokens_g4_len12"]
          and r["step_s_g4_len24"] < 2 * r["step_s_g4_len12"]),

@@ -351,8 +351,9 @@ for group, tokens in ((8, 12), (4, 24)):
 print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
 
 # %% [markdown]
-# Twice the replies cost more time, but less than twice (the table: a step's replies are sampled as one batch,
-# and fixed costs are shared). Twice the length limit: the replies used most of it (the last column; sampled at
+# Twice the replies cost more time, close to twice (between 1.5 and 2.5 times in the table): on a CPU, sampling
+# and scoring grow with the number of replies, and two cores gain little from sampling them as one larger batch;
+# only a step's fixed costs are shared. Twice the length limit: the replies used most of it (the last column; sampled at
 # temperature 1, many run to the limit), and a step took less than twice the time. The GPU presets have not been
 # measured. The README's GRPO section measured 8 replies per prompt as better than 4 in all six of its pairings
 # (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within the
