@@ -22,9 +22,12 @@ $(STAMP): requirements.txt requirements-embedded.txt pyproject.toml scripts/setu
 course: setup
 	$(BIN)/python scripts/run_course.py --preset $(PRESET)
 
-## Run every test: units, notebook execution, the nbgrader round trip, freshness of generated files.
+## Run every test: units, notebook execution, the nbgrader round trip, freshness of generated files. In parallel:
+## TEST_WORKERS processes (default 2), each with its share of the cores and its own tests (tests/conftest.py groups
+## the tests that share a notebook's execution, longest first); TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -ra --durations=40 tests
+	$(BIN)/python -m pytest -ra --durations=40 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) tests
 
 ## JupyterLab on the learner notebooks.
 lab: setup

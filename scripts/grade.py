@@ -99,12 +99,16 @@ def prepare_learner_cache(gdir: Path) -> Path:
 
 def learner_runtime(gdir: Path | None = None) -> dict:
     """Install the package for grading and the learner-readable cache; the environment that points to both."""
+    import fcntl
+
     gdir = gdir or grading_dir()
     gdir.mkdir(parents=True, exist_ok=True)
     os.chmod(gdir, 0o755)
-    site, cache = install_for_grading(gdir), prepare_learner_cache(gdir)
-    _open_tree(site)
-    _open_tree(cache)
+    with open(gdir / ".lock", "w") as lock:  # one at a time: two graders (or test workers) share this folder
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        site, cache = install_for_grading(gdir), prepare_learner_cache(gdir)
+        _open_tree(site)
+        _open_tree(cache)
     return {"FTCOURSE_GRADING_SITE": str(site), "FTCOURSE_LEARNER_CACHE": str(cache)}
 
 

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from ftcourse.grading.secret import public_test_env
+# `make test` runs the tests in parallel (pytest-xdist, one process per worker: the Makefile's TEST_WORKERS). Each
+# worker gets its share of the cores, so two workers do not fight over both (torch reads this when it is imported,
+# and the notebook kernels and grader children a worker starts inherit it), and its own learner user: the grader
+# kills every process of the learner user after a child, which must not reach the other worker's children.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    os.environ.setdefault("FTCOURSE_LEARNER_USER", f"ftcourse-learner-{WORKER}")
+
+from ftcourse.grading.secret import public_test_env  # noqa: E402
 from ftcourse.rlhf import LAB_STATEMENTS
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -436,3 +446,42 @@ def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
     rows = grade.grade(slug, env=env)
     rows["_paths"] = env | {"released": str(released)}
     return rows
+
+
+# What `make test` runs on one worker, longest first (measured in CI, stop 38): the browser run of the lab notebooks
+# with their round trips (they share its execution), then each notebook's execution with the tests that share it
+# (03's with the tamper suite). Every other test module is one group of its own, so a module's fixtures run once.
+HEAVY_GROUPS = ("labs", "08_grpo", "07_dpo", "01_when_to_fine_tune", "03_sft", "02_data_and_tooling",
+                "10_embedding_fine_tuning")
+
+
+def worker_group(item) -> str:
+    """The worker group of a test: the notebook execution it shares, else its module."""
+    import sys
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    import browser_labs
+
+    module = item.path.stem
+    slug = getattr(item, "callspec", None) and item.callspec.params.get("slug")
+    if module == "test_browser" and item.name == "test_labs_in_a_real_browser":
+        return "labs"
+    if module == "test_nbgrader_roundtrip" and slug:
+        return "labs" if slug in browser_labs.lab_notebooks() else slug
+    if module == "test_tamper":
+        return "03_sft"
+    return module
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which names each test by its group
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`): each test in its group, the heavy groups first (a worker takes the next
+    group when it is almost done, in this order; the long ones first leave short ones to balance the end)."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
+        return
+    rank = {name: index for index, name in enumerate(HEAVY_GROUPS)}
+    groups = {item: worker_group(item) for item in items}
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))
