@@ -10,7 +10,7 @@ copy (a server per notebook, so a notebook's environment, e.g. 05's forced float
 notebook opened in Chromium (Debian's package, driven by Playwright), Run > Run All Cells from the menu bar,
 File > Save Notebook, then every slider, drop-down, toggle, check box and button of the lab tried in turn.
 After each one the lab's readout and figure are compared with before, and the lab's error area (where a
-callback's exception is shown) must stay empty. Screenshots and report.json go to --out. Exit status 1 when
+callback's exception is shown) must stay empty. Screenshots and report-<notebook>.json go to --out. Exit status 1 when
 anything failed; the report says what.
 
 The saved notebook and its working folder (artifacts, course_results.json) are kept when `run` is given a
@@ -288,8 +288,9 @@ def run(slugs: list[str], out: Path, keep: Path | None = None, envs: dict[str, d
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):
-        old.unlink()
+    for slug in slugs:  # this run's notebooks' old screenshots (another run may be writing the others')
+        for old in out.glob(f"{slug}-*.png"):
+            old.unlink()
     results: dict = {"chromium": CHROMIUM, "notebooks": {}}
     with tempfile.TemporaryDirectory(prefix="ftcourse-browser-") as tmp:
         work, state_root = (keep or Path(tmp) / "course"), Path(tmp) / "state"
@@ -341,7 +342,10 @@ def run(slugs: list[str], out: Path, keep: Path | None = None, envs: dict[str, d
                             report.setdefault("teardown", []).append(f"{type(error).__name__}: {error}")
             browser.close()
     results["problems"] = problems(results)
-    (out / "report.json").write_text(json.dumps(results, indent=1))
+    for slug, report in results["notebooks"].items():  # a file per notebook: runs of other notebooks may share `out`
+        mine = [p for p in results["problems"] if p.startswith(f"{slug}:")]
+        (out / f"report-{slug}.json").write_text(json.dumps({"chromium": CHROMIUM, "notebooks": {slug: report},
+                                                             "problems": mine}, indent=1))
     return results
 
 

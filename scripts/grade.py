@@ -104,7 +104,9 @@ def learner_runtime(gdir: Path | None = None) -> dict:
     gdir = gdir or grading_dir()
     gdir.mkdir(parents=True, exist_ok=True)
     os.chmod(gdir, 0o755)
-    with open(gdir / ".lock", "w") as lock:  # one at a time: two graders (or test workers) share this folder
+    # one at a time: two graders (or test workers) share this folder; the lock is the grader's (0600), so learner
+    # code cannot hold it
+    with os.fdopen(os.open(gdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         site, cache = install_for_grading(gdir), prepare_learner_cache(gdir)
         _open_tree(site)

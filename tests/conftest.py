@@ -15,10 +15,12 @@ import pytest
 # and the notebook kernels and grader children a worker starts inherit it), and its own learner user: the grader
 # kills every process of the learner user after a child, which must not reach the other worker's children.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+WORKER_THREADS = None  # set here unless OMP_NUM_THREADS was given
 if WORKER:
-    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
-    os.environ.setdefault("FTCOURSE_LEARNER_USER", f"ftcourse-learner-{WORKER}")
+    if "OMP_NUM_THREADS" not in os.environ:
+        WORKER_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+    os.environ["FTCOURSE_LEARNER_USER"] = f"{os.environ.get('FTCOURSE_LEARNER_USER', 'ftcourse-learner')}-{WORKER}"
 
 from ftcourse.grading.secret import public_test_env  # noqa: E402
 from ftcourse.rlhf import LAB_STATEMENTS
@@ -330,8 +332,8 @@ def chromium_present() -> bool:
 
 @pytest.fixture(scope="session")
 def lab_runs(tmp_path_factory):
-    """`get()` -> the browser test's results (scripts/browser_labs.py): every lab notebook run once per session in
-    real JupyterLab, its executed copy and working folder kept. The first call runs them (~the notebooks' time)."""
+    """`get(slug)` -> the browser test's results for one lab notebook (scripts/browser_labs.py): run once per session
+    in real JupyterLab, its executed copy and working folder kept. The first call runs it (~the notebook's time)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -339,20 +341,18 @@ def lab_runs(tmp_path_factory):
 
     done: dict = {}
 
-    def get() -> dict:
-        if "error" in done:  # ran once and raised: every later caller fails the same way, it does not run again
-            raise RuntimeError(f"the browser run failed: {done['error']}")
-        if not done:
-            keep = tmp_path_factory.mktemp("browser")
-            envs = {slug: forced_env(slug) for slug in browser_labs.lab_notebooks()}
+    def get(slug: str) -> dict:
+        if slug not in done:
+            keep = tmp_path_factory.mktemp(f"browser_{slug}")
             try:
-                done.update(browser_labs.run(browser_labs.lab_notebooks(), ROOT / "build" / "browser", keep=keep,
-                                             envs=envs))
-            except Exception as error:
-                done["error"] = f"{type(error).__name__}: {error}"
-                raise
-            done["keep"] = keep
-        return done
+                results = browser_labs.run([slug], ROOT / "build" / "browser", keep=keep, envs={slug: forced_env(slug)})
+            except Exception as error:  # ran once and raised: every later caller fails the same way
+                done[slug] = {"error": f"{type(error).__name__}: {error}"}
+            else:
+                done[slug] = {**results, "keep": keep}
+        if "error" in done[slug]:
+            raise RuntimeError(f"the browser run of {slug} failed: {done[slug]['error']}")
+        return done[slug]
 
     return get
 
@@ -378,11 +378,10 @@ def executed_solution(tmp_path_factory, lab_runs):
     def run(slug: str):
         if slug not in runs:
             if in_browser and slug in browser_labs.lab_notebooks():
-                results = lab_runs()
+                results = lab_runs(slug)
                 report = results["notebooks"][slug]
                 assert "executed" in report, f"{slug} did not run in the browser: {report.get('failure')}"
-                problems = [p for p in results["problems"] if p.startswith(f"{slug}:")]
-                assert not report.get("errors") and not report.get("failure"), (slug, problems)
+                assert not report.get("errors") and not report.get("failure"), (slug, results["problems"])
                 executed, workdir = Path(report["executed"]), results["keep"] / slug
                 minutes = report["run_all_s"] / 60
             else:
@@ -448,40 +447,45 @@ def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
     return rows
 
 
-# What `make test` runs on one worker, longest first (measured in CI, stop 38): the browser run of the lab notebooks
-# with their round trips (they share its execution), then each notebook's execution with the tests that share it
-# (03's with the tamper suite). Every other test module is one group of its own, so a module's fixtures run once.
-HEAVY_GROUPS = ("labs", "08_grpo", "07_dpo", "01_when_to_fine_tune", "03_sft", "02_data_and_tooling",
-                "10_embedding_fine_tuning")
+# What `make test` runs on one worker, longest first (at two threads, CI of stop 38: a notebook's execution with
+# the tests that share it, its browser run for a lab notebook, 03's with the tamper suite). Every other test module
+# is one group of its own, so a module's fixtures run once.
+HEAVY_GROUPS = ("03_sft", "09_distillation", "06_reward_models_rlhf", "08_grpo", "07_dpo", "01_when_to_fine_tune",
+                "04_lora", "05_quantization_qlora", "02_data_and_tooling", "10_embedding_fine_tuning")
 
 
-def worker_group(item) -> str:
-    """The worker group of a test: the notebook execution it shares, else its module."""
-    import sys
-
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
-    import browser_labs
-
-    module = item.path.stem
-    slug = getattr(item, "callspec", None) and item.callspec.params.get("slug")
-    if module == "test_browser" and item.name == "test_labs_in_a_real_browser":
-        return "labs"
-    if module == "test_nbgrader_roundtrip" and slug:
-        return "labs" if slug in browser_labs.lab_notebooks() else slug
+def worker_group(nodeid: str) -> str:
+    """The worker group of a test (by its node id): the notebook whose execution it shares, else its module."""
+    path, _, name = nodeid.partition("::")
+    module = Path(path).stem
+    if module in ("test_browser", "test_nbgrader_roundtrip") and name.endswith("]"):
+        return name[name.index("[") + 1:-1]  # the parameter is the notebook's slug
     if module == "test_tamper":
         return "03_sft"
     return module
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook, which names each test by its group
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test`): each test in its group, the heavy groups first (a worker takes the next
-    group when it is almost done, in this order; the long ones first leave short ones to balance the end)."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
-        return
-    rank = {name: index for index, name in enumerate(HEAVY_GROUPS)}
-    groups = {item: worker_group(item) for item in items}
-    for item, group in groups.items():
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: rank.get(groups[item], len(rank)))
+    """In a pytest-xdist worker (`make test`): the heavy groups first, in HEAVY_GROUPS' order, so the scheduler below
+    hands them out first (the long ones first leave short ones to balance the end)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: index for index, name in enumerate(HEAVY_GROUPS)}
+        items.sort(key=lambda item: rank.get(worker_group(item.nodeid), len(rank)))
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist is in requirements.txt; without it the tests run in one process
+    LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+    class NotebookScheduling(LoadScopeScheduling):
+        """xdist's load-by-scope scheduling, a scope being `worker_group`: a worker takes a whole group, the next
+        when it is almost done, in collection order (`--no-loadscope-reorder`). (xdist's own loadgroup marks do not
+        reach the node ids under pytest 9.2, so the groups are named here.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return NotebookScheduling(config, log)

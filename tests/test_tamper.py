@@ -171,7 +171,7 @@ def _submission(name: str, released, reference_path: Path, reference_workdir: Pa
 
 
 @pytest.fixture(scope="module")
-def graded_class(executed_solution, tmp_path_factory):
+def graded_class(executed_solution, learner_runtime, tmp_path_factory):  # the grader's install, hashed below
     from ftcourse.grading.sandbox import learner_identity
     from ftcourse.models import cache_root
 
