@@ -27,7 +27,7 @@ course: setup
 ## the tests that share a notebook's execution, longest first); TEST_WORKERS=0 runs them in this one process.
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -ra --durations=40 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --no-loadscope-reorder) tests
+	$(BIN)/python -m pytest -ra --durations=40 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) tests
 
 ## JupyterLab on the learner notebooks.
 lab: setup

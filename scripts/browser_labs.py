@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -103,13 +104,14 @@ def start_lab(root: Path, state: Path, extra_env: dict | None = None) -> tuple[s
     for name, value in SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(value))
-    port, token = _free_port(), "ftcourse-browser-test"
+    port, token = _free_port(), f"ftcourse-browser-test-{secrets.token_hex(8)}"  # a token of its own: another
+    # JupyterLab started beside it (a second test worker) cannot answer for it
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
            "JUPYTER_CONFIG_DIR": str(state / "config"), "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
            **(extra_env or {})}
     log = open(state / "jupyterlab.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-                                "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+                                "--ServerApp.port_retries=0", "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
                                 "--ServerApp.password=", "--LabApp.news_url=None", "--allow-root"],
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -456,10 +456,13 @@ HEAVY_GROUPS = ("03_sft", "09_distillation", "06_reward_models_rlhf", "08_grpo",
 
 def worker_group(nodeid: str) -> str:
     """The worker group of a test (by its node id): the notebook whose execution it shares, else its module."""
+    from ftcourse.grading import registry
+
     path, _, name = nodeid.partition("::")
     module = Path(path).stem
-    if module in ("test_browser", "test_nbgrader_roundtrip") and name.endswith("]"):
-        return name[name.index("[") + 1:-1]  # the parameter is the notebook's slug
+    slug = name[name.index("[") + 1:-1] if name.endswith("]") else None
+    if module in ("test_browser", "test_nbgrader_roundtrip") and slug in registry.notebooks():
+        return slug  # the test shares the notebook's execution
     if module == "test_tamper":
         return "03_sft"
     return module
@@ -481,11 +484,16 @@ except ImportError:  # pytest-xdist is in requirements.txt; without it the tests
 if LoadScopeScheduling is not None:
     class NotebookScheduling(LoadScopeScheduling):
         """xdist's load-by-scope scheduling, a scope being `worker_group`: a worker takes a whole group, the next
-        when it is almost done, in collection order (`--no-loadscope-reorder`). (xdist's own loadgroup marks do not
+        when it is almost done, in collection order. (xdist's own loadgroup marks do not
         reach the node ids under pytest 9.2, so the groups are named here.)"""
 
         def _split_scope(self, nodeid: str) -> str:
             return worker_group(nodeid)
 
+    @pytest.hookimpl(optionalhook=True)  # a run with xdist installed but not loaded (-p no:xdist) does not call it
     def pytest_xdist_make_scheduler(config, log):
+        """`-n N` (xdist's `load`, `loadscope` or `loadgroup`) schedules by `worker_group`, in collection order."""
+        if config.getvalue("dist") not in ("load", "loadscope", "loadgroup"):
+            return None  # each, loadfile, worksteal: xdist's own
+        config.option.loadscopereorder = False  # by count of tests, the notebooks' small groups would come last
         return NotebookScheduling(config, log)

@@ -4,7 +4,7 @@ learner user of its own, and every test that shares a notebook's execution in th
 import os
 
 import pytest
-from conftest import HEAVY_GROUPS, WORKER_THREADS, NotebookScheduling, worker_group
+from conftest import HEAVY_GROUPS, WORKER_THREADS, worker_group
 
 from ftcourse.grading import registry
 
@@ -18,6 +18,10 @@ def test_the_tests_that_share_a_notebooks_execution_share_its_group():
     assert worker_group("tests/test_tamper.py::test_each_attack[huge_output]") == "03_sft"  # grades 03's execution
     assert worker_group("tests/test_grpo.py::test_x[a-b]") == "test_grpo"  # a module: its fixtures run once
     assert worker_group("tests/test_browser.py::test_lab_notebooks_are_found") == "test_browser"
+    assert worker_group("tests/test_browser.py::test_labs_in_a_real_browser[04_lora-x]") == "test_browser"  # no slug
+    pytest.importorskip("xdist")
+    from conftest import NotebookScheduling
+
     assert NotebookScheduling._split_scope(None, "tests/test_tamper.py::test_y") == "03_sft"  # what xdist calls
     assert sorted(HEAVY_GROUPS) == sorted(registry.notebooks())  # every notebook scheduled among the long groups
 
