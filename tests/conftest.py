@@ -373,9 +373,19 @@ def executed_solution(tmp_path_factory, lab_runs):
     from run_course import execute, score_notebook
 
     runs: dict = {}
+    failed: dict = {}  # a notebook whose execution failed is not run again by the next test that shares it
     in_browser = chromium_present()
 
     def run(slug: str):
+        if slug in failed:
+            raise AssertionError(f"{slug}'s execution failed earlier in this session: {failed[slug]}")
+        try:
+            return execute_once(slug)
+        except Exception as error:
+            failed[slug] = f"{type(error).__name__}: {str(error)[:2000]}"
+            raise
+
+    def execute_once(slug: str):
         if slug not in runs:
             if in_browser and slug in browser_labs.lab_notebooks():
                 results = lab_runs(slug)
