@@ -111,8 +111,9 @@ def start_lab(root: Path, state: Path, extra_env: dict | None = None) -> tuple[s
            **(extra_env or {})}
     log = open(state / "jupyterlab.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-                                "--ServerApp.port_retries=0", "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-                                "--ServerApp.password=", "--LabApp.news_url=None", "--allow-root"],
+                                "--ServerApp.port_retries=0", "--ip=127.0.0.1", f"--ServerApp.token={token}",
+                                f"--ServerApp.root_dir={root}", "--ServerApp.password=", "--LabApp.news_url=None",
+                                "--allow-root"],
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
