@@ -25,3 +25,22 @@ def test_every_notebook_takes_the_preset_as_a_papermill_parameter(notebook):
     parameters = papermill.inspect_notebook(str(notebook))
     assert set(parameters) >= {"PRESET", "SEED"}, (notebook, sorted(parameters))
     assert parameters["PRESET"]["default"] == '"auto"', parameters["PRESET"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_no_paragraph_of_prose_is_repeated(notebook):
+    """A paragraph pasted twice (09's "Machine time" was) reads as a slip; headings, table rows and formulas may
+    repeat, sentences of prose may not."""
+    import nbformat
+
+    seen = {}
+    for index, cell in enumerate(nbformat.read(notebook, as_version=4).cells):
+        if cell.cell_type != "markdown":
+            continue
+        for paragraph in cell.source.split("\n\n"):
+            text = " ".join(paragraph.split())
+            if len(text) < 60 or text.startswith(("#", "|", "$")):
+                continue
+            for sentence in (s.rstrip(".") for s in text.split(". ") if len(s) > 60):
+                assert sentence not in seen, f"{notebook.stem}: cells {seen[sentence]} and {index} both say {sentence!r}"
+                seen[sentence] = index

@@ -39,8 +39,6 @@
 #
 # **Machine time:** the README's course table gives the whole notebook's run time on the `cpu` preset (a
 # 2-core CPU); the GPU presets have not been measured yet.
-# **Machine time:** the README's course table gives the whole notebook's run time on the `cpu` preset (a
-# 2-core CPU); the GPU presets have not been measured yet.
 
 # %% [markdown]
 # ## Setup
