@@ -246,12 +246,13 @@ STATED_CLAIMS = {
          and min(r["lab_teacher_first"], r["lab_teacher_second"]) > 0.3 and r["lab_entropies"] == sorted(r["lab_entropies"])),
         ("lab: with the label alone the teacher's first choice gets almost nothing and the KL stays high",
          lambda r: r["lab_label_only_first"] < 0.05 and r["lab_label_only_kl_last"] > 1),
-        ("labels only: the training loss falls close to zero while exact match on new dates stays low",
-         lambda r: r["demo_labels_only_last_loss"] < 0.05 and r["demo_labels_only_em"] < 0.2),
+        ("labels only: the training loss falls close to zero (below 0.1) while exact match on new dates stays low "
+         "(below a quarter of the teacher's)",
+         lambda r: r["demo_labels_only_last_loss"] < 0.1 and r["demo_labels_only_em"] < 0.25 * r["teacher_exact_match"]),
         ("the teacher's answers give the highest exact match of the three, soft targets on the 16 dates far below it; "
-         "its loss, unlike the labels-only run's, is far from zero at the last step",
+         "its last loss is several times (over 3) the labels-only run's",
          lambda r: r["demo_teachers_answers_em"] > max(r["demo_labels_only_em"], r["demo_soft_targets_em"]) + 0.1
-         and r["demo_teachers_answers_last_loss"] > 10 * r["demo_labels_only_last_loss"]),
+         and r["demo_teachers_answers_last_loss"] > 3 * r["demo_labels_only_last_loss"]),
         ("none of section 5's runs reaches 0.5 of the teacher's exact match",
          lambda r: max(r["demo_labels_only_em"], r["demo_soft_targets_em"], r["demo_teachers_answers_em"])
          < 0.5 * r["teacher_exact_match"]),
