@@ -212,8 +212,10 @@ STATED_CLAIMS = {
          lambda r: r["dpo_padded_right"] < r["base_right"] and r["dpo_padded_judge"] < r["base_judge"]),
         ("at the larger beta the pairs' gap in nats ended smaller, by less than ten times (so the margin is larger)",
          lambda r: r["dpo_padded_gap_nats"] / 10 < r["dpo_beta1_gap_nats"] < r["dpo_padded_gap_nats"]),
-        ("here, at beta 1, the policy's own replies drifted further and the judge was no better",
-         lambda r: r["dpo_beta1_log_ratio"] > r["dpo_padded_log_ratio"] and r["dpo_beta1_judge"] <= r["dpo_padded_judge"] + 0.05),
+        ("here, at beta 1, the policy's own replies drifted less; the judge stayed about where it was (within 0.05), "
+         "below the base model's",
+         lambda r: r["dpo_beta1_log_ratio"] < r["dpo_padded_log_ratio"]
+         and abs(r["dpo_beta1_judge"] - r["dpo_padded_judge"]) <= 0.05 and r["dpo_beta1_judge"] < r["base_judge"]),
         ("SFT on the same chosen replies: short replies, right more often, a judge above the base model's and DPO's",
          lambda r: r["sft_words"] < 3 and r["sft_right"] > r["base_right"]
          and r["sft_judge"] > max(r["base_judge"], r["dpo_padded_judge"])),
