@@ -226,7 +226,7 @@ STATED_CLAIMS = {
          lambda r: r["sampled_right"] < r["base_right"] and r["groups_all_wrong"] > 0.1),
         ("trained on 'contains the count', the replies turned into lists of numbers and the share right collapsed",
          lambda r: r["hacked_numbers"] > r["base_numbers"] + 1 and r["hacked_right"] < r["base_right"] / 2),
-        ("... and its reward did not climb to 1 in 12 steps", lambda r: r["hacked_reward_last3"] < 0.9),
+        ("... and its reward did not climb to 1 in 8 steps", lambda r: r["hacked_reward_last3"] < 0.9),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
         ("twice the replies cost more time, between 1.5 and 2.5 times",

@@ -235,14 +235,14 @@ print(f"GRPOConfig defaults: beta {defaults.beta}, num_generations {defaults.num
 # `grpo.preset_grpo_args` holds the machine's arguments (precision, device, no checkpointing, a log per step).
 # On the CPU preset the trainer is `GRPOTrainer` with one change (`grpo.grpo_trainer_class`): its LM head scores
 # the reply tokens only, as TRL's kernel does on a GPU (tests/test_rlhf.py compares the logged numbers). Both
-# runs: 12 steps, 2 prompts × 4 replies a step, at most 12 new tokens, learning rate 5e-4, $\beta = 0$. One
+# runs: 8 steps, 2 prompts × 4 replies a step, at most 12 new tokens, learning rate 5e-4, $\beta = 0$. One
 # thing changes: the reward the policy is trained on. The checker is passed to both runs with weight 0, so it is
 # logged (the share right of each step's samples) but trains nothing.
 
 # %%
 GRPO_ARGS = grpo.preset_grpo_args(preset)
 GRPO = grpo.grpo_trainer_class(preset)
-DEMO_STEPS, DEMO_GROUP, DEMO_LR = 12, 4, 5e-4
+DEMO_STEPS, DEMO_GROUP, DEMO_LR = 8, 4, 5e-4
 demo_lora = LoraConfig(task_type="CAUSAL_LM", r=preset.lora_r, lora_alpha=2 * preset.lora_r,
                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
