@@ -66,17 +66,23 @@ def run_notebook(notebook: Path, preset: str) -> dict:
 
     verdict_file = artifact_dir(slug, workdir) / HELDOUT_VERDICT
     if verdict_file.is_file():  # the hidden test's held-out verdict, written by the grader process
-        verdict = json.loads(verdict_file.read_text())
-        metrics = verdict["metrics"]  # exact match on the task; 07: the judge's score; 08: the checker's share right;
-        measure = "right" if "right_gain" in metrics else "mrr@10" if "mrr_gain" in metrics else "judge"  # 10: MRR@10
-        row["heldout_base"] = metrics.get("base_exact_match", metrics.get(  # 09: the student without the teacher
-            "labels_only_exact_match", metrics.get(f"base_{measure}")))
-        row["heldout_tuned"] = metrics.get("exact_match", metrics.get(measure))
-        row["probe_base"] = verdict["metrics"].get("base_probe_accuracy")
-        row["probe_tuned"] = verdict["metrics"].get("probe_accuracy")
+        row.update(heldout_columns(json.loads(verdict_file.read_text())))
     earned, total = score_notebook(executed)
     row["score"] = f"{earned:g}/{total:g}"
     return row
+
+
+def heldout_columns(verdict: dict) -> dict:
+    """The table's held-out columns from a grader verdict: the measure whose gain the grader checks (exact match on
+    the task; 07: the judge's score, though its verdict also reports the share right; 08: the checker's share right;
+    10: MRR@10; 09: the student against the same student without the teacher), and the probe's accuracy."""
+    metrics = verdict["metrics"]
+    graded = [check[0][:-len("_gain")] for check in verdict.get("checks", []) if check[0].endswith("_gain")]
+    measure = {"mrr": "mrr@10"}.get(graded[0], graded[0]) if graded else "judge"
+    return {"heldout_base": metrics.get("base_exact_match", metrics.get("labels_only_exact_match",
+                                                                        metrics.get(f"base_{measure}"))),
+            "heldout_tuned": metrics.get("exact_match", metrics.get(measure)),
+            "probe_base": metrics.get("base_probe_accuracy"), "probe_tuned": metrics.get("probe_accuracy")}
 
 
 def main() -> int:

@@ -226,7 +226,8 @@ STATED_CLAIMS = {
          lambda r: r["sampled_right"] < r["base_right"] and r["groups_all_wrong"] > 0.1),
         ("trained on 'contains the count', the replies turned into lists of numbers and the share right collapsed",
          lambda r: r["hacked_numbers"] > r["base_numbers"] + 1 and r["hacked_right"] < r["base_right"] / 2),
-        ("... and its reward did not climb to 1 in 8 steps", lambda r: r["hacked_reward_last3"] < 0.9),
+        ("... and its own reward rose only a little (by less than 0.2) and stayed far from 1 (below 0.9) in 8 steps",
+         lambda r: r["hacked_reward_last3"] < 0.9 and r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.2),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
         ("twice the replies cost more time, between 1.5 and 2.5 times",
@@ -251,9 +252,10 @@ STATED_CLAIMS = {
         ("labels only: the training loss falls close to zero (below 0.1) while exact match on new dates stays low "
          "(below a quarter of the teacher's)",
          lambda r: r["demo_labels_only_last_loss"] < 0.1 and r["demo_labels_only_em"] < 0.25 * r["teacher_exact_match"]),
-        ("the teacher's answers give the highest exact match of the three, soft targets on the 16 dates far below it; "
-         "its last loss is several times (over 3) the labels-only run's",
+        ("the teacher's answers give the highest exact match of the three, soft targets on the 16 dates far below it "
+         "and no better than the labels alone; its last loss is several times (over 3) the labels-only run's",
          lambda r: r["demo_teachers_answers_em"] > max(r["demo_labels_only_em"], r["demo_soft_targets_em"]) + 0.1
+         and r["demo_soft_targets_em"] <= r["demo_labels_only_em"]
          and r["demo_teachers_answers_last_loss"] > 3 * r["demo_labels_only_last_loss"]),
         ("none of section 5's runs reaches 0.5 of the teacher's exact match",
          lambda r: max(r["demo_labels_only_em"], r["demo_soft_targets_em"], r["demo_teachers_answers_em"])

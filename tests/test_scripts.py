@@ -40,3 +40,22 @@ def test_the_check_finds_a_missing_import():
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
 def test_every_name_a_script_reads_is_defined(script):
     assert not undefined_names(script.read_text()), f"{script.name} reads names it never defines or imports"
+
+
+def test_course_table_reports_the_measure_the_grader_checks():
+    """07's verdict reports the judge's score and the share right; the table's held-out columns are the judge's
+    (the gain its grader checks), 08's the share right, 10's MRR@10."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_course", ROOT / "scripts" / "run_course.py")
+    run_course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_course)
+    metrics = {"judge": 0.9, "base_judge": 0.6, "right": 0.95, "base_right": 0.5, "probe_accuracy": 0.7,
+               "base_probe_accuracy": 0.68}
+    judged = run_course.heldout_columns({"metrics": metrics, "checks": [["judge_gain", 0.3, ">=", 0.15, True]]})
+    assert judged == {"heldout_base": 0.6, "heldout_tuned": 0.9, "probe_base": 0.68, "probe_tuned": 0.7}
+    checked = run_course.heldout_columns({"metrics": metrics, "checks": [["right_gain", 0.45, ">=", 0.12, True]]})
+    assert (checked["heldout_base"], checked["heldout_tuned"]) == (0.5, 0.95)
+    ranked = run_course.heldout_columns({"metrics": {"mrr@10": 0.8, "base_mrr@10": 0.3},
+                                         "checks": [["mrr_gain", 0.5, ">=", 0.45, True]]})
+    assert (ranked["heldout_base"], ranked["heldout_tuned"]) == (0.3, 0.8)

@@ -309,8 +309,8 @@ print(f"The trainer's logs: loss {logged[0]['loss']:.3f} -> {logged[-1]['loss']:
 # say nothing about the count: both replies of every pair have the right one, so nothing in the loss held the
 # counts in place while the policy moved, and the share of right answers fell (printed above). The judge's
 # score fell with it: the base model's replies were already brief enough
-# for the judge, so shortening them gained nothing. (It is not the templates' form alone: in 12-step runs on 48 of
-# these questions, 06's `wrong` pairs, in the same templates but differing in the count, raised the judge to 0.66;
+# for the judge, so shortening them gained nothing. (It is not the templates' form alone: in the earlier 12-step
+# demos, on this notebook's first 48 training questions, 06's `wrong` pairs, in the same templates but differing in the count, raised the judge to 0.66;
 # the README's DPO section.) Two lessons in one run: **a pair's signal is the difference between its replies**, here length;
 # and the loss, the margins and the reward accuracy describe the *pairs*, not the policy (this is **evaluating
 # on the wrong thing** in its DPO form). Only an evaluation of the policy's own replies, here the judge,
@@ -340,12 +340,12 @@ print(f"beta 0.1 -> 1: the policy's log-ratio on its own replies {dpo_01['log_ra
 # tokens, and here the 40-word padded replies dominate it). What $\beta$ does not see is the policy's own
 # replies, which are in no pair: here, at $\beta = 1$, they drifted less from the reference (the log-ratio, printed
 # above), and the judge stayed about where it was, below the base model's: held closer, the policy still learned
-# length, not counting. Less drift is not guaranteed. Run for 12 steps instead of 8 on the same pairs (this
-# notebook's demos before 2026-12-06), the policy at $\beta = 1$ drifted *further* (6.71 against 4.12 nats); on other
+# length, not counting. Less drift is not guaranteed. Run for 12 steps instead of 8, on 48 pairs instead of 32
+# (this notebook's demos before 2026-12-06), the policy at $\beta = 1$ drifted *further* (6.71 against 4.12 nats); on other
 # pairs a larger $\beta$ kept the drift smaller (the README's DPO section: 06's `wrong` pairs 4.07 → 1.06 nats on
-# this notebook's draw, and on pairs in the model's own sentence 2.86 → 1.73 from $\beta$ 0.02 to 2). So $\beta$ is
+# the 48-question draw of those 12-step runs, and on pairs in the model's own sentence 2.86 → 1.73 from $\beta$ 0.02 to 2). So $\beta$ is
 # a limit on how far the pairs are pushed; how far that moves the rest of what the policy says depends on the
-# pairs and on how long you train.
+# pairs, and on how long and on how many pairs you train.
 #
 # ## 5 · DPO against SFT on the same pairs
 # The simplest alternative uses only half of each pair: SFT on the chosen replies (03's recipe, TRL's

@@ -324,7 +324,7 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # %% [markdown]
 # Trained on "contains the count", the policy stopped answering: its replies turned into lists of items and
 # numbers, sums and sequences (the replies printed above, and the numbers a reply in the table), and the share
-# right collapsed (printed above). Its own reward barely moved (first and last three steps, printed above: the
+# right collapsed (printed above). Its own reward rose only a little and stayed far from 1 (first and last three steps, printed above: the
 # lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison within each
 # group: a sampled reply with several numbers is more likely to hold the count than a single sampled answer,
 # which section 1 found wrong most of the time, so it tends to beat its siblings, and GRPO pushes it up. A
@@ -519,7 +519,7 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 # - `LoraConfig`, `GRPOConfig` and `GRPOTrainer` train it; a step samples its replies token by token and then
 #   scores them, and on a CPU its time grows with the group and the replies' length (less than in proportion).
 # - **The mistake to remember: evaluating on the wrong thing**, in its RL form: a reward that rose is not a task
-#   solved, nor a flat one a task kept. Trained on "contains the count", the reward barely moved while the
+#   solved, nor a flat one a task kept. Trained on "contains the count", the reward rose little while the
 #   policy turned to lists of numbers and the share right collapsed; measure success with the task's checker,
 #   on questions the policy did not train on.
 #
