@@ -75,13 +75,15 @@ def run_notebook(notebook: Path, preset: str) -> dict:
 def heldout_columns(verdict: dict) -> dict:
     """The table's held-out columns from a grader verdict: the measure whose gain the grader checks (exact match on
     the task; 07: the judge's score, though its verdict also reports the share right; 08: the checker's share right;
-    10: MRR@10; 09: the student against the same student without the teacher), and the probe's accuracy."""
-    metrics = verdict["metrics"]
-    graded = [check[0][:-len("_gain")] for check in verdict.get("checks", []) if check[0].endswith("_gain")]
+    10: MRR@10; 09: the student against the same student without the teacher; 06: the reward model's worst graded
+    pairwise accuracy, with no base), and the probe's accuracy."""
+    metrics, checks = verdict["metrics"], verdict.get("checks", [])
+    graded = [check[0][:-len("_gain")] for check in checks if check[0].endswith("_gain")]
+    accuracies = [metrics[check[0]] for check in checks if check[0].endswith("_accuracy") and check[0] in metrics]
     measure = {"mrr": "mrr@10"}.get(graded[0], graded[0]) if graded else "judge"
     return {"heldout_base": metrics.get("base_exact_match", metrics.get("labels_only_exact_match",
                                                                         metrics.get(f"base_{measure}"))),
-            "heldout_tuned": metrics.get("exact_match", metrics.get(measure)),
+            "heldout_tuned": metrics.get("exact_match", metrics.get(measure, min(accuracies, default=None))),
             "probe_base": metrics.get("base_probe_accuracy"), "probe_tuned": metrics.get("probe_accuracy")}
 
 

@@ -213,9 +213,10 @@ STATED_CLAIMS = {
         ("at the larger beta the pairs' gap in nats ended smaller, by less than ten times (so the margin is larger)",
          lambda r: r["dpo_padded_gap_nats"] / 10 < r["dpo_beta1_gap_nats"] < r["dpo_padded_gap_nats"]),
         ("here, at beta 1, the policy's own replies drifted less; the judge stayed about where it was (within 0.05), "
-         "below the base model's",
+         "below the base model's: held closer, the policy still lost right answers",
          lambda r: r["dpo_beta1_log_ratio"] < r["dpo_padded_log_ratio"]
-         and abs(r["dpo_beta1_judge"] - r["dpo_padded_judge"]) <= 0.05 and r["dpo_beta1_judge"] < r["base_judge"]),
+         and abs(r["dpo_beta1_judge"] - r["dpo_padded_judge"]) <= 0.05 and r["dpo_beta1_judge"] < r["base_judge"]
+         and r["dpo_beta1_right"] < r["base_right"]),
         ("SFT on the same chosen replies: short replies, right more often, a judge above the base model's and DPO's",
          lambda r: r["sft_words"] < 3 and r["sft_right"] > r["base_right"]
          and r["sft_judge"] > max(r["base_judge"], r["dpo_padded_judge"])),
@@ -227,7 +228,7 @@ STATED_CLAIMS = {
         ("trained on 'contains the count', the replies turned into lists of numbers and the share right collapsed",
          lambda r: r["hacked_numbers"] > r["base_numbers"] + 1 and r["hacked_right"] < r["base_right"] / 2),
         ("... and its own reward rose only a little (by less than 0.2) and stayed far from 1 (below 0.9) in 8 steps",
-         lambda r: r["hacked_reward_last3"] < 0.9 and r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.2),
+         lambda r: r["hacked_reward_last3"] < 0.9 and 0 < r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.2),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
         ("twice the replies cost more time, between 1.5 and 2.5 times",

@@ -28,9 +28,11 @@ def test_every_notebook_takes_the_preset_as_a_papermill_parameter(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_no_paragraph_of_prose_is_repeated(notebook):
-    """A paragraph pasted twice (09's "Machine time" was) reads as a slip; headings, table rows and formulas may
-    repeat, sentences of prose may not."""
+def test_no_sentence_of_prose_is_repeated(notebook):
+    """A paragraph pasted twice (09's "Machine time" was) reads as a slip. Headings, table rows, display formulas and
+    code fences may repeat; a sentence of prose (over 60 characters) may not, within a cell or across cells."""
+    import re
+
     import nbformat
 
     seen = {}
@@ -38,9 +40,8 @@ def test_no_paragraph_of_prose_is_repeated(notebook):
         if cell.cell_type != "markdown":
             continue
         for paragraph in cell.source.split("\n\n"):
-            text = " ".join(paragraph.split())
-            if len(text) < 60 or text.startswith(("#", "|", "$")):
-                continue
-            for sentence in (s.rstrip(".") for s in text.split(". ") if len(s) > 60):
+            prose = [line for line in paragraph.splitlines() if not line.lstrip().startswith(("#", "|", "$$", "```"))]
+            text = " ".join(" ".join(prose).split())
+            for sentence in (s.rstrip(".?!:") for s in re.split(r"(?<=[.?!:])\s+", text) if len(s) > 60):
                 assert sentence not in seen, f"{notebook.stem}: cells {seen[sentence]} and {index} both say {sentence!r}"
                 seen[sentence] = index

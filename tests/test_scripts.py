@@ -59,3 +59,12 @@ def test_course_table_reports_the_measure_the_grader_checks():
     ranked = run_course.heldout_columns({"metrics": {"mrr@10": 0.8, "base_mrr@10": 0.3},
                                          "checks": [["mrr_gain", 0.5, ">=", 0.45, True]]})
     assert (ranked["heldout_base"], ranked["heldout_tuned"]) == (0.3, 0.8)
+    student = run_course.heldout_columns({"metrics": {"exact_match": 0.6, "labels_only_exact_match": 0.17},
+                                          "checks": [["gain_over_labels_only", 0.43, ">=", 0.3, True]]})
+    assert (student["heldout_base"], student["heldout_tuned"]) == (0.17, 0.6)
+    ranking = run_course.heldout_columns({"metrics": {"padded_accuracy": 1.0, "echo_accuracy": 0.95, "wrong_accuracy": 0.5},
+                                          "checks": [["padded_accuracy", 1.0, ">=", 0.9, True],
+                                                     ["echo_accuracy", 0.95, ">=", 0.9, True]]})
+    assert (ranking["heldout_base"], ranking["heldout_tuned"]) == (None, 0.95)  # 06: the worst graded kind
+    failed = run_course.heldout_columns({"metrics": {}, "checks": []})
+    assert failed == {"heldout_base": None, "heldout_tuned": None, "probe_base": None, "probe_tuned": None}
