@@ -304,17 +304,16 @@ print(f"The trainer's logs: loss {logged[0]['loss']:.3f} -> {logged[-1]['loss']:
       f"replies {dpo_01['log_ratio']:.1f} nats more likely than the reference does.")
 
 # %% [markdown]
-# DPO learned what its pairs differ in: the padded replies became very unlikely, the replies got shorter, and
-# every number the trainer logs (the loss, the margins, the reward accuracy) looks like success. But the pairs
-# say nothing about the count: both replies of every pair have the right one, so nothing in the loss held the
-# counts in place while the policy moved, and the share of right answers fell (printed above). The judge's
-# score fell with it: the base model's replies were already brief enough
-# for the judge, so shortening them gained nothing. (It is not the templates' form alone: in the earlier 12-step
-# demos, on this notebook's first 48 training questions, 06's `wrong` pairs, in the same templates but differing in the count, raised the judge to 0.66;
-# the README's DPO section.) Two lessons in one run: **a pair's signal is the difference between its replies**, here length;
-# and the loss, the margins and the reward accuracy describe the *pairs*, not the policy (this is **evaluating
-# on the wrong thing** in its DPO form). Only an evaluation of the policy's own replies, here the judge,
-# describes the policy.
+# DPO learned what its pairs differ in: the padded replies became very unlikely, the replies got shorter, and every
+# number the trainer logs (the loss, the margins, the reward accuracy) looks like success. But the pairs say nothing
+# about the count: both replies of every pair have the right one, so nothing in the loss held the counts in place
+# while the policy moved, and the share of right answers fell (printed above). The judge's score fell with it: the
+# base model's replies were already brief enough for the judge, so shortening them gained nothing. (It is not the
+# templates' form alone: in the earlier 12-step demos, on this notebook's first 48 training questions, 06's `wrong`
+# pairs, in the same templates but differing in the count, raised the judge to 0.66; the README's DPO section.) Two
+# lessons in one run: **a pair's signal is the difference between its replies**, here length; and the loss, the
+# margins and the reward accuracy describe the *pairs*, not the policy (this is **evaluating on the wrong thing** in
+# its DPO form). Only an evaluation of the policy's own replies, here the judge, describes the policy.
 #
 # ## 4 · What $\beta$ changes
 # $\beta$ is the KL coefficient of the objective DPO came from: the larger it is, the more a given change of
@@ -333,19 +332,19 @@ print(f"beta 0.1 -> 1: the policy's log-ratio on its own replies {dpo_01['log_ra
       f"{(dpo_1['reward_chosen'] - dpo_1['reward_rejected']) / 1.0:.1f} nats.")
 
 # %% [markdown]
-# $\beta$ acts on the log-ratios DPO *sees*: the ones of its pairs. At the ten times larger $\beta$ the gap
-# between a pair's chosen and rejected log-ratios, in nats, ended smaller, by less than ten times, so the
-# implicit reward *margin* (β times the gap) is larger: margins of runs with different $\beta$ are not
-# comparable, gaps in nats are (and only between pairs of the same kind: the gap is summed over a reply's
-# tokens, and here the 40-word padded replies dominate it). What $\beta$ does not see is the policy's own
-# replies, which are in no pair: here, at $\beta = 1$, they drifted less from the reference (the log-ratio, printed
-# above), and the judge stayed about where it was, below the base model's: held closer, the policy still learned
-# length, not counting. Less drift is not guaranteed. Run for 12 steps instead of 8, on 48 pairs instead of 32
-# (this notebook's demos before 2026-12-06), the policy at $\beta = 1$ drifted *further* (6.71 against 4.12 nats); on other
-# pairs a larger $\beta$ kept the drift smaller (the README's DPO section: 06's `wrong` pairs 4.07 → 1.06 nats on
-# the 48-question draw of those 12-step runs, and on pairs in the model's own sentence 2.86 → 1.73 from $\beta$ 0.02 to 2). So $\beta$ is
-# a limit on how far the pairs are pushed; how far that moves the rest of what the policy says depends on the
-# pairs, and on how long and on how many pairs you train.
+# $\beta$ acts on the log-ratios DPO *sees*: the ones of its pairs. At the ten times larger $\beta$ the gap between
+# a pair's chosen and rejected log-ratios, in nats, ended smaller, by less than ten times, so the implicit reward
+# *margin* (β times the gap) is larger: margins of runs with different $\beta$ are not comparable, gaps in nats are
+# (and only between pairs of the same kind: the gap is summed over a reply's tokens, and here the 40-word padded
+# replies dominate it). What $\beta$ does not see is the policy's own replies, which are in no pair: here, at $\beta
+# = 1$, they drifted less from the reference (the log-ratio, printed above), and the judge stayed about where it
+# was, below the base model's: held closer, the policy still learned length, not counting. Less drift is not
+# guaranteed. Run for 12 steps instead of 8, on 48 pairs instead of 32 (this notebook's demos before 2026-12-06),
+# the policy at $\beta = 1$ drifted *further* (6.71 against 4.12 nats); on other pairs a larger $\beta$ kept the
+# drift smaller (the README's DPO section: 06's `wrong` pairs 4.07 → 1.06 nats on the 48-question draw of those
+# 12-step runs, and on pairs in the model's own sentence 2.86 → 1.73 from $\beta$ 0.02 to 2). So $\beta$ is a limit
+# on how far the pairs are pushed; how far that moves the rest of what the policy says depends on the pairs, and on
+# how long and on how many pairs you train.
 #
 # ## 5 · DPO against SFT on the same pairs
 # The simplest alternative uses only half of each pair: SFT on the chosen replies (03's recipe, TRL's

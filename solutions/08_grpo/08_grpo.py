@@ -322,17 +322,17 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
       f"right) {checked['reward_first3']:.2f} -> {checked['reward_last3']:.2f}")
 
 # %% [markdown]
-# Trained on "contains the count", the policy stopped answering: its replies turned into lists of items and
-# numbers, sums and sequences (the replies printed above, and the numbers a reply in the table), and the share
-# right collapsed (printed above). Its own reward rose only a little and stayed far from 1 (first and last three steps, printed above: the
-# lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison within each
-# group: a sampled reply with several numbers is more likely to hold the count than a single sampled answer,
-# which section 1 found wrong most of the time, so it tends to beat its siblings, and GRPO pushes it up. A
-# reward is **hackable** when a reply can earn it without solving the task, and GRPO finds such replies because
-# they are in its samples, before the reward itself shows anything. Trained on the checker, one change, the
-# share right rose (printed above): the checker pays only a reply whose every number is the count. Reward
-# functions for GRPO should make doing the task the cheapest way to earn them: check the answer itself,
-# exactly, and give format rewards a small weight beside the correctness reward, not in its place.
+# Trained on "contains the count", the policy stopped answering: its replies turned into lists of items and numbers,
+# sums and sequences (the replies printed above, and the numbers a reply in the table), and the share right
+# collapsed (printed above). Its own reward rose only a little and stayed far from 1 (first and last three steps,
+# printed above: the lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison
+# within each group: a sampled reply with several numbers is more likely to hold the count than a single sampled
+# answer, which section 1 found wrong most of the time, so it tends to beat its siblings, and GRPO pushes it up. A
+# reward is **hackable** when a reply can earn it without solving the task, and GRPO finds such replies because they
+# are in its samples, before the reward itself shows anything. Trained on the checker, one change, the share right
+# rose (printed above): the checker pays only a reply whose every number is the count. Reward functions for GRPO
+# should make doing the task the cheapest way to earn them: check the answer itself, exactly, and give format
+# rewards a small weight beside the correctness reward, not in its place.
 #
 # ## 4 · What a step costs
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both

@@ -349,14 +349,14 @@ ax.legend()
 fig.tight_layout()
 
 # %% [markdown]
-# On the 16 labels alone the student's training loss falls close to zero (the curves) while its exact match on
-# new dates stays low (the table): 16 steps of 8 rows show it each labelled date 8 times, and it memorises them.
-# The teacher's soft targets on the same 16 dates change the loss, not the data: the student still sees only 16
-# prompts, and stays far below the third row (here no better than the labels alone). The teacher's answers to all 400 prompts change the data: 25 times
-# the prompts, about 5 % of them wrong (section 1), and the student's exact match is the highest of the three. Its
-# loss at the last step is several times the labels-only run's: 16 steps of 8 rows show it only 128 of the 400
-# prompts, once each, and do not train the student back to the teacher's level. With scarce labels, what the teacher adds most is
-# **more prompts with answers**.
+# On the 16 labels alone the student's training loss falls close to zero (the curves) while its exact match on new
+# dates stays low (the table): 16 steps of 8 rows show it each labelled date 8 times, and it memorises them. The
+# teacher's soft targets on the same 16 dates change the loss, not the data: the student still sees only 16 prompts,
+# and stays far below the third row (here no better than the labels alone). The teacher's answers to all 400 prompts
+# change the data: 25 times the prompts, about 5 % of them wrong (section 1), and the student's exact match is the
+# highest of the three. Its loss at the last step is several times the labels-only run's: 16 steps of 8 rows show it
+# only 128 of the 400 prompts, once each, and do not train the student back to the teacher's level. With scarce
+# labels, what the teacher adds most is **more prompts with answers**.
 #
 # ## 6 · In the field: distillation and synthetic data
 # DistilBERT (Sanh et al., 2019) built its student the way section 2 does (every other layer of BERT) and trained it
