@@ -57,13 +57,14 @@ def lab_notebooks(course: Path = ROOT / "course") -> list[str]:
 
 def learner_copy(slug: str, work: Path, preset: str = "cpu") -> Path:
     """course/<slug>/ copied to `work`/<slug>/, its solution cells holding the reference solutions' code and its
-    test cells the full tests (hidden ones included), with `PRESET = preset` injected as papermill injects it."""
+    test cells the full tests (hidden ones included), the source's `course-record` cells appended (they are its last
+    cells), with `PRESET = preset` injected as papermill injects it."""
     import jupytext
     import nbformat
     from papermill.parameterize import parameterize_notebook
 
-    solved = {c.metadata["nbgrader"]["grade_id"]: c.source
-              for c in jupytext.read(ROOT / "solutions" / slug / f"{slug}.py").cells
+    source = jupytext.read(ROOT / "solutions" / slug / f"{slug}.py")
+    solved = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source.cells
               if c.metadata.get("nbgrader", {}).get("solution") or c.metadata.get("nbgrader", {}).get("grade")}
     nb = nbformat.read(ROOT / "course" / slug / f"{slug}.ipynb", as_version=4)
     restored = 0
@@ -74,6 +75,9 @@ def learner_copy(slug: str, work: Path, preset: str = "cpu") -> Path:
             restored += 1
     if restored != len(solved):
         raise RuntimeError(f"{slug}: {len(solved) - restored} graded cells of the solution are not in the release")
+    # the instructor's `course-record` cells (the course table's record; not released), run last as in the source
+    nb.cells += [nbformat.v4.new_code_cell(c.source, metadata={"tags": list(c.metadata["tags"])})
+                 for c in source.cells if "course-record" in c.metadata.get("tags", ())]
     nb.metadata.setdefault("papermill", {})  # what papermill's loader adds before it parameterizes
     for cell in nb.cells:
         cell.metadata.setdefault("tags", [])

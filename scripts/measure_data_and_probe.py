@@ -7,7 +7,9 @@
   exact match and answer loss; `ftcourse.decision.MIN_DEMONSTRATIONS` comes from it.
 - **Forgetting:** a full fine-tune at full-fine-tuning rates (2e-5, 1e-4) for the same 12 steps, notebook 03 §5.
 
-Each run appends one JSON line to `--out` and prints it; `--table` prints the table of a results file.
+Each run is evaluated as the grader evaluates, under the preset's autocast (bf16 on a CPU with AVX512-BF16, else
+float32: the `path` column). Each run appends one JSON line to `--out` and prints it; `--table` prints the table
+of a results file.
     python scripts/measure_data_and_probe.py --out build/measure_demos.jsonl
 """
 
@@ -48,11 +50,11 @@ def measure(out: Path, runs: str) -> None:
             model, result = train_sft(load_model(preset.model, preset.device, seed=int(seed)), tokenizer,
                                       splits["train"][:int(n)], setup, preset, ROOT / "build" / "measure", progress=False)
             losses = result.losses
-        with torch.no_grad():
+        with torch.no_grad(), preset.autocast():  # as the grader evaluates (a no-op in float32)
             probe = run_probe(model, tokenizer)
             em, _ = evaluation.exact_match(model, tokenizer, splits["validation"], preset.eval_batch_size)
             val_loss = evaluation.answer_loss(model, tokenizer, splits["validation"])
-        row = {"kind": kind, "lr": float(lr), "steps": int(steps), "seed": int(seed), "n": int(n),
+        row = {"path": preset.autocast_dtype or "float32", "kind": kind, "lr": float(lr), "steps": int(steps), "seed": int(seed), "n": int(n),
                "probe_accuracy": probe.accuracy, "probe_perplexity": probe.perplexity, "em": em, "val_loss": val_loss,
                "losses": [round(x, 4) for x in losses], "seconds": round(time.time() - start)}
         print(json.dumps(row), flush=True)
@@ -68,7 +70,9 @@ def table(path: Path) -> str:
     for r in rows:
         r["probe_drop"] = base["probe_accuracy"] - r["probe_accuracy"]
         r["ppl_ratio"] = r["probe_perplexity"] / base["probe_perplexity"]
-    cols = ["kind", "lr", "steps", "seed", "n", "em", "val_loss", "probe_accuracy", "probe_drop", "ppl_ratio"]
+    for r in rows:
+        r.setdefault("path", "float32")  # rows written before the path was recorded
+    cols = ["path", "kind", "lr", "steps", "seed", "n", "em", "val_loss", "probe_accuracy", "probe_drop", "ppl_ratio"]
     return fmt(rows, cols, floatfmt=".4g")
 
 

@@ -80,6 +80,22 @@ def test_artifact_dir_is_known_and_rejects_unknown(tmp_path):
         artifact_dir("99_nothing", tmp_path)
 
 
+def test_begin_exercise_empties_only_an_outcome_exercises_folder(tmp_path, capsys):
+    from ftcourse.grading import begin_exercise
+
+    preset = get_preset("cpu")
+    stale = artifact_dir("04_lora", tmp_path) / "adapter"
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_text("an earlier run's")
+    other = artifact_dir("03_sft", tmp_path)
+    other.mkdir(parents=True)
+    assert begin_exercise("capstone_final_outcome", preset, tmp_path) == artifact_dir("04_lora", tmp_path)
+    assert not artifact_dir("04_lora", tmp_path).exists() and other.is_dir()  # another notebook's folder stays
+    out = capsys.readouterr().out
+    assert "Exercise 4.2" in out and "Emptied artifacts/04_lora/" in out
+    assert begin_exercise("lora_layer_tests", preset, tmp_path) is None and other.is_dir()
+
+
 def test_artifacts_refuse_symlinks_and_forged_records(tmp_path):
     folder = tmp_path / "a"
     folder.mkdir()

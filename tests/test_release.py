@@ -48,3 +48,30 @@ def test_course_holds_no_solution_and_no_hidden_test():
                 # a line that the public part of the notebook also has (`with quiet():`) proves nothing
                 if len(code) > 12 and not code.startswith("#") and code not in public:
                     assert code not in released, f"{block.split()[1].lower()} line leaked into course/: {code}"
+
+
+PLUMBING = ("write_results", "shutil.rmtree", "notebook_start", "perf_counter() - notebook_start")
+
+
+def test_learner_notebooks_hold_no_plumbing():
+    """The course table's record and the emptying of the artifact folder are not the learner's to read: the
+    first is the instructor's `course-record` cell, the second happens in `begin_exercise`."""
+    for path in sorted(ROOT.glob("course/*/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            for word in PLUMBING:
+                assert word not in cell.source, f"{path.name}: {word!r} in a released cell:\n{cell.source[:300]}"
+            assert "course-record" not in cell.metadata.get("tags", ()), f"{path.name}: a course-record cell was released"
+
+
+def test_each_source_records_its_run_in_one_last_course_record_cell():
+    """`make course` and the claims' tests read course_results.json, which the source's one `course-record` cell
+    writes; it is the last code cell, so the browser test's copy of the release can run it last too."""
+    import jupytext
+
+    for source in sorted(ROOT.glob("solutions/[0-9][0-9]_*/[0-9][0-9]_*.py")):
+        code = [c for c in jupytext.read(source).cells if c.cell_type == "code"]
+        records = [i for i, c in enumerate(code) if "course-record" in c.metadata.get("tags", ())]
+        assert records == [len(code) - 1], f"{source.name}: course-record cells at {records} of {len(code)} code cells"
+        assert "write_results(" in code[-1].source, source.name
+        assert all("write_results(" not in c.source for c in code[:-1]), f"{source.name} writes results elsewhere"

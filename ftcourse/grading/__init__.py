@@ -16,9 +16,9 @@ One job per module, no import running back up:
 """
 
 from .artifacts import artifact_dir
-from .kernel import assert_outcome, check_in_kernel, check_recipe, describe, print_exercise, self_check
+from .kernel import assert_outcome, begin_exercise, check_in_kernel, check_recipe, describe, print_exercise, self_check
 from .registry import EXERCISES, exercise, outcome_exercise
 from .verdict import Verdict
 
-__all__ = ["EXERCISES", "Verdict", "artifact_dir", "assert_outcome", "check_in_kernel", "check_recipe", "describe",
-           "exercise", "outcome_exercise", "print_exercise", "self_check"]
+__all__ = ["EXERCISES", "Verdict", "artifact_dir", "assert_outcome", "begin_exercise", "check_in_kernel",
+           "check_recipe", "describe", "exercise", "outcome_exercise", "print_exercise", "self_check"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .artifacts import artifact_dir
+from .artifacts import ARTIFACTS_DIRNAME, artifact_dir
 from .grader import evaluate_artifacts
 from .registry import exercise, outcome_exercise
 from .verdict import Verdict
@@ -39,6 +39,23 @@ def describe(grade_id: str, preset) -> str:
 def print_exercise(grade_id: str, preset) -> None:
     """Print `describe(...)`: every notebook prints its thresholds from the registry, not from a copy."""
     print(describe(grade_id, preset))
+
+
+def begin_exercise(grade_id: str, preset, root: str | Path | None = None) -> Path | None:
+    """Start an exercise: print `describe(...)`; for an outcome exercise also empty the folder its run saves to
+    (`artifact_dir`), so that the self-check and the hidden test read only what this run trains, never an earlier
+    run's files. Returns that folder (None for a function exercise)."""
+    import shutil
+
+    print(describe(grade_id, preset))
+    ex = exercise(grade_id)
+    if ex.kind != "outcome":
+        return None
+    folder = artifact_dir(ex.notebook, root)
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"Emptied {ARTIFACTS_DIRNAME}/{ex.notebook}/, where this exercise saves: the self-check reads only what "
+          "this run trains.")
+    return folder
 
 
 def check_recipe(grade_id: str, preset, **configs) -> dict | None:
@@ -122,5 +139,5 @@ def check_in_kernel(grade_id: str, preset, namespace: dict) -> Verdict:
     return verdict
 
 
-__all__ = ["artifact_dir", "assert_outcome", "check_in_kernel", "check_recipe", "describe", "outcome_exercise",
-           "print_exercise", "self_check"]
+__all__ = ["artifact_dir", "assert_outcome", "begin_exercise", "check_in_kernel", "check_recipe", "describe",
+           "outcome_exercise", "print_exercise", "self_check"]

@@ -73,7 +73,6 @@ SEED = 0
 import collections
 import json
 import math
-import shutil
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
@@ -84,11 +83,10 @@ from ftcourse import evaluation, plots
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, SHIPPED_POOL, DataError, char_ngrams, jaccard,
                                    leakage_comparison, normalize_text, parse_chat_row, prompt_and_answer,
                                    score_cleaning, shipped_dump)
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
-from ftcourse.reporting import write_results
 from ftcourse.tasks import Example, number_task_splits
 from ftcourse.training import preset_sft_args, save_recipe_artifacts, train_recipe
 
@@ -421,10 +419,9 @@ print("PRESET_ARGS =", PRESET_ARGS)
 # itself** on the rows you kept and evaluates what it trained.
 
 # %%
-shutil.rmtree(artifact_dir("02_data_and_tooling"), ignore_errors=True)  # grade only what this run trains
 print(f"{len(kept_rows)} clean rows; one epoch at batch {preset.batch_size} is {-(-len(kept_rows) // preset.batch_size)} "
       f"steps; step budget {preset.step_budget}")
-print_exercise("cleaned_final_outcome", preset)
+begin_exercise("cleaned_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "cleaned_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -536,14 +533,6 @@ with autocast:
         serving_rows.append({"trained with": "chat template", "served with": served, "padding": side,
                              "exact_match": em, "first reply": replies[0].strip()[:30]})
 print(plots.table(serving_rows, ["trained with", "served with", "padding", "exact_match", "first reply"]))
-write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.metrics.get("exact_match", float("nan")),
-              metric="exact match", cleaning_precision=score["precision"], cleaning_recall=score["recall"],
-              leaked_items_leaky=leaky_scores["leaked"]["exact_match"], leaked_items_clean=clean_scores["leaked"]["exact_match"],
-              unseen_items_leaky=leaky_scores["unseen"]["exact_match"], unseen_items_clean=clean_scores["unseen"]["exact_match"],
-              leaked_log_loss_ratio=comparison["leaked"], unseen_log_loss_ratio=comparison["unseen"],
-              memory_log_gap=gap, memory_log_gap_se=comparison["memory_se"],
-              wrong_template_drop=serving_rows[0]["exact_match"] - serving_rows[1]["exact_match"],
-              right_padding_drop=serving_rows[0]["exact_match"] - serving_rows[2]["exact_match"])
 
 # %% [markdown]
 # The last table is the template and padding lesson of §2–§3 on your own adapter: the same weights,
@@ -598,3 +587,17 @@ print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_c
 #   what they add is launch and speed on GPUs, which this course cannot measure on its CPUs.
 #
 # **Next:** 03 fine-tunes with `SFTTrainer` properly: loss masks, batch layouts and forgetting.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
+write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.metrics.get("exact_match", float("nan")),
+              metric="exact match", cleaning_precision=score["precision"], cleaning_recall=score["recall"],
+              leaked_items_leaky=leaky_scores["leaked"]["exact_match"], leaked_items_clean=clean_scores["leaked"]["exact_match"],
+              unseen_items_leaky=leaky_scores["unseen"]["exact_match"], unseen_items_clean=clean_scores["unseen"]["exact_match"],
+              leaked_log_loss_ratio=comparison["leaked"], unseen_log_loss_ratio=comparison["unseen"],
+              memory_log_gap=gap, memory_log_gap_se=comparison["memory_se"],
+              wrong_template_drop=serving_rows[0]["exact_match"] - serving_rows[1]["exact_match"],
+              right_padding_drop=serving_rows[0]["exact_match"] - serving_rows[2]["exact_match"])

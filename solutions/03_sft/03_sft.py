@@ -76,12 +76,11 @@ from peft import LoraConfig
 from trl import SFTConfig
 
 from ftcourse import evaluation, plots
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer, load_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.probe import run_probe
-from ftcourse.reporting import write_results
 from ftcourse.tasks import date_task_splits
 from ftcourse.training import (SFTSetup, TrainingRecorder, compare_layouts, length_grouped_order, preset_sft_args,
                                recommend_layout, to_prompt_completion, train_sft, trainer_class)
@@ -344,7 +343,7 @@ plots.loss_curves({"full FT, lr 1e-4": full_result.losses}, "A stable full fine-
 
 # %%
 PRESET_ARGS = preset_sft_args(preset, LAYOUT)
-print_exercise("sft_final_outcome", preset)
+begin_exercise("sft_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "sft_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -396,12 +395,6 @@ after_rows = probe_rows + [{"model": "your LoRA", "exact_match": m.get("exact_ma
                             "probe_perplexity": m.get("probe_perplexity", float("nan"))}]
 print(plots.table(after_rows, ["model", "exact_match", "probe_accuracy", "probe_perplexity"]))
 plots.probe_bars({r["model"]: r for r in after_rows});
-write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", float("nan")), metric="exact match",
-              probe_accuracy_base=base_probe.accuracy, probe_accuracy_tuned=m.get("probe_accuracy", float("nan")),
-              full_ft_exact_match=full_em, full_ft_probe_drop=full_drop, full_ft_perplexity_ratio=full_ratio,
-              full_ft_final_loss=full_result.losses[-1], full_ft_first_loss=full_result.losses[0],
-              layout=LAYOUT, fastest_layout=FASTEST_LAYOUT, layout_speedup=best["speedup_vs_padded"], padding_bound=bound,
-              seconds_per_step=seconds / steps)
 
 # %% [markdown]
 # ## Summary
@@ -418,3 +411,15 @@ write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", f
 #   something *other* than the task too.
 #
 # **Next:** 04 opens up LoRA: a LoRA layer from scratch, rank and alpha, and merging adapters.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
+write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", float("nan")), metric="exact match",
+              probe_accuracy_base=base_probe.accuracy, probe_accuracy_tuned=m.get("probe_accuracy", float("nan")),
+              full_ft_exact_match=full_em, full_ft_probe_drop=full_drop, full_ft_perplexity_ratio=full_ratio,
+              full_ft_final_loss=full_result.losses[-1], full_ft_first_loss=full_result.losses[0],
+              layout=LAYOUT, fastest_layout=FASTEST_LAYOUT, layout_speedup=best["speedup_vs_padded"], padding_bound=bound,
+              seconds_per_step=seconds / steps)

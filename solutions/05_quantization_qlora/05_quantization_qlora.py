@@ -76,8 +76,6 @@ PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; the grader uses the preset yo
 SEED = 0
 
 # %%
-import shutil
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -88,19 +86,17 @@ from trl import SFTConfig
 from ftcourse import evaluation, labs, plots, quantization
 from ftcourse.estimator import (ModelShape, TrainingPlan, build_model_for_plan, compare_estimate, estimate_memory,
                                 known_shape, measure_training_memory)
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, self_check
 from ftcourse.models import load_model_and_tokenizer, load_quantized_model, resolve_model_dir
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.probe import load_general_text
-from ftcourse.reporting import write_results
 from ftcourse.tasks import date_task_splits
 from ftcourse.training import preset_sft_args, save_recipe_artifacts, train_recipe
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
 print(preset.describe())
-notebook_start = time.perf_counter()
 
 # %% [markdown]
 # ## 1 · Absmax quantization: one scale, then many
@@ -408,11 +404,10 @@ print("Llama-2-7B, estimated: " + ", ".join(f"{method} {gb:.1f} GB" for method, 
 # 4-bit model, and evaluate in another process or on another copy, as the grader does.
 
 # %%
-shutil.rmtree(artifact_dir("05_quantization_qlora"), ignore_errors=True)  # grade only what this run trains
 PRESET_ARGS = preset_sft_args(preset, "grouped")  # 03, §3: precision, device, the grouped layout's order, logging
 print(f"QLoRA step budget: {preset.qlora_step_budget} (03's: {preset.step_budget}); "
       f"compute dtype: {preset.compute_dtype}")
-print_exercise("qlora_final_outcome", preset)
+begin_exercise("qlora_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "qlora_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -463,14 +458,6 @@ m = verdict.metrics
 print(plots.table([{"model": "4-bit base", "exact_match": m.get("base_exact_match", float("nan"))},
                    {"model": "4-bit base + your adapter", "exact_match": m.get("exact_match", float("nan"))}],
                   ["model", "exact_match"]))
-write_results("05_quantization_qlora", base_metric=m.get("base_exact_match", float("nan")),
-              tuned_metric=m.get("exact_match", float("nan")), metric="exact match (4-bit base)",
-              nf4_relative_rmse=nf4_rmse / weight_rms, int4_relative_rmse=int4_rmse / weight_rms,
-              perplexity_fp32=base_perplexity, perplexity_nf4=ppl[(4, 64, "nf")], perplexity_8bit=ppl[(8, 64, "nf")],
-              perplexity_int4=ppl[(4, 64, "int")], perplexity_nf3=ppl[(3, 64, "nf")], grid_values_max=int(distinct.max()),
-              memory_full_gb=totals["full"]["measured_gb"], memory_lora_gb=totals["lora"]["measured_gb"],
-              memory_qlora_gb=totals["qlora"]["measured_gb"], qlora_seconds_per_step=qlora_result.seconds / qlora_result.steps)
-print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 
 # %% [markdown]
 # ## Summary
@@ -488,3 +475,16 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   something else.
 #
 # **Next:** 06 leaves supervised targets behind: reward models and RLHF.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
+write_results("05_quantization_qlora", base_metric=m.get("base_exact_match", float("nan")),
+              tuned_metric=m.get("exact_match", float("nan")), metric="exact match (4-bit base)",
+              nf4_relative_rmse=nf4_rmse / weight_rms, int4_relative_rmse=int4_rmse / weight_rms,
+              perplexity_fp32=base_perplexity, perplexity_nf4=ppl[(4, 64, "nf")], perplexity_8bit=ppl[(8, 64, "nf")],
+              perplexity_int4=ppl[(4, 64, "int")], perplexity_nf3=ppl[(3, 64, "nf")], grid_values_max=int(distinct.max()),
+              memory_full_gb=totals["full"]["measured_gb"], memory_lora_gb=totals["lora"]["measured_gb"],
+              memory_qlora_gb=totals["qlora"]["measured_gb"], qlora_seconds_per_step=qlora_result.seconds / qlora_result.steps)

@@ -76,7 +76,6 @@ PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; the grader uses the preset yo
 SEED = 0
 
 # %%
-import shutil
 import time
 
 import matplotlib.pyplot as plt
@@ -86,17 +85,15 @@ from transformers import PrinterCallback
 from trl import RewardConfig, RewardTrainer, RLOOConfig
 
 from ftcourse import plots, preferences, reward, rlhf
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.models import load_model, load_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
-from ftcourse.reporting import write_results
 from ftcourse.training import write_training_record
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
 print(preset.describe())
-notebook_start = time.perf_counter()
 
 # %% [markdown]
 # ## 1 · Preference data, and a judge to check it
@@ -273,10 +270,9 @@ print(f"Trained on padded pairs only, the reward model ranks {', '.join(learned)
 # own held-out pairs. A step costs seconds on a CPU: the demo above's time per step tells you what 40 cost.
 
 # %%
-shutil.rmtree(artifact_dir("06_reward_models_rlhf"), ignore_errors=True)  # grade only what this run trains
 PAIR_KINDS = preferences.PAIR_KINDS
 print(f"PAIR_KINDS = {PAIR_KINDS}")
-print_exercise("reward_final_outcome", preset)
+begin_exercise("reward_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "reward_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -554,21 +550,6 @@ rlhf.rlhf_lab_figure(scripted);
 # %%
 rlhf.rlhf_lab_widget(rlhf.BradleyTerryLab(pool, n_train=32, seed=SEED));
 
-# %%
-worst = lambda by_kind: min(by_kind[k] for k in preferences.REWARD_KINDS)  # no length rule passes all three
-write_results("06_reward_models_rlhf", base_metric=worst(before["by_kind"]),
-              tuned_metric=worst({k: m.get(f"{k}_accuracy", float("nan")) for k in preferences.REWARD_KINDS}),
-              metric="pairwise accuracy, worst graded kind",
-              **{f"{k}_accuracy": m.get(f"{k}_accuracy", float("nan")) for k in PAIR_KINDS},
-              **{f"demo_{k}_accuracy": after_padded["by_kind"][k] for k in PAIR_KINDS},
-              **{f"untrained_{k}_accuracy": before["by_kind"][k] for k in PAIR_KINDS},
-              rl_reward_base=base_scores["reward"], rl_reward_off=off["reward"], rl_reward_on=on["reward"],
-              rl_judge_base=base_scores["judge"], rl_judge_off=off["judge"], rl_judge_on=on["judge"],
-              rl_right_base=base_scores["right"], rl_right_off=off["right"], rl_right_on=on["right"],
-              rl_kl_off=off["kl_last_step"], rl_kl_on=on["kl_last_step"],
-              **lab_results)
-print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
-
 # %% [markdown]
 # ## Summary
 # - Preference data says which of two replies is better; a reward model turns it into a score with the
@@ -586,3 +567,21 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   policy near the reference.
 #
 # **Next:** 07 skips the reward model: DPO optimises the policy on the pairs directly.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
+worst = lambda by_kind: min(by_kind[k] for k in preferences.REWARD_KINDS)  # no length rule passes all three
+write_results("06_reward_models_rlhf", base_metric=worst(before["by_kind"]),
+              tuned_metric=worst({k: m.get(f"{k}_accuracy", float("nan")) for k in preferences.REWARD_KINDS}),
+              metric="pairwise accuracy, worst graded kind",
+              **{f"{k}_accuracy": m.get(f"{k}_accuracy", float("nan")) for k in PAIR_KINDS},
+              **{f"demo_{k}_accuracy": after_padded["by_kind"][k] for k in PAIR_KINDS},
+              **{f"untrained_{k}_accuracy": before["by_kind"][k] for k in PAIR_KINDS},
+              rl_reward_base=base_scores["reward"], rl_reward_off=off["reward"], rl_reward_on=on["reward"],
+              rl_judge_base=base_scores["judge"], rl_judge_off=off["judge"], rl_judge_on=on["judge"],
+              rl_right_base=base_scores["right"], rl_right_off=off["right"], rl_right_on=on["right"],
+              rl_kl_off=off["kl_last_step"], rl_kl_on=on["kl_last_step"],
+              **lab_results)

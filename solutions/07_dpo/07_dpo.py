@@ -75,7 +75,6 @@ SEED = 0
 
 # %%
 import copy
-import shutil
 import time
 
 import matplotlib.pyplot as plt
@@ -85,18 +84,16 @@ from transformers import PrinterCallback
 from trl import DPOConfig, SFTConfig
 
 from ftcourse import dpo, plots, preferences, reward
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.models import load_model, load_tokenizer, weight_storage_mib
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
-from ftcourse.reporting import write_results
 from ftcourse.tasks import Example
 from ftcourse.training import preset_sft_args, train_recipe, write_training_record
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
 print(preset.describe())
-notebook_start = time.perf_counter()
 
 # %% [markdown]
 # ## 1 · The pairs, and what the model says on its own
@@ -417,9 +414,8 @@ del policy
 # fail with the seed.
 
 # %%
-shutil.rmtree(artifact_dir("07_dpo"), ignore_errors=True)  # grade only what this run trains
 judge = preferences.judge
-print_exercise("dpo_final_outcome", preset)
+begin_exercise("dpo_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "dpo_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -467,24 +463,6 @@ with quiet():
     assert_outcome("07_dpo", preset)
 ### END HIDDEN TESTS
 
-# %%
-m = verdict.metrics
-write_results("07_dpo", base_metric=m.get("base_judge", float("nan")), tuned_metric=m.get("judge", float("nan")),
-              metric="judge score, validation questions",
-              base_judge=base["judge"], dpo_padded_judge=dpo_01["judge"], dpo_padded_log_ratio=dpo_01["log_ratio"],
-              dpo_padded_reward_chosen=dpo_01["reward_chosen"], dpo_padded_reward_accuracy=dpo_01["reward_accuracy"],
-              dpo_beta1_judge=dpo_1["judge"], dpo_beta1_log_ratio=dpo_1["log_ratio"],
-              dpo_padded_gap_nats=(dpo_01["reward_chosen"] - dpo_01["reward_rejected"]) / 0.1,
-              dpo_beta1_gap_nats=(dpo_1["reward_chosen"] - dpo_1["reward_rejected"]) / 1.0,
-              dpo_padded_words=dpo_01["words"], dpo_padded_right=dpo_01["right"], base_right=base["right"],
-              dpo_padded_reward_rejected=dpo_01["reward_rejected"], dpo_padded_logged_loss_last=logged[-1]["loss"],
-              dpo_padded_logged_loss_first=logged[0]["loss"], sft_seconds=sft_result.seconds,
-              dpo_padded_seconds=dpo_01["seconds"],
-              base_words=base["words"], dpo_beta1_right=dpo_1["right"],
-              sft_judge=sft_scores["judge"], sft_words=sft_scores["words"], sft_right=sft_scores["right"],
-              reference_copy_mib=with_copy_mib - base_mib, adapter_mib=with_adapter_mib - base_mib)
-print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
-
 # %% [markdown]
 # ## Summary
 # - DPO trains the policy on preference pairs directly: the KL-regularised RL objective's optimum implies a
@@ -502,3 +480,24 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   policy's own replies.
 #
 # **Next:** 08 drops the pairs too: GRPO samples replies and learns from a reward it can check.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
+m = verdict.metrics
+write_results("07_dpo", base_metric=m.get("base_judge", float("nan")), tuned_metric=m.get("judge", float("nan")),
+              metric="judge score, validation questions",
+              base_judge=base["judge"], dpo_padded_judge=dpo_01["judge"], dpo_padded_log_ratio=dpo_01["log_ratio"],
+              dpo_padded_reward_chosen=dpo_01["reward_chosen"], dpo_padded_reward_accuracy=dpo_01["reward_accuracy"],
+              dpo_beta1_judge=dpo_1["judge"], dpo_beta1_log_ratio=dpo_1["log_ratio"],
+              dpo_padded_gap_nats=(dpo_01["reward_chosen"] - dpo_01["reward_rejected"]) / 0.1,
+              dpo_beta1_gap_nats=(dpo_1["reward_chosen"] - dpo_1["reward_rejected"]) / 1.0,
+              dpo_padded_words=dpo_01["words"], dpo_padded_right=dpo_01["right"], base_right=base["right"],
+              dpo_padded_reward_rejected=dpo_01["reward_rejected"], dpo_padded_logged_loss_last=logged[-1]["loss"],
+              dpo_padded_logged_loss_first=logged[0]["loss"], sft_seconds=sft_result.seconds,
+              dpo_padded_seconds=dpo_01["seconds"],
+              base_words=base["words"], dpo_beta1_right=dpo_1["right"],
+              sft_judge=sft_scores["judge"], sft_words=sft_scores["words"], sft_right=sft_scores["right"],
+              reference_copy_mib=with_copy_mib - base_mib, adapter_mib=with_adapter_mib - base_mib)

@@ -76,7 +76,6 @@ PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; the grader uses the preset yo
 SEED = 0
 
 # %%
-import shutil
 import time
 
 import matplotlib.pyplot as plt
@@ -86,17 +85,15 @@ from transformers import PrinterCallback
 from trl import GRPOConfig
 
 from ftcourse import grpo, plots, preferences
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.models import load_model, load_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
-from ftcourse.reporting import write_results
 from ftcourse.training import TrainingRecorder, write_training_record
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
 print(preset.describe())
-notebook_start = time.perf_counter()
 
 # %% [markdown]
 # ## 1 · The task, its checker, and groups that teach nothing
@@ -402,8 +399,7 @@ print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
 # replies to its own questions with the task's checker; your reward functions play no part in that score.
 
 # %%
-shutil.rmtree(artifact_dir("08_grpo"), ignore_errors=True)  # grade only what this run trains
-print_exercise("grpo_final_outcome", preset)
+begin_exercise("grpo_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "grpo_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -491,23 +487,6 @@ with quiet():
     assert_outcome("08_grpo", preset)
 ### END HIDDEN TESTS
 
-# %%
-m = verdict.metrics
-write_results("08_grpo", base_metric=m.get("base_right", float("nan")), tuned_metric=m.get("right", float("nan")),
-              metric="share right (the task's checker), validation questions",
-              base_right=base["right"], sampled_right=groups["sampled_right"],
-              groups_all_wrong=groups["groups_all_wrong"], groups_all_right=groups["groups_all_right"],
-              hacked_right=hacked["right"], hacked_numbers=hacked["numbers"], base_numbers=rows[0]["numbers"],
-              hacked_words=hacked["words"], base_words=base["words"], hacked_reward_first3=hacked["reward_first3"],
-              hacked_reward_last3=hacked["reward_last3"], hacked_sampled_right_first3=hacked["sampled_right_first3"],
-              hacked_sampled_right_last3=hacked["sampled_right_last3"], checked_right=checked["right"],
-              checked_reward_first3=checked["reward_first3"], checked_reward_last3=checked["reward_last3"],
-              **{f"step_s_g{t['replies per prompt']}_len{t['max new tokens']}": t["s per step"] for t in timing},
-              **{f"reply_tokens_g{t['replies per prompt']}_len{t['max new tokens']}": t["mean reply tokens"]
-                 for t in timing},
-              exercise_seconds=your_result.seconds, exercise_reward_last=your_logs[-1]["reward"])
-print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
-
 # %% [markdown]
 # ## Summary
 # - GRPO samples a group of replies per prompt and uses the group as its baseline: a reply's advantage is its
@@ -524,3 +503,23 @@ print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
 #   on questions the policy did not train on.
 #
 # **Next:** 09 distils a larger model's behaviour into a smaller one.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
+m = verdict.metrics
+write_results("08_grpo", base_metric=m.get("base_right", float("nan")), tuned_metric=m.get("right", float("nan")),
+              metric="share right (the task's checker), validation questions",
+              base_right=base["right"], sampled_right=groups["sampled_right"],
+              groups_all_wrong=groups["groups_all_wrong"], groups_all_right=groups["groups_all_right"],
+              hacked_right=hacked["right"], hacked_numbers=hacked["numbers"], base_numbers=rows[0]["numbers"],
+              hacked_words=hacked["words"], base_words=base["words"], hacked_reward_first3=hacked["reward_first3"],
+              hacked_reward_last3=hacked["reward_last3"], hacked_sampled_right_first3=hacked["sampled_right_first3"],
+              hacked_sampled_right_last3=hacked["sampled_right_last3"], checked_right=checked["right"],
+              checked_reward_first3=checked["reward_first3"], checked_reward_last3=checked["reward_last3"],
+              **{f"step_s_g{t['replies per prompt']}_len{t['max new tokens']}": t["s per step"] for t in timing},
+              **{f"reply_tokens_g{t['replies per prompt']}_len{t['max new tokens']}": t["mean reply tokens"]
+                 for t in timing},
+              exercise_seconds=your_result.seconds, exercise_reward_last=your_logs[-1]["reward"])

@@ -74,7 +74,6 @@ SEED = 0
 
 # %%
 import os
-import shutil
 import time
 
 import matplotlib.pyplot as plt
@@ -84,17 +83,15 @@ from transformers import PrinterCallback
 from trl import SFTConfig
 
 from ftcourse import distill, evaluation, labs, plots
-from ftcourse.grading import artifact_dir, assert_outcome, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
-from ftcourse.reporting import write_results
 from ftcourse.tasks import date_task_splits
 from ftcourse.training import to_prompt_completion, write_training_record
 
 preset = get_preset(PRESET)
 seed_everything(SEED)
 print(preset.describe())
-notebook_start = time.perf_counter()
 
 # %% [markdown]
 # ## 1 · The teacher
@@ -389,9 +386,8 @@ fig.tight_layout()
 # (`distill.train_student`) and scores what it trained.
 
 # %%
-shutil.rmtree(artifact_dir("09_distillation"), ignore_errors=True)  # grade only what this run trains
 DATA_CHOICES = distill.DATA_CHOICES
-print_exercise("distill_final_outcome", preset)
+begin_exercise("distill_final_outcome", preset)
 
 # %% nbgrader={"grade": false, "grade_id": "distill_setup", "locked": false, "schema_version": 3, "solution": true, "task": false}
 ### BEGIN SOLUTION
@@ -430,7 +426,25 @@ with quiet():
     assert_outcome("09_distillation", preset)
 ### END HIDDEN TESTS
 
-# %%
+# %% [markdown]
+# ## Summary
+# - A student made by pruning a teacher's layers starts with the teacher's weights but not its skill; it must be
+#   trained back, and it is smaller and faster (section 2).
+# - The distillation loss mixes $T^2$ times the KL to the teacher's soft targets with the labels' cross-entropy;
+#   you wrote it and matched `F.kl_div` (TRL's `generalized_jsd_loss` at $\beta$ 0 is the same KL).
+# - Temperature flattens the soft targets and shows the student the teacher's whole ranking (the Distillation Lab).
+# - With few labels, the teacher's answers to unlabelled prompts gave the student the most (section 5): the data
+#   matters more than the loss.
+# - **The mistake to remember:** judging a student by its training loss. On 16 labels the loss went to zero while
+#   exact match on new dates stayed low; score a student on prompts it never saw, against the teacher on the same.
+#
+# **Next:** 10 fine-tunes an embedding model, the retriever of a RAG system.
+
+# %% tags=["course-record"]
+# The course table's record of this run, read by `make course` and by the tests of each stated claim: in the
+# instructor's notebook only (the learner's copy has no such cell).
+from ftcourse.reporting import write_results
+
 m = verdict.metrics
 by_variant = {row["variant"]: row for row in variant_rows}
 write_results("09_distillation", base_metric=m.get("labels_only_exact_match", float("nan")),
@@ -450,18 +464,3 @@ write_results("09_distillation", base_metric=m.get("labels_only_exact_match", fl
               **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_em": v["exact match"] for k, v in by_variant.items()},
               **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_last_loss": v["last loss"] for k, v in by_variant.items()},
               exercise_seconds=your_result.seconds, exercise_share=m.get("share_of_teacher", float("nan")))
-print(f"notebook ran {(time.perf_counter() - notebook_start) / 60:.1f} minutes")
-
-# %% [markdown]
-# ## Summary
-# - A student made by pruning a teacher's layers starts with the teacher's weights but not its skill; it must be
-#   trained back, and it is smaller and faster (section 2).
-# - The distillation loss mixes $T^2$ times the KL to the teacher's soft targets with the labels' cross-entropy;
-#   you wrote it and matched `F.kl_div` (TRL's `generalized_jsd_loss` at $\beta$ 0 is the same KL).
-# - Temperature flattens the soft targets and shows the student the teacher's whole ranking (the Distillation Lab).
-# - With few labels, the teacher's answers to unlabelled prompts gave the student the most (section 5): the data
-#   matters more than the loss.
-# - **The mistake to remember:** judging a student by its training loss. On 16 labels the loss went to zero while
-#   exact match on new dates stayed low; score a student on prompts it never saw, against the teacher on the same.
-#
-# **Next:** 10 fine-tunes an embedding model, the retriever of a RAG system.
