@@ -244,11 +244,13 @@ print("Target modules at r=8: " + "; ".join(f"{r['target_group']} {r['exact_matc
 #   produced the scale (rsLoRA at rank 64 and $\alpha$ = 16 against $\alpha/r$ at $\alpha$ = 128: identical loss
 #   curves), a check that `use_rslora` changes nothing but the factor.
 # - **That is what rsLoRA is for:** under $\alpha/r$, a rank sweep at a fixed $\alpha$ is also a step-size
-#   sweep (the scale falls 8× from rank 8 to 64, and here rank 64 learned *less* than rank 8); under
-#   $\alpha/\sqrt{r}$ it falls 2.8×. Whatever you compare, say which scale you held fixed.
-# - **Target modules:** at the same rank and scale, adapting all seven linears of each layer learned most
-#   here, with more trained parameters than the attention or the MLP projections alone. Which group matters
-#   most depends on the task; this is the measurement that decides it.
+#   sweep (the scale falls 8× from rank 8 to 64; here rank 64 scored *below* rank 8, by three items: within
+#   the noise, in the direction a smaller step predicts); under $\alpha/\sqrt{r}$ it falls 2.8×. Whatever
+#   you compare, say which scale you held fixed.
+# - **Target modules:** at the same rank and scale, adapting all seven linears of each layer scored highest
+#   here, three items above the attention or the MLP projections alone, with more trained parameters. Three
+#   items are within this run's noise: the ordering is a hint, not a finding. Which group matters most
+#   depends on the task; a longer run, scored on more items, is the measurement that decides it.
 #
 # ## 3 · LoRA Lab: how low-rank is a fine-tune's update?
 # LoRA's premise is that the update a task needs has low *intrinsic rank*. We can look. Below, the same
@@ -477,8 +479,8 @@ print(plots.table([{"model": "base", "exact_match": m.get("base_exact_match", fl
 # - Rank costs some time per step, far less than its parameters (§2's table). At a fixed $\alpha/r$, rank 64
 #   learned more than rank 1 in this short budget; at a fixed rank, the larger scale learned more: the
 #   scale ($\alpha/r$, or $\alpha/\sqrt{r}$ with rsLoRA) is a step size, and a rank comparison must say which
-#   scale it held fixed. Adapting every linear learned more than attention or MLP alone, with more
-#   parameters. Choose rank, scale and targets from a measured ablation, not from a default.
+#   scale it held fixed. Adapting every linear scored highest, by a margin within this run's noise. Choose
+#   rank, scale and targets from a measured ablation long enough to resolve them, not from a default.
 # - After a few steps a full fine-tune's update is spread over many directions, yet the task fits in a few:
 #   that is why a small adapter works. Merge for deployment; keep adapters separate to switch tasks.
 # - **The mistake to remember: evaluating on the wrong thing.** A task's held-out set must be new to
