@@ -1,7 +1,8 @@
 """`make course`: execute every solution notebook headless with papermill and print a table.
 
 Executed copies go to build/executed/; each notebook runs in its own folder build/run/NN_slug/ (its
-artifacts land there). Columns: notebook, minutes, base and tuned metric on the held-out split (the
+artifacts land there). Columns: notebook, minutes (the solution notebook, hidden tests included), learner minutes
+(the same run less the cells a learner's copy does not have), base and tuned metric on the held-out split (the
 solution notebook's hidden test, run by the grader in its own process on the notebook's adapter), and
 the exercise score the executed notebook earns. The held-out split is the public test seed's: `make
 course` opts in to it explicitly (a class is graded with the instructor's own secret, by `make grade`).
@@ -67,9 +68,24 @@ def run_notebook(notebook: Path, preset: str) -> dict:
     verdict_file = artifact_dir(slug, workdir) / HELDOUT_VERDICT
     if verdict_file.is_file():  # the hidden test's held-out verdict, written by the grader process
         row.update(heldout_columns(json.loads(verdict_file.read_text())))
+    row["learner_minutes"] = minutes - instructor_only_minutes(executed)
     earned, total = score_notebook(executed)
     row["score"] = f"{earned:g}/{total:g}"
     return row
+
+
+def instructor_only_minutes(executed: Path) -> float:
+    """Minutes the executed solution spent in cells a learner's copy does not have: the hidden tests (the grader on
+    the held-out split) and the `course-record` cell. `minutes` less these is the learner's run of the release."""
+    import nbformat
+
+    if not executed.is_file():
+        return 0.0
+    nb = nbformat.read(executed, as_version=4)
+    seconds = sum(cell.metadata.get("papermill", {}).get("duration") or 0.0 for cell in nb.cells
+                  if cell.cell_type == "code" and ("BEGIN HIDDEN TESTS" in cell.source
+                                                   or "course-record" in cell.metadata.get("tags", ())))
+    return seconds / 60
 
 
 def heldout_columns(verdict: dict) -> dict:
@@ -103,9 +119,9 @@ def main() -> int:
     for nb in notebooks:
         print(f"== {nb.stem} (preset {args.preset})", flush=True)
         rows.append(run_notebook(nb, args.preset))
-        print(table([rows[-1]], ["notebook", "minutes", "heldout_base", "heldout_tuned", "probe_base", "probe_tuned",
+        print(table([rows[-1]], ["notebook", "minutes", "learner_minutes", "heldout_base", "heldout_tuned", "probe_base", "probe_tuned",
                                  "score"]), flush=True)
-    print("\n" + table(rows, ["notebook", "minutes", "metric", "heldout_base", "heldout_tuned", "probe_base",
+    print("\n" + table(rows, ["notebook", "minutes", "learner_minutes", "metric", "heldout_base", "heldout_tuned", "probe_base",
                               "probe_tuned", "score"]))
     (ROOT / "build" / "course_table.json").write_text(json.dumps(rows, indent=2))
     failed = [r["notebook"] + ": " + r["error"] for r in rows if r["error"]]

@@ -68,3 +68,22 @@ def test_course_table_reports_the_measure_the_grader_checks():
     assert (ranking["heldout_base"], ranking["heldout_tuned"]) == (None, 0.95)  # 06: the worst graded kind
     failed = run_course.heldout_columns({"metrics": {}, "checks": []})
     assert failed == {"heldout_base": None, "heldout_tuned": None, "probe_base": None, "probe_tuned": None}
+
+
+def test_learner_minutes_leave_out_the_hidden_tests_and_the_course_record(tmp_path):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("run_course", ROOT / "scripts" / "run_course.py")
+    run_course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_course)
+    cells = [nbformat.v4.new_code_cell("train()"), nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert_outcome()"),
+             nbformat.v4.new_code_cell("write_results()", metadata={"tags": ["course-record"]}),
+             nbformat.v4.new_markdown_cell("BEGIN HIDDEN TESTS in prose")]
+    for cell, seconds in zip(cells, (90.0, 18.0, 0.5, 7.0)):
+        cell.metadata["papermill"] = {"duration": seconds}
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    assert run_course.instructor_only_minutes(path) == pytest.approx(18.5 / 60)
+    assert run_course.instructor_only_minutes(tmp_path / "missing.ipynb") == 0.0
