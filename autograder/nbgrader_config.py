@@ -26,6 +26,26 @@ c.CourseDirectory.db_url = "sqlite:///" + os.environ.get("FTCOURSE_GRADEBOOK", s
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.py", "artifacts", "build",
                             "course_results.json"]
 
+# The release drops the instructor's `course-record` cell (the course table's record of a run, read by `make
+# course` and the tests of the notebooks' stated claims): the learner's copy holds no such plumbing.
+c.GenerateAssignment.preprocessors = [
+    "nbconvert.preprocessors.TagRemovePreprocessor",
+    "nbgrader.preprocessors.IncludeHeaderFooter",
+    "nbgrader.preprocessors.InstantiateTests",
+    "nbgrader.preprocessors.LockCells",
+    "nbgrader.preprocessors.ClearSolutions",
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.CheckCellMetadata",
+    "nbgrader.preprocessors.ComputeChecksums",
+    "nbgrader.preprocessors.SaveCells",
+    "nbgrader.preprocessors.ClearHiddenTests",
+    "nbgrader.preprocessors.ClearMarkScheme",
+    "nbgrader.preprocessors.ComputeChecksums",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]  # nbgrader 0.9's default list, TagRemovePreprocessor first
+c.TagRemovePreprocessor.enabled = True
+c.TagRemovePreprocessor.remove_cell_tags = {"course-record"}
+
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 

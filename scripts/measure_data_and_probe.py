@@ -54,7 +54,8 @@ def measure(out: Path, runs: str) -> None:
             probe = run_probe(model, tokenizer)
             em, _ = evaluation.exact_match(model, tokenizer, splits["validation"], preset.eval_batch_size)
             val_loss = evaluation.answer_loss(model, tokenizer, splits["validation"])
-        row = {"path": preset.autocast_dtype or "float32", "kind": kind, "lr": float(lr), "steps": int(steps), "seed": int(seed), "n": int(n),
+        row = {"path": preset.autocast_dtype or "float32",
+               "kind": kind, "lr": float(lr), "steps": int(steps), "seed": int(seed), "n": int(n),
                "probe_accuracy": probe.accuracy, "probe_perplexity": probe.perplexity, "em": em, "val_loss": val_loss,
                "losses": [round(x, 4) for x in losses], "seconds": round(time.time() - start)}
         print(json.dumps(row), flush=True)
@@ -66,12 +67,13 @@ def table(path: Path) -> str:
     from ftcourse.plots import table as fmt
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    base = next(r for r in rows if r["kind"] == "base")
-    for r in rows:
-        r["probe_drop"] = base["probe_accuracy"] - r["probe_accuracy"]
-        r["ppl_ratio"] = r["probe_perplexity"] / base["probe_perplexity"]
     for r in rows:
         r.setdefault("path", "float32")  # rows written before the path was recorded
+    bases = {r["path"]: r for r in rows if r["kind"] == "base"}  # each run against the base of its own path
+    for r in rows:
+        base = bases.get(r["path"])
+        r["probe_drop"] = base["probe_accuracy"] - r["probe_accuracy"] if base else None
+        r["ppl_ratio"] = r["probe_perplexity"] / base["probe_perplexity"] if base else None
     cols = ["path", "kind", "lr", "steps", "seed", "n", "em", "val_loss", "probe_accuracy", "probe_drop", "ppl_ratio"]
     return fmt(rows, cols, floatfmt=".4g")
 

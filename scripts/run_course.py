@@ -119,10 +119,10 @@ def main() -> int:
     for nb in notebooks:
         print(f"== {nb.stem} (preset {args.preset})", flush=True)
         rows.append(run_notebook(nb, args.preset))
-        print(table([rows[-1]], ["notebook", "minutes", "learner_minutes", "heldout_base", "heldout_tuned", "probe_base", "probe_tuned",
-                                 "score"]), flush=True)
-    print("\n" + table(rows, ["notebook", "minutes", "learner_minutes", "metric", "heldout_base", "heldout_tuned", "probe_base",
-                              "probe_tuned", "score"]))
+        print(table([rows[-1]], ["notebook", "minutes", "learner_minutes", "heldout_base", "heldout_tuned", "probe_base",
+                                 "probe_tuned", "score"]), flush=True)
+    print("\n" + table(rows, ["notebook", "minutes", "learner_minutes", "metric", "heldout_base", "heldout_tuned",
+                              "probe_base", "probe_tuned", "score"]))
     (ROOT / "build" / "course_table.json").write_text(json.dumps(rows, indent=2))
     failed = [r["notebook"] + ": " + r["error"] for r in rows if r["error"]]
     for line in failed:

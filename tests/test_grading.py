@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import ROOT
 
 from ftcourse.grading import artifact_dir, registry, secret
 from ftcourse.grading.artifacts import ArtifactError, check_tree, recorded_steps
@@ -84,16 +85,41 @@ def test_begin_exercise_empties_only_an_outcome_exercises_folder(tmp_path, capsy
     from ftcourse.grading import begin_exercise
 
     preset = get_preset("cpu")
-    stale = artifact_dir("04_lora", tmp_path) / "adapter"
-    stale.mkdir(parents=True)
-    (stale / "adapter_model.safetensors").write_text("an earlier run's")
+
+    def stale_adapter():
+        folder = artifact_dir("04_lora", tmp_path) / "adapter"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_model.safetensors").write_text("an earlier run's")
+        return folder
+
+    stale_adapter()
     other = artifact_dir("03_sft", tmp_path)
     other.mkdir(parents=True)
-    assert begin_exercise("capstone_final_outcome", preset, tmp_path) == artifact_dir("04_lora", tmp_path)
+    begin_exercise("capstone_final_outcome", preset, tmp_path)
     assert not artifact_dir("04_lora", tmp_path).exists() and other.is_dir()  # another notebook's folder stays
     out = capsys.readouterr().out
     assert "Exercise 4.2" in out and "Emptied artifacts/04_lora/" in out
-    assert begin_exercise("lora_layer_tests", preset, tmp_path) is None and other.is_dir()
+    begin_exercise("capstone_final_outcome", preset, tmp_path, show_spec=False)
+    out = capsys.readouterr().out
+    assert "Exercise 4.2" not in out and "Emptied artifacts/04_lora/" in out
+    kept = stale_adapter()
+    begin_exercise("lora_layer_tests", preset, tmp_path)  # a function exercise of the same notebook saves nothing
+    assert kept.is_dir() and "Emptied" not in capsys.readouterr().out
+
+
+def test_each_outcome_notebook_begins_its_exercise_before_it_saves():
+    """Every notebook with an outcome exercise calls `begin_exercise` on it before the first line that writes into
+    its artifact folder, so that a self-check never reads an earlier run's files."""
+    from ftcourse.grading.registry import EXERCISES
+
+    for ex in (e for e in EXERCISES if e.kind == "outcome"):
+        lines = (ROOT / "solutions" / ex.notebook / f"{ex.notebook}.py").read_text().splitlines()
+        begins = [i for i, line in enumerate(lines) if line.startswith(f'begin_exercise("{ex.grade_id}", preset')]
+        writes = [i for i, line in enumerate(lines) if "artifact_dir(" in line and not line.startswith(("from ", "#"))
+                  and "self_check" not in line and "assert_outcome" not in line]
+        assert begins, f"{ex.notebook} never calls begin_exercise({ex.grade_id!r}, preset)"
+        assert writes and begins[-1] < writes[0], f"{ex.notebook}: begin_exercise at line {begins[-1] + 1}, after " \
+                                                  f"a write into the artifact folder at line {writes[0] + 1}"
 
 
 def test_artifacts_refuse_symlinks_and_forged_records(tmp_path):

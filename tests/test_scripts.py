@@ -78,7 +78,8 @@ def test_learner_minutes_leave_out_the_hidden_tests_and_the_course_record(tmp_pa
     spec = importlib.util.spec_from_file_location("run_course", ROOT / "scripts" / "run_course.py")
     run_course = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_course)
-    cells = [nbformat.v4.new_code_cell("train()"), nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert_outcome()"),
+    cells = [nbformat.v4.new_code_cell("train()"),
+             nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert_outcome()"),
              nbformat.v4.new_code_cell("write_results()", metadata={"tags": ["course-record"]}),
              nbformat.v4.new_markdown_cell("BEGIN HIDDEN TESTS in prose")]
     for cell, seconds in zip(cells, (90.0, 18.0, 0.5, 7.0)):

@@ -41,21 +41,20 @@ def print_exercise(grade_id: str, preset) -> None:
     print(describe(grade_id, preset))
 
 
-def begin_exercise(grade_id: str, preset, root: str | Path | None = None) -> Path | None:
-    """Start an exercise: print `describe(...)`; for an outcome exercise also empty the folder its run saves to
-    (`artifact_dir`), so that the self-check and the hidden test read only what this run trains, never an earlier
-    run's files. Returns that folder (None for a function exercise)."""
+def begin_exercise(grade_id: str, preset, root: str | Path | None = None, show_spec: bool = True) -> None:
+    """Start an exercise: print `describe(...)` (unless `show_spec` is False, where a cell above printed it); for an
+    outcome exercise also empty the folder its run saves to (`artifact_dir`), so that the self-check reads what the
+    next training run saves and never an earlier run's files, should that run fail before it saves."""
     import shutil
 
-    print(describe(grade_id, preset))
+    if show_spec:
+        print(describe(grade_id, preset))
     ex = exercise(grade_id)
     if ex.kind != "outcome":
-        return None
-    folder = artifact_dir(ex.notebook, root)
-    shutil.rmtree(folder, ignore_errors=True)
-    print(f"Emptied {ARTIFACTS_DIRNAME}/{ex.notebook}/, where this exercise saves: the self-check reads only what "
-          "this run trains.")
-    return folder
+        return
+    shutil.rmtree(artifact_dir(ex.notebook, root), ignore_errors=True)
+    print(f"Emptied {ARTIFACTS_DIRNAME}/{ex.notebook}/, where this exercise's training saves: the self-check reads "
+          "only what the next training run saves (re-running this cell after training means training again).")
 
 
 def check_recipe(grade_id: str, preset, **configs) -> dict | None:

@@ -77,7 +77,8 @@ from ftcourse import evaluation, labs, lora, plots
 from ftcourse.capstone import MIN_TRAIN_EXAMPLES, capstone_splits, max_answer_tokens, save_capstone, task_report
 from ftcourse.estimator import ALL_LINEAR, ModelShape, lora_param_count
 from ftcourse.evaluation import FEW_SHOT_K
-from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, self_check
+from ftcourse.grading import (artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe,
+                              print_exercise, self_check)
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
@@ -244,11 +245,11 @@ print("Target modules at r=8: " + "; ".join(f"{r['target_group']} {r['exact_matc
 #   produced the scale (rsLoRA at rank 64 and $\alpha$ = 16 against $\alpha/r$ at $\alpha$ = 128: identical loss
 #   curves), a check that `use_rslora` changes nothing but the factor.
 # - **That is what rsLoRA is for:** under $\alpha/r$, a rank sweep at a fixed $\alpha$ is also a step-size
-#   sweep (the scale falls 8× from rank 8 to 64; here rank 64 scored *below* rank 8, by three items: within
+#   sweep (the scale falls 8× from rank 8 to 64; here rank 64 scored *below* rank 8, by a few items: within
 #   the noise, in the direction a smaller step predicts); under $\alpha/\sqrt{r}$ it falls 2.8×. Whatever
 #   you compare, say which scale you held fixed.
 # - **Target modules:** at the same rank and scale, adapting all seven linears of each layer scored highest
-#   here, three items above the attention or the MLP projections alone, with more trained parameters. Three
+#   here, a few items above the attention or the MLP projections alone, with more trained parameters. A few
 #   items are within this run's noise: the ordering is a hint, not a finding. Which group matters most
 #   depends on the task; a longer run, scored on more items, is the measurement that decides it.
 #
@@ -402,7 +403,7 @@ def make_example(rng):
 # split is disjoint from training the way the held-out one will be), and what the base model does with it.
 
 # %%
-begin_exercise("capstone_final_outcome", preset)
+print_exercise("capstone_final_outcome", preset)
 PRESET_ARGS = preset_sft_args(preset, "grouped")  # 03, §3: what the machine and the grouped layout fix
 capstone = capstone_splits(make_example, MIN_TRAIN_EXAMPLES, preset.n_eval)
 validation = capstone["validation"]
@@ -434,6 +435,7 @@ sft_config = SFTConfig(output_dir="build/capstone", max_steps=min(12, preset.ste
 ### END SOLUTION
 
 # %%
+begin_exercise("capstone_final_outcome", preset, show_spec=False)  # printed above, with the task's numbers
 check_recipe("capstone_final_outcome", preset, lora_config=lora_config, sft_config=sft_config)
 tuned, capstone_result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer, capstone["train"],
                                       lora_config, sft_config, preset)

@@ -76,7 +76,6 @@ PRESET = "auto"  # "auto" | "cpu" | "t4" | "a100"; the grader uses the preset yo
 SEED = 0
 
 # %%
-
 import matplotlib.pyplot as plt
 import torch
 from peft import LoraConfig

@@ -84,7 +84,8 @@ from transformers import PrinterCallback
 from trl import DPOConfig, SFTConfig
 
 from ftcourse import dpo, plots, preferences, reward
-from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import (artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe,
+                              print_exercise, self_check)
 from ftcourse.models import load_model, load_tokenizer, weight_storage_mib
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset

@@ -85,7 +85,8 @@ from transformers import PrinterCallback
 from trl import GRPOConfig
 
 from ftcourse import grpo, plots, preferences
-from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import (artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe,
+                              print_exercise, self_check)
 from ftcourse.models import load_model, load_tokenizer
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset

@@ -83,7 +83,8 @@ from transformers import PrinterCallback
 from trl import SFTConfig
 
 from ftcourse import distill, evaluation, labs, plots
-from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import (artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe,
+                              print_exercise, self_check)
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.tasks import date_task_splits

@@ -86,7 +86,8 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from transformers import PrinterCallback
 
 from ftcourse import plots, retrieval
-from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, print_exercise, self_check
+from ftcourse.grading import (artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe,
+                              print_exercise, self_check)
 from ftcourse.notebook import quiet, seed_everything
 from ftcourse.presets import get_preset
 from ftcourse.training import write_training_record
