@@ -10,6 +10,8 @@ submission's notebook alone and grades each learner in a process of their own.
 import os
 from pathlib import Path
 
+from ftcourse.reporting import RECORD_TAG
+
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +46,7 @@ c.GenerateAssignment.preprocessors = [
     "nbgrader.preprocessors.CheckCellMetadata",
 ]  # nbgrader 0.9's default list, TagRemovePreprocessor first
 c.TagRemovePreprocessor.enabled = True
-c.TagRemovePreprocessor.remove_cell_tags = {"course-record"}
+c.TagRemovePreprocessor.remove_cell_tags = {RECORD_TAG}
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"

@@ -6,6 +6,12 @@ import json
 from pathlib import Path
 
 RESULTS_FILE = "course_results.json"
+RECORD_TAG = "course-record"  # the solution notebook's last cell, which calls write_results: never released
+
+
+def is_record_cell(cell) -> bool:
+    """Whether a notebook cell (nbformat or jupytext) is the instructor's `course-record` cell."""
+    return RECORD_TAG in cell.metadata.get("tags", ())
 
 
 def write_results(notebook: str, base_metric: float, tuned_metric: float, metric: str, **extra) -> Path:

@@ -63,6 +63,8 @@ def learner_copy(slug: str, work: Path, preset: str = "cpu") -> Path:
     import nbformat
     from papermill.parameterize import parameterize_notebook
 
+    from ftcourse.reporting import is_record_cell
+
     source = jupytext.read(ROOT / "solutions" / slug / f"{slug}.py")
     solved = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source.cells
               if c.metadata.get("nbgrader", {}).get("solution") or c.metadata.get("nbgrader", {}).get("grade")}
@@ -77,7 +79,7 @@ def learner_copy(slug: str, work: Path, preset: str = "cpu") -> Path:
         raise RuntimeError(f"{slug}: {len(solved) - restored} graded cells of the solution are not in the release")
     # the instructor's `course-record` cells (the course table's record; not released), run last as in the source
     nb.cells += [nbformat.v4.new_code_cell(c.source, metadata={"tags": list(c.metadata["tags"])})
-                 for c in source.cells if "course-record" in c.metadata.get("tags", ())]
+                 for c in source.cells if is_record_cell(c)]
     nb.metadata.setdefault("papermill", {})  # what papermill's loader adds before it parameterizes
     for cell in nb.cells:
         cell.metadata.setdefault("tags", [])

@@ -38,24 +38,14 @@ def instructor_notebook(source: Path) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-RECORD_TAG = "course-record"  # a cell that writes the course table's record: the instructor's notebook only
-
-
-def without_record_cells(text: str) -> str:
-    """An instructor notebook's bytes without its `course-record` cells: what nbgrader releases to learners."""
-    nb = nbformat.reads(text, as_version=4)
-    nb.cells = [c for c in nb.cells if RECORD_TAG not in c.metadata.get("tags", ())]
-    return nbformat.writes(nb) + "\n"
-
-
 def release_notebooks(instructor: dict[str, str], out_root: Path) -> dict[str, str]:
-    """Run nbgrader generate_assignment on instructor notebooks (less their `course-record` cells) in a scratch
-    course; return released bytes."""
+    """Run nbgrader generate_assignment on instructor notebooks in a scratch course; return released bytes (the
+    course's nbgrader configuration drops the `course-record` cell)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for slug, text in instructor.items():
             (tmp / "solutions" / slug).mkdir(parents=True)
-            (tmp / "solutions" / slug / f"{slug}.ipynb").write_text(without_record_cells(text))
+            (tmp / "solutions" / slug / f"{slug}.ipynb").write_text(text)
         env = {**os.environ, "FTCOURSE_COURSE_ROOT": str(tmp), "FTCOURSE_GRADEBOOK": str(tmp / "gradebook.db"),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         released = {}

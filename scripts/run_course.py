@@ -79,12 +79,13 @@ def instructor_only_minutes(executed: Path) -> float:
     the held-out split) and the `course-record` cell. `minutes` less these is the learner's run of the release."""
     import nbformat
 
+    from ftcourse.reporting import is_record_cell
+
     if not executed.is_file():
         return 0.0
     nb = nbformat.read(executed, as_version=4)
     seconds = sum(cell.metadata.get("papermill", {}).get("duration") or 0.0 for cell in nb.cells
-                  if cell.cell_type == "code" and ("BEGIN HIDDEN TESTS" in cell.source
-                                                   or "course-record" in cell.metadata.get("tags", ())))
+                  if cell.cell_type == "code" and ("BEGIN HIDDEN TESTS" in cell.source or is_record_cell(cell)))
     return seconds / 60
 
 

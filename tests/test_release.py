@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nbformat
 
+from ftcourse.reporting import is_record_cell
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 
@@ -61,7 +63,7 @@ def test_learner_notebooks_hold_no_plumbing():
         for cell in nb.cells:
             for word in PLUMBING:
                 assert word not in cell.source, f"{path.name}: {word!r} in a released cell:\n{cell.source[:300]}"
-            assert "course-record" not in cell.metadata.get("tags", ()), f"{path.name}: a course-record cell released"
+            assert not is_record_cell(cell), f"{path.name}: a course-record cell released"
 
 
 def test_each_source_records_its_run_in_one_last_course_record_cell():
@@ -71,7 +73,7 @@ def test_each_source_records_its_run_in_one_last_course_record_cell():
 
     for source in sorted(ROOT.glob("solutions/[0-9][0-9]_*/[0-9][0-9]_*.py")):
         code = [c for c in jupytext.read(source).cells if c.cell_type == "code"]
-        records = [i for i, c in enumerate(code) if "course-record" in c.metadata.get("tags", ())]
+        records = [i for i, c in enumerate(code) if is_record_cell(c)]
         assert records == [len(code) - 1], f"{source.name}: course-record cells at {records} of {len(code)} code cells"
         assert "write_results(" in code[-1].source, source.name
         assert all("write_results(" not in c.source for c in code[:-1]), f"{source.name} writes results elsewhere"

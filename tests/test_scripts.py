@@ -42,14 +42,20 @@ def test_every_name_a_script_reads_is_defined(script):
     assert not undefined_names(script.read_text()), f"{script.name} reads names it never defines or imports"
 
 
-def test_course_table_reports_the_measure_the_grader_checks():
-    """07's verdict reports the judge's score and the share right; the table's held-out columns are the judge's
-    (the gain its grader checks), 08's the share right, 10's MRR@10."""
+def _run_course():
+    """scripts/run_course.py as a module (it is a script, not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("run_course", ROOT / "scripts" / "run_course.py")
     run_course = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_course)
+    return run_course
+
+
+def test_course_table_reports_the_measure_the_grader_checks():
+    """07's verdict reports the judge's score and the share right; the table's held-out columns are the judge's
+    (the gain its grader checks), 08's the share right, 10's MRR@10."""
+    run_course = _run_course()
     metrics = {"judge": 0.9, "base_judge": 0.6, "right": 0.95, "base_right": 0.5, "probe_accuracy": 0.7,
                "base_probe_accuracy": 0.68}
     judged = run_course.heldout_columns({"metrics": metrics, "checks": [["judge_gain", 0.3, ">=", 0.15, True]]})
@@ -71,16 +77,14 @@ def test_course_table_reports_the_measure_the_grader_checks():
 
 
 def test_learner_minutes_leave_out_the_hidden_tests_and_the_course_record(tmp_path):
-    import importlib.util
-
     import nbformat
 
-    spec = importlib.util.spec_from_file_location("run_course", ROOT / "scripts" / "run_course.py")
-    run_course = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_course)
+    from ftcourse.reporting import RECORD_TAG
+
+    run_course = _run_course()
     cells = [nbformat.v4.new_code_cell("train()"),
              nbformat.v4.new_code_cell("### BEGIN HIDDEN TESTS\nassert_outcome()"),
-             nbformat.v4.new_code_cell("write_results()", metadata={"tags": ["course-record"]}),
+             nbformat.v4.new_code_cell("write_results()", metadata={"tags": [RECORD_TAG]}),
              nbformat.v4.new_markdown_cell("BEGIN HIDDEN TESTS in prose")]
     for cell, seconds in zip(cells, (90.0, 18.0, 0.5, 7.0)):
         cell.metadata["papermill"] = {"duration": seconds}
