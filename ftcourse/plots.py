@@ -167,3 +167,19 @@ def leakage_plot(leaky: dict, clean: dict):
     fig.tight_layout()
     return fig
 
+
+
+def data_size_curves(runs: dict[str, dict]):
+    """Training (dashed) and validation (solid) loss against optimizer step, one colour per run; `runs` maps a label
+    to {"train": [(step, loss), ...], "validation": [(step, loss), ...]}."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for (label, run), color in zip(runs.items(), ["#c44e52", "#4c72b0", "#55a868", "#8172b2"]):
+        ax.plot(*zip(*run["train"]), color=color, linestyle="--", linewidth=1, label=f"{label}: training")
+        ax.plot(*zip(*run["validation"]), color=color, marker="o", label=f"{label}: validation")
+    ax.set(xlabel="optimizer step (the same compute for every run)", ylabel="loss", yscale="log",
+           title="Same steps, different data: training vs validation loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

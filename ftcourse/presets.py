@@ -182,7 +182,7 @@ def _cpu() -> Preset:
     return Preset(
         name="cpu", device="cpu", model="embedded", bf16=cpu_bf16_autocast(), fp16=False,
         n_train=400, n_eval=64, batch_size=8, step_budget=24, lora_r=16, learning_rate=1e-3,
-        max_length=128, efficiency_examples=40, eval_batch_size=64, memory_budget_gb=1.5, lm_head_on_labels_only=True,
+        max_length=128, efficiency_examples=24, eval_batch_size=64, memory_budget_gb=1.5, lm_head_on_labels_only=True,
     )
 
 

@@ -165,6 +165,12 @@ STATED_CLAIMS = {
         ("leakage lowered the leaked items' answer loss more than the unseen items'", lambda r: r["memory_log_gap"] < 0),
     ],
     "03_sft": [
+        ("with 4 examples for 12 epochs the adapter memorised them: training loss near zero",
+         lambda r: r["data_small_train_final"] < 0.01),
+        ("... while its validation loss stopped improving before the end and then rose (overfitting)",
+         lambda r: r["data_small_val_min_step"] < 12 and r["data_small_val_final"] > 1.1 * r["data_small_val_min"]),
+        ("48 distinct examples at the same compute ended below the 4-example run's best validation loss",
+         lambda r: r["data_large_val_final"] < r["data_small_val_min"]),
         ("a stable full fine-tune (lr 1e-4) learns the format", lambda r: r["full_ft_exact_match"] >= r["base_metric"] + 0.4),
         ("... and its loss falls rather than diverges", lambda r: r["full_ft_final_loss"] < r["full_ft_first_loss"] / 4),
         ("... without measurable forgetting at this budget",

@@ -28,7 +28,9 @@
 #    adapter, and read the loss curve;
 # 4. measure what padding costs in real-token throughput (padded, length-grouped, packed batches), and
 #    see why the layout is a training choice as well as a speed choice;
-# 5. detect catastrophic forgetting with a general-capability probe.
+# 5. log a validation loss while training, and read from it when more epochs stop helping, when a run overfits,
+#    and whether more data would help;
+# 6. detect catastrophic forgetting with a general-capability probe.
 #
 # **Prerequisites:** 01 (when to fine-tune) and 02 (data and chat templates) help but are not required;
 # Python and basic PyTorch.
@@ -281,13 +283,84 @@ print(f"packed row loss {packed_loss:.6f}   separate rows {separate_loss:.6f}   
       f"difference {abs(packed_loss - separate_loss):.2e}")
 
 # %% [markdown]
-# ## 5 · Forgetting: measured, not assumed
+# ## 5 · How much data, how many epochs? Read the validation loss
+# How many examples does a fine-tune need? No rule of thumb knows your task; a measurement does. Hold examples
+# back, let the trainer score them as it trains, and compare runs that differ in one thing. The recipe of §3
+# takes two more arguments for that: an `eval_dataset`, and `eval_strategy="steps"` with `eval_steps`, so the
+# trainer logs a **validation loss** (the same completion-only loss, on examples it never trains on) beside
+# the training loss. Below, two runs get the same compute, 12 steps of 4 examples, and differ only in how
+# many *distinct* examples fill them: 4 examples seen 12 times each (12 epochs), or 48 examples seen once.
+# Everything else is §3's recipe with a constant rate (a decaying schedule would flatten the end of both
+# curves and hide the trend) and the grouped layout; 12 validation examples are scored every 3 steps.
+
+# %%
+from transformers import PrinterCallback
+
+DATA_STEPS, DATA_BATCH = 12, 4  # every run: 48 example-passes
+val_data = to_prompt_completion(splits["validation"][:12])  # scored by the trainer, never trained on
+data_runs = {}
+for n in (4, DATA_STEPS * DATA_BATCH):
+    eval_config = SFTConfig(output_dir=f"build/data_{n}", max_steps=DATA_STEPS, per_device_train_batch_size=DATA_BATCH,
+                            learning_rate=1e-3, lr_scheduler_type="constant", seed=SEED,
+                            eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=len(val_data),
+                            **preset_sft_args(preset, LAYOUT))
+    torch.manual_seed(SEED)
+    train_data = to_prompt_completion(length_grouped_order(tokenizer, splits["train"][:n], DATA_BATCH, SEED))
+    trainer = Trainer(model=load_model(preset.model, preset.device, seed=SEED), args=eval_config,
+                      train_dataset=train_data, eval_dataset=val_data, processing_class=tokenizer,
+                      peft_config=lora_config)
+    trainer.remove_callback(PrinterCallback)  # one line per run below instead of TRL's line per log
+    trainer.train()
+    log = trainer.state.log_history  # the trainer's record: {"loss", "step", ...} and {"eval_loss", "step", ...}
+    run = {"train": [(h["step"], h["loss"]) for h in log if "loss" in h],
+           "validation": [(h["step"], h["eval_loss"]) for h in log if "eval_loss" in h]}
+    epochs = DATA_STEPS * DATA_BATCH // n
+    data_runs[f"{n} examples x {epochs} epoch{'s' * (epochs > 1)}"] = run
+    print(f"{n:>2} distinct examples x {epochs:>2} epoch{'s' * (epochs > 1)}: final training loss "
+          f"{run['train'][-1][1]:.4f}, validation loss " + " -> ".join(f"{v:.3f}" for _, v in run["validation"]))
+del trainer
+
+# %%
+small, large = data_runs.values()
+small_val = [v for _, v in small["validation"]]
+small_best = min(range(len(small_val)), key=small_val.__getitem__)
+small_train_final, large_val_final = small["train"][-1][1], large["validation"][-1][1]
+print(f"4 examples: training loss fell to {small_train_final:.4f} while validation loss reached its lowest, "
+      f"{small_val[small_best]:.3f}, at step {small['validation'][small_best][0]} "
+      f"(epoch {small['validation'][small_best][0] * DATA_BATCH // 4}) and ended at {small_val[-1]:.3f} "
+      f"({small_val[-1] / small_val[small_best] - 1:+.0%}).")
+print(f"48 examples: validation loss ended at {large_val_final:.3f}, "
+      f"{small_val[small_best] / large_val_final:.1f}x below the 4-example run's best.")
+plots.data_size_curves(data_runs);
+
+# %% [markdown]
+# Read the curves the way you will read your own runs:
+# - **Where more epochs stop helping, and where overfitting starts.** The 4-example run's validation loss
+#   stopped improving after a few epochs (the line above gives the epoch) while its training loss went on to
+#   zero: the adapter memorised its examples, and every further pass made it *worse* on examples it had not
+#   seen. More epochs on too little data is the over-training mistake. Its remedies: more data, fewer
+#   epochs, or keeping the best checkpoint (`load_best_model_at_end=True` with `metric_for_best_model=
+#   "eval_loss"`, and transformers' `EarlyStoppingCallback` to stop once validation stops improving).
+# - **More distinct data** at the same compute ended far below the small run's *best* point: at none of its
+#   epochs did the 4-example run come near it.
+# - **How much is enough** is the same measurement repeated: train on growing subsets (doubling, say) and
+#   watch the best validation loss; where doubling the data no longer lowers it, more data of this kind stops
+#   paying, and the budget is better spent elsewhere. Under a step budget a run sees at most
+#   steps × batch examples: your exercise below (12 steps of 8 is the reference) touches 96 of the
+#   400 training examples once each, the regime of the 48-example curve, not of the 4-example one.
+#
+# One number from a run is not a curve: the training loss alone cannot tell memorising from learning, and
+# this task's validation loss is a proxy too (the exercise is graded on exact match). Log a validation loss
+# whenever you train.
+
+# %% [markdown]
+# ## 6 · Forgetting: measured, not assumed
 # A fine-tune changes weights the model needs for everything else. We watch that with a
 # **general-capability probe** written for this course: 112 multiple-choice questions on everyday knowledge,
 # each answer scored by its log-likelihood, plus perplexity on a general English text. Here is a **full
 # fine-tune** (every weight trainable) at a learning rate suited to full fine-tuning (1e-4, twenty times
 # below the LoRA rate of your exercise: a full update moves every weight), for the same 12 steps your
-# exercise is likely to use; §6 sets it beside your LoRA adapter. Its loss curve shows it is stable.
+# exercise is likely to use; §7 sets it beside your LoRA adapter. Its loss curve shows it is stable.
 
 # %%
 with autocast:
@@ -339,7 +412,8 @@ plots.loss_curves({"full FT, lr 1e-4": full_result.losses}, "A stable full fine-
 # self-check evaluates it with the grader's code on the public validation split. The grade does not read that
 # adapter: the grader runs your cell on its own, **trains your two configs itself** (same data, same seed, so
 # the same adapter) and evaluates what it trained on the held-out split.
-# Hints: §3 shows the objects, §4's loss curves how fast LoRA learns this task, §5 what the probe measures.
+# Hints: §3 shows the objects, §4's and §5's loss curves how fast LoRA learns this task, §6 what the probe
+# measures.
 
 # %%
 PRESET_ARGS = preset_sft_args(preset, LAYOUT)
@@ -386,7 +460,7 @@ with quiet():
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 6 · Before and after
+# ## 7 · Before and after
 
 # %%
 m = verdict.metrics
@@ -405,6 +479,9 @@ plots.probe_bars({r["model"]: r for r in after_rows});
 # - Padding costs compute in proportion to the padding fraction; whether grouping or packing wins is a
 #   measurement, not a rule. A layout also sets how many examples a step sees: pick one and keep it,
 #   rather than letting a stopwatch switch it between runs.
+# - Log a validation loss while you train. Many epochs on a few examples drive the training loss to zero and
+#   the validation loss back up (over-training); more distinct examples at the same compute did better than
+#   any number of epochs on four.
 # - **The mistake to remember: forgetting.** It is measured, not assumed: at this budget a stable full
 #   fine-tune and your LoRA adapter both learned the format and kept the probe within its gates, while a
 #   diverging run (too high a rate for a full update) costs general capability fast. Always evaluate on
@@ -421,5 +498,8 @@ write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", f
               probe_accuracy_base=base_probe.accuracy, probe_accuracy_tuned=m.get("probe_accuracy", float("nan")),
               full_ft_exact_match=full_em, full_ft_probe_drop=full_drop, full_ft_perplexity_ratio=full_ratio,
               full_ft_final_loss=full_result.losses[-1], full_ft_first_loss=full_result.losses[0],
+              data_small_train_final=small_train_final, data_small_val_min=small_val[small_best],
+              data_small_val_min_step=small["validation"][small_best][0], data_small_val_final=small_val[-1],
+              data_large_val_final=large_val_final,
               layout=LAYOUT, fastest_layout=FASTEST_LAYOUT, layout_speedup=best["speedup_vs_padded"], padding_bound=bound,
               seconds_per_step=seconds / steps)
