@@ -178,8 +178,8 @@ def data_size_curves(runs: dict[str, dict]):
     for (label, run), color in zip(runs.items(), ["#c44e52", "#4c72b0", "#55a868", "#8172b2"]):
         ax.plot(*zip(*run["train"]), color=color, linestyle="--", linewidth=1, label=f"{label}: training")
         ax.plot(*zip(*run["validation"]), color=color, marker="o", label=f"{label}: validation")
-    ax.set(xlabel="optimizer step (the same compute for every run)", ylabel="loss", yscale="log",
-           title="Same steps, different data: training vs validation loss")
+    ax.set(xlabel="optimizer step (the same batch size in every run)", ylabel="loss (log scale)", yscale="log",
+           title="Same example-passes, different data: training vs validation")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -28,8 +28,8 @@
 #    adapter, and read the loss curve;
 # 4. measure what padding costs in real-token throughput (padded, length-grouped, packed batches), and
 #    see why the layout is a training choice as well as a speed choice;
-# 5. log a validation loss while training, and read from it when more epochs stop helping, when a run overfits,
-#    and whether more data would help;
+# 5. log a validation loss while training, and read from it when more epochs stop helping and when a run
+#    overfits; compare data sizes at the same number of example-passes;
 # 6. detect catastrophic forgetting with a general-capability probe.
 #
 # **Prerequisites:** 01 (when to fine-tune) and 02 (data and chat templates) help but are not required;
@@ -288,10 +288,11 @@ print(f"packed row loss {packed_loss:.6f}   separate rows {separate_loss:.6f}   
 # back, let the trainer score them as it trains, and compare runs that differ in one thing. The recipe of §3
 # takes two more arguments for that: an `eval_dataset`, and `eval_strategy="steps"` with `eval_steps`, so the
 # trainer logs a **validation loss** (the same completion-only loss, on examples it never trains on) beside
-# the training loss. Below, two runs get the same compute, 12 steps of 4 examples, and differ only in how
-# many *distinct* examples fill them: 4 examples seen 12 times each (12 epochs), or 48 examples seen once.
-# Everything else is §3's recipe with a constant rate (a decaying schedule would flatten the end of both
-# curves and hide the trend) and the grouped layout; 12 validation examples are scored every 3 steps.
+# the training loss. Below, two runs get the same 48 example-passes, 12 steps of 4 examples, and differ only
+# in how many *distinct* examples fill them: 4 examples seen 12 times each (12 epochs), or 48 examples seen
+# once. Everything else is §3's recipe with a constant rate (a decaying schedule would flatten the end of both
+# curves and hide the trend) and the grouped layout. 12 of the validation prompts are scored every 3 steps:
+# an evaluation costs about as much as a training step, so eight of them on all 64 would double the cost.
 
 # %%
 from transformers import PrinterCallback
@@ -304,9 +305,9 @@ for n in (4, DATA_STEPS * DATA_BATCH):
                             learning_rate=1e-3, lr_scheduler_type="constant", seed=SEED,
                             eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=len(val_data),
                             **preset_sft_args(preset, LAYOUT))
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED)  # the trainer draws LoRA's A matrices when it wraps the model
     train_data = to_prompt_completion(length_grouped_order(tokenizer, splits["train"][:n], DATA_BATCH, SEED))
-    trainer = Trainer(model=load_model(preset.model, preset.device, seed=SEED), args=eval_config,
+    trainer = Trainer(model=load_model(preset.model, preset.device, seed=SEED), args=eval_config,  # §3's SFTTrainer
                       train_dataset=train_data, eval_dataset=val_data, processing_class=tokenizer,
                       peft_config=lora_config)
     trainer.remove_callback(PrinterCallback)  # one line per run below instead of TRL's line per log
@@ -314,21 +315,21 @@ for n in (4, DATA_STEPS * DATA_BATCH):
     log = trainer.state.log_history  # the trainer's record: {"loss", "step", ...} and {"eval_loss", "step", ...}
     run = {"train": [(h["step"], h["loss"]) for h in log if "loss" in h],
            "validation": [(h["step"], h["eval_loss"]) for h in log if "eval_loss" in h]}
-    epochs = DATA_STEPS * DATA_BATCH // n
-    data_runs[f"{n} examples x {epochs} epoch{'s' * (epochs > 1)}"] = run
-    print(f"{n:>2} distinct examples x {epochs:>2} epoch{'s' * (epochs > 1)}: final training loss "
-          f"{run['train'][-1][1]:.4f}, validation loss " + " -> ".join(f"{v:.3f}" for _, v in run["validation"]))
+    label = f"{n} examples x {DATA_STEPS * DATA_BATCH // n} epoch" + "s" * (n < DATA_STEPS * DATA_BATCH)
+    data_runs[label] = run
+    print(f"{label}: final training loss {run['train'][-1][1]:.4f}, validation loss "
+          + " -> ".join(f"{v:.3f}" for _, v in run["validation"]))
 del trainer
 
 # %%
 small, large = data_runs.values()
 small_val = [v for _, v in small["validation"]]
 small_best = min(range(len(small_val)), key=small_val.__getitem__)
+small_best_step = small["validation"][small_best][0]
 small_train_final, large_val_final = small["train"][-1][1], large["validation"][-1][1]
-print(f"4 examples: training loss fell to {small_train_final:.4f} while validation loss reached its lowest, "
-      f"{small_val[small_best]:.3f}, at step {small['validation'][small_best][0]} "
-      f"(epoch {small['validation'][small_best][0] * DATA_BATCH // 4}) and ended at {small_val[-1]:.3f} "
-      f"({small_val[-1] / small_val[small_best] - 1:+.0%}).")
+print(f"4 examples: training loss fell to {small_train_final:.4f}; the lowest validation loss, {small_val[small_best]:.3f}, "
+      f"was at the step-{small_best_step} evaluation (after {small_best_step * DATA_BATCH // 4} epochs), and the run "
+      f"ended at {small_val[-1]:.3f} ({small_val[-1] / small_val[small_best] - 1:+.0%}).")
 print(f"48 examples: validation loss ended at {large_val_final:.3f}, "
       f"{small_val[small_best] / large_val_final:.1f}x below the 4-example run's best.")
 plots.data_size_curves(data_runs);
@@ -336,13 +337,18 @@ plots.data_size_curves(data_runs);
 # %% [markdown]
 # Read the curves the way you will read your own runs:
 # - **Where more epochs stop helping, and where overfitting starts.** The 4-example run's validation loss
-#   stopped improving after a few epochs (the line above gives the epoch) while its training loss went on to
-#   zero: the adapter memorised its examples, and every further pass made it *worse* on examples it had not
-#   seen. More epochs on too little data is the over-training mistake. Its remedies: more data, fewer
-#   epochs, or keeping the best checkpoint (`load_best_model_at_end=True` with `metric_for_best_model=
-#   "eval_loss"`, and transformers' `EarlyStoppingCallback` to stop once validation stops improving).
-# - **More distinct data** at the same compute ended far below the small run's *best* point: at none of its
-#   epochs did the 4-example run come near it.
+#   stopped improving after a few epochs (the line above gives the evaluation) while its training loss went
+#   on to zero: the adapter memorised its examples, and the evaluations after its minimum were *worse* on
+#   examples it had not seen. More epochs on too little data is the over-training mistake. Its remedies:
+#   more data, fewer epochs, or keeping the best checkpoint (`load_best_model_at_end=True` with
+#   `metric_for_best_model="eval_loss"`, which also needs checkpoints saved at the evaluation steps,
+#   `save_strategy="steps"` and `save_steps` equal to `eval_steps`; transformers' `EarlyStoppingCallback`
+#   stops the run once validation stops improving).
+# - **More distinct data** with the same example-passes ended far below the small run's *best* point: at none
+#   of its four evaluations did the 4-example run come near it. Its dashed training curve jumps because each
+#   step brings 4 new examples, so in a one-epoch run the training loss is itself measured on unseen
+#   examples. The README repeats the pair on another 4-example subset and on the float32 path: the same
+#   picture each time.
 # - **How much is enough** is the same measurement repeated: train on growing subsets (doubling, say) and
 #   watch the best validation loss; where doubling the data no longer lowers it, more data of this kind stops
 #   paying, and the budget is better spent elsewhere. Under a step budget a run sees at most
@@ -351,7 +357,8 @@ plots.data_size_curves(data_runs);
 #
 # One number from a run is not a curve: the training loss alone cannot tell memorising from learning, and
 # this task's validation loss is a proxy too (the exercise is graded on exact match). Log a validation loss
-# whenever you train.
+# whenever you train on your own; in a graded exercise the grader evaluates what it trains on its held-out
+# split, so the `eval_*` arguments keep their defaults there.
 
 # %% [markdown]
 # ## 6 · Forgetting: measured, not assumed
@@ -480,8 +487,8 @@ plots.probe_bars({r["model"]: r for r in after_rows});
 #   measurement, not a rule. A layout also sets how many examples a step sees: pick one and keep it,
 #   rather than letting a stopwatch switch it between runs.
 # - Log a validation loss while you train. Many epochs on a few examples drive the training loss to zero and
-#   the validation loss back up (over-training); more distinct examples at the same compute did better than
-#   any number of epochs on four.
+#   the validation loss back up (over-training); more distinct examples with the same example-passes ended
+#   far below the best the few examples reached.
 # - **The mistake to remember: forgetting.** It is measured, not assumed: at this budget a stable full
 #   fine-tune and your LoRA adapter both learned the format and kept the probe within its gates, while a
 #   diverging run (too high a rate for a full update) costs general capability fast. Always evaluate on
@@ -499,7 +506,8 @@ write_results("03_sft", base_metric=base_em, tuned_metric=m.get("exact_match", f
               full_ft_exact_match=full_em, full_ft_probe_drop=full_drop, full_ft_perplexity_ratio=full_ratio,
               full_ft_final_loss=full_result.losses[-1], full_ft_first_loss=full_result.losses[0],
               data_small_train_final=small_train_final, data_small_val_min=small_val[small_best],
-              data_small_val_min_step=small["validation"][small_best][0], data_small_val_final=small_val[-1],
+              data_small_val_min_step=small_best_step, data_small_val_final=small_val[-1],
+              data_small_val_after_min=small_val[small_best + 1:],
               data_large_val_final=large_val_final,
               layout=LAYOUT, fastest_layout=FASTEST_LAYOUT, layout_speedup=best["speedup_vs_padded"], padding_bound=bound,
               seconds_per_step=seconds / steps)
