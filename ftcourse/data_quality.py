@@ -309,3 +309,27 @@ def leakage_comparison(leaky: dict, clean: dict) -> dict:
     out["memory_se"] = math.sqrt(errors["leaked"] ** 2 + errors["unseen"] ** 2)
     return out
 
+
+
+LOOKUP_COLORS = ("red", "blue", "green", "amber", "grey", "violet", "white", "black")
+LOOKUP_ROOMS = ("archive", "lab", "vault", "studio", "garage", "library", "kitchen", "cellar")
+LOOKUP_WORDS = ("falcon", "copper", "harbor", "meadow", "lantern", "pepper", "glacier", "velvet", "orchid", "canyon",
+                "marble", "thunder", "willow", "saddle", "ember", "quartz", "compass", "juniper", "anchor", "biscuit",
+                "cobalt", "tundra", "maple", "raven", "summit", "pebble", "cactus", "walrus", "tulip", "fossil",
+                "crimson", "lagoon")
+
+
+def lookup_benchmark(n: int = 16, seed: int = 0) -> list[Example]:
+    """`n` questions whose answers no rule gives: the password (one distinct word) of an invented room.
+
+    Notebook 02's leakage measurement: a model can answer such an item only if it has seen it, so what a leaked
+    copy adds shows as memory alone, with the unseen items as the control.
+    """
+    if not 2 <= n <= len(LOOKUP_WORDS):
+        raise ValueError(f"lookup_benchmark has {len(LOOKUP_WORDS)} distinct passwords; n must be 2..{len(LOOKUP_WORDS)}, "
+                         f"got {n}.")
+    rng = random.Random(seed)
+    rooms = rng.sample([(c, r) for c in LOOKUP_COLORS for r in LOOKUP_ROOMS], n)
+    words = rng.sample(LOOKUP_WORDS, n)
+    return [Example(f"What is the password of the {color} {room}? Answer with the password only.", word)
+            for (color, room), word in zip(rooms, words)]

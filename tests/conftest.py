@@ -4,6 +4,7 @@ The tests opt in to the public test seed explicitly: held-out grading has no def
 """
 
 import contextlib
+import math
 import os
 import warnings
 from pathlib import Path
@@ -162,7 +163,14 @@ STATED_CLAIMS = {
          and r["knowledge_retrieval_changed_only"] >= r["knowledge_retrieval"] - 0.2),
     ],
     "02_data_and_tooling": [
-        ("leakage lowered the leaked items' answer loss more than the unseen items'", lambda r: r["memory_log_gap"] < 0),
+        ("on a benchmark no rule answers, neither model got an unseen item right, nor the clean model a leaked one",
+         lambda r: r["unseen_items_leaky"] == 0 and r["unseen_items_clean"] == 0 and r["leaked_items_clean"] == 0),
+        ("the leaky model's answer loss fell on the unseen items too (the form of the answer)",
+         lambda r: r["unseen_log_loss_ratio"] < 0),
+        ("the leaked items' answer loss fell far beyond the unseen ones' (many standard errors from zero)",
+         lambda r: r["memory_log_gap"] < -1 and -r["memory_log_gap"] > 3 * r["memory_log_gap_se"]),
+        ("... as the benchmark's answers, not yet the pairs: a leaked question's own password about as likely as the "
+         "other leaked ones", lambda r: 0.8 < math.exp(r["pair_log_gap"]) < 1.25),
     ],
     "03_sft": [
         ("with 4 examples for 12 epochs the adapter memorised them: training loss near zero",

@@ -133,3 +133,14 @@ def test_leakage_comparison_separates_memory_from_the_rule():
     assert [row["test items"] for row in result["rows"]] == ["leaked", "unseen"]
     with pytest.raises(ValueError, match="same items"):
         leakage_comparison({**memorised, "unseen": {"exact_match": 0, "losses": [0.1]}}, clean)
+
+
+def test_lookup_benchmark_is_seeded_with_distinct_answers_no_rule_gives():
+    from ftcourse.data_quality import LOOKUP_WORDS, lookup_benchmark
+
+    items = lookup_benchmark(16, seed=0)
+    assert items == lookup_benchmark(16, seed=0) and items != lookup_benchmark(16, seed=1)
+    assert len({e.answer for e in items}) == 16 and len({e.prompt for e in items}) == 16
+    assert all(e.answer in LOOKUP_WORDS and e.answer not in e.prompt for e in items)
+    with pytest.raises(ValueError, match="n must be 2"):
+        lookup_benchmark(len(LOOKUP_WORDS) + 1)

@@ -81,8 +81,8 @@ from trl import SFTConfig
 
 from ftcourse import evaluation, plots
 from ftcourse.data_quality import (PROBLEMS, SHIPPED_DUMP, SHIPPED_POOL, DataError, char_ngrams, jaccard,
-                                   leakage_comparison, normalize_text, parse_chat_row, prompt_and_answer,
-                                   score_cleaning, shipped_dump)
+                                   leakage_comparison, lookup_benchmark, normalize_text, parse_chat_row,
+                                   prompt_and_answer, score_cleaning, shipped_dump)
 from ftcourse.grading import artifact_dir, assert_outcome, begin_exercise, check_in_kernel, check_recipe, self_check
 from ftcourse.models import load_model, load_model_and_tokenizer
 from ftcourse.notebook import quiet, seed_everything
@@ -455,12 +455,14 @@ with quiet():
 
 # %% [markdown]
 # ## 7 · What leakage does to an evaluation, measured
-# Now one change: your two configs again, on your cleaned rows **plus the leaked rows put back** (the test
-# items the dump carried, each verbatim and twice reworded). Both models are evaluated on the test split
-# in two parts, the 16 items that leaked and the 48 that did not. The unseen items are the control. Both
-# runs take the same steps of the same batch size; the leaky one spends about a third of its rows on the
-# leaked copies (valid examples of the rule too) and sees fewer of the clean rows, and whatever that swap
-# does to the rule shows on the unseen items as well. What only the leaked items gain is memory.
+# Your pipeline dropped the rows that copied test items. What would they have done? On this task, little that
+# a score can show: every leaked item is also answered by the rule the model learns from the clean rows, so a
+# leaked copy teaches nothing the rule does not (the README measures the dump's leaked rows put back: what
+# the leaked items gained beyond the unseen ones was within noise). Leakage does its damage where no rule
+# gives the answer: facts, identifiers, a benchmark's particular answers. So here is such a benchmark:
+# 16 questions about the passwords of invented rooms. 8 of them leak into the training rows, 8 copies each
+# (scraped data often carries a page many times), and 8 stay unseen, the control. One change: your two configs
+# again, on your cleaned rows **plus the leaked copies**; the clean model is your adapter from Exercise 2.2.
 #
 # We measure two things per item: exact match, and the **answer loss** (the mean negative
 # log-likelihood of the right answer's tokens). Exact match moves in whole items; the loss moves as soon
@@ -471,25 +473,36 @@ with quiet():
 # items.
 
 # %%
-leaked_rows = [parsed[i] for i in sorted(parsed) if planted[i] == "leaked"]
-leaked_norm = {normalize_text(prompt_and_answer(r)[0]) for r in leaked_rows}
-test_leaked = [e for e in test_split if normalize_text(e.prompt) in leaked_norm]
-test_unseen = [e for e in test_split if normalize_text(e.prompt) not in leaked_norm]
-leaky_model, leaky_result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer,
-                                         as_examples(kept_rows + leaked_rows), lora_config, sft_config, preset)
-print(f"{len(kept_rows)} cleaned rows + {len(leaked_rows)} leaked rows ({len(test_leaked)} test items), "
-      f"{leaky_result.steps} steps, the same configs")
+benchmark = lookup_benchmark(16, seed=SEED)
+bench_leaked, bench_unseen = benchmark[:8], benchmark[8:]
+LEAK_COPIES = 8
+print("a benchmark item:", bench_leaked[0].prompt, "->", bench_leaked[0].answer)
+leaky_rows = as_examples(kept_rows) + bench_leaked * LEAK_COPIES
+leaky_model, leaky_result = train_recipe(load_model(preset.model, preset.device, seed=SEED), tokenizer, leaky_rows,
+                                         lora_config, sft_config, preset)
+exposures = (leaky_result.steps * sft_config.per_device_train_batch_size * sft_config.gradient_accumulation_steps
+             * LEAK_COPIES / len(leaky_rows))
+print(f"{len(kept_rows)} cleaned rows + {len(bench_leaked)} benchmark items x {LEAK_COPIES} copies, "
+      f"{leaky_result.steps} steps, the same configs: each leaked item seen about {exposures:.0f} times")
 
 
 def per_item(model) -> dict:
-    """Exact match and per-item answer losses on the leaked and the unseen test items."""
+    """Exact match, replies and per-item answer losses on the leaked and the unseen benchmark items."""
+    scores = {}
     with autocast:
-        return {name: {"exact_match": evaluation.exact_match(model, tokenizer, items, preset.eval_batch_size)[0],
-                       "losses": evaluation.answer_losses(model, tokenizer, items, preset.eval_batch_size)}
-                for name, items in (("leaked", test_leaked), ("unseen", test_unseen))}
+        for name, items in (("leaked", bench_leaked), ("unseen", bench_unseen)):
+            em, replies = evaluation.exact_match(model, tokenizer, items, preset.eval_batch_size)
+            scores[name] = {"exact_match": em, "replies": [r.strip() for r in replies],
+                            "losses": evaluation.answer_losses(model, tokenizer, items, preset.eval_batch_size)}
+    return scores
 
 
 leaky_scores, clean_scores = per_item(leaky_model), per_item(tuned)
+# A second control, for pairs: each leaked question scored with the *other* leaked passwords. A model that only
+# learned which words are answers finds them as likely as the question's own; one that learned the pairs does not.
+swapped = [Example(q.prompt, other.answer) for q in bench_leaked for other in bench_leaked if other is not q]
+with autocast:
+    swapped_losses = evaluation.answer_losses(leaky_model, tokenizer, swapped, preset.eval_batch_size)
 del leaky_model
 comparison = leakage_comparison(leaky_scores, clean_scores)
 print(plots.table(comparison["rows"], ["test items", "n", "exact_match, leaky", "exact_match, clean",
@@ -498,30 +511,46 @@ plots.leakage_plot(leaky_scores, clean_scores);
 
 # %%
 gap = comparison["memory"]
+per_question = len(bench_leaked) - 1
+pair_logs = [math.log(own / math.exp(sum(math.log(x) for x in swapped_losses[i * per_question:(i + 1) * per_question])
+                                     / per_question))
+             for i, own in enumerate(leaky_scores["leaked"]["losses"])]
+pair_gap = sum(pair_logs) / len(pair_logs)
+print(f"Exact match on the benchmark: the leaky model {leaky_scores['leaked']['exact_match']:.2f} on the leaked items "
+      f"and {leaky_scores['unseen']['exact_match']:.2f} on the unseen ones; the clean model "
+      f"{clean_scores['leaked']['exact_match']:.2f} and {clean_scores['unseen']['exact_match']:.2f}.")
+print("The leaky model's replies to the leaked questions:", ", ".join(leaky_scores["leaked"]["replies"]))
+print("                     the passwords it was trained on:", ", ".join(e.answer for e in bench_leaked))
+print("             its replies to the unseen questions:", ", ".join(leaky_scores["unseen"]["replies"]))
 print(f"Per item, the leaky model's answer loss relative to the clean model's: x{math.exp(comparison['leaked']):.2f} on the "
       f"leaked items, x{math.exp(comparison['unseen']):.2f} on the unseen ones (geometric means). What only the leaked "
       f"items gained: a factor {math.exp(gap):.2f} on their loss ({gap:+.2f} ± {comparison['memory_se']:.2f} in log, "
-      f"{abs(gap) / comparison['memory_se']:.1f} standard errors from zero). "
-      f"Exact match: {leaky_scores['leaked']['exact_match']:.2f} against {clean_scores['leaked']['exact_match']:.2f} "
-      f"on the leaked items, {leaky_scores['unseen']['exact_match']:.2f} against "
-      f"{clean_scores['unseen']['exact_match']:.2f} on the unseen ones.")
+      f"{abs(gap) / comparison['memory_se']:.1f} standard errors of the items from zero).")
+print(f"Asked a leaked question, the leaky model's answer loss for the question's own password is x{math.exp(pair_gap):.2f} "
+      f"its loss for the other leaked passwords (geometric mean over the {len(pair_logs)} questions; x1 = it knows the "
+      f"answers but not which question each belongs to).")
 
 # %% [markdown]
-# Read the table with its control. The unseen row is what the swap of rows did to items neither run saw
-# (it can help or hurt: the leaky run saw fewer clean rows); the leaked row is that same swap plus memory.
-# What the leaked items gained *beyond* the unseen ones is memory: the factor printed above, with its
-# distance from zero in standard errors (in the plot, the red points sit lower relative to the diagonal than
-# the grey ones). One run on 16 leaked items is a small sample; the README repeats the measurement with three
-# training seeds. Exact match moves in whole items (one leaked item is 0.06), and this task has a rule that
-# the model learns from the clean rows alone, so most leaked items are answered by the rule either way:
-# memory shows first in the loss, long before it flips an answer. On a task with no rule to learn (facts,
-# identifiers, a benchmark's particular answers) memory is all there is, and every leaked item it flips is
-# a free point.
+# Read it with its two controls. No rule answers a password, so neither model gets an unseen one right, and
+# the unseen items show what the extra rows did to questions of this kind in general: the leaky model learned
+# the *form* of the answer (one short word), which lowers their loss too. The leaked items' loss fell far
+# beyond that: their answers became likely because they were in the training data, a factor printed above,
+# many standard errors of the items from zero (one training run; the README repeats the design on other draws).
 #
-# A leaked test set measures memory, not skill, and it favours exactly the items it leaked over the rest. The remedy is
-# the one in your pipeline: check every training row against the test set before training, and split only
-# after deduplication. The same measurement gives a clue after the fact: test items whose loss is far
-# below that of similar items may have been seen in training (one item's loss varies too much to prove it).
+# What exactly leaked is the second control's question. Asked a leaked question, the model finds the other
+# leaked passwords as likely as the right one (the ratio printed last, about 1 in this run): after a handful
+# of exposures it has learned the benchmark's *answers*, not yet which question each belongs to, and it gives
+# the same leaked password to every question (its replies above; exact match moved by whatever that one word
+# happens to fit). That is already leakage that pays: a benchmark scored by likelihood over answer choices,
+# as the course's own probe is, rewards exactly the leaked items once their answers are likely. With more
+# exposures the pairs follow and exact match rises on the leaked items only (the README measures up to three
+# of four right at about 17 exposures, never an unseen one). Memory needs exposures: a fact seen once barely
+# moves (notebook 01 trains on notes that state invented facts, four passes each, and recalls almost none).
+#
+# The remedy is the one in your pipeline: check every training row against the test set before training, and
+# split only after deduplication. The same measurement gives a clue after the fact: test items whose loss is
+# far below that of similar items may have been seen in training (one item's loss varies too much to prove
+# it); keep a few items no one could have trained on (new, or private) as the control.
 
 # %%
 serving_rows = [{"trained with": "chat template", "served with": "chat", "padding": "left",
@@ -581,8 +610,9 @@ print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_c
 #   let truncation cut the answer.
 # - `datasets` maps, filters and splits on disk, and streams when the data is larger than memory.
 # - **The mistake to remember: leakage.** Test items in the training data inflate the evaluation of
-#   exactly those items: measured here in their answer loss, beyond what the swap of rows did to unseen
-#   items; deduplicate and check against the test split *before* training.
+#   exactly those items: on a benchmark no rule answers, a few copies made the leaked items' answers far
+#   likelier than the unseen items' (the answers first, the question each belongs to later, exact match
+#   last). Deduplicate and check against the test split *before* training.
 # - Axolotl and Unsloth run the same recipe with other spellings (a YAML file; patched kernels under TRL);
 #   what they add is launch and speed on GPUs, which this course cannot measure on its CPUs.
 #
@@ -598,6 +628,6 @@ write_results("02_data_and_tooling", base_metric=base_em, tuned_metric=verdict.m
               leaked_items_leaky=leaky_scores["leaked"]["exact_match"], leaked_items_clean=clean_scores["leaked"]["exact_match"],
               unseen_items_leaky=leaky_scores["unseen"]["exact_match"], unseen_items_clean=clean_scores["unseen"]["exact_match"],
               leaked_log_loss_ratio=comparison["leaked"], unseen_log_loss_ratio=comparison["unseen"],
-              memory_log_gap=gap, memory_log_gap_se=comparison["memory_se"],
+              memory_log_gap=gap, memory_log_gap_se=comparison["memory_se"], pair_log_gap=pair_gap,
               wrong_template_drop=serving_rows[0]["exact_match"] - serving_rows[1]["exact_match"],
               right_padding_drop=serving_rows[0]["exact_match"] - serving_rows[2]["exact_match"])
