@@ -541,11 +541,12 @@ print(f"Asked a leaked question, the leaky model's answer loss for the question'
 # leaked passwords as likely as the right one (the ratio printed last, about 1 in this run): after a handful
 # of exposures it has learned the benchmark's *answers*, not yet which question each belongs to, and it gives
 # the same leaked password to every question (its replies above; exact match moved by whatever that one word
-# happens to fit). That is already leakage that pays: a benchmark scored by likelihood over answer choices,
-# as the course's own probe is, rewards exactly the leaked items once their answers are likely. With more
-# exposures the pairs follow and exact match rises on the leaked items only (the README measures up to three
-# of four right at about 17 exposures, never an unseen one). Memory needs exposures: a fact seen once barely
-# moves (notebook 01 trains on notes that state invented facts, four passes each, and recalls almost none).
+# happens to fit). That can already pay: a benchmark scored by likelihood over answer choices, as the course's
+# own probe is, would favour the leaked items whose answers are now likely. With more exposures the pairs can
+# follow, and exact match rises on leaked items only: in the README's design runs at about 17 exposures,
+# from none to three of four leaked items right, never an unseen one. Memory needs exposures: a fact seen once
+# barely moves (notebook 01 trains on notes that state invented facts, four passes each, and recalls almost
+# none).
 #
 # The remedy is the one in your pipeline: check every training row against the test set before training, and
 # split only after deduplication. The same measurement gives a clue after the fact: test items whose loss is
@@ -611,8 +612,8 @@ print("Not carried (each tool sets these its own way):", ", ".join(tooling.not_c
 # - `datasets` maps, filters and splits on disk, and streams when the data is larger than memory.
 # - **The mistake to remember: leakage.** Test items in the training data inflate the evaluation of
 #   exactly those items: on a benchmark no rule answers, a few copies made the leaked items' answers far
-#   likelier than the unseen items' (the answers first, the question each belongs to later, exact match
-#   last). Deduplicate and check against the test split *before* training.
+#   likelier than the unseen items' (the answers first; the pairs, and exact match, need more exposures).
+#   Deduplicate and check against the test split *before* training.
 # - Axolotl and Unsloth run the same recipe with other spellings (a YAML file; patched kernels under TRL);
 #   what they add is launch and speed on GPUs, which this course cannot measure on its CPUs.
 #
