@@ -18,8 +18,9 @@
 # side, an answer cut off by truncation, the same example twenty times, test questions sitting in the
 # training set. None of these raises an error; each one shows up later as a worse model or, worse, as a
 # better-looking evaluation. This notebook makes each failure visible with a measurement on a real model,
-# SmolLM2-135M-Instruct, and a raw data dump with planted problems, then asks you to write the cleaning
-# pipeline and fine-tune on what it keeps.
+# SmolLM2-135M-Instruct (it ships inside the course as a 4-bit Q4_1 file, de-quantised to float32 on load;
+# notebook 05 measures what that means), and a raw data dump with planted problems, then asks you to write the
+# cleaning pipeline and fine-tune on what it keeps.
 #
 # **You will be able to**
 # 1. render training and inference prompts with the model's own chat template, and measure what a wrong

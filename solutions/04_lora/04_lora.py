@@ -19,7 +19,10 @@
 # small fraction of the layer's parameters, and leaves $W$ frozen. Knowing what is inside lets you choose the
 # rank, alpha and target modules on purpose, check an adapter numerically, merge it for deployment,
 # and judge when low rank is too little. The notebook ends in the course's first capstone: a task of
-# your own design, fine-tuned and graded on examples you never see.
+# your own design, fine-tuned and graded on examples you never see. The model is the course's
+# SmolLM2-135M-Instruct: its frozen weights $W$ come from a 4-bit Q4_1 file, de-quantised to float32 on load
+# (notebook 05 measures what that means); the adapters are float32 weights on top (the preset decides whether
+# the arithmetic runs under bf16 autocast).
 #
 # **You will be able to**
 # 1. write a LoRA linear layer and verify it against PEFT's, output and gradients;
