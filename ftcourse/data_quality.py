@@ -310,7 +310,6 @@ def leakage_comparison(leaky: dict, clean: dict) -> dict:
     return out
 
 
-
 LOOKUP_COLORS = ("red", "blue", "green", "amber", "grey", "violet", "white", "black")
 LOOKUP_ROOMS = ("archive", "lab", "vault", "studio", "garage", "library", "kitchen", "cellar")
 LOOKUP_WORDS = ("falcon", "copper", "harbor", "meadow", "lantern", "pepper", "glacier", "velvet", "orchid", "canyon",

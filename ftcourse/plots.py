@@ -168,7 +168,6 @@ def leakage_plot(leaky: dict, clean: dict):
     return fig
 
 
-
 def data_size_curves(runs: dict[str, dict]):
     """Training (dashed) and validation (solid) loss against optimizer step, one colour per run; `runs` maps a label
     to {"train": [(step, loss), ...], "validation": [(step, loss), ...]}."""

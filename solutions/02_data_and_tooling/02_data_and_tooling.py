@@ -513,8 +513,8 @@ plots.leakage_plot(leaky_scores, clean_scores);
 # %%
 gap = comparison["memory"]
 per_question = len(bench_leaked) - 1
-pair_logs = [math.log(own / math.exp(sum(math.log(x) for x in swapped_losses[i * per_question:(i + 1) * per_question])
-                                     / per_question))
+# per question: log(own password's loss / geometric mean of the other leaked passwords' losses)
+pair_logs = [math.log(own) - sum(math.log(x) for x in swapped_losses[i * per_question:(i + 1) * per_question]) / per_question
              for i, own in enumerate(leaky_scores["leaked"]["losses"])]
 pair_gap = sum(pair_logs) / len(pair_logs)
 print(f"Exact match on the benchmark: the leaky model {leaky_scores['leaked']['exact_match']:.2f} on the leaked items "

@@ -298,9 +298,10 @@ print(f"packed row loss {packed_loss:.6f}   separate rows {separate_loss:.6f}   
 from transformers import PrinterCallback
 
 DATA_STEPS, DATA_BATCH = 12, 4  # every run: 48 example-passes
+SMALL_N, LARGE_N = 4, DATA_STEPS * DATA_BATCH  # distinct examples: 12 epochs of 4, or one of 48
 val_data = to_prompt_completion(splits["validation"][:12])  # scored by the trainer, never trained on
 data_runs = {}
-for n in (4, DATA_STEPS * DATA_BATCH):
+for n in (SMALL_N, LARGE_N):
     eval_config = SFTConfig(output_dir=f"build/data_{n}", max_steps=DATA_STEPS, per_device_train_batch_size=DATA_BATCH,
                             learning_rate=1e-3, lr_scheduler_type="constant", seed=SEED,
                             eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=len(val_data),
@@ -327,10 +328,10 @@ small_val = [v for _, v in small["validation"]]
 small_best = min(range(len(small_val)), key=small_val.__getitem__)
 small_best_step = small["validation"][small_best][0]
 small_train_final, large_val_final = small["train"][-1][1], large["validation"][-1][1]
-print(f"4 examples: training loss fell to {small_train_final:.4f}; the lowest validation loss, {small_val[small_best]:.3f}, "
-      f"was at the step-{small_best_step} evaluation (after {small_best_step * DATA_BATCH // 4} epochs), and the run "
+print(f"{SMALL_N} examples: training loss fell to {small_train_final:.4f}; the lowest validation loss, {small_val[small_best]:.3f}, "
+      f"was at the step-{small_best_step} evaluation (after {small_best_step * DATA_BATCH // SMALL_N} epochs), and the run "
       f"ended at {small_val[-1]:.3f} ({small_val[-1] / small_val[small_best] - 1:+.0%}).")
-print(f"48 examples: validation loss ended at {large_val_final:.3f}, "
+print(f"{LARGE_N} examples: validation loss ended at {large_val_final:.3f}, "
       f"{small_val[small_best] / large_val_final:.1f}x below the 4-example run's best.")
 plots.data_size_curves(data_runs);
 
