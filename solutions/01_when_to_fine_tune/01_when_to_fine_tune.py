@@ -618,8 +618,9 @@ print(f"matmul throughput {flops_per_s / 1e9:.0f} GFLOP/s ({preset.autocast_dtyp
 #   preset trains in); you choose `batch_size`, `seq_len`, `lora_r` and `lora_targets`, and every other
 #   field keeps its default (the run trains float32 weights without gradient checkpointing). Training cuts rows
 #   at `seq_len` tokens, so it must hold the longest example (printed below) or answers get cut.
-# - `estimate`: the estimated training memory of that plan (a `MemoryBreakdown`);
-#   `estimated_step_seconds`: its estimated step time;
+# - `estimate`: the estimated training memory of that plan (a `MemoryBreakdown`: `estimate_memory`, whose
+#   static part you derived in 1.2, is the tool here; the skill is the plan, since a batch that fits the
+#   budget on paper must also fit it when measured); `estimated_step_seconds`: its estimated step time;
 # - `MAX_STEPS` (at most the step budget) and `LEARNING_RATE`.
 #
 # The cell after yours measures the plan's memory, trains it on `splits["train"]`, and saves the adapter and
