@@ -192,12 +192,11 @@ STATED_CLAIMS = {
         ("the scale is a step size: at alpha 16 each rank learned more under alpha/sqrt(r) (the larger scale)",
          lambda r: r["ablation_em_r8_alpha16_rslora"] > r["ablation_em_r8_alpha16"]
          and r["ablation_em_r64_alpha16_rslora"] > r["ablation_em_r64_alpha16"]),
-        ("under alpha/r at a fixed alpha, rank 64 scored below rank 8 by a few items of 32 (within noise)",
-         lambda r: 0 < r["ablation_em_r8_alpha16"] - r["ablation_em_r64_alpha16"] <= 4 / 32 + 1e-9),
+        ("under alpha/r at a fixed alpha, rank 64 scored below rank 8 (by the items the notebook prints)",
+         lambda r: r["ablation_em_r8_alpha16"] > r["ablation_em_r64_alpha16"]),
         ("the same scale is the same adapter, whichever rule produced it", lambda r: r["ablation_same_scale_same_curve"]),
-        ("all seven linears scored highest, a few items of 32 above either group (a hint within noise)",
-         lambda r: 0 < r["ablation_em_all_linear"] - max(r["ablation_em_attention"], r["ablation_em_mlp"])
-         <= 4 / 32 + 1e-9),
+        ("all seven linears scored highest, above either group alone (by a margin the prose says is not stable)",
+         lambda r: r["ablation_em_all_linear"] > max(r["ablation_em_attention"], r["ablation_em_mlp"])),
     ],
     "05_quantization_qlora": [
         ("the decoder weights sit on the Q4_1 grid (at most 16 values per block of 32)", lambda r: r["grid_values_max"] <= 16),
