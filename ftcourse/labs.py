@@ -107,8 +107,9 @@ def lora_lab_text(numbers: dict) -> str:
              f"estimated training memory: LoRA {numbers['lora_memory_gb']:.2f} GB vs full fine-tune "
              f"{numbers['full_memory_gb']:.2f} GB"]
     if "full_update_error_at_r" in numbers:
-        lines.append(f"a rank-{numbers['r']} approximation of the full fine-tune's update misses "
-                     f"{numbers['full_update_error_at_r']:.1%} of it (relative Frobenius error)")
+        error = numbers["full_update_error_at_r"]
+        lines.append(f"a rank-{numbers['r']} approximation of the full fine-tune's update misses {error ** 2:.1%} "
+                     f"of its energy (relative Frobenius error {error:.3f})")
     return "\n".join(lines)
 
 
