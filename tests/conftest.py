@@ -265,16 +265,18 @@ STATED_CLAIMS = {
          "near-tie; the targets flatten with T",
          lambda r: r["lab_soft_kl_last"] < 0.1 and r["lab_soft_pair_gap"] < 0.05
          and min(r["lab_teacher_first"], r["lab_teacher_second"]) > 0.3 and r["lab_entropies"] == sorted(r["lab_entropies"])),
-        ("lab: with the label alone the teacher's first choice gets almost nothing and the KL stays high",
-         lambda r: r["lab_label_only_first"] < 0.05 and r["lab_label_only_kl_last"] > 1),
+        ("lab: the true token is one of the teacher's two near-tied choices; with the label alone the student puts its "
+         "mass on it, gives the other almost nothing, and the KL stays high",
+         lambda r: r["lab_label_rank"] in (0, 1) and r["lab_label_only_label_p"] > 0.95
+         and r["lab_label_only_other_p"] < 0.05 and r["lab_label_only_kl_last"] > 1),
         ("labels only: the training loss falls close to zero (below 0.1) while exact match on new dates stays low "
          "(below a quarter of the teacher's)",
          lambda r: r["demo_labels_only_last_loss"] < 0.1 and r["demo_labels_only_em"] < 0.25 * r["teacher_exact_match"]),
         ("the teacher's answers give the highest exact match of the three, soft targets on the 16 dates far below it "
-         "and no better than the labels alone; its last loss is several times (over 3) the labels-only run's",
+         "and no better than the labels alone; its last loss is well above (over twice) the labels-only run's",
          lambda r: r["demo_teachers_answers_em"] > max(r["demo_labels_only_em"], r["demo_soft_targets_em"]) + 0.1
          and r["demo_soft_targets_em"] <= r["demo_labels_only_em"]
-         and r["demo_teachers_answers_last_loss"] > 3 * r["demo_labels_only_last_loss"]),
+         and r["demo_teachers_answers_last_loss"] > 2 * r["demo_labels_only_last_loss"]),
         ("none of section 5's runs reaches 0.5 of the teacher's exact match",
          lambda r: max(r["demo_labels_only_em"], r["demo_soft_targets_em"], r["demo_teachers_answers_em"])
          < 0.5 * r["teacher_exact_match"]),

@@ -319,7 +319,8 @@ EXERCISES = (
         },
         hints=("gain too low: 16 labelled dates teach the student those dates and little else; the teacher can "
                "answer every other training prompt",
-               "share too low: a full fine-tune of the student needs a learning rate near 5e-4 and most of the 32 steps",
+               "share too low: a full fine-tune of the student needs a learning rate near 5e-4, most of the 32 steps, "
+               "and batches that show it most of the 400 answered prompts (32 steps of 8 rows show 256)",
                "use at most 32 optimizer steps: the grader trains exactly the steps you chose"),
         summary="the grader trains its 21-layer student (76 % of the teacher's parameters) on the data you chose "
                 "(the 16 labels, the teacher's answers, or both) with your temperature, α and `SFTConfig`: held-out "
