@@ -192,8 +192,8 @@ STATED_CLAIMS = {
         ("the scale is a step size: at alpha 16 each rank learned more under alpha/sqrt(r) (the larger scale)",
          lambda r: r["ablation_em_r8_alpha16_rslora"] > r["ablation_em_r8_alpha16"]
          and r["ablation_em_r64_alpha16_rslora"] > r["ablation_em_r64_alpha16"]),
-        ("under alpha/r at a fixed alpha, rank 64 scored below rank 8 (by the items the notebook prints)",
-         lambda r: r["ablation_em_r8_alpha16"] > r["ablation_em_r64_alpha16"]),
+        ("under alpha/r at a fixed alpha, rank 64 scored below rank 8, by fewer than five items of 32 (within noise)",
+         lambda r: 0 < r["ablation_em_r8_alpha16"] - r["ablation_em_r64_alpha16"] < 5 / 32),
         ("the same scale is the same adapter, whichever rule produced it", lambda r: r["ablation_same_scale_same_curve"]),
         ("all seven linears scored highest, above either group alone (by a margin the prose says is not stable)",
          lambda r: r["ablation_em_all_linear"] > max(r["ablation_em_attention"], r["ablation_em_mlp"])),
@@ -231,7 +231,7 @@ STATED_CLAIMS = {
         ("at the larger beta the pairs' gap in nats ended smaller, by less than ten times (so the margin is larger)",
          lambda r: r["dpo_padded_gap_nats"] / 10 < r["dpo_beta1_gap_nats"] < r["dpo_padded_gap_nats"]),
         ("here, at beta 1, the policy's own replies drifted less and the judge lost less than at beta 0.1, gaining "
-         "nothing over the base model (within 0.05: 3 questions of 64)",
+         "nothing over the base model beyond noise (at most 3 questions of 64)",
          lambda r: r["dpo_beta1_log_ratio"] < r["dpo_padded_log_ratio"]
          and r["dpo_padded_judge"] < r["dpo_beta1_judge"] <= r["base_judge"] + 0.05),
         ("SFT on the same chosen replies: short replies, right more often, a judge above the base model's and DPO's",

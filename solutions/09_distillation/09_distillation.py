@@ -303,7 +303,7 @@ lab = labs.distillation_lab_widget(lab_logits, lab_label, lab_names)
 # | teacher's answers | all 400 prompts, answered by the teacher | cross-entropy ($\alpha$ = 0) |
 #
 # The third is sequence-level distillation (Kim and Rush, 2016): the teacher labels the prompts nobody labelled.
-# Each run takes about half a minute on a 2-core CPU. The soft targets need the teacher's forward pass on each row;
+# Each run takes half a minute (bf16) to a minute (float32) on a 2-core CPU. The soft targets need the teacher's forward pass on each row;
 # the teacher is frozen, so the trainer computes its logits for a row once and reuses them when the row comes back.
 
 # %%
@@ -401,7 +401,7 @@ training_data = "teacher answers, labels where known"  # 400 prompts with answer
 temperature = 1.0
 alpha = 0.0
 # Section 5's lesson: what the teacher adds is prompts with answers, so show the student most of them: 32 steps of
-# 12 rows are 384 rows (of 8 only 256); the rate that section 5 found stable for a full fine-tune of the student.
+# 12 rows are 384 rows (of 8 only 256), at the rate section 5 trained at.
 sft_config = SFTConfig(output_dir="build/student_exercise", max_steps=32, per_device_train_batch_size=12,
                        learning_rate=5e-4, seed=SEED, **STUDENT_ARGS)
 ### END SOLUTION
