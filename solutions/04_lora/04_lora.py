@@ -262,8 +262,8 @@ print(f"In items of {n_scored}: at alpha 16 under alpha/r, rank 8 minus rank 64 
 #   here, above the attention or the MLP projections alone, with more trained parameters. By how much is not
 #   stable: the same runs gave all seven linears 3 items more than the better group under bf16 autocast (a
 #   CPU with AVX512-BF16) and 10 more in float32 (a CPU without it): rounding takes a short run along
-#   different paths. The ordering held on both, its size did not. Which group matters most depends on the task; a longer run,
-#   scored on more items, is the measurement that decides it.
+#   different paths. The ordering held on both, its size did not. Which group matters most depends on the
+#   task; a longer run, scored on more items, is the measurement that decides it.
 #
 # ## 3 · LoRA Lab: how low-rank is a fine-tune's update?
 # LoRA's premise is that the update a task needs has low *intrinsic rank*. We can look. Below, the same

@@ -339,7 +339,8 @@ print(f"beta 0.1 -> 1: the policy's log-ratio on its own replies {dpo_01['log_ra
 # $\beta = 0.1$: it ended between that run's score and the base model's under bf16 autocast, and one question of 64
 # above the base's in float32 (judge at $\beta$ 0.1, at $\beta$ 1, of the base model: 0.34, 0.38, 0.44 under bf16;
 # 0.36, 0.45, 0.44 in float32). Held closer, the policy lost fewer right answers, and gained none beyond noise:
-# $\beta$ limits how far pairs that teach length pull the policy, it does not make them teach counting. Less drift is not guaranteed. Run for 12 steps instead of 8, on 48 pairs instead of 32 (this notebook's demos before 2026-12-06),
+# $\beta$ limits how far pairs that teach length pull the policy, it does not make them teach counting. Less drift is
+# not guaranteed. Run for 12 steps instead of 8, on 48 pairs instead of 32 (this notebook's demos before 2026-12-06),
 # the policy at $\beta = 1$ drifted *further* (6.71 against 4.12 nats); on other pairs a larger $\beta$ kept the
 # drift smaller (the README's DPO section: 06's `wrong` pairs 4.07 → 1.06 nats on the 48-question draw of those
 # 12-step runs, and on pairs in the model's own sentence 2.86 → 1.73 from $\beta$ 0.02 to 2). So $\beta$ is a limit

@@ -285,7 +285,8 @@ lab = labs.distillation_lab_widget(lab_logits, lab_label, lab_names)
 # two tokens are the teacher's. The temperature sets how flat the targets are on the way (the entropy column: at
 # $T$ = 4 almost uniform over the vocabulary, the first token's probability a few per cent). With the label alone
 # ($\alpha$ = 0) the student puts its mass on the true token and gives the other of the two almost nothing: the
-# teacher's near-tie is gone, and the KL to the teacher stays high. On the sliders, $\alpha$ = 0.5 settles between the two.
+# teacher's near-tie is gone, and the KL to the teacher stays high. On the sliders, $\alpha$ = 0.5 settles between
+# the two.
 #
 # ## 5 · Three ways to use the teacher, on the same budget
 # The recipe in view: an `SFTConfig` (a full fine-tune of the student: no adapter) and
@@ -303,8 +304,9 @@ lab = labs.distillation_lab_widget(lab_logits, lab_label, lab_names)
 # | teacher's answers | all 400 prompts, answered by the teacher | cross-entropy ($\alpha$ = 0) |
 #
 # The third is sequence-level distillation (Kim and Rush, 2016): the teacher labels the prompts nobody labelled.
-# Each run takes half a minute (bf16) to a minute (float32) on a 2-core CPU. The soft targets need the teacher's forward pass on each row;
-# the teacher is frozen, so the trainer computes its logits for a row once and reuses them when the row comes back.
+# Each run takes half a minute (bf16) to a minute (float32) on a 2-core CPU. The soft targets need the teacher's
+# forward pass on each row; the teacher is frozen, so the trainer computes its logits for a row once and reuses them
+# when the row comes back.
 
 # %%
 STUDENT_ARGS = distill.preset_student_args(preset)  # what the machine fixes: precision, device, row length, rows drawn at random
