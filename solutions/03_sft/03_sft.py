@@ -332,7 +332,7 @@ print(f"{SMALL_N} examples: training loss fell to {small_train_final:.4f}; the l
       f"was at the step-{small_best_step} evaluation (after {small_best_step * DATA_BATCH // SMALL_N} epochs), and the run "
       f"ended at {small_val[-1]:.3f} ({small_val[-1] / small_val[small_best] - 1:+.0%}).")
 print(f"{LARGE_N} examples: validation loss ended at {large_val_final:.3f}, "
-      f"{small_val[small_best] / large_val_final:.1f}x below the 4-example run's best.")
+      f"{small_val[small_best] / large_val_final:.1f}x below the {SMALL_N}-example run's best.")
 plots.data_size_curves(data_runs);
 
 # %% [markdown]

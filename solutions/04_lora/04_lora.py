@@ -202,12 +202,13 @@ del peft_model
 
 # %%
 splits = date_task_splits(preset.n_train, preset.n_eval)
+scored = splits["validation"][:32]  # every run of this section, and §3's full fine-tune, is scored on these
 ablation_steps, ablation_batch = round(preset.step_budget / 5), max(preset.batch_size // 2, 1)
 rank_runs = [lora.AblationRun(r, 2 * r) for r in (1, 8, 64)]
 alpha16_runs = [lora.AblationRun(64, 16), lora.AblationRun(8, 16, rslora=True), lora.AblationRun(64, 16, rslora=True)]
 target_runs = [lora.AblationRun(8, 16, targets=lora.ATTENTION), lora.AblationRun(8, 16, targets=lora.MLP)]
 ablation_rows, rank64_model = lora.rank_ablation(rank_runs + alpha16_runs + target_runs, splits["train"],
-                                                 splits["validation"][:32], preset, tokenizer,
+                                                 scored, preset, tokenizer,
                                                  max_steps=ablation_steps, batch_size=ablation_batch,
                                                  learning_rate=2e-3, seed=SEED, keep=64)
 row = {r["run"]: r for r in ablation_rows}
@@ -233,7 +234,7 @@ same_scale = rslora16[1]["losses"] == row["r=64, alpha=128"]["losses"]
 print(f"rsLoRA at r=64, alpha=16 and alpha/r at r=64, alpha=128 have the same scale, 2: identical loss curves: {same_scale}.")
 print("Target modules at r=8: " + "; ".join(f"{r['target_group']} {r['exact_match']:.2f} with {r['trainable'] / 1e6:.2f}M "
                                             "trained" for r in targets))
-n_scored = len(splits["validation"][:32])
+n_scored = len(scored)
 rank_gap = round((standard16[0]["exact_match"] - standard16[1]["exact_match"]) * n_scored)
 target_gap = round((targets[2]["exact_match"] - max(targets[0]["exact_match"], targets[1]["exact_match"])) * n_scored)
 print(f"In items of {n_scored}: at alpha 16 under alpha/r, rank 8 minus rank 64 = {rank_gap:+d}; all seven linears "
@@ -278,7 +279,7 @@ full_setup = SFTSetup(method="full", max_steps=ablation_steps, learning_rate=5e-
 full_model, full_result = train_sft(load_model(preset.model, preset.device, seed=SEED), tokenizer, splits["train"],
                                     full_setup, preset, "build/full_ft")
 with preset.autocast():
-    full_em, _ = evaluation.exact_match(full_model, tokenizer, splits["validation"][:32], preset.eval_batch_size)
+    full_em, _ = evaluation.exact_match(full_model, tokenizer, scored, preset.eval_batch_size)
 module = f"model.layers.{middle}.self_attn.q_proj"
 lora_delta = lora.delta_weights(rank64_model, [module])[module]
 full_delta = lora.full_delta_weights(model, full_model, [module])[module]

@@ -257,10 +257,11 @@ lab_logits, lab_label = teacher_logits[position], int(targets[position])
 lab_tokens = lab_logits.topk(6).indices.tolist()
 lab_names = [tokenizer.decode([t]) for t in lab_tokens]
 example = validation[int(owners[position])]
-label_rank = lab_tokens.index(lab_label) if lab_label in lab_tokens else len(lab_tokens)  # 0: the teacher's first
-rank_word = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")[label_rank]
-print(f"{example.prompt!r} -> {example.answer!r}: the answer's token {tokenizer.decode([lab_label])!r}, the teacher's "
-      f"{rank_word} choice; the teacher's top tokens there {lab_names}")
+label_rank = lab_tokens.index(lab_label) if lab_label in lab_tokens else None  # 0: the teacher's first choice
+where = ("not among the teacher's top 6" if label_rank is None else
+         f"the teacher's {('first', 'second', 'third', 'fourth', 'fifth', 'sixth')[label_rank]} choice")
+print(f"{example.prompt!r} -> {example.answer!r}: the answer's token {tokenizer.decode([lab_label])!r}, {where}; "
+      f"the teacher's top tokens there {lab_names}")
 lab_rows = []
 for T, alpha in ((1.0, 1.0), (2.0, 1.0), (4.0, 1.0), (2.0, 0.0)):
     numbers = labs.distillation_lab_numbers(lab_logits, lab_label, T, alpha)
@@ -457,6 +458,7 @@ from ftcourse.reporting import write_results
 
 m = verdict.metrics
 by_variant = {row["variant"]: row for row in variant_rows}
+label_only_top2 = (lab_rows[3]["student p(1st)"], lab_rows[3]["student p(2nd)"])
 write_results("09_distillation", base_metric=m.get("labels_only_exact_match", float("nan")),
               tuned_metric=m.get("exact_match", float("nan")), metric="exact match, validation dates",
               teacher_exact_match=teacher_em, untrained_student_exact_match=size_rows[1]["exact match"],
@@ -469,8 +471,10 @@ write_results("09_distillation", base_metric=m.get("labels_only_exact_match", fl
                                     + abs(row["student p(2nd)"] - row["teacher p(2nd)"]) for row in lab_rows[:3]),
               lab_teacher_first=lab_rows[0]["at T 1: teacher p(1st)"], lab_teacher_second=lab_rows[0]["teacher p(2nd)"],
               lab_label_rank=label_rank, lab_label_only_kl_last=lab_rows[3]["last step"],
-              lab_label_only_label_p=lab_rows[3][("student p(1st)", "student p(2nd)")[min(label_rank, 1)]],
-              lab_label_only_other_p=lab_rows[3][("student p(2nd)", "student p(1st)")[min(label_rank, 1)]],
+              # the label-only student's probabilities of the label and of the other near-tied token (NaN when the
+              # label is not one of the teacher's top two: the claim then fails rather than reading the wrong column)
+              lab_label_only_label_p=label_only_top2[label_rank] if label_rank in (0, 1) else float("nan"),
+              lab_label_only_other_p=label_only_top2[1 - label_rank] if label_rank in (0, 1) else float("nan"),
               lab_entropies=[row["soft-target entropy"] for row in lab_rows[:3]],
               t2_kl=[r["T^2 x KL"] for r in rows],
               **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_em": v["exact match"] for k, v in by_variant.items()},
