@@ -36,6 +36,9 @@ class Preset:
     # the loss's LM head runs on the labeled (completion) positions only, not TRL's fused head over every position
     # (on a CPU TRL cannot skip unlabeled positions; on a GPU its Triton kernels do: see ftcourse.training)
     lm_head_on_labels_only: bool = False
+    # GRPO and RLOO score groups of sampled replies to one prompt: the backbone runs each distinct prompt once and
+    # shares its cache with the group's replies, instead of once per reply (ftcourse.training.shared_prompt_backbone)
+    share_prompt_forward: bool = False
     num_threads: int | None = None  # torch threads; None keeps torch's default
 
     @property
@@ -183,6 +186,7 @@ def _cpu() -> Preset:
         name="cpu", device="cpu", model="embedded", bf16=cpu_bf16_autocast(), fp16=False,
         n_train=400, n_eval=64, batch_size=8, step_budget=24, lora_r=16, learning_rate=1e-3,
         max_length=128, efficiency_examples=24, eval_batch_size=64, memory_budget_gb=1.5, lm_head_on_labels_only=True,
+        share_prompt_forward=True,
     )
 
 

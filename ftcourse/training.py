@@ -583,36 +583,189 @@ def labelled_positions_only():
         trl_utils._use_triton = original
 
 
+def _active_dropout(model) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in model.modules())
+
+
+@contextlib.contextmanager
+def shared_prompt_backbone(model, prompt_length: int, counter: list | None = None):
+    """Within it, the backbone of `model` (a causal LM, PEFT-wrapped or not) runs each distinct prompt of a batch once.
+
+    GRPO and RLOO score groups of sampled replies to the same prompt: a batch of 16 rows holds 2 prompts 8 times
+    each, and TRL's forward runs the model over all 16 copies of ~76 prompt tokens to score ~12 reply tokens per
+    row. Here the first `prompt_length` columns (TRL's left-padded prompts; the replies follow) of the distinct rows
+    go through the backbone once, with the cache kept; the cache and those hidden states are indexed back out to
+    every row (`index_select`, so each copy's gradient flows back into the one computation), and the replies run
+    on that cache. Each position sees the same tokens at the same position ids and the same attention mask as in
+    the full forward, so the hidden states are the same up to floating-point rounding (tests/test_rlhf.py); the
+    LM head and the loss that follow are TRL's. Rows are not shared while a dropout layer is active (its masks
+    would be shared too), nor when every prompt is distinct, nor for inputs other than ids and a mask.
+    `counter`, if given, collects the (rows, columns) of each backbone call (for tests and benchmarks).
+    """
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    llm = getattr(model, "module", model)  # a distributed wrapper's model
+    llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT's model
+    backbone = llm.base_model
+    original = backbone.forward
+
+    def count(ids):
+        if counter is not None:
+            counter.append(tuple(ids.shape))
+
+    def forward(input_ids=None, attention_mask=None, **kwargs):
+        use_cache = kwargs.pop("use_cache", None)
+        width = input_ids.size(1) if input_ids is not None else 0
+        asked = {k for k, v in kwargs.items() if v is not None and v is not False and k != "return_dict"}
+        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or not 0 < prompt_length < width
+                or asked or _active_dropout(backbone)):
+            count(input_ids if input_ids is not None else torch.empty(0, 0))
+            return original(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        heads = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length].to(input_ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
+        if distinct.size(0) == input_ids.size(0):
+            count(input_ids)
+            return original(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        rows = torch.arange(input_ids.size(0), device=input_ids.device)
+        first = torch.full((distinct.size(0),), input_ids.size(0), device=input_ids.device,
+                           dtype=rows.dtype).scatter_reduce(0, inverse, rows, reduce="amin")
+        prompts = original(input_ids=input_ids[first, :prompt_length],
+                           attention_mask=attention_mask[first, :prompt_length], use_cache=True)
+        count(input_ids[first, :prompt_length])
+        cache = prompts.past_key_values
+        cache.batch_select_indices(inverse)
+        replies = original(input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask,
+                           past_key_values=cache, use_cache=True)
+        count(input_ids[:, prompt_length:])
+        hidden = torch.cat([prompts.last_hidden_state.index_select(0, inverse), replies.last_hidden_state], dim=1)
+        return BaseModelOutputWithPast(last_hidden_state=hidden)
+
+    backbone.forward = forward
+    try:
+        yield
+    finally:
+        del backbone.forward  # the instance attribute: the class's forward again
+
+
+@contextlib.contextmanager
+def shared_prompt_generation(model, counter: list | None = None):
+    """Within it, `model.generate` runs each distinct prompt of a batch once before sampling its group's replies.
+
+    TRL's GRPO and RLOO sample their groups from a batch in which each prompt is repeated once per reply, and
+    `generate` runs its first forward (the prefill) over every copy. Here every token of each distinct left-padded
+    row but its last goes through the model once, at the position ids `generate` gives it (the mask's running count),
+    the cache is indexed out to every row, and `generate` goes on from it: each row's last prompt token, then the
+    replies, sampled as before from the same random stream. The same tokens at the same positions under the same mask,
+    so the same logits up to floating-point rounding. Rows are not shared while a dropout layer is active, when every
+    prompt is distinct, or for arguments other than ids, a mask and a generation config without a cache of its own.
+    `counter`, if given, collects the (rows, columns) each prefill ran (for tests and benchmarks): the distinct rows'
+    prefix, or the whole batch when nothing was shared.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    original = model.generate
+    llm = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def generate(input_ids=None, attention_mask=None, generation_config=None, **kwargs):
+        config_cache = getattr(generation_config, "cache_implementation", None)
+        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or input_ids.size(1) < 2 or kwargs
+                or config_cache is not None or _active_dropout(model)):
+            if counter is not None and input_ids is not None:
+                counter.append(tuple(input_ids.shape))
+            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
+                            **kwargs)
+        heads = torch.cat([input_ids[:, :-1], attention_mask[:, :-1].to(input_ids.dtype)], dim=1)
+        distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
+        if distinct.size(0) == input_ids.size(0):
+            if counter is not None:
+                counter.append(tuple(input_ids.shape))
+            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
+        rows = torch.arange(input_ids.size(0), device=input_ids.device)
+        first = torch.full((distinct.size(0),), input_ids.size(0), device=input_ids.device,
+                           dtype=rows.dtype).scatter_reduce(0, inverse, rows, reduce="amin")
+        prefix_mask = attention_mask[first, :-1]
+        positions = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
+        cache = DynamicCache(config=llm.config)
+        with torch.no_grad():
+            model(input_ids=input_ids[first, :-1], attention_mask=prefix_mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if counter is not None:
+            counter.append(tuple(input_ids[first, :-1].shape))
+        cache.batch_select_indices(inverse)
+        return original(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                        generation_config=generation_config)
+
+    model.generate = generate
+    try:
+        yield
+    finally:
+        del model.generate  # the instance attribute: the class's generate again
+
+
 # The method of each TRL trainer inside which its fused LM head runs (the policy's and the reference's forwards).
 SCORING_METHODS = {"RLOOTrainer": "_get_per_token_logps_and_entropies", "GRPOTrainer": "_get_per_token_logps_and_entropies",
                    "DPOTrainer": "compute_loss"}
+# The trainers whose scored rows come in groups of replies to one prompt (the prompt first, left-padded; the replies
+# after it, `logits_to_keep` columns): their scoring method's arguments are (model, input_ids, attention_mask,
+# logits_to_keep, ...).
+GROUPED_REPLY_TRAINERS = ("RLOOTrainer", "GRPOTrainer")
 
 
-def scoring_labelled_positions_only(trainer_cls):
+def scoring_labelled_positions_only(trainer_cls, share_prompts: bool = False):
     """A subclass of a TRL trainer whose fused LM head scores the labelled (completion) tokens only
     (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values. The method
     wrapped is the trainer's in `SCORING_METHODS`. Tested with `RLOOTrainer` and `GRPOTrainer` (tests/test_rlhf.py)
-    and `DPOTrainer` (tests/test_dpo.py): the same logged numbers, fewer rows through the LM head."""
+    and `DPOTrainer` (tests/test_dpo.py): the same logged numbers, fewer rows through the LM head.
+    `share_prompts` (GRPO and RLOO only): each distinct prompt of a batch also goes through the model once, not once
+    per sampled reply, when the replies are sampled (`shared_prompt_generation`) and when they are scored
+    (`shared_prompt_backbone`)."""
     name = next((SCORING_METHODS[c.__name__] for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
     if name is None:
         raise ValueError(f"{trainer_cls.__name__} is none of {sorted(SCORING_METHODS)}: the method its fused LM head "
                          "runs in is not known here.")
+    grouped = any(c.__name__ in GROUPED_REPLY_TRAINERS for c in trainer_cls.__mro__)
+    if share_prompts and not grouped:
+        raise ValueError(f"{trainer_cls.__name__} does not score groups of replies to one prompt: only "
+                         f"{', '.join(GROUPED_REPLY_TRAINERS)} can share their prompts' forward.")
     method = getattr(trainer_cls, name)
 
     def scoring(self, *args, **kwargs):
-        with labelled_positions_only():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(labelled_positions_only())
+            if share_prompts:
+                model, input_ids, _, logits_to_keep = (list(args) + [None] * 4)[:4]
+                model, input_ids = kwargs.get("model", model), kwargs.get("input_ids", input_ids)
+                logits_to_keep = kwargs.get("logits_to_keep", logits_to_keep)
+                stack.enter_context(shared_prompt_backbone(model, input_ids.size(1) - logits_to_keep,
+                                                           getattr(self, "backbone_positions", None)))
             return method(self, *args, **kwargs)
 
     scoring.__name__ = name
-    Trainer = type(f"{trainer_cls.__name__}LabelledOnly", (trainer_cls,), {name: scoring})
+    methods = {name: scoring}
+    if share_prompts:
+        def _generate_single_turn(self, *args, **kwargs):
+            with shared_prompt_generation(self.accelerator.unwrap_model(self.model_wrapped),
+                                          getattr(self, "prefill_positions", None)):
+                return trainer_cls._generate_single_turn(self, *args, **kwargs)
+
+        methods["_generate_single_turn"] = _generate_single_turn
+    Trainer = type(f"{trainer_cls.__name__}LabelledOnly", (trainer_cls,), methods)
     Trainer.__qualname__ = Trainer.__name__
     return Trainer
 
 
 def preset_trainer_class(trainer_cls, preset):
     """The TRL trainer a preset trains with: on a preset that scores labelled positions only (the CPU's),
-    `scoring_labelled_positions_only(trainer_cls)`; otherwise (the GPU presets) `trainer_cls` itself."""
-    return scoring_labelled_positions_only(trainer_cls) if preset.lm_head_on_labels_only else trainer_cls
+    `scoring_labelled_positions_only(trainer_cls)`, which for GRPO and RLOO also runs each distinct prompt once
+    when the preset shares prompts (`share_prompt_forward`); otherwise (the GPU presets) `trainer_cls` itself."""
+    if not preset.lm_head_on_labels_only:
+        return trainer_cls
+    grouped = any(c.__name__ in GROUPED_REPLY_TRAINERS for c in trainer_cls.__mro__)
+    return scoring_labelled_positions_only(trainer_cls, share_prompts=grouped and preset.share_prompt_forward)
 
 
 class TrainingRecorder:

@@ -1,6 +1,7 @@
 """Notebook 06's RL instruments: RLOO's advantage from scratch against a real RLOOTrainer batch, the reward
 functions, sampling and the RLHF Lab's Bradley-Terry clicks."""
 
+import contextlib
 import random
 
 import pytest
@@ -251,6 +252,7 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
 
     assert issubclass(cpu_class, library_class) and cpu_class is not library_class
     scored_rows: dict[str, list[int]] = {}
+    positions: dict[str, list[int]] = {"backbone_positions": [], "prefill_positions": []}
 
     def logged(trainer_class) -> list[dict]:
         model = load_model()
@@ -264,6 +266,8 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
                                 processing_class=tokenizer,
                                 peft_config=LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"],
                                                        init_lora_weights=False))
+        if trainer_class is cpu_class:  # what the shared-prompt forwards ran, when the class shares prompts
+            trainer.backbone_positions, trainer.prefill_positions = positions.values()
         with counting_lm_head_rows(scored_rows.setdefault(trainer_class.__name__, [])):
             trainer.train()
         return [{k: v for k, v in row.items() if "time" not in k and "runtime" not in k and "per_second" not in k}
@@ -277,6 +281,84 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
     for a, b in zip(ours, theirs):
         for key in b:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    return positions
+
+
+def _shared_every_prompt_once(positions: dict[str, list[tuple]]) -> None:
+    """Each prompt of 2 replies went through the model once: a prefill of the 2 distinct prompts (all but their last
+    token) per sampled batch of 4 rows, and in every scoring call (policy, reference) a pass of the 2 prompts, then
+    one of the 4 rows' replies on their cache."""
+    prefills, scoring = positions["prefill_positions"], positions["backbone_positions"]
+    assert len(prefills) == 2 and all(rows == 2 for rows, _ in prefills), positions  # 2 steps, one batch sampled each
+    assert len(scoring) >= 8 and len(scoring) % 2 == 0, positions  # 2 steps, a policy and a reference call each
+    assert all(prompt[0] == 2 and replies[0] == 4 for prompt, replies in zip(scoring[::2], scoring[1::2])), positions
+
+
+def test_shared_prompt_forwards_give_the_full_forwards_numbers(model_and_tokenizer):
+    """`training.shared_prompt_backbone` and `shared_prompt_generation` against the forwards they replace, on the
+    course model cut to 4 layers with a random LoRA adapter: 2 prompts (of different lengths, left-padded) each
+    repeated 3 times with 6 different replies. The reply tokens' log-probabilities and entropies, and the adapter's
+    gradients, equal the full forward's (float rounding apart); the backbone ran the 2 prompts, not 6 copies; the
+    replies sampled from the same seed are the same tokens; nothing is left patched."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GenerationConfig
+    from trl.trainer.utils import add_fused_lm_head
+
+    from conftest import keep_first_layers
+    from ftcourse.models import load_model
+    from ftcourse.training import labelled_positions_only, shared_prompt_backbone, shared_prompt_generation
+
+    tokenizer = model_and_tokenizer[1]
+    torch.manual_seed(0)
+    model = load_model()
+    keep_first_layers(model, 4)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                             init_lora_weights=False))
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in ("How many legs has a cat?", "Count the words in this sentence, please, and say the number.")]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    batch = tokenizer([t for t in texts for _ in range(3)], return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = side
+    width, keep = batch["input_ids"].size(1), 5
+    replies = torch.randint(1000, 20000, (6, keep), generator=torch.Generator().manual_seed(1))
+    reply_mask = torch.ones_like(replies)
+    reply_mask[4, 2:] = 0  # a reply that ended early
+    ids, mask = torch.cat([batch["input_ids"], replies], 1), torch.cat([batch["attention_mask"], reply_mask], 1)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-keep] = -100
+
+    def scored(shared: bool):
+        model.train()
+        model.zero_grad()
+        counter: list[int] = []
+        with labelled_positions_only():
+            with shared_prompt_backbone(model, width, counter) if shared else contextlib.nullcontext():
+                out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        return out.log_probs[:, -keep:].detach(), out.entropy[:, -keep:].detach(), grads, counter
+
+    full, shared = scored(False), scored(True)
+    assert shared[3] == [(2, width), (6, keep)]  # the prompts once, then the replies on their cache
+    assert torch.allclose(shared[0], full[0], atol=1e-4) and torch.allclose(shared[1], full[1], atol=1e-4)
+    assert full[0].abs().sum() > 0 and (full[0] == 0).sum() == 3  # real numbers; the early end scores nothing
+    assert (shared[2] - full[2]).norm() <= 1e-4 * full[2].norm() and full[2].norm() > 0
+    backbone = model.get_base_model().base_model
+    assert "forward" not in vars(backbone)
+
+    model.eval()
+    sampling = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, pad_token_id=tokenizer.pad_token_id)
+    sampled = {}
+    for shared in (False, True):
+        counter = []
+        torch.manual_seed(3)
+        with torch.no_grad(), shared_prompt_generation(model, counter) if shared else contextlib.nullcontext():
+            sampled[shared] = model.generate(**batch, generation_config=sampling)  # as TRL calls it
+        if shared:
+            assert counter == [(2, width - 1)]
+    assert torch.equal(sampled[True], sampled[False]) and "generate" not in vars(model)
 
 
 def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path):
@@ -287,18 +369,31 @@ def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tm
     from ftcourse.presets import get_preset
 
     assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
-    _online_trainers_log_the_same(rlhf.rloo_trainer_class(get_preset("cpu")), RLOOTrainer, RLOOConfig,
-                                  model_and_tokenizer[1], tmp_path)
+    _shared_every_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(get_preset("cpu")), RLOOTrainer,
+                                                            RLOOConfig, model_and_tokenizer[1], tmp_path))
 
 
 def test_the_labelled_positions_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path):
-    """`training.scoring_labelled_positions_only(GRPOTrainer)` (for notebook 08) against `GRPOTrainer` itself,
-    the same way; a trainer whose scoring method is not known is refused."""
+    """The CPU preset's GRPO trainer (notebook 08: its fused LM head scoring the reply tokens only, each distinct prompt
+    run once per batch) and `training.scoring_labelled_positions_only(GRPOTrainer)` (the head alone) against
+    `GRPOTrainer` itself, the same way; a trainer whose scoring method is not known is refused, and so is sharing
+    prompts for a trainer that does not sample groups."""
     from trl import GRPOConfig, GRPOTrainer, SFTTrainer
 
     from ftcourse.training import scoring_labelled_positions_only
 
-    _online_trainers_log_the_same(scoring_labelled_positions_only(GRPOTrainer), GRPOTrainer, GRPOConfig,
-                                  model_and_tokenizer[1], tmp_path)
+    from ftcourse import grpo
+    from ftcourse.presets import get_preset
+
+    _shared_every_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(get_preset("cpu")), GRPOTrainer,
+                                                            GRPOConfig, model_and_tokenizer[1], tmp_path))
+    assert grpo.grpo_trainer_class(get_preset("t4")) is GRPOTrainer
+    positions = _online_trainers_log_the_same(scoring_labelled_positions_only(GRPOTrainer), GRPOTrainer, GRPOConfig,
+                                              model_and_tokenizer[1], tmp_path)
+    assert positions == {"backbone_positions": [], "prefill_positions": []}  # without share_prompts: TRL's forwards
     with pytest.raises(ValueError, match="SFTTrainer is none of"):
         scoring_labelled_positions_only(SFTTrainer)
+    with pytest.raises(ValueError, match="DPOTrainer does not score groups"):
+        from trl import DPOTrainer
+
+        scoring_labelled_positions_only(DPOTrainer, share_prompts=True)
