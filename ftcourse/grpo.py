@@ -162,7 +162,8 @@ def preset_grpo_args(preset: Preset) -> dict:
 
 def grpo_trainer_class(preset: Preset):
     """The GRPO trainer a preset trains with: TRL's `GRPOTrainer`, or on a CPU its subclass whose fused LM head scores
-    the reply tokens only (`training.scoring_labelled_positions_only`: the same logged numbers, tests/test_rlhf.py)."""
+    the reply tokens only and which runs each prompt once for its group of replies, sampling and scoring
+    (`training.scoring_labelled_positions_only` with `share_prompts`: the same logged numbers, tests/test_rlhf.py)."""
     from trl import GRPOTrainer
 
     from .training import preset_trainer_class

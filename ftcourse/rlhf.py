@@ -106,8 +106,9 @@ def preset_rl_args(preset: Preset) -> dict:
 
 def rloo_trainer_class(preset: Preset):
     """The RLOO trainer a preset trains with: TRL's `RLOOTrainer`, or on a CPU its subclass whose fused LM head
-    scores the completion tokens only, as TRL's Triton path does on a GPU (`training.scoring_labelled_positions_only`:
-    the same log-probabilities, with the LM head run on the reply positions instead of every position)."""
+    scores the completion tokens only, as TRL's Triton path does on a GPU, and which runs each prompt once for its
+    group of sampled replies (`training.scoring_labelled_positions_only` with `share_prompts`: the same
+    log-probabilities, with the LM head run on the reply positions and the backbone on each prompt once)."""
     from trl import RLOOTrainer
 
     from .training import preset_trainer_class

@@ -231,8 +231,9 @@ print(f"GRPOConfig defaults: beta {defaults.beta}, num_generations {defaults.num
 #
 # The recipe: PEFT's **`LoraConfig`**, TRL's **`GRPOConfig`** and **`GRPOTrainer`**, given the reward functions.
 # `grpo.preset_grpo_args` holds the machine's arguments (precision, device, no checkpointing, a log per step).
-# On the CPU preset the trainer is `GRPOTrainer` with one change (`grpo.grpo_trainer_class`): its LM head scores
-# the reply tokens only, as TRL's kernel does on a GPU (tests/test_rlhf.py compares the logged numbers). Both
+# On the CPU preset the trainer is `GRPOTrainer` with two changes of speed (`grpo.grpo_trainer_class`): its LM
+# head scores the reply tokens only, as TRL's kernel does on a GPU, and it runs each prompt once for its group of
+# replies (section 4); tests/test_rlhf.py compares the logged numbers with `GRPOTrainer`'s. Both
 # runs: 8 steps, 2 prompts × 4 replies a step, at most 12 new tokens, learning rate 5e-4, $\beta = 0$. One
 # thing changes: the reward the policy is trained on. The checker is passed to both runs with weight 0, so it is
 # logged (the share right of each step's samples) but trains nothing.
@@ -334,9 +335,15 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 #
 # ## 4 · What a step costs
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
-# grow with the number of replies and their length (the table below does not split the two). Section 3's runs
-# give the time of a step with 4 replies per prompt and at most 12 new tokens; two short runs (3 steps each, the
-# checker as the reward) change one of them: 8 replies per prompt, or at most 24 new tokens. The time per step leaves out each run's first step (it includes start-up work).
+# grow with the number of replies and their length (the table below does not split the two). Every reply of a group
+# continues the same prompt, and a prompt is most of a row's tokens here (about 75 of the chat template and the
+# question, against at most 12 of reply). TRL's trainer runs the prompt through the model once per reply. The CPU
+# preset's trainer (`GRPO` above, `preset.share_prompt_forward`) runs each prompt once per step, when it samples
+# and when it scores, and its replies continue from that one computation: the same tokens at the same positions,
+# so the same logged numbers as `GRPOTrainer`'s up to rounding (tests/test_rlhf.py), in less time (the README's
+# benchmark). Section 3's runs give the time of a step with 4 replies per prompt and at most 12 new tokens; two
+# short runs (3 steps each, the checker as the reward) change one of them: 8 replies per prompt, or at most 24 new
+# tokens. The time per step leaves out each run's first step (it includes start-up work).
 
 # %%
 timing = [{"replies per prompt": 4, "max new tokens": 12, "replies a step": 8, "s per step": checked["s_per_step"],
@@ -349,13 +356,14 @@ for group, tokens in ((8, 12), (4, 24)):
 print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
 
 # %% [markdown]
-# Twice the replies cost more time, close to twice (between 1.5 and 2.5 times in the table): on a CPU, sampling
-# and scoring grow with the number of replies, and two cores gain little from sampling them as one larger batch;
-# only a step's fixed costs are shared. Twice the length limit: the replies used most of it (the last column; sampled at
+# Twice the replies cost more time, but well under twice (the table): with each prompt run once for its group,
+# only the replies' own tokens doubled. Run once per reply, as TRL's trainer runs them, the prompts doubled too:
+# the README's GRPO section measured 1.6-1.9 times the time per step for 8 replies against 4, before the CPU
+# trainer shared its prompts. Twice the length limit: the replies used most of it (the last column; sampled at
 # temperature 1, many run to the limit), and a step took less than twice the time. The GPU presets have not been
-# measured. The README's GRPO section measured 8 replies per prompt as better than 4 in all six of its pairings
-# (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within the
-# noise, at 1.6-1.9 times the time per step.
+# measured. The README's GRPO section also measured 8 replies per prompt as better than 4 in all six of its
+# pairings (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within
+# the noise.
 #
 # ## 5 · In the field: DeepSeek-R1
 # DeepSeek-R1 (DeepSeek-AI, 2025) trained its reasoning with GRPO and **rule-based rewards**: an accuracy
