@@ -44,10 +44,12 @@ grade: setup
 	  $(BIN)/python scripts/grade.py --assignment $(ASSIGNMENT)
 
 ## Where a training step's time goes, the course's training path vs TRL's defaults vs a plain loop, evaluation before
-## and after, then padded vs grouped vs packed; writes build/benchmark_training_<preset>.md and benchmark_layouts_<preset>.md.
+## and after, then padded vs grouped vs packed, then a GRPO step with TRL's trainer vs the course's; writes
+## build/benchmark_training_<preset>.md, benchmark_layouts_<preset>.md and benchmark_rl_<preset>.md.
 benchmark: setup
 	$(BIN)/python scripts/benchmark_training.py --preset $(PRESET)
 	$(BIN)/python scripts/benchmark_layouts.py --preset $(PRESET)
+	$(BIN)/python scripts/benchmark_rl.py --preset $(PRESET)
 
 clean:
 	rm -rf build .grading autograder/autograded autograder/feedback autograder/gradebook.db

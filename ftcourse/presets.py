@@ -36,8 +36,12 @@ class Preset:
     # the loss's LM head runs on the labeled (completion) positions only, not TRL's fused head over every position
     # (on a CPU TRL cannot skip unlabeled positions; on a GPU its Triton kernels do: see ftcourse.training)
     lm_head_on_labels_only: bool = False
-    # GRPO and RLOO score groups of sampled replies to one prompt: the backbone runs each distinct prompt once and
-    # shares its cache with the group's replies, instead of once per reply (ftcourse.training.shared_prompt_backbone)
+    # GRPO and RLOO sample and score groups of replies to one prompt, DPO pairs, and an SFT batch's rows start with the
+    # same system turn and instruction: the model runs each distinct prompt (or the common prefix) once and shares
+    # its cache with the rest of the rows, instead of once per row (ftcourse.training.shared_prompt_*). The same
+    # numbers to float32 rounding (~1e-7 of the hidden states); under bf16 autocast the shorter pass rounds
+    # differently (~3e-3 measured, on a CPU that emulates bf16), which moves a run's samples and metrics, so the CPU
+    # preset shares in float32 only until the bf16 path is measured with it.
     share_prompt_forward: bool = False
     num_threads: int | None = None  # torch threads; None keeps torch's default
 
@@ -182,11 +186,12 @@ def cpu_bf16_autocast(cpuinfo: Path = Path("/proc/cpuinfo"), cache: Path | None 
 
 
 def _cpu() -> Preset:
+    bf16 = cpu_bf16_autocast()
     return Preset(
-        name="cpu", device="cpu", model="embedded", bf16=cpu_bf16_autocast(), fp16=False,
+        name="cpu", device="cpu", model="embedded", bf16=bf16, fp16=False,
         n_train=400, n_eval=64, batch_size=8, step_budget=24, lora_r=16, learning_rate=1e-3,
         max_length=128, efficiency_examples=24, eval_batch_size=64, memory_budget_gb=1.5, lm_head_on_labels_only=True,
-        share_prompt_forward=True,
+        share_prompt_forward=not bf16,
     )
 
 

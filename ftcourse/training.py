@@ -513,16 +513,36 @@ def checked_recipe(configs: dict, preset: Preset, step_budget: int, layout: str 
     return (*recipe_configs(lora_choices, sft_choices, preset, layout, output_dir, kind), base)
 
 
-def completion_logits(model, inputs: dict, mask):
+def common_prefix_width(input_ids, attention_mask=None) -> int:
+    """How many leading columns every row of a batch holds the same real tokens in (the chat template's system turn,
+    a task's instruction): 0 for a single row or when the first tokens differ."""
+    import torch
+
+    if input_ids.dim() != 2 or input_ids.size(0) < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0)
+    if attention_mask is not None:
+        same &= attention_mask.bool().all(0)
+    return int(same.size(0) if bool(same.all()) else torch.argmin(same.int()))
+
+
+def completion_logits(model, inputs: dict, mask, share_prefix: bool = False, counter: list | None = None):
     """`model`'s logits at the positions `mask` selects (`labels[:, 1:] != -100`: those that predict a completion
-    token), one row per position in row-major order: the backbone on every position, the LM head on these alone."""
+    token), one row per position in row-major order: the backbone on every position, the LM head on these alone.
+    `share_prefix`: the columns every row starts with (`common_prefix_width`) go through the backbone once, for the
+    whole batch (`shared_prompt_backbone`; same values up to rounding); rows with their own position ids (packed)
+    are run as they are. `counter` collects the (rows, columns) of each backbone call."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-    hidden = getattr(base, base.base_model_prefix)(**backbone_inputs, use_cache=False).last_hidden_state
+    width = 0
+    if share_prefix and "position_ids" not in backbone_inputs:
+        width = common_prefix_width(backbone_inputs["input_ids"], backbone_inputs.get("attention_mask"))
+    with shared_prompt_backbone(model, width, counter) if width else contextlib.nullcontext():
+        hidden = getattr(base, base.base_model_prefix)(**backbone_inputs, use_cache=False).last_hidden_state
     return base.get_output_embeddings()(hidden[:, :-1][mask])
 
 
-def completion_only_trainer():
+def completion_only_trainer(share_prefix: bool = False):
     """`SFTTrainer` with its loss computed on the completion positions only: the CPU preset's trainer.
 
     TRL 1.16's SFTTrainer scores every position of a row through its fused LM head and computes the entropy
@@ -531,17 +551,25 @@ def completion_only_trainer():
     labeled positions alone: the same loss (mean negative log-likelihood of the completion tokens, over the
     number of such tokens TRL passes as `num_items_in_batch`), with the LM head's work cut to the share of
     tokens that carry a label. Token accuracy is logged on those positions; entropy is not.
+    `share_prefix`: the columns every row of a batch starts with (the chat template's system turn and the task's
+    instruction: 30 of a date row's ~65 tokens) go through the backbone once per batch, not once per row
+    (`completion_logits`); the same loss and gradients up to rounding (tests/test_training.py).
     """
     import torch
     import torch.nn.functional as F
     from trl import SFTTrainer
 
+    share_prefix_default = share_prefix
+
     class CompletionOnlySFTTrainer(SFTTrainer):
+        share_prefix = share_prefix_default
+        backbone_positions = None  # a list to collect each backbone call's (rows, columns): tests, benchmarks
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
             with self.accelerator.autocast():
-                logits = completion_logits(model, inputs, mask)
+                logits = completion_logits(model, inputs, mask, self.share_prefix, self.backbone_positions)
             targets = labels[mask]
             count = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = F.cross_entropy(logits.float(), targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
@@ -560,7 +588,7 @@ def trainer_class(preset: Preset):
     """The trainer a preset trains with: TRL's `SFTTrainer`, or on a CPU its completion-only-loss subclass."""
     from trl import SFTTrainer
 
-    return completion_only_trainer() if preset.lm_head_on_labels_only else SFTTrainer
+    return completion_only_trainer(preset.share_prompt_forward) if preset.lm_head_on_labels_only else SFTTrainer
 
 
 @contextlib.contextmanager
@@ -595,10 +623,11 @@ def shared_prompt_backbone(model, prompt_length: int, counter: list | None = Non
 
     GRPO and RLOO score groups of sampled replies to the same prompt: a batch of 16 rows holds 2 prompts 8 times
     each, and TRL's forward runs the model over all 16 copies of ~76 prompt tokens to score ~12 reply tokens per
-    row. Here the first `prompt_length` columns (TRL's left-padded prompts; the replies follow) of the distinct rows
-    go through the backbone once, with the cache kept; the cache and those hidden states are indexed back out to
-    every row (`index_select`, so each copy's gradient flows back into the one computation), and the replies run
-    on that cache. Each position sees the same tokens at the same position ids and the same attention mask as in
+    row; DPO scores each prompt twice, with its chosen and its rejected reply. Here the first `prompt_length`
+    columns (GRPO's and RLOO's left-padded prompts; for DPO's right-padded rows, the columns every row's prompt
+    fills) of the distinct rows go through the backbone once, with the cache kept; the cache and those hidden states
+    are indexed back out to every row (`index_select`, so each copy's gradient flows back into the one computation),
+    and the rest of each row runs on that cache. Each position sees the same tokens at the same position ids and the same attention mask as in
     the full forward, so the hidden states are the same up to floating-point rounding (tests/test_rlhf.py); the
     LM head and the loss that follow are TRL's. Rows are not shared while a dropout layer is active (its masks
     would be shared too), nor when every prompt is distinct, nor for inputs other than ids and a mask.
@@ -713,6 +742,26 @@ SCORING_METHODS = {"RLOOTrainer": "_get_per_token_logps_and_entropies", "GRPOTra
 # after it, `logits_to_keep` columns): their scoring method's arguments are (model, input_ids, attention_mask,
 # logits_to_keep, ...).
 GROUPED_REPLY_TRAINERS = ("RLOOTrainer", "GRPOTrainer")
+# The trainers whose batches hold pairs of replies to one prompt: DPO's rows are [chosen..., rejected...], each its
+# prompt and then its reply, right-padded; `compute_loss(model, inputs)` with `inputs["completion_mask"]`.
+PAIRED_REPLY_TRAINERS = ("DPOTrainer",)
+
+
+def _shared_prompt_width(trainer_name: str, args: tuple, kwargs: dict):
+    """(model, prompt columns) of a scoring call whose rows can share their first columns, or (None, 0): for GRPO and
+    RLOO the prompt's left-padded width; for DPO the columns before the first reply token of any row (every row's
+    prompt is at least that long, and a pair's two rows start with the same prompt)."""
+    if trainer_name in PAIRED_REPLY_TRAINERS:
+        model, inputs = (list(args) + [None, None])[:2]
+        model, inputs = kwargs.get("model", model), kwargs.get("inputs", inputs)
+        completion = inputs.get("completion_mask") if isinstance(inputs, dict) else None
+        if completion is None or not completion.any():
+            return None, 0
+        return model, int(completion.any(0).int().argmax())
+    model, input_ids, _, logits_to_keep = (list(args) + [None] * 4)[:4]
+    model, input_ids = kwargs.get("model", model), kwargs.get("input_ids", input_ids)
+    logits_to_keep = kwargs.get("logits_to_keep", logits_to_keep)
+    return model, input_ids.size(1) - logits_to_keep
 
 
 def scoring_labelled_positions_only(trainer_cls, share_prompts: bool = False):
@@ -720,33 +769,29 @@ def scoring_labelled_positions_only(trainer_cls, share_prompts: bool = False):
     (`labelled_positions_only`): the CPU preset's version of the trainer, same algorithm and values. The method
     wrapped is the trainer's in `SCORING_METHODS`. Tested with `RLOOTrainer` and `GRPOTrainer` (tests/test_rlhf.py)
     and `DPOTrainer` (tests/test_dpo.py): the same logged numbers, fewer rows through the LM head.
-    `share_prompts` (GRPO and RLOO only): each distinct prompt of a batch also goes through the model once, not once
-    per sampled reply, when the replies are sampled (`shared_prompt_generation`) and when they are scored
-    (`shared_prompt_backbone`)."""
+    `share_prompts` (GRPO, RLOO and DPO): each distinct prompt of a batch also goes through the model once, not once
+    per reply: when GRPO's and RLOO's replies are sampled (`shared_prompt_generation`) and when any of the three
+    scores them (`shared_prompt_backbone`; for DPO, the columns every row's prompt fills, shared by a pair's chosen
+    and rejected rows)."""
     name = next((SCORING_METHODS[c.__name__] for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
     if name is None:
         raise ValueError(f"{trainer_cls.__name__} is none of {sorted(SCORING_METHODS)}: the method its fused LM head "
                          "runs in is not known here.")
-    grouped = any(c.__name__ in GROUPED_REPLY_TRAINERS for c in trainer_cls.__mro__)
-    if share_prompts and not grouped:
-        raise ValueError(f"{trainer_cls.__name__} does not score groups of replies to one prompt: only "
-                         f"{', '.join(GROUPED_REPLY_TRAINERS)} can share their prompts' forward.")
+    library = next((c.__name__ for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
+    grouped = library in GROUPED_REPLY_TRAINERS
     method = getattr(trainer_cls, name)
 
     def scoring(self, *args, **kwargs):
         with contextlib.ExitStack() as stack:
             stack.enter_context(labelled_positions_only())
-            if share_prompts:
-                model, input_ids, _, logits_to_keep = (list(args) + [None] * 4)[:4]
-                model, input_ids = kwargs.get("model", model), kwargs.get("input_ids", input_ids)
-                logits_to_keep = kwargs.get("logits_to_keep", logits_to_keep)
-                stack.enter_context(shared_prompt_backbone(model, input_ids.size(1) - logits_to_keep,
-                                                           getattr(self, "backbone_positions", None)))
+            model, width = _shared_prompt_width(library, args, kwargs) if share_prompts else (None, 0)
+            if model is not None:
+                stack.enter_context(shared_prompt_backbone(model, width, getattr(self, "backbone_positions", None)))
             return method(self, *args, **kwargs)
 
     scoring.__name__ = name
     methods = {name: scoring}
-    if share_prompts:
+    if share_prompts and grouped:
         def _generate_single_turn(self, *args, **kwargs):
             with shared_prompt_generation(self.accelerator.unwrap_model(self.model_wrapped),
                                           getattr(self, "prefill_positions", None)):
@@ -760,12 +805,12 @@ def scoring_labelled_positions_only(trainer_cls, share_prompts: bool = False):
 
 def preset_trainer_class(trainer_cls, preset):
     """The TRL trainer a preset trains with: on a preset that scores labelled positions only (the CPU's),
-    `scoring_labelled_positions_only(trainer_cls)`, which for GRPO and RLOO also runs each distinct prompt once
+    `scoring_labelled_positions_only(trainer_cls)`, which for GRPO, RLOO and DPO also runs each distinct prompt once
     when the preset shares prompts (`share_prompt_forward`); otherwise (the GPU presets) `trainer_cls` itself."""
     if not preset.lm_head_on_labels_only:
         return trainer_cls
-    grouped = any(c.__name__ in GROUPED_REPLY_TRAINERS for c in trainer_cls.__mro__)
-    return scoring_labelled_positions_only(trainer_cls, share_prompts=grouped and preset.share_prompt_forward)
+    shares = any(c.__name__ in GROUPED_REPLY_TRAINERS + PAIRED_REPLY_TRAINERS for c in trainer_cls.__mro__)
+    return scoring_labelled_positions_only(trainer_cls, share_prompts=shares and preset.share_prompt_forward)
 
 
 class TrainingRecorder:

@@ -248,8 +248,9 @@ STATED_CLAIMS = {
          lambda r: r["hacked_reward_last3"] < 0.9 and 0 < r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.2),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
-        ("twice the replies cost more time, but well under twice (below 1.8 times: each prompt is run once a group)",
-         lambda r: r["step_s_g4_len12"] < r["step_s_g8_len12"] < 1.8 * r["step_s_g4_len12"]),
+        ("twice the replies cost more time: below 1.8 times with each prompt run once a group, else 1.5-2.5 times",
+         lambda r: (r["step_s_g4_len12"] < r["step_s_g8_len12"] < 1.8 * r["step_s_g4_len12"]) if r["shares_prompts"]
+         else 1.5 * r["step_s_g4_len12"] < r["step_s_g8_len12"] < 2.5 * r["step_s_g4_len12"]),
         ("twice the length limit: the replies used most of it, and the step took less than twice the time",
          lambda r: r["reply_tokens_g4_len24"] > 1.4 * r["reply_tokens_g4_len12"]
          and r["step_s_g4_len24"] < 2 * r["step_s_g4_len12"]),

@@ -72,3 +72,14 @@ def test_bf16_autocast_only_where_measured_faster(tmp_path: Path, monkeypatch):
 
 def test_the_calibration_times_both_modes():
     assert presets.time_fwd_bwd(False, reps=1) > 0 and presets.time_fwd_bwd(True, reps=1) > 0
+
+
+@pytest.mark.parametrize("bf16", ["0", "1"])
+def test_the_cpu_preset_shares_prompts_on_its_float32_path_only(monkeypatch, bf16):
+    """Sharing a prompt's forward gives the same numbers to float32 rounding, not to bf16's (see
+    `Preset.share_prompt_forward`): the CPU preset shares where it trains in float32, and the GPU presets keep
+    TRL's forwards."""
+    monkeypatch.setenv(presets.CPU_BF16_ENV, bf16)
+    cpu = get_preset("cpu")
+    assert cpu.bf16 == (bf16 == "1") and cpu.share_prompt_forward == (bf16 == "0")
+    assert not get_preset("t4").share_prompt_forward and not get_preset("a100").share_prompt_forward

@@ -239,7 +239,18 @@ def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     assert "ftcourse-lab-rlhf" in box._dom_classes
 
 
-def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokenizer, tmp_path) -> None:
+def _fp32_cpu_preset():
+    """The CPU preset on its float32 path, where it shares prompts (`share_prompt_forward`) on any machine."""
+    import dataclasses
+
+    from ftcourse.presets import get_preset
+
+    preset = dataclasses.replace(get_preset("cpu"), bf16=False, fp16=False, share_prompt_forward=True)
+    assert preset.lm_head_on_labels_only
+    return preset
+
+
+def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokenizer, tmp_path, preset=None) -> dict:
     """Two steps of `cpu_class` and of `library_class` from the same seed, beta > 0, a random adapter (so the KL is
     not zero), on the course model cut to 2 layers: every logged number (rewards, KL, entropy, loss, clip ratios)
     is the same, and in every call the CPU class's fused LM head projects fewer rows (the replies' tokens, not
@@ -259,7 +270,7 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
         keep_first_layers(model, 2)
         args = config_class(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
                             num_generations=2, max_completion_length=8, beta=0.05, learning_rate=1e-3, seed=0,
-                            **rlhf.preset_rl_args(get_preset("cpu")))
+                            **rlhf.preset_rl_args(preset or get_preset("cpu")))
         trainer = trainer_class(model=model, reward_funcs=[lambda completions, **_: [len(rlhf.reply_text(c)) / 10
                                                                                     for c in completions]],
                                 args=args, train_dataset=rlhf.rl_dataset(prefs.make_questions(8, 1)),
@@ -362,15 +373,17 @@ def test_shared_prompt_forwards_give_the_full_forwards_numbers(model_and_tokeniz
 
 
 def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path):
-    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only) against `RLOOTrainer`
-    itself (`_online_trainers_log_the_same`); the GPU presets get `RLOOTrainer` unchanged."""
+    """The CPU preset's RLOO trainer on its float32 path (its fused LM head scoring the reply tokens only, each prompt
+    run once for its replies) against `RLOOTrainer` itself (`_online_trainers_log_the_same`); the GPU presets get
+    `RLOOTrainer` unchanged."""
     from trl import RLOOConfig, RLOOTrainer
 
     from ftcourse.presets import get_preset
 
     assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
-    _shared_every_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(get_preset("cpu")), RLOOTrainer,
-                                                            RLOOConfig, model_and_tokenizer[1], tmp_path))
+    fp32 = _fp32_cpu_preset()
+    _shared_every_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(fp32), RLOOTrainer, RLOOConfig,
+                                                            model_and_tokenizer[1], tmp_path, fp32))
 
 
 def test_the_labelled_positions_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path):
@@ -385,15 +398,17 @@ def test_the_labelled_positions_grpo_trainer_logs_what_grpotrainer_logs(model_an
     from ftcourse import grpo
     from ftcourse.presets import get_preset
 
-    _shared_every_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(get_preset("cpu")), GRPOTrainer,
-                                                            GRPOConfig, model_and_tokenizer[1], tmp_path))
+    fp32 = _fp32_cpu_preset()
+    _shared_every_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(fp32), GRPOTrainer, GRPOConfig,
+                                                            model_and_tokenizer[1], tmp_path, fp32))
     assert grpo.grpo_trainer_class(get_preset("t4")) is GRPOTrainer
+    # the LM head's change alone, on this machine's CPU path (bf16 autocast where it pays)
     positions = _online_trainers_log_the_same(scoring_labelled_positions_only(GRPOTrainer), GRPOTrainer, GRPOConfig,
                                               model_and_tokenizer[1], tmp_path)
     assert positions == {"backbone_positions": [], "prefill_positions": []}  # without share_prompts: TRL's forwards
     with pytest.raises(ValueError, match="SFTTrainer is none of"):
         scoring_labelled_positions_only(SFTTrainer)
-    with pytest.raises(ValueError, match="DPOTrainer does not score groups"):
-        from trl import DPOTrainer
+    with pytest.raises(ValueError, match="RewardTrainer is none of"):
+        from trl import RewardTrainer
 
-        scoring_labelled_positions_only(DPOTrainer, share_prompts=True)
+        scoring_labelled_positions_only(RewardTrainer, share_prompts=True)

@@ -370,7 +370,7 @@ heldout_questions = preferences.make_questions(48, 6071)
 reward_fn = rlhf.reward_model_reward(reward_model, tokenizer)
 RL_ARGS = rlhf.preset_rl_args(preset)
 RL_STEPS, BETAS = 6, {"beta 1e-4 (off)": 1e-4, "beta 20 (on)": 20.0}
-RLOO = rlhf.rloo_trainer_class(preset)  # RLOOTrainer; on a CPU its subclass whose LM head scores the reply tokens only
+RLOO = rlhf.rloo_trainer_class(preset)  # RLOOTrainer; on a CPU its subclass that runs faster (below)
 
 
 def heldout_scores(model):
@@ -447,12 +447,15 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # judge 0.12-0.17), while the penalised run's judge ended between 0.58 and 0.69 (base 0.60); in a trial outside
 # the notebook (bf16, `RL_STEPS = 4`) the penalised run's judge ended at 0.44.
 #
-# On the CPU preset the trainer is `RLOOTrainer` with one change (`rlhf.rloo_trainer_class`): its LM head
-# scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too. Every
-# logged number is the same as `RLOOTrainer`'s on the same seed (rewards, KL, entropy, loss: tests/test_rlhf.py
-# compares them); measured in float32 on a 2-core AVX512 CPU (before the reward model ran each prompt once for
-# its replies, which took a run to 55-62 s), a run (its held-out scoring included) took 70 and 65 s instead of
-# 79 and 77 s. On a GPU it is `RLOOTrainer` itself.
+# On the CPU preset the trainer is `RLOOTrainer` with two changes of speed (`rlhf.rloo_trainer_class`): its LM
+# head scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too; and
+# on its float32 path it runs each prompt through the model once for its group of sampled replies, when it samples
+# them and when it scores them, where `RLOOTrainer` runs the prompt once per reply (under bf16 autocast that
+# shorter pass rounds differently, and it is not used there yet). Every logged number is the same as
+# `RLOOTrainer`'s on the same seed up to rounding (rewards, KL, entropy, loss: tests/test_rlhf.py compares them).
+# Measured on the 2-core EPYC without AVX512 (float32), the cell above with its two runs took 227 s before the
+# prompts were shared and 130 s after, with the same logged rewards and the same judge scores. On a GPU it is
+# `RLOOTrainer` itself.
 #
 # ## 5 · RLHF Lab: be the rater
 # Where do a reward model's preferences come from? From whoever clicks. Below, real replies of the three

@@ -231,9 +231,10 @@ del policy, base_model
 # The recipe is 03's with DPO's config and trainer: PEFT's **`LoraConfig`**, TRL's **`DPOConfig`** (which adds
 # `beta`, 0.1 by default) and **`DPOTrainer`**, which takes the pairs in TRL's conversational preference format
 # (`reward.preference_dataset`, as in 06). `dpo.preset_dpo_args` holds the machine's arguments (precision,
-# device, no checkpointing, a loss logged per step). On the CPU preset the trainer is `DPOTrainer` with one
-# change (`dpo.dpo_trainer_class`): its LM head scores the reply tokens only, as TRL's own kernel does on a GPU;
-# the logged numbers are `DPOTrainer`'s (tests/test_dpo.py compares them).
+# device, no checkpointing, a loss logged per step). On the CPU preset the trainer is `DPOTrainer` with changes
+# of speed only (`dpo.dpo_trainer_class`): its LM head scores the reply tokens only, as TRL's own kernel does on a
+# GPU, and in float32 it runs the prompt of each pair once for its chosen and its rejected reply; the logged
+# numbers are `DPOTrainer`'s up to rounding (tests/test_dpo.py compares them).
 #
 # First run: the padded pairs of section 1, $\beta = 0.1$, 8 steps of 4 pairs (32 pairs, each seen once).
 

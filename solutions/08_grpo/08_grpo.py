@@ -232,8 +232,8 @@ print(f"GRPOConfig defaults: beta {defaults.beta}, num_generations {defaults.num
 # The recipe: PEFT's **`LoraConfig`**, TRL's **`GRPOConfig`** and **`GRPOTrainer`**, given the reward functions.
 # `grpo.preset_grpo_args` holds the machine's arguments (precision, device, no checkpointing, a log per step).
 # On the CPU preset the trainer is `GRPOTrainer` with two changes of speed (`grpo.grpo_trainer_class`): its LM
-# head scores the reply tokens only, as TRL's kernel does on a GPU, and it runs each prompt once for its group of
-# replies (section 4); tests/test_rlhf.py compares the logged numbers with `GRPOTrainer`'s. Both
+# head scores the reply tokens only, as TRL's kernel does on a GPU, and in float32 it runs each prompt once for its
+# group of replies (section 4); tests/test_rlhf.py compares the logged numbers with `GRPOTrainer`'s. Both
 # runs: 8 steps, 2 prompts × 4 replies a step, at most 12 new tokens, learning rate 5e-4, $\beta = 0$. One
 # thing changes: the reward the policy is trained on. The checker is passed to both runs with weight 0, so it is
 # logged (the share right of each step's samples) but trains nothing.
@@ -337,13 +337,15 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
 # grow with the number of replies and their length (the table below does not split the two). Every reply of a group
 # continues the same prompt, and a prompt is most of a row's tokens here (about 75 of the chat template and the
-# question, against at most 12 of reply). TRL's trainer runs the prompt through the model once per reply. The CPU
-# preset's trainer (`GRPO` above, `preset.share_prompt_forward`) runs each prompt once per step, when it samples
-# and when it scores, and its replies continue from that one computation: the same tokens at the same positions,
-# so the same logged numbers as `GRPOTrainer`'s up to rounding (tests/test_rlhf.py), in less time (the README's
-# benchmark). Section 3's runs give the time of a step with 4 replies per prompt and at most 12 new tokens; two
-# short runs (3 steps each, the checker as the reward) change one of them: 8 replies per prompt, or at most 24 new
-# tokens. The time per step leaves out each run's first step (it includes start-up work).
+# question, against at most 12 of reply). TRL's trainer runs the prompt through the model once per reply. On its
+# float32 path the CPU preset's trainer (`GRPO` above, `preset.share_prompt_forward`) runs each prompt once per
+# step, when it samples and when it scores, and its replies continue from that one computation: the same tokens
+# at the same positions, so the same logged numbers as `GRPOTrainer`'s up to rounding (tests/test_rlhf.py), in
+# less time (the README's benchmark). Under bf16 autocast it does not share yet: there the shorter pass rounds
+# differently, and that path has not been measured with it. Section 3's runs give the time of a step with 4
+# replies per prompt and at most 12 new tokens; two short runs (3 steps each, the checker as the reward) change
+# one of them: 8 replies per prompt, or at most 24 new tokens. The time per step leaves out each run's first step
+# (it includes start-up work).
 
 # %%
 timing = [{"replies per prompt": 4, "max new tokens": 12, "replies a step": 8, "s per step": checked["s_per_step"],
@@ -354,12 +356,16 @@ for group, tokens in ((8, 12), (4, 24)):
                    "s per step": seconds,
                    "mean reply tokens": sum(h["completions/mean_length"] for h in timed_logs) / len(timed_logs)})
 print(plots.table(timing, list(timing[0]), floatfmt=".2f"))
+ratio = timing[1]["s per step"] / timing[0]["s per step"]
+print(f"8 replies per prompt against 4: {ratio:.2f} times the time a step; prompts run once a group: "
+      f"{preset.share_prompt_forward}")
 
 # %% [markdown]
-# Twice the replies cost more time, but well under twice (the table): with each prompt run once for its group,
-# only the replies' own tokens doubled. Run once per reply, as TRL's trainer runs them, the prompts doubled too:
-# the README's GRPO section measured 1.6-1.9 times the time per step for 8 replies against 4, before the CPU
-# trainer shared its prompts. Twice the length limit: the replies used most of it (the last column; sampled at
+# Twice the replies cost more time. With each prompt run once for its group (the line above says whether this
+# run did), only the replies' own tokens doubled, and a step cost well under twice the time (1.3 times on a 2-core
+# EPYC in float32). Run once per reply, as TRL's trainer runs them, the prompts double too, and a step costs
+# between 1.5 and 2.5 times as much (the README's GRPO section measured 1.6-1.9 times, and bf16 autocast runs
+# them that way). Twice the length limit: the replies used most of it (the last column; sampled at
 # temperature 1, many run to the limit), and a step took less than twice the time. The GPU presets have not been
 # measured. The README's GRPO section also measured 8 replies per prompt as better than 4 in all six of its
 # pairings (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within
@@ -528,6 +534,7 @@ write_results("08_grpo", base_metric=m.get("base_right", float("nan")), tuned_me
               hacked_reward_last3=hacked["reward_last3"], hacked_sampled_right_first3=hacked["sampled_right_first3"],
               hacked_sampled_right_last3=hacked["sampled_right_last3"], checked_right=checked["right"],
               checked_reward_first3=checked["reward_first3"], checked_reward_last3=checked["reward_last3"],
+              shares_prompts=preset.share_prompt_forward,
               **{f"step_s_g{t['replies per prompt']}_len{t['max new tokens']}": t["s per step"] for t in timing},
               **{f"reply_tokens_g{t['replies per prompt']}_len{t['max new tokens']}": t["mean reply tokens"]
                  for t in timing},
