@@ -11,6 +11,24 @@ from pathlib import Path
 from typing import Callable
 
 
+def benchmark_args(doc: str, steps: int):
+    """A benchmark's command line (`--preset`, `--steps`, `--runs`, and `--one`, the one measurement a child makes),
+    with warnings silenced: (args, the preset)."""
+    import argparse
+    import warnings
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    from ftcourse.presets import get_preset
+
+    return args, get_preset(args.preset)
+
+
 def measure_in_child(script: str, *args: str) -> dict | None:
     """Run `script *args` in a fresh Python (so peak memory is its own); its `BENCH {json}` line, or None."""
     proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)

@@ -18,7 +18,6 @@ minimum and the median of `--runs` runs (the machine is shared). Writes build/be
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -26,7 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench_io import measure_in_child, write_report
+from bench_io import benchmark_args, measure_in_child, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINERS = ("trl", "labelled_only", "course")
@@ -101,18 +100,7 @@ def _largest_gap(rows: list[dict], reference: list[dict]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    from ftcourse.presets import get_preset
-
-    preset = get_preset(args.preset)
+    args, preset = benchmark_args(__doc__, steps=4)
     if args.one:
         print("BENCH " + json.dumps(run_one(args.one, preset, args.steps)), flush=True)
         return 0

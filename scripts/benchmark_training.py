@@ -17,7 +17,6 @@ of `--runs` runs (the machine is shared). Writes build/benchmark_training_<prese
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -29,7 +28,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench_io import measure_in_child, write_report
+from bench_io import benchmark_args, measure_in_child, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("course", "course_trl_head", "trl", "plain")
@@ -277,18 +276,7 @@ def run_eval(preset, steps: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    from ftcourse.presets import get_preset
-
-    preset = get_preset(args.preset)
+    args, preset = benchmark_args(__doc__, steps=8)
     if args.one:
         row = (run_eval(preset, 12) if args.one == "eval" else run_plain(preset, args.steps) if args.one == "plain"
                else run_trainer_path(args.one, preset, args.steps))
