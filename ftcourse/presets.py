@@ -39,7 +39,7 @@ class Preset:
     # GRPO and RLOO sample and score groups of replies to one prompt, DPO pairs, and an SFT batch's rows start with the
     # same system turn and instruction: the model runs each distinct prompt (or the common prefix) once and shares
     # its cache with the rest of the rows, instead of once per row (ftcourse.training.shared_prompt_*). The same
-    # numbers to float32 rounding (~1e-7 of the hidden states); under bf16 autocast the shorter pass rounds
+    # numbers to float32 rounding (~4e-7 of the hidden states); under bf16 autocast the shorter pass rounds
     # differently (~3e-3 measured, on a CPU that emulates bf16), which moves a run's samples and metrics, so the CPU
     # preset shares in float32 only until the bf16 path is measured with it.
     share_prompt_forward: bool = False

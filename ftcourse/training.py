@@ -552,7 +552,7 @@ def completion_only_trainer(share_prefix: bool = False):
     number of such tokens TRL passes as `num_items_in_batch`), with the LM head's work cut to the share of
     tokens that carry a label. Token accuracy is logged on those positions; entropy is not.
     `share_prefix`: the columns every row of a batch starts with (the chat template's system turn and the task's
-    instruction: 30 of a date row's ~65 tokens) go through the backbone once per batch, not once per row
+    instruction: 37 of a batch of 8 date rows' 93 columns) go through the backbone once per batch, not once per row
     (`completion_logits`); the same loss and gradients up to rounding (tests/test_training.py).
     """
     import torch
@@ -611,10 +611,53 @@ def labelled_positions_only():
         trl_utils._use_triton = original
 
 
-def _active_dropout(model) -> bool:
+MIN_SHARED_COLUMNS = 8  # a shared prefix shorter than this saves less than its second backbone call costs
+
+
+def _unshareable(model) -> str | None:
+    """Why the rows of `model`'s batches may not share a prompt's computation, or None: a dropout that is active
+    (its masks would be shared too: `nn.Dropout` modules, LoRA's among them, or the attention's own rate), activation
+    checkpointing while training (its layers drop the cache the replies need), a 4-bit base (each of the two passes
+    would dequantize every weight again)."""
     import torch
 
-    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in model.modules())
+    llm = getattr(model, "module", model)
+    llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    training = any(m.training for m in llm.modules())
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in llm.modules()):
+        return "dropout"
+    if training and getattr(getattr(llm, "config", None), "attention_dropout", 0.0):
+        return "attention dropout"
+    if training and getattr(llm, "is_activation_checkpointing", False):
+        return "activation checkpointing"
+    if getattr(llm, "is_loaded_in_4bit", False) or getattr(llm, "is_loaded_in_8bit", False):
+        return "quantized base"
+    return None
+
+
+@contextlib.contextmanager
+def _patched(obj, name: str, value):
+    """`obj.name = value` within the block; whatever the instance held before (a hook's wrapper) afterwards."""
+    missing = object()
+    before = vars(obj).get(name, missing)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if before is missing:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, before)
+
+
+def _first_of_each(inverse, rows: int):
+    """The first row of each group `torch.unique(..., return_inverse=True)` found."""
+    import torch
+
+    index = torch.arange(rows, device=inverse.device)
+    groups = int(inverse.max()) + 1
+    return torch.full((groups,), rows, device=inverse.device, dtype=index.dtype).scatter_reduce(0, inverse, index,
+                                                                                              reduce="amin")
 
 
 @contextlib.contextmanager
@@ -624,14 +667,16 @@ def shared_prompt_backbone(model, prompt_length: int, counter: list | None = Non
     GRPO and RLOO score groups of sampled replies to the same prompt: a batch of 16 rows holds 2 prompts 8 times
     each, and TRL's forward runs the model over all 16 copies of ~76 prompt tokens to score ~12 reply tokens per
     row; DPO scores each prompt twice, with its chosen and its rejected reply. Here the first `prompt_length`
-    columns (GRPO's and RLOO's left-padded prompts; for DPO's right-padded rows, the columns every row's prompt
-    fills) of the distinct rows go through the backbone once, with the cache kept; the cache and those hidden states
-    are indexed back out to every row (`index_select`, so each copy's gradient flows back into the one computation),
-    and the rest of each row runs on that cache. Each position sees the same tokens at the same position ids and the same attention mask as in
-    the full forward, so the hidden states are the same up to floating-point rounding (tests/test_rlhf.py); the
-    LM head and the loss that follow are TRL's. Rows are not shared while a dropout layer is active (its masks
-    would be shared too), nor when every prompt is distinct, nor for inputs other than ids and a mask.
-    `counter`, if given, collects the (rows, columns) of each backbone call (for tests and benchmarks).
+    columns (GRPO's and RLOO's left-padded prompts; for DPO's and SFT's right-padded rows, the columns every row's
+    prompt fills) of the distinct rows go through the backbone once, with the cache kept; the cache and those hidden
+    states are indexed back out to every row (`index_select`, so each copy's gradient flows back into the one
+    computation), and the rest of each row runs on that cache. Each position sees the same tokens at the same
+    position ids and the same attention mask as in the full forward, so the hidden states are the same up to
+    floating-point rounding (tests/test_rlhf.py); the LM head and the loss that follow are TRL's. The full forward
+    runs instead when `_unshareable` gives a reason, when every prompt is distinct or shorter than
+    `MIN_SHARED_COLUMNS`, for inputs other than ids and a mask, and whenever the prompt pass left no cache of the
+    prompt's length. `counter`, if given, collects the (rows, columns) of each backbone call (for tests and
+    benchmarks): the prompt pass and the rest, or the whole batch.
     """
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -647,24 +692,27 @@ def shared_prompt_backbone(model, prompt_length: int, counter: list | None = Non
 
     def forward(input_ids=None, attention_mask=None, **kwargs):
         use_cache = kwargs.pop("use_cache", None)
-        width = input_ids.size(1) if input_ids is not None else 0
-        asked = {k for k, v in kwargs.items() if v is not None and v is not False and k != "return_dict"}
-        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or not 0 < prompt_length < width
-                or asked or _active_dropout(backbone)):
+
+        def full():
             count(input_ids if input_ids is not None else torch.empty(0, 0))
             return original(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+
+        width = input_ids.size(1) if input_ids is not None else 0
+        asked = {k for k, v in kwargs.items() if v is not None and v is not False and k != "return_dict"}
+        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or asked
+                or not MIN_SHARED_COLUMNS <= prompt_length < width or _unshareable(model)):
+            return full()
         heads = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length].to(input_ids.dtype)], dim=1)
         distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
         if distinct.size(0) == input_ids.size(0):
-            count(input_ids)
-            return original(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-        rows = torch.arange(input_ids.size(0), device=input_ids.device)
-        first = torch.full((distinct.size(0),), input_ids.size(0), device=input_ids.device,
-                           dtype=rows.dtype).scatter_reduce(0, inverse, rows, reduce="amin")
+            return full()
+        first = _first_of_each(inverse, input_ids.size(0))
         prompts = original(input_ids=input_ids[first, :prompt_length],
                            attention_mask=attention_mask[first, :prompt_length], use_cache=True)
-        count(input_ids[first, :prompt_length])
         cache = prompts.past_key_values
+        if cache is None or cache.get_seq_length() != prompt_length:  # a layer that keeps no cache: run it whole
+            return full()
+        count(input_ids[first, :prompt_length])
         cache.batch_select_indices(inverse)
         replies = original(input_ids=input_ids[:, prompt_length:], attention_mask=attention_mask,
                            past_key_values=cache, use_cache=True)
@@ -672,11 +720,8 @@ def shared_prompt_backbone(model, prompt_length: int, counter: list | None = Non
         hidden = torch.cat([prompts.last_hidden_state.index_select(0, inverse), replies.last_hidden_state], dim=1)
         return BaseModelOutputWithPast(last_hidden_state=hidden)
 
-    backbone.forward = forward
-    try:
+    with _patched(backbone, "forward", forward):
         yield
-    finally:
-        del backbone.forward  # the instance attribute: the class's forward again
 
 
 @contextlib.contextmanager
@@ -688,8 +733,9 @@ def shared_prompt_generation(model, counter: list | None = None):
     row but its last goes through the model once, at the position ids `generate` gives it (the mask's running count),
     the cache is indexed out to every row, and `generate` goes on from it: each row's last prompt token, then the
     replies, sampled as before from the same random stream. The same tokens at the same positions under the same mask,
-    so the same logits up to floating-point rounding. Rows are not shared while a dropout layer is active, when every
-    prompt is distinct, or for arguments other than ids, a mask and a generation config without a cache of its own.
+    so the same logits up to floating-point rounding. `generate` runs as it is when `_unshareable` gives a reason,
+    when every prompt is distinct or shorter than `MIN_SHARED_COLUMNS`, for arguments other than ids, a mask and a
+    generation config, and for a config that brings its own cache, no cache, beams or several sequences a prompt.
     `counter`, if given, collects the (rows, columns) each prefill ran (for tests and benchmarks): the distinct rows'
     prefix, or the whole batch when nothing was shared.
     """
@@ -699,23 +745,25 @@ def shared_prompt_generation(model, counter: list | None = None):
     original = model.generate
     llm = model.get_base_model() if hasattr(model, "get_base_model") else model
 
+    def plain_sampling(config) -> bool:  # transformers 5 leaves a field it was not given at None: its default
+        return (config is not None and getattr(config, "cache_implementation", None) is None
+                and getattr(config, "use_cache", None) is not False and (getattr(config, "num_beams", None) or 1) == 1
+                and (getattr(config, "num_return_sequences", None) or 1) == 1)
+
     def generate(input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-        config_cache = getattr(generation_config, "cache_implementation", None)
-        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or input_ids.size(1) < 2 or kwargs
-                or config_cache is not None or _active_dropout(model)):
+        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or kwargs
+                or input_ids.size(1) <= MIN_SHARED_COLUMNS or not plain_sampling(generation_config)
+                or _unshareable(model)):
+            distinct = None
+        else:
+            heads = torch.cat([input_ids[:, :-1], attention_mask[:, :-1].to(input_ids.dtype)], dim=1)
+            distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
+        if distinct is None or distinct.size(0) == input_ids.size(0):
             if counter is not None and input_ids is not None:
                 counter.append(tuple(input_ids.shape))
             return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                             **kwargs)
-        heads = torch.cat([input_ids[:, :-1], attention_mask[:, :-1].to(input_ids.dtype)], dim=1)
-        distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
-        if distinct.size(0) == input_ids.size(0):
-            if counter is not None:
-                counter.append(tuple(input_ids.shape))
-            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
-        rows = torch.arange(input_ids.size(0), device=input_ids.device)
-        first = torch.full((distinct.size(0),), input_ids.size(0), device=input_ids.device,
-                           dtype=rows.dtype).scatter_reduce(0, inverse, rows, reduce="amin")
+        first = _first_of_each(inverse, input_ids.size(0))
         prefix_mask = attention_mask[first, :-1]
         positions = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
         cache = DynamicCache(config=llm.config)
@@ -728,11 +776,8 @@ def shared_prompt_generation(model, counter: list | None = None):
         return original(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
                         generation_config=generation_config)
 
-    model.generate = generate
-    try:
+    with _patched(model, "generate", generate):
         yield
-    finally:
-        del model.generate  # the instance attribute: the class's generate again
 
 
 # The method of each TRL trainer inside which its fused LM head runs (the policy's and the reference's forwards).
@@ -773,12 +818,11 @@ def scoring_labelled_positions_only(trainer_cls, share_prompts: bool = False):
     per reply: when GRPO's and RLOO's replies are sampled (`shared_prompt_generation`) and when any of the three
     scores them (`shared_prompt_backbone`; for DPO, the columns every row's prompt fills, shared by a pair's chosen
     and rejected rows)."""
-    name = next((SCORING_METHODS[c.__name__] for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
-    if name is None:
+    library = next((c.__name__ for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
+    if library is None:
         raise ValueError(f"{trainer_cls.__name__} is none of {sorted(SCORING_METHODS)}: the method its fused LM head "
                          "runs in is not known here.")
-    library = next((c.__name__ for c in trainer_cls.__mro__ if c.__name__ in SCORING_METHODS), None)
-    grouped = library in GROUPED_REPLY_TRAINERS
+    name, grouped = SCORING_METHODS[library], library in GROUPED_REPLY_TRAINERS
     method = getattr(trainer_cls, name)
 
     def scoring(self, *args, **kwargs):
@@ -807,10 +851,9 @@ def preset_trainer_class(trainer_cls, preset):
     """The TRL trainer a preset trains with: on a preset that scores labelled positions only (the CPU's),
     `scoring_labelled_positions_only(trainer_cls)`, which for GRPO, RLOO and DPO also runs each distinct prompt once
     when the preset shares prompts (`share_prompt_forward`); otherwise (the GPU presets) `trainer_cls` itself."""
-    if not preset.lm_head_on_labels_only:
+    if not preset.lm_head_on_labels_only:  # the GPU presets: TRL's trainer (and its forwards) unchanged
         return trainer_cls
-    shares = any(c.__name__ in GROUPED_REPLY_TRAINERS + PAIRED_REPLY_TRAINERS for c in trainer_cls.__mro__)
-    return scoring_labelled_positions_only(trainer_cls, share_prompts=shares and preset.share_prompt_forward)
+    return scoring_labelled_positions_only(trainer_cls, share_prompts=preset.share_prompt_forward)
 
 
 class TrainingRecorder:
@@ -1015,11 +1058,14 @@ def compare_layouts(tokenizer, examples: Sequence[Example], preset: Preset, setu
     """Train the same LoRA fine-tune three ways (padded, length-grouped, packed) for one epoch each.
 
     Each run starts from a fresh copy of the base model and sees the same examples. Packed rows hold
-    `batch_size` examples' worth of tokens, so a step does the same real work in every layout.
+    `batch_size` examples' worth of tokens, so a step does the same real work in every layout. The rows' common
+    prefix is not shared (`share_prompt_forward` off): a packed row cannot share it, so sharing would add a second
+    difference between the layouts to the one measured, their padding.
     Returns one row per layout: real tokens/s, padding fraction, the bound 1/(1 - padding) and losses.
     """
     from .models import load_model
 
+    preset = dataclasses.replace(preset, share_prompt_forward=False)
     rows = []
     for layout in LAYOUTS:
         run = layout_run_setup(tokenizer, examples, setup, layout)

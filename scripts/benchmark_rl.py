@@ -3,7 +3,7 @@
     python scripts/benchmark_rl.py --preset cpu [--steps 4] [--runs 3]      (or: make benchmark)
 
 The shape of notebook 08's Exercise 8.2 reference: 2 prompts x 8 sampled replies a step, at most 12 new tokens,
-temperature 0.7, LoRA r=16 on the attention projections, lr 5e-4, beta 0, the task's checker as the reward. Three
+temperature 0.7, LoRA of the preset's rank on the attention projections, lr 5e-4, beta 0, the task's checker as the reward. Three
 trainers, each in its own process (its peak memory is its own):
 - `trl`: TRL's `GRPOTrainer` as it is, with the preset's machine arguments;
 - `labelled_only`: its subclass whose fused LM head scores the reply tokens only (the course's path before prompts
@@ -128,7 +128,7 @@ def main() -> int:
                      "loss_gap": gap["loss"], "reward_gap": gap["reward"], "length_gap": gap["completions/mean_length"]})
     header = (f"preset={preset.name} ({preset.describe()}); GRPO, 08's exercise shape: 2 prompts x 8 replies, at most 12 "
               f"new tokens, LoRA r={preset.lora_r} on q/k/v/o; {args.steps} steps (the first left out of the times); "
-              f"{args.runs} runs")
+              f"{args.runs} runs; the preset shares prompts: {preset.share_prompt_forward}")
     text = "\n\n".join([
         table(rows, list(rows[0]), floatfmt=".3f"),
         "*_gap: the largest |difference| from trl's logged value over the steps of the first run (loss, mean reward, "

@@ -227,14 +227,14 @@ def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tok
 def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_the_lm_head(tokenizer, tmp_path):
     """`dpo_trainer_class` on the CPU preset: the same losses, rewards, log-probabilities and metrics as TRL's
     `DPOTrainer` over 2 steps from the same seed, in every call its fused LM head projects fewer rows (the
-    replies' tokens, not every position), and its backbone runs the prompt columns of each pair once for its chosen
-    and rejected rows: a TRL change that silently dropped either speed-up fails here."""
+    replies' tokens, not every position), and in float32 its backbone runs the prompt columns of each pair once for
+    its chosen and rejected rows: a TRL change that silently dropped either speed-up fails here."""
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
     from conftest import counting_lm_head_rows
     from ftcourse.presets import get_preset
 
-    preset = dataclasses.replace(get_preset("cpu"), bf16=False, share_prompt_forward=True)  # its float32 path
+    preset = get_preset("cpu")
     positions: list[tuple] = []  # (rows, columns) of each backbone call: the shared prompts, then the rest
     cpu_class = type("Counting", (dpo.dpo_trainer_class(preset),), {"backbone_positions": positions})
     assert preset.lm_head_on_labels_only and issubclass(cpu_class, DPOTrainer) and cpu_class is not DPOTrainer
@@ -255,8 +255,10 @@ def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_
     ours, theirs = logged(cpu_class), logged(DPOTrainer)
     mine, full = scored_rows[cpu_class.__name__], scored_rows["DPOTrainer"]
     assert len(mine) == len(full) == 4 and all(m < f for m, f in zip(mine, full)), (mine, full)  # policy + reference
-    # each call ran the 4 pairs' common prompt columns once, then the 8 rows (chosen, rejected) from there
-    assert len(positions) == 8 and all(p[0] == 4 and r[0] == 8 for p, r in zip(positions[::2], positions[1::2])), positions
+    if preset.share_prompt_forward:  # float32: each call ran the 4 pairs' common prompt columns once, then the 8 rows
+        assert len(positions) == 8 and all(p[0] == 4 and r[0] == 8 for p, r in zip(positions[::2], positions[1::2]))
+    else:  # bf16 autocast: TRL's forwards
+        assert positions == []
     assert len(ours) == len(theirs) == 2 and ours[0].keys() == theirs[0].keys() and "rewards/margins" in ours[0]
     assert theirs[1]["rewards/margins"] != 0  # the second step compares a moved policy, not zeros
     for a, b in zip(ours, theirs):

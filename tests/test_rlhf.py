@@ -239,22 +239,12 @@ def test_the_lab_figure_and_widget_draw_and_a_click_redraws():
     assert "ftcourse-lab-rlhf" in box._dom_classes
 
 
-def _fp32_cpu_preset():
-    """The CPU preset on its float32 path, where it shares prompts (`share_prompt_forward`) on any machine."""
-    import dataclasses
-
-    from ftcourse.presets import get_preset
-
-    preset = dataclasses.replace(get_preset("cpu"), bf16=False, fp16=False, share_prompt_forward=True)
-    assert preset.lm_head_on_labels_only
-    return preset
-
-
-def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokenizer, tmp_path, preset=None) -> dict:
+def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokenizer, tmp_path) -> dict:
     """Two steps of `cpu_class` and of `library_class` from the same seed, beta > 0, a random adapter (so the KL is
     not zero), on the course model cut to 2 layers: every logged number (rewards, KL, entropy, loss, clip ratios)
     is the same, and in every call the CPU class's fused LM head projects fewer rows (the replies' tokens, not
-    every position), so a TRL change that silently dropped the speed-up fails here."""
+    every position), so a TRL change that silently dropped the speed-up fails here. Returns the (rows, columns) of the
+    CPU class's shared-prompt passes (`_ran_each_prompt_once` reads them)."""
     from peft import LoraConfig
 
     from conftest import counting_lm_head_rows, keep_first_layers
@@ -263,14 +253,14 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
 
     assert issubclass(cpu_class, library_class) and cpu_class is not library_class
     scored_rows: dict[str, list[int]] = {}
-    positions: dict[str, list[int]] = {"backbone_positions": [], "prefill_positions": []}
+    positions: dict[str, list[tuple]] = {"backbone_positions": [], "prefill_positions": []}
 
     def logged(trainer_class) -> list[dict]:
         model = load_model()
         keep_first_layers(model, 2)
         args = config_class(output_dir=str(tmp_path / trainer_class.__name__), max_steps=2, per_device_train_batch_size=4,
                             num_generations=2, max_completion_length=8, beta=0.05, learning_rate=1e-3, seed=0,
-                            **rlhf.preset_rl_args(preset or get_preset("cpu")))
+                            **rlhf.preset_rl_args(get_preset("cpu")))
         trainer = trainer_class(model=model, reward_funcs=[lambda completions, **_: [len(rlhf.reply_text(c)) / 10
                                                                                     for c in completions]],
                                 args=args, train_dataset=rlhf.rl_dataset(prefs.make_questions(8, 1)),
@@ -295,11 +285,17 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
     return positions
 
 
-def _shared_every_prompt_once(positions: dict[str, list[tuple]]) -> None:
-    """Each prompt of 2 replies went through the model once: a prefill of the 2 distinct prompts (all but their last
-    token) per sampled batch of 4 rows, and in every scoring call (policy, reference) a pass of the 2 prompts, then
-    one of the 4 rows' replies on their cache."""
+def _ran_each_prompt_once(positions: dict[str, list[tuple]]) -> None:
+    """On the CPU preset's float32 path each prompt of 2 replies went through the model once: a prefill of the 2
+    distinct prompts (all but their last token) per sampled batch of 4 rows, and in every scoring call (policy,
+    reference) a pass of the 2 prompts, then one of the 4 rows' replies on their cache. Under bf16 autocast (no
+    sharing there yet) the forwards are TRL's: nothing was recorded."""
+    from ftcourse.presets import get_preset
+
     prefills, scoring = positions["prefill_positions"], positions["backbone_positions"]
+    if not get_preset("cpu").share_prompt_forward:
+        assert prefills == scoring == [], positions
+        return
     assert len(prefills) == 2 and all(rows == 2 for rows, _ in prefills), positions  # 2 steps, one batch sampled each
     assert len(scoring) >= 8 and len(scoring) % 2 == 0, positions  # 2 steps, a policy and a reference call each
     assert all(prompt[0] == 2 and replies[0] == 4 for prompt, replies in zip(scoring[::2], scoring[1::2])), positions
@@ -359,6 +355,40 @@ def test_shared_prompt_forwards_give_the_full_forwards_numbers(model_and_tokeniz
     backbone = model.get_base_model().base_model
     assert "forward" not in vars(backbone)
 
+    # where sharing would be wrong or slower, the full forward runs (one call of all 6 rows), with its numbers
+    def calls_when(change) -> list[tuple]:
+        counter: list[tuple] = []
+        with change(), torch.no_grad(), labelled_positions_only(), shared_prompt_backbone(model, width, counter):
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        assert torch.allclose(out.log_probs[:, -keep:], full[0], atol=1e-4) or change is dropout
+        return counter
+
+    @contextlib.contextmanager
+    def checkpointing():  # its layers would keep no cache: the replies would run without their prompt
+        model.train()
+        model.get_base_model().activation_checkpointing_enable()
+        try:
+            yield
+        finally:
+            model.get_base_model().activation_checkpointing_disable()
+
+    @contextlib.contextmanager
+    def dropout():  # the attention's own rate: shared rows would share its masks
+        model.train()
+        model.get_base_model().config.attention_dropout = 0.1
+        try:
+            yield
+        finally:
+            model.get_base_model().config.attention_dropout = 0.0
+
+    assert calls_when(checkpointing) == calls_when(dropout) == [(6, ids.size(1))]
+    hook = backbone.forward  # an instance attribute that was there before (an accelerate hook, say) comes back
+    backbone.forward = hook
+    with shared_prompt_backbone(model, width):
+        assert backbone.forward is not hook
+    assert vars(backbone)["forward"] is hook
+    del backbone.forward
+
     model.eval()
     sampling = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, pad_token_id=tokenizer.pad_token_id)
     sampled = {}
@@ -373,42 +403,30 @@ def test_shared_prompt_forwards_give_the_full_forwards_numbers(model_and_tokeniz
 
 
 def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path):
-    """The CPU preset's RLOO trainer on its float32 path (its fused LM head scoring the reply tokens only, each prompt
-    run once for its replies) against `RLOOTrainer` itself (`_online_trainers_log_the_same`); the GPU presets get
+    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only and, in float32, each prompt run
+    once for its replies) against `RLOOTrainer` itself (`_online_trainers_log_the_same`); the GPU presets get
     `RLOOTrainer` unchanged."""
     from trl import RLOOConfig, RLOOTrainer
 
     from ftcourse.presets import get_preset
 
     assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
-    fp32 = _fp32_cpu_preset()
-    _shared_every_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(fp32), RLOOTrainer, RLOOConfig,
-                                                            model_and_tokenizer[1], tmp_path, fp32))
+    _ran_each_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(get_preset("cpu")), RLOOTrainer,
+                                                        RLOOConfig, model_and_tokenizer[1], tmp_path))
 
 
-def test_the_labelled_positions_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path):
-    """The CPU preset's GRPO trainer (notebook 08: its fused LM head scoring the reply tokens only, each distinct prompt
-    run once per batch) and `training.scoring_labelled_positions_only(GRPOTrainer)` (the head alone) against
-    `GRPOTrainer` itself, the same way; a trainer whose scoring method is not known is refused, and so is sharing
-    prompts for a trainer that does not sample groups."""
+def test_the_cpu_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path):
+    """The CPU preset's GRPO trainer (notebook 08: its fused LM head scoring the reply tokens only and, in float32,
+    each distinct prompt run once per batch) against `GRPOTrainer` itself, the same way; the GPU presets get
+    `GRPOTrainer`, and a trainer whose scoring method is not known is refused."""
     from trl import GRPOConfig, GRPOTrainer, SFTTrainer
-
-    from ftcourse.training import scoring_labelled_positions_only
 
     from ftcourse import grpo
     from ftcourse.presets import get_preset
+    from ftcourse.training import scoring_labelled_positions_only
 
-    fp32 = _fp32_cpu_preset()
-    _shared_every_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(fp32), GRPOTrainer, GRPOConfig,
-                                                            model_and_tokenizer[1], tmp_path, fp32))
+    _ran_each_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(get_preset("cpu")), GRPOTrainer,
+                                                        GRPOConfig, model_and_tokenizer[1], tmp_path))
     assert grpo.grpo_trainer_class(get_preset("t4")) is GRPOTrainer
-    # the LM head's change alone, on this machine's CPU path (bf16 autocast where it pays)
-    positions = _online_trainers_log_the_same(scoring_labelled_positions_only(GRPOTrainer), GRPOTrainer, GRPOConfig,
-                                              model_and_tokenizer[1], tmp_path)
-    assert positions == {"backbone_positions": [], "prefill_positions": []}  # without share_prompts: TRL's forwards
     with pytest.raises(ValueError, match="SFTTrainer is none of"):
         scoring_labelled_positions_only(SFTTrainer)
-    with pytest.raises(ValueError, match="RewardTrainer is none of"):
-        from trl import RewardTrainer
-
-        scoring_labelled_positions_only(RewardTrainer, share_prompts=True)

@@ -78,6 +78,18 @@ def test_plain_prompt_format_dataset():
         to_prompt_completion([Example("Q?", "A")], "alpaca")
 
 
+def test_common_prefix_width_counts_the_columns_every_row_shares():
+    import torch
+
+    from ftcourse.training import common_prefix_width
+
+    ids = torch.tensor([[1, 2, 3, 4, 9], [1, 2, 3, 5, 0], [1, 2, 3, 4, 0]])
+    assert common_prefix_width(ids) == 3
+    assert common_prefix_width(ids, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])) == 2  # masked
+    assert common_prefix_width(ids[:1]) == 0 and common_prefix_width(ids[[0, 0]]) == 5  # one row; identical rows
+    assert common_prefix_width(torch.tensor([[7, 1], [8, 1]])) == 0
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_the_completion_only_loss_equals_trls(tmp_path, bf16):
     """The CPU preset's trainer computes SFTTrainer's loss (mean NLL of the completion tokens) and its gradients,

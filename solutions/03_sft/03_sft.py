@@ -218,8 +218,9 @@ del trainer
 # On the CPU preset the trainer is a small subclass of `SFTTrainer` (`ftcourse.training.completion_only_trainer`):
 # the same loss, with the language-model head computed only where a label is kept, which is most of the
 # speed-up the README's benchmark measures; in float32 it also runs the tokens every row of a batch starts with
-# (the system turn and the instruction above, about half of a row) once per batch instead of once per row, with
-# the same loss and gradients up to rounding. On a GPU it is `SFTTrainer` itself. Everything else is TRL's.
+# (the system turn and the instruction above: 37 of a batch of 8 date rows' 93 columns) once per batch instead of
+# once per row, with the same loss and gradients up to rounding (not in §4's comparison, which measures padding
+# alone). On a GPU it is `SFTTrainer` itself. Everything else is TRL's.
 #
 # ## 4 · Three batch layouts: where does the time go?
 # Examples have different lengths, and a batch is a rectangle: **padded** batches fill short rows with

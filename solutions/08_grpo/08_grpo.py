@@ -336,8 +336,8 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # ## 4 · What a step costs
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
 # grow with the number of replies and their length (the table below does not split the two). Every reply of a group
-# continues the same prompt, and a prompt is most of a row's tokens here (about 75 of the chat template and the
-# question, against at most 12 of reply). TRL's trainer runs the prompt through the model once per reply. On its
+# continues the same prompt, and a prompt is most of a row's tokens here (the chat template's system turn and the
+# question, against at most 12 tokens of reply). TRL's trainer runs the prompt through the model once per reply. On its
 # float32 path the CPU preset's trainer (`GRPO` above, `preset.share_prompt_forward`) runs each prompt once per
 # step, when it samples and when it scores, and its replies continue from that one computation: the same tokens
 # at the same positions, so the same logged numbers as `GRPOTrainer`'s up to rounding (tests/test_rlhf.py), in
@@ -362,7 +362,7 @@ print(f"8 replies per prompt against 4: {ratio:.2f} times the time a step; promp
 
 # %% [markdown]
 # Twice the replies cost more time. With each prompt run once for its group (the line above says whether this
-# run did), only the replies' own tokens doubled, and a step cost well under twice the time (1.3 times on a 2-core
+# run did), only the replies' own tokens doubled, and a step cost less than twice the time (1.3 times on a 2-core
 # EPYC in float32). Run once per reply, as TRL's trainer runs them, the prompts double too, and a step costs
 # between 1.5 and 2.5 times as much (the README's GRPO section measured 1.6-1.9 times, and bf16 autocast runs
 # them that way). Twice the length limit: the replies used most of it (the last column; sampled at
