@@ -3,8 +3,8 @@
     python scripts/benchmark_rl.py --preset cpu [--steps 4] [--runs 3]      (or: make benchmark)
 
 The shape of notebook 08's Exercise 8.2 reference: 2 prompts x 8 sampled replies a step, at most 12 new tokens,
-temperature 0.7, LoRA of the preset's rank on the attention projections, lr 5e-4, beta 0, the task's checker as the reward. Three
-trainers, each in its own process (its peak memory is its own):
+temperature 0.7, LoRA of the preset's rank on the attention projections, lr 5e-4, beta 0, the task's checker as the
+reward. Three trainers, each in its own process (its peak memory is its own):
 - `trl`: TRL's `GRPOTrainer` as it is, with the preset's machine arguments;
 - `labelled_only`: its subclass whose fused LM head scores the reply tokens only (the course's path before prompts
   were shared: `training.scoring_labelled_positions_only`);
