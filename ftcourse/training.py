@@ -621,8 +621,7 @@ def _unshareable(model) -> str | None:
     would dequantize every weight again)."""
     import torch
 
-    llm = getattr(model, "module", model)
-    llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    llm = _causal_lm(model)
     training = any(m.training for m in llm.modules())
     if any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in llm.modules()):
         return "dropout"
@@ -650,14 +649,26 @@ def _patched(obj, name: str, value):
             setattr(obj, name, before)
 
 
-def _first_of_each(inverse, rows: int):
-    """The first row of each group `torch.unique(..., return_inverse=True)` found."""
+def _causal_lm(model):
+    """The causal LM inside `model`: under a distributed wrapper (`.module`) and PEFT's model (`get_base_model`)."""
+    llm = getattr(model, "module", model)
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+def _repeated_rows(input_ids, attention_mask, columns: int):
+    """Rows whose first `columns` ids and mask are the same, or None when no row repeats another: (the first row of
+    each distinct group, each row's group)."""
     import torch
 
+    heads = torch.cat([input_ids[:, :columns], attention_mask[:, :columns].to(input_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
+    rows = input_ids.size(0)
+    if distinct.size(0) == rows:
+        return None
     index = torch.arange(rows, device=inverse.device)
-    groups = int(inverse.max()) + 1
-    return torch.full((groups,), rows, device=inverse.device, dtype=index.dtype).scatter_reduce(0, inverse, index,
-                                                                                              reduce="amin")
+    first = torch.full((distinct.size(0),), rows, device=inverse.device, dtype=index.dtype).scatter_reduce(
+        0, inverse, index, reduce="amin")
+    return first, inverse
 
 
 @contextlib.contextmanager
@@ -681,9 +692,7 @@ def shared_prompt_backbone(model, prompt_length: int, counter: list | None = Non
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
-    llm = getattr(model, "module", model)  # a distributed wrapper's model
-    llm = llm.get_base_model() if hasattr(llm, "get_base_model") else llm  # PEFT's model
-    backbone = llm.base_model
+    backbone = _causal_lm(model).base_model
     original = backbone.forward
 
     def count(ids):
@@ -702,11 +711,10 @@ def shared_prompt_backbone(model, prompt_length: int, counter: list | None = Non
         if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or asked
                 or not MIN_SHARED_COLUMNS <= prompt_length < width or _unshareable(model)):
             return full()
-        heads = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length].to(input_ids.dtype)], dim=1)
-        distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
-        if distinct.size(0) == input_ids.size(0):
+        groups = _repeated_rows(input_ids, attention_mask, prompt_length)
+        if groups is None:
             return full()
-        first = _first_of_each(inverse, input_ids.size(0))
+        first, inverse = groups
         prompts = original(input_ids=input_ids[first, :prompt_length],
                            attention_mask=attention_mask[first, :prompt_length], use_cache=True)
         cache = prompts.past_key_values
@@ -743,7 +751,7 @@ def shared_prompt_generation(model, counter: list | None = None):
     from transformers import DynamicCache
 
     original = model.generate
-    llm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    llm = _causal_lm(model)
 
     def plain_sampling(config) -> bool:  # transformers 5 leaves a field it was not given at None: its default
         return (config is not None and getattr(config, "cache_implementation", None) is None
@@ -751,19 +759,16 @@ def shared_prompt_generation(model, counter: list | None = None):
                 and (getattr(config, "num_return_sequences", None) or 1) == 1)
 
     def generate(input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-        if (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or kwargs
-                or input_ids.size(1) <= MIN_SHARED_COLUMNS or not plain_sampling(generation_config)
-                or _unshareable(model)):
-            distinct = None
-        else:
-            heads = torch.cat([input_ids[:, :-1], attention_mask[:, :-1].to(input_ids.dtype)], dim=1)
-            distinct, inverse = torch.unique(heads, dim=0, return_inverse=True)
-        if distinct is None or distinct.size(0) == input_ids.size(0):
+        shareable = not (input_ids is None or attention_mask is None or attention_mask.dim() != 2 or kwargs
+                         or input_ids.size(1) <= MIN_SHARED_COLUMNS or not plain_sampling(generation_config)
+                         or _unshareable(model))
+        groups = _repeated_rows(input_ids, attention_mask, input_ids.size(1) - 1) if shareable else None
+        if groups is None:
             if counter is not None and input_ids is not None:
                 counter.append(tuple(input_ids.shape))
             return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                             **kwargs)
-        first = _first_of_each(inverse, input_ids.size(0))
+        first, inverse = groups
         prefix_mask = attention_mask[first, :-1]
         positions = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
         cache = DynamicCache(config=llm.config)
