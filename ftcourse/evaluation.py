@@ -39,7 +39,9 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     prompts end in pad tokens and the model continues from them (notebook 02 measures what that costs).
     `share_prefix`: the tokens every prompt of a batch starts with (the chat template's system turn, the
     task's instruction, few-shot turns) are run once and their cache is shared by the batch, with the
-    padding placed after them instead of before; the model sees the same tokens at the same positions.
+    padding placed after them instead of before; the model sees the same tokens at the same positions. The prompts'
+    own parts are then run in length buckets, so the padding never goes through the model, and on a CPU the cache
+    grows in place while the replies are generated (`_prefilled_in_buckets`).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -91,8 +93,91 @@ def reply_tokens(tokenizer, replies: Sequence[str]) -> float:
     return sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies) / max(len(replies), 1)
 
 
+# What one more prefill call costs, in prompt tokens of work (its weights read once more, thirty layers of Python):
+# `length_buckets` splits a batch's prompts where the padding it saves is worth more than a call.
+PREFILL_CALL_TOKENS = 32
+
+
+def length_buckets(lengths: Sequence[int], call_tokens: int | None = None) -> list[list[int]]:
+    """Indices of `lengths` in groups to prefill together, shortest first: each group is padded to its longest, and
+    the split minimises the padded tokens plus `call_tokens` (default `PREFILL_CALL_TOKENS`) per group (dynamic
+    programming over the sorted lengths)."""
+    call_tokens = PREFILL_CALL_TOKENS if call_tokens is None else call_tokens
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ordered = [lengths[i] for i in order]
+    best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + (end - start) * ordered[end - 1] + call_tokens
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end]:end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], shared: int, pad_id: int, device,
+                          room: int):
+    """The cache `generate` continues from, for rows laid out as prefix, padding, rest (`shared` prefix columns, then
+    as many as the longest rest): every token of each row but its last. The prefix's cache (one row) goes to every
+    row; the rests run in length buckets (`length_buckets`), each padded only to its own longest, and are placed
+    right-aligned in one cache whose padding columns are zeros that the mask hides. The same tokens at the same
+    positions (the mask's running count), so the same keys and values as one prefill of the padded batch up to
+    floating-point rounding, without running its padding. On a CPU the cache has `room` more columns for the reply,
+    written in place (transformers' `StaticCache`): a growing cache copies itself at every new token."""
+    from transformers import DynamicCache, StaticCache
+
+    n, layers, width = len(rest), config.num_hidden_layers, max(map(len, rest))
+    own_parts: list[tuple[list[int], int, object]] = []  # (rows, columns, the bucket's cache)
+    for group in length_buckets([len(t) - 1 for t in rest]):
+        own = max(len(rest[r]) - 1 for r in group)
+        if own == 0:
+            continue  # these rows' only own token is their last: `generate` runs it
+        ids = torch.full((len(group), own), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(group), shared + own, dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, r in enumerate(group):
+            tail = rest[r][:-1]
+            if tail:
+                ids[i, own - len(tail):] = torch.tensor(tail)
+                mask[i, shared + own - len(tail):] = 1
+        cache = DynamicCache(config=config)
+        for layer in range(layers if shared else 0):
+            cache.update(prefix.layers[layer].keys.expand(len(group), -1, -1, -1).contiguous(),
+                         prefix.layers[layer].values.expand(len(group), -1, -1, -1).contiguous(), layer)
+        model(input_ids=ids.to(device), attention_mask=mask.to(device),
+              position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:].to(device),
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+        own_parts.append((group, own, cache))
+    if not shared and not own_parts:
+        return DynamicCache(config=config)  # nothing before the rows' last tokens: `generate` runs them all
+    parts = []
+    for layer in range(layers):
+        like = [c.layers[layer] for _, _, c in own_parts] or [prefix.layers[layer]]
+        merged = []
+        for kind in ("keys", "values"):
+            sample = getattr(like[0], kind)
+            full = sample.new_zeros(n, sample.size(1), shared + width - 1, sample.size(3))
+            if shared:
+                full[:, :, :shared] = getattr(prefix.layers[layer], kind)
+            for group, own, cache in own_parts:
+                full[torch.tensor(group, device=full.device), :, shared + width - 1 - own:] = \
+                    getattr(cache.layers[layer], kind)[:, :, shared:]
+            merged.append(full)
+        parts.append(merged)
+    static = room and device.type == "cpu" and len({t.dtype for pair in parts for t in pair}) == 1
+    out = (StaticCache(config=config, max_cache_len=shared + width - 1 + room) if static
+           else DynamicCache(config=config))
+    for layer, (keys, values) in enumerate(parts):
+        out.update(keys, values, layer)
+    return out
+
+
 def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new_tokens: int, device) -> list[str]:
-    """Greedy replies to `texts`, whose common first tokens are run once: rows are prefix, padding, rest."""
+    """Greedy replies to `texts`, whose common first tokens are run once: rows are prefix, padding, rest, and the
+    rests are prefilled in length buckets (`_prefilled_in_buckets`), so no padding column goes through the model."""
     from transformers import DynamicCache
 
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -110,10 +195,11 @@ def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new
         rows[r, shared + width - len(tail):], mask[r, shared + width - len(tail):] = torch.tensor(tail), 1
     rows, mask = rows.to(device), mask.to(device)
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-    cache = DynamicCache(config=config)
+    prefix = DynamicCache(config=config)
     if shared:
-        model(input_ids=rows[:1, :shared], attention_mask=mask[:1, :shared], past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(len(ids))
+        model(input_ids=rows[:1, :shared], attention_mask=mask[:1, :shared], past_key_values=prefix, use_cache=True,
+              logits_to_keep=1)
+    cache = _prefilled_in_buckets(model, config, prefix, rest, shared, tokenizer.pad_token_id, device, max_new_tokens)
     out = model.generate(input_ids=rows, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     return tokenizer.batch_decode(out[:, rows.shape[1]:], skip_special_tokens=True)

@@ -83,6 +83,50 @@ def test_a_shared_prompt_prefix_changes_no_reply(model_and_tokenizer):
         assert shared == plain
 
 
+def test_length_buckets_cover_every_row_once_and_weigh_padding_against_calls():
+    from ftcourse.evaluation import length_buckets
+
+    lengths = [5, 30, 6, 29, 5, 31, 18]
+    for call_tokens in (0, 8, 32, 10**6):
+        groups = length_buckets(lengths, call_tokens)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        flat = [lengths[i] for g in groups for i in g]
+        assert flat == sorted(lengths)  # contiguous runs of the sorted lengths, shortest first
+    assert len(length_buckets(lengths, 10**6)) == 1  # a call dearer than any padding: one batch, as before
+    assert len(length_buckets(lengths, 0)) == len(set(lengths))  # free calls: no padding at all
+    assert [sorted(lengths[i] for i in g) for g in length_buckets(lengths, 8)] == [[5, 5, 6], [18], [29, 30, 31]]
+
+
+def test_bucketed_prefill_answers_as_one_padded_batch(model_and_tokenizer):
+    """Prompts whose own parts (after the shared prefix) differ in length go through the model in length buckets,
+    with a cache that grows in place on a CPU; the replies are those of one plain left-padded `generate`, including a
+    prompt whose only own token is its last (nothing of it to prefill)."""
+    from ftcourse import evaluation
+
+    model, tokenizer = model_and_tokenizer
+    head = "Question: what comes next in the list? Answer with the next number only.\n"
+    texts = [head + "1, 2, 3,", head + "10, 20, 30, 40, 50, 60, 70, 80, 90,", head + "2, 4,",
+             head + "5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70,", head + "7, 8"]
+    texts.append(texts[-1] + ",")  # "7, 8" is the shortest: the shared prefix ends one token before its end
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert ids[-1][:len(ids[-2])] == ids[-2], "the test needs one prompt to extend another"
+    shared = min(map(len, ids)) - 1
+    assert len(evaluation.length_buckets([len(x) - shared - 1 for x in ids])) > 1, "the test needs several buckets"
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+    finally:
+        tokenizer.padding_side = side
+    plain = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    with torch.no_grad():
+        bucketed = evaluation._generate_with_shared_prefix(model, tokenizer, texts, 8, torch.device("cpu"))
+    assert bucketed == plain
+
+
 def test_shared_contexts_give_the_same_log_probabilities(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     contexts = ["Question: What colour is the sky?\nAnswer:"] * 3 + ["Question: How many legs has a spider?\nAnswer:"] * 2
