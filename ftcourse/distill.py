@@ -25,6 +25,7 @@ def layer_pruned_student(teacher, keep: Sequence[int]):
     teacher's, in order), with the teacher's weights for them and for everything else (embeddings, final norm,
     head) and its generation settings. The teacher is left untouched."""
     from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     layers = teacher.config.num_hidden_layers
     keep = list(keep)
@@ -35,7 +36,8 @@ def layer_pruned_student(teacher, keep: Sequence[int]):
     config.num_hidden_layers = len(keep)
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[i] for i in keep]
-    student = AutoModelForCausalLM.from_config(config)
+    with no_init_weights():  # every weight is the teacher's, loaded below: a random draw first would be wasted time
+        student = AutoModelForCausalLM.from_config(config)
     renamed = {}
     for name, tensor in teacher.state_dict().items():
         if name.startswith("model.layers."):

@@ -242,8 +242,8 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
 
     Rows are left-padded with explicit position ids, so the continuations end every row and only the
     last few positions need logits (`logits_to_keep`): the vocabulary projection is the costly part.
-    `share_contexts`: a context that several continuations share (a question and its choices) runs once;
-    its cache then serves each continuation, at the same positions.
+    `share_contexts`: a context that several continuations share (a question and its choices) runs once, in a batch
+    of contexts of similar length; its cache then serves each continuation, at the same positions.
     """
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; they must pair up.")
@@ -285,11 +285,12 @@ def _shared_context_logprobs(model, tokenizer, contexts, continuations, batch_si
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    order = list(dict.fromkeys(contexts))
     pairs = [_split_pair(tokenizer, ctx, cont) for ctx, cont in zip(contexts, continuations)]
     by_context: dict[str, list[int]] = {}
     for index, ctx in enumerate(contexts):
         by_context.setdefault(ctx, []).append(index)
+    # batches of contexts of similar length, so that little padding runs (the probe's: 1,536 columns, not 1,856)
+    order = sorted(by_context, key=lambda ctx: len(pairs[by_context[ctx][0]][0]))
     per_batch = max(1, batch_size * len(order) // len(contexts))  # contexts per batch, so a batch holds ~batch_size pairs
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     scores = [0.0] * len(contexts)
