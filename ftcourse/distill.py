@@ -47,7 +47,7 @@ def layer_pruned_student(teacher, keep: Sequence[int]):
         else:
             renamed[name] = tensor
     student.load_state_dict(renamed, strict=True)
-    student.tie_weights()
+    student.tie_weights()  # needed: `no_init_weights` also skipped the tying that initialisation does
     student.generation_config = copy.deepcopy(teacher.generation_config)
     return student.to(next(teacher.parameters()).device).eval()
 

@@ -40,8 +40,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     `share_prefix`: the tokens every prompt of a batch starts with (the chat template's system turn, the
     task's instruction, few-shot turns) are run once and their cache is shared by the batch, with the
     padding placed after them instead of before; the model sees the same tokens at the same positions. The prompts'
-    own parts are then run in length buckets, so the padding never goes through the model, and on a CPU the cache
-    grows in place while the replies are generated (`_prefilled_in_buckets`).
+    own parts are then run in length buckets, so little padding goes through the model, and on a CPU in float32
+    the cache grows in place while the replies are generated (`_prefilled_in_buckets`).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
@@ -123,10 +123,13 @@ def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], 
     """The cache `generate` continues from, for rows laid out as prefix, padding, rest (`shared` prefix columns, then
     as many as the longest rest): every token of each row but its last. The prefix's cache (one row) goes to every
     row; the rests run in length buckets (`length_buckets`), each padded only to its own longest, and are placed
-    right-aligned in one cache whose padding columns are zeros that the mask hides. The same tokens at the same
+    right-aligned in one cache, the columns left of each bucket zeros; the mask hides them. The same tokens at the same
     positions (the mask's running count), so the same keys and values as one prefill of the padded batch up to
-    floating-point rounding, without running its padding. On a CPU the cache has `room` more columns for the reply,
-    written in place (transformers' `StaticCache`): a growing cache copies itself at every new token."""
+    floating-point rounding, without running most of its padding (a bucket's shorter rows are padded to its longest;
+    every padding column, zeros or a pad token's, is masked). On a CPU, when keys and values share one dtype (the
+    float32 path), the cache has `room` more columns for the reply, written in place (transformers' `StaticCache`,
+    which allocates the values in the keys' dtype, so a mixed-dtype cache stays a growing one): a growing cache copies
+    itself at every new token."""
     from transformers import DynamicCache, StaticCache
 
     n, layers, width = len(rest), config.num_hidden_layers, max(map(len, rest))
@@ -175,17 +178,25 @@ def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], 
     return out
 
 
-def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new_tokens: int, device) -> list[str]:
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """How many first tokens every row of `ids` has in common, leaving each row at least one token of its own."""
+    shared = min(len(x) for x in ids) - 1
+    for i, token in enumerate(ids[0][:shared]):
+        if any(x[i] != token for x in ids):
+            return i
+    return shared
+
+
+def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new_tokens: int, device,
+                                 in_place: bool = True) -> list[str]:
     """Greedy replies to `texts`, whose common first tokens are run once: rows are prefix, padding, rest, and the
-    rests are prefilled in length buckets (`_prefilled_in_buckets`), so no padding column goes through the model."""
+    rests are prefilled in length buckets (`_prefilled_in_buckets`), so no padding column goes through the model.
+    `in_place` False keeps the growing cache on a CPU too (tests). A model with sliding-window layers (whose cache
+    keeps only its window) gets the prefix's cache repeated and `generate`'s own prefill of the padded rows."""
     from transformers import DynamicCache
 
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    shared = min(len(x) for x in ids) - 1  # every row keeps at least one token of its own
-    for i, token in enumerate(ids[0][:shared]):
-        if any(x[i] != token for x in ids):
-            shared = i
-            break
+    shared = shared_prefix_length(ids)
     rest = [x[shared:] for x in ids]
     width = max(map(len, rest))
     rows = torch.full((len(ids), shared + width), tokenizer.pad_token_id, dtype=torch.long)
@@ -199,7 +210,12 @@ def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new
     if shared:
         model(input_ids=rows[:1, :shared], attention_mask=mask[:1, :shared], past_key_values=prefix, use_cache=True,
               logits_to_keep=1)
-    cache = _prefilled_in_buckets(model, config, prefix, rest, shared, tokenizer.pad_token_id, device, max_new_tokens)
+    if any(getattr(layer, "is_sliding", False) for layer in prefix.layers):
+        prefix.batch_repeat_interleave(len(ids))
+        cache = prefix
+    else:
+        cache = _prefilled_in_buckets(model, config, prefix, rest, shared, tokenizer.pad_token_id, device,
+                                      max_new_tokens if in_place else 0)
     out = model.generate(input_ids=rows, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     return tokenizer.batch_decode(out[:, rows.shape[1]:], skip_special_tokens=True)

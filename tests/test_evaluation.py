@@ -97,34 +97,46 @@ def test_length_buckets_cover_every_row_once_and_weigh_padding_against_calls():
     assert [sorted(lengths[i] for i in g) for g in length_buckets(lengths, 8)] == [[5, 5, 6], [18], [29, 30, 31]]
 
 
-def test_bucketed_prefill_answers_as_one_padded_batch(model_and_tokenizer):
-    """Prompts whose own parts (after the shared prefix) differ in length go through the model in length buckets,
-    with a cache that grows in place on a CPU; the replies are those of one plain left-padded `generate`, including a
-    prompt whose only own token is its last (nothing of it to prefill)."""
-    from ftcourse import evaluation
-
-    model, tokenizer = model_and_tokenizer
-    head = "Question: what comes next in the list? Answer with the next number only.\n"
-    texts = [head + "1, 2, 3,", head + "10, 20, 30, 40, 50, 60, 70, 80, 90,", head + "2, 4,",
-             head + "5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70,", head + "7, 8"]
-    texts.append(texts[-1] + ",")  # "7, 8" is the shortest: the shared prefix ends one token before its end
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert ids[-1][:len(ids[-2])] == ids[-2], "the test needs one prompt to extend another"
-    shared = min(map(len, ids)) - 1
-    assert len(evaluation.length_buckets([len(x) - shared - 1 for x in ids])) > 1, "the test needs several buckets"
+def _plain_greedy(model, tokenizer, texts, new_tokens):
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     finally:
         tokenizer.padding_side = side
-    plain = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_bucketed_prefill_answers_as_one_padded_batch(model_and_tokenizer):
+    """Prompts whose own parts (after the shared prefix) differ in length go through the model in length buckets,
+    with the cache written in place on a CPU or grown as `generate` grows it; the replies are those of one plain
+    left-padded `generate`, including a prompt whose only own token is its last (nothing of it to prefill), a batch
+    with no shared prefix, and a single prompt."""
+    from ftcourse import evaluation
+
+    model, tokenizer = model_and_tokenizer
+    head = "Question: what comes next in the list? Answer with the next number only.\n7, "
+    texts = [head + "8", head + "9, 11,", head + "14, 21, 28, 35, 42, 49, 56, 63, 70, 77,", head + "10, 13, 16,",
+             head + "6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7,"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shared = evaluation.shared_prefix_length(ids)
+    own = [len(x) - shared for x in ids]
+    assert min(own) == 1, ("the test needs a prompt with nothing of its own to prefill", own)
+    assert len(evaluation.length_buckets([n - 1 for n in own])) > 1, "the test needs several buckets"
+    plain = _plain_greedy(model, tokenizer, texts, 8)
     with torch.no_grad():
-        bucketed = evaluation._generate_with_shared_prefix(model, tokenizer, texts, 8, torch.device("cpu"))
-    assert bucketed == plain
+        for in_place in (True, False):
+            assert evaluation._generate_with_shared_prefix(model, tokenizer, texts, 8, torch.device("cpu"),
+                                                           in_place) == plain, in_place
+        unshared = ["Hello, who are you?", "Name three colours of the rainbow, one per line."]
+        assert evaluation.shared_prefix_length([tokenizer(t, add_special_tokens=False)["input_ids"] for t in unshared]) == 0
+        assert evaluation._generate_with_shared_prefix(model, tokenizer, unshared, 6, torch.device("cpu")) == \
+            _plain_greedy(model, tokenizer, unshared, 6)
+        assert evaluation._generate_with_shared_prefix(model, tokenizer, texts[2:3], 6, torch.device("cpu")) == \
+            _plain_greedy(model, tokenizer, texts[2:3], 6)
 
 
 def test_shared_contexts_give_the_same_log_probabilities(model_and_tokenizer):
