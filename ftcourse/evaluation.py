@@ -190,7 +190,7 @@ def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
 def _generate_with_shared_prefix(model, tokenizer, texts: Sequence[str], max_new_tokens: int, device,
                                  in_place: bool = True) -> list[str]:
     """Greedy replies to `texts`, whose common first tokens are run once: rows are prefix, padding, rest, and the
-    rests are prefilled in length buckets (`_prefilled_in_buckets`), so no padding column goes through the model.
+    rests are prefilled in length buckets (`_prefilled_in_buckets`), so little padding goes through the model.
     `in_place` False keeps the growing cache on a CPU too (tests). A model with sliding-window layers (whose cache
     keeps only its window) gets the prefix's cache repeated and `generate`'s own prefill of the padded rows."""
     from transformers import DynamicCache
