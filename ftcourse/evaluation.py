@@ -158,10 +158,10 @@ def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], 
         return DynamicCache(config=config)  # nothing before the rows' last tokens: `generate` runs them all
     parts = []
     for layer in range(layers):
-        like = [c.layers[layer] for _, _, c in own_parts] or [prefix.layers[layer]]
+        like = own_parts[0][2].layers[layer] if own_parts else prefix.layers[layer]  # the shape and dtype to take
         merged = []
         for kind in ("keys", "values"):
-            sample = getattr(like[0], kind)
+            sample = getattr(like, kind)
             full = sample.new_zeros(n, sample.size(1), shared + width - 1, sample.size(3))
             if shared:
                 full[:, :, :shared] = getattr(prefix.layers[layer], kind)
