@@ -131,10 +131,15 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
     reads it (tests/test_reward.py checks that the two agree). Each conversation keeps at least one token of its
     own. Groups are batched (at most `batch_size` conversations, at least one group) in order of their longest
     conversation, so short ones are not padded to the width of long ones; results come back in `texts`' order.
+    The tokens every group of a batch starts with (the chat template's system turn, the task's instruction) run
+    once for the whole batch, their cache repeated for each group; the conversations' own parts run in length
+    buckets (`evaluation.length_buckets`), so a short chosen reply is not padded to its rejected twin's length.
     Returns (scores, features or None).
     """
     import torch
     from transformers import DynamicCache
+
+    from .evaluation import length_buckets
 
     if sorted(i for group in groups for i in group) != list(range(len(texts))):
         raise ValueError(f"groups must hold each of the {len(texts)} conversations' indices exactly once.")
@@ -159,12 +164,14 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
             while n < limit and all(seq[n] == seqs[0][n] for seq in seqs[1:]):
                 n += 1
             shared.append(n)
-        width = max(shared)
+        common = min(min(shared), _common_length([encoded[groups[g][0]] for g in batch]))  # the whole batch's
+        width = max(shared) - common
         prefix = torch.full((len(batch), width), pad_id, dtype=torch.long)
         prefix_mask = torch.zeros_like(prefix)
         for row, (g, n) in enumerate(zip(batch, shared)):
-            if n:
-                prefix[row, width - n:], prefix_mask[row, width - n:] = torch.tensor(encoded[groups[g][0]][:n]), 1
+            if n > common:
+                prefix[row, width - n + common:] = torch.tensor(encoded[groups[g][0]][common:n])
+                prefix_mask[row, width - n + common:] = 1
         members = [(row, i) for row, g in enumerate(batch) for i in groups[g]]
         rows = torch.tensor([row for row, _ in members])
         rests = [encoded[i][shared[row]:] for row, i in members]
@@ -173,22 +180,46 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
         rest_mask = torch.zeros_like(rest)
         for k, seq in enumerate(rests):
             rest[k, :len(seq)], rest_mask[k, :len(seq)] = torch.tensor(seq), 1
+        head_mask = torch.ones((len(batch), common), dtype=torch.long)
         cache = DynamicCache(config=base.config)
         with torch.no_grad():
+            if common:
+                base.model(input_ids=torch.tensor([encoded[groups[batch[0]][0]][:common]], device=device),
+                           position_ids=torch.arange(common, device=device)[None], past_key_values=cache, use_cache=True)
+                cache.batch_repeat_interleave(len(batch))
             if width:
-                base.model(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
-                           position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device), past_key_values=cache,
-                           use_cache=True)
+                base.model(input_ids=prefix.to(device), attention_mask=torch.cat([head_mask, prefix_mask], 1).to(device),
+                           position_ids=(common + prefix_mask.cumsum(-1) - 1).clamp(min=common).to(device),
+                           past_key_values=cache, use_cache=True)
+            if common or width:
                 cache.batch_select_indices(rows.to(device))
-            positions = prefix_mask.sum(-1)[rows][:, None] + torch.arange(rest_width)[None]
-            out = model(input_ids=rest.to(device), attention_mask=torch.cat([prefix_mask[rows], rest_mask], 1).to(device),
-                        position_ids=positions.to(device), past_key_values=cache if width else None, use_cache=False,
-                        output_hidden_states=features)
-        for k, ((_, i), score) in enumerate(zip(members, out.logits.float().squeeze(-1).tolist())):
-            scores[i] = score
-            if features:
-                states[i] = out.hidden_states[-1][k, int(rest_mask[k].sum()) - 1].float()
+            positions = common + prefix_mask.sum(-1)[rows][:, None] + torch.arange(rest_width)[None]
+            mask = torch.cat([head_mask[rows], prefix_mask[rows], rest_mask], 1)
+            for bucket in length_buckets([len(r) for r in rests]):  # each bucket padded to its own longest rest
+                own, picked = max(len(rests[k]) for k in bucket), torch.tensor(bucket)
+                past = None
+                if common or width:
+                    past = DynamicCache(config=base.config)
+                    for layer, kv in enumerate(cache.layers):
+                        past.update(kv.keys[picked.to(device)], kv.values[picked.to(device)], layer)
+                out = model(input_ids=rest[picked, :own].to(device),
+                            attention_mask=mask[picked, :mask.shape[1] - rest_width + own].to(device),
+                            position_ids=positions[picked, :own].to(device), past_key_values=past, use_cache=False,
+                            output_hidden_states=features)
+                for j, (k, score) in enumerate(zip(bucket, out.logits.float().squeeze(-1).tolist())):
+                    scores[members[k][1]] = score
+                    if features:
+                        states[members[k][1]] = out.hidden_states[-1][j, len(rests[k]) - 1].float()
     return scores, (torch.stack(states) if features else None)
+
+
+def _common_length(seqs: Sequence[Sequence[int]]) -> int:
+    """How many first tokens all of `seqs` have in common."""
+    n = min(map(len, seqs))
+    for i in range(n):
+        if any(seq[i] != seqs[0][i] for seq in seqs[1:]):
+            return i
+    return n
 
 
 def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> tuple[list[float], list[float]]:

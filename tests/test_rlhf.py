@@ -9,6 +9,7 @@ import torch
 
 from ftcourse import preferences as prefs
 from ftcourse import rlhf
+from ftcourse.evaluation import chat_prompt
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,15 @@ def test_sampled_replies_are_seeded_and_judged(model_and_tokenizer):
     assert [len(r) for r in first] == [2, 2, 2]
     greedy = rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, temperature=0)
     assert all(a == b for a, b in greedy)
+    # greedy replies take evaluation's shared-prefix path: the same replies as one left-padded generate call
+    texts = [chat_prompt(tokenizer, q.prompt) for q in questions]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    plain = [r.strip() for r in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+    assert [a for a, _ in greedy] == plain
     judged = rlhf.judge_replies(questions, first)
     assert judged["n"] == 6 and 0 <= judged["right"] <= 1 and judged["judge"] <= judged["right"]
 
