@@ -178,6 +178,9 @@ def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
     import contextlib
 
     import torch
+    from transformers import DynamicCache
+
+    from .evaluation import shared_prefix_length
 
     if reference:
         from trl.trainer.utils import use_adapter
@@ -190,9 +193,13 @@ def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
     out = torch.zeros(len(encoded), dtype=torch.float32)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's LoRA layers stay in
     backbone, head = getattr(base, base.base_model_prefix), base.get_output_embeddings()
+    # rows in order of length (less padding in each batch); the tokens a batch's rows all start with (the chat
+    # template's system turn, the task's instruction) run once, their cache repeated for each row
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     with context, torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
+            picked = order[start:start + batch_size]
+            chunk = [encoded[i] for i in picked]
             width = max(len(p) + len(r) for p, r in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             attention = torch.zeros_like(ids)
@@ -201,16 +208,26 @@ def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
                 ids[row, :len(p) + len(r)] = torch.tensor(p + r)
                 attention[row, :len(p) + len(r)] = 1
                 reply_mask[row, len(p):len(p) + len(r)] = True
-            # the backbone on every position, the LM head and the log-softmax over the vocabulary only where a reply
-            # token is predicted (position t predicts token t + 1): the same numbers as the whole model's logits
+            # at most up to each row's last prompt token, whose state predicts the reply's first token
+            common = min(shared_prefix_length([p + r for p, r in chunk]), min(len(p) for p, _ in chunk) - 1)
+            cache = None
+            if common > 0:
+                cache = DynamicCache(config=base.config)
+                backbone(input_ids=ids[:1, :common].to(device), past_key_values=cache, use_cache=True)
+                cache.batch_repeat_interleave(len(chunk))
+            common = max(common, 0)
+            # the backbone on every other position, the LM head and the log-softmax over the vocabulary only where a
+            # reply token is predicted (position t predicts token t + 1): the same numbers as the whole model's logits
             # there, without projecting every prompt position onto 49k words
-            hidden = backbone(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False).last_hidden_state
-            predicts = reply_mask[:, 1:].to(device)
+            hidden = backbone(input_ids=ids[:, common:].to(device), attention_mask=attention.to(device),
+                              position_ids=torch.arange(common, width, device=device)[None].expand(len(chunk), -1),
+                              past_key_values=cache, use_cache=False).last_hidden_state
+            predicts = reply_mask[:, common + 1:].to(device)
             logits = head(hidden[:, :-1][predicts]).float()
-            token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].to(device)[predicts].unsqueeze(-1))
+            token_logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, common + 1:].to(device)[predicts].unsqueeze(-1))
             rows = torch.arange(len(chunk), device=device).unsqueeze(1).expand_as(predicts)[predicts]
             sums = torch.zeros(len(chunk), device=device).index_add_(0, rows, token_logps.squeeze(-1))
-            out[start:start + len(chunk)] = sums.cpu()
+            out[torch.tensor(picked)] = sums.cpu()
     return out
 
 
