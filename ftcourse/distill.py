@@ -68,10 +68,13 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature: floa
     return alpha * temperature**2 * soft + (1 - alpha) * hard
 
 
-def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: int = 256):
+def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: int = 256, preset=None):
     """The course's completion-only `SFTTrainer` (`training.completion_only_trainer`) whose loss is
     `distillation_loss` against the frozen `teacher`'s logits on the same rows: the student and teacher share the
-    tokenizer, so their completion positions are the same.
+    tokenizer, so their completion positions are the same. With a `preset` that shares prompt computation (the
+    CPU's `share_prompt_forward`), the columns every row of a batch starts with (the chat template's system turn and
+    the date task's instruction) go through the student's and the teacher's backbone once per batch
+    (`training.completion_logits`): the same loss and gradients up to rounding, a step about a third cheaper.
 
     The teacher is frozen, so its logits for a row are computed once and kept (up to `cache_mb` MB, float32): a
     row seen again (notebook 09's 16 steps of 8 on 16 labelled rows see each row 8 times) costs no teacher forward pass.
@@ -80,17 +83,18 @@ def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: in
 
     from .training import completion_logits, completion_only_trainer
 
+    share = bool(preset is not None and preset.share_prompt_forward)
     teacher.eval().requires_grad_(False)
-    kept = TeacherLogits(teacher, cache_mb)
+    kept = TeacherLogits(teacher, cache_mb, share)
 
-    class DistillationTrainer(completion_only_trainer()):
+    class DistillationTrainer(completion_only_trainer(share)):
         teacher_logits = kept  # what it kept, and how many rows it computed and reused
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
             with self.accelerator.autocast():
-                student_logits = completion_logits(model, inputs, mask).float()
+                student_logits = completion_logits(model, inputs, mask, self.share_prefix, self.backbone_positions).float()
                 with torch.no_grad():
                     teacher_logits = kept(inputs, mask)
             if return_outputs:
@@ -104,10 +108,11 @@ class TeacherLogits:
     """A frozen teacher's completion logits (`training.completion_logits`), kept per row (its unpadded token ids,
     positions and completion positions) up to `cache_mb` MB; rows not kept are computed in one forward pass of
     those rows alone. TRL's collator pads on the right, so a row's logits are those of the same row in any batch,
-    up to rounding (under bf16 autocast, the batch it was first computed in decides the last digits)."""
+    up to rounding (under bf16 autocast, the batch it was first computed in decides the last digits). `share_prefix`:
+    the rows' common first columns run once (`training.completion_logits`)."""
 
-    def __init__(self, teacher, cache_mb: int = 256):
-        self.teacher, self.limit, self.bytes = teacher, cache_mb * 2**20, 0
+    def __init__(self, teacher, cache_mb: int = 256, share_prefix: bool = False):
+        self.teacher, self.limit, self.bytes, self.share_prefix = teacher, cache_mb * 2**20, 0, share_prefix
         self.kept: dict[tuple, object] = {}
         self.computed = self.reused = 0
 
@@ -126,7 +131,7 @@ class TeacherLogits:
         if missing:
             rows = torch.tensor(missing, device=ids.device)
             sub = {k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-            logits = completion_logits(self.teacher, sub, mask[rows]).float()
+            logits = completion_logits(self.teacher, sub, mask[rows], self.share_prefix).float()
             for i, part in zip(missing, logits.split(mask[rows].sum(dim=1).tolist())):
                 found[i] = part
                 if keys[i] not in self.kept and self.bytes + part.numel() * 4 <= self.limit:
@@ -237,12 +242,12 @@ def distillation_examples(choice: str, train, answers, labelled: int = LABELLED)
 
 def train_student(teacher, tokenizer, examples, args, temperature: float, alpha: float, preset, progress: bool = True):
     """The packaged mirror of notebook 09's student cell: a fresh `layer_pruned_student` of the teacher, trained in
-    full on `examples` with the `SFTConfig` `args` by `distillation_trainer(teacher, temperature, alpha)` (alpha 0:
-    the preset's SFT trainer, no teacher forward). Returns (student, TrainResult)."""
+    full on `examples` with the `SFTConfig` `args` by `distillation_trainer(teacher, temperature, alpha, preset=preset)`
+    (alpha 0: the preset's SFT trainer, no teacher forward). Returns (student, TrainResult)."""
     from .training import run_trainer
 
     student = layer_pruned_student(teacher, student_layers(teacher.config.num_hidden_layers))
-    trainer_cls = distillation_trainer(teacher, temperature, alpha) if alpha > 0 else None
+    trainer_cls = distillation_trainer(teacher, temperature, alpha, preset=preset) if alpha > 0 else None
     return run_trainer(student, tokenizer, examples, None, args, preset, "padded", progress=progress,
                        trainer_cls=trainer_cls)
 

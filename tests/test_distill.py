@@ -102,6 +102,14 @@ def test_the_distillation_trainer_at_alpha_0_is_the_sft_loss_and_at_alpha_1_is_z
     itself = first_loss(distill.distillation_trainer(teacher, 2.0, 1.0),
                         distill.layer_pruned_student(teacher, range(teacher.config.num_hidden_layers)))
     assert itself == pytest.approx(0.0, abs=1e-3)
+    # given the CPU preset, the batch's common first columns run once through the student and the teacher: the same
+    # loss, and the student's backbone ran a one-row prefix pass and the rest of each row
+    plain = first_loss(distill.distillation_trainer(teacher, 2.0, 0.5), distill.layer_pruned_student(teacher, pruned))
+    shared_cls = distill.distillation_trainer(teacher, 2.0, 0.5, preset=preset)
+    shared_cls.backbone_positions = calls = []
+    shared = first_loss(shared_cls, distill.layer_pruned_student(teacher, pruned))
+    assert preset.share_prompt_forward and shared == pytest.approx(plain, rel=1e-4)
+    assert len(calls) == 2 and calls[0][0] == 1 and calls[1][0] == setup.batch_size, calls
 
 
 def test_the_teacher_logits_are_computed_once_per_row_and_equal_a_fresh_forward_pass(teacher, tmp_path):

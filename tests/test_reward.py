@@ -177,3 +177,47 @@ def test_exercise_6_2_padded_pairs_only_fail_on_held_out_kinds(learner_runtime, 
     assert not verdict.passed and verdict.metrics["steps"] == 12, verdict
     assert verdict.metrics["padded_accuracy"] >= 0.9
     assert min(verdict.metrics["no_count_accuracy"], verdict.metrics["echo_accuracy"]) < 0.9
+
+def test_the_cpu_reward_trainer_runs_each_pairs_prompt_once_with_rewardtrainers_losses(tmp_path):
+    """`reward_trainer_class` on the float32 CPU preset: each pair's prompt goes through the backbone once (half the
+    rows, the pairs' common columns), the rest of each row on its cache; three steps log `RewardTrainer`'s losses
+    and leave the same adapter and score head, up to rounding. A batch that is not pairs, or pairs whose replies
+    differ at the first column, share nothing."""
+    import torch
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    from ftcourse.models import load_tokenizer
+    from ftcourse.training import train_pairs
+
+    preset = get_preset("cpu")
+    if not preset.share_prompt_forward:
+        pytest.skip("this machine's CPU preset trains under bf16 autocast, where prompts are not shared")
+    trainer_cls = reward.reward_trainer_class(preset)
+    assert trainer_cls is not RewardTrainer and issubclass(trainer_cls, RewardTrainer)
+    tokenizer = load_tokenizer()
+    pairs = reward.reward_pairs(("padded", "no_count", "echo"), n_train=preset.n_train)[:12]
+    lora = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      layers_to_transform=[26, 27, 28, 29])
+    args = RewardConfig(output_dir=str(tmp_path), max_steps=3, learning_rate=1e-3, per_device_train_batch_size=4, seed=0,
+                        **reward.preset_reward_args(preset))
+    trainer_cls.backbone_positions = calls = []
+    try:
+        shared, shared_result, _ = train_pairs(trainer_cls, reward.load_reward_model(seed=0), tokenizer,
+                                               reward.preference_dataset(pairs), lora, args, progress=False)
+    finally:
+        trainer_cls.backbone_positions = None
+    plain, plain_result, _ = train_pairs(RewardTrainer, reward.load_reward_model(seed=0), tokenizer,
+                                         reward.preference_dataset(pairs), lora, args, progress=False)
+    assert shared_result.losses == pytest.approx(plain_result.losses, rel=1e-4, abs=1e-5)
+    assert len(calls) == 6 and all(calls[k][0] == 4 and calls[k + 1][0] == 8 for k in (0, 2, 4)), calls
+    assert all(calls[k][1] > 40 for k in (0, 2, 4))  # the system turn, the instruction and the list: most of a row
+    trained = {k: v for k, v in shared.named_parameters() if v.requires_grad}
+    for name, value in plain.named_parameters():
+        if value.requires_grad:
+            assert torch.allclose(trained[name], value, atol=1e-5), name
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 5, 0], [1, 2, 3, 6], [1, 2, 5, 7]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    assert reward.paired_prompt_width(ids, mask) == 2  # both pairs share 3 columns; row 1 has 3 tokens, keeps one
+    assert reward.paired_prompt_width(ids[:3], mask[:3]) == 0
+    assert reward.paired_prompt_width(torch.tensor([[1, 2], [3, 2]]), torch.ones(2, 2, dtype=torch.long)) == 0
