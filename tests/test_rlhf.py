@@ -101,6 +101,14 @@ def test_sampled_replies_are_seeded_and_judged(model_and_tokenizer):
                              eos_token_id=tokenizer.eos_token_id)
     plain = [r.strip() for r in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
     assert [a for a, _ in greedy] == plain
+    # sampled replies: each prompt prefilled once for its n replies, the same draws as generate's own repetition
+    torch.manual_seed(1)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                             num_return_sequences=2, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    drawn = [r.strip() for r in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+    assert first == [drawn[i:i + 2] for i in range(0, len(drawn), 2)]
     judged = rlhf.judge_replies(questions, first)
     assert judged["n"] == 6 and 0 <= judged["right"] <= 1 and judged["judge"] <= judged["right"]
 
