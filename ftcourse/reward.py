@@ -268,8 +268,8 @@ def save_reward_adapter(model, folder) -> None:
 
 def paired_prompt_width(input_ids, attention_mask) -> int:
     """The columns every pair of a `RewardTrainer` batch shares (rows [chosen..., rejected...], right padded): the
-    shortest common start of a pair's two rows, less one so that each row keeps a token of its own; 0 when the rows
-    do not come in pairs."""
+    shortest common start of a pair's two rows, capped at the shortest row's length less one so that each row keeps
+    a token of its own; 0 when the rows do not come in pairs."""
     import torch
 
     rows = input_ids.size(0)
@@ -285,7 +285,9 @@ def reward_trainer_class(preset: Preset):
     """The reward trainer a preset trains with: TRL's `RewardTrainer`, or on a preset that shares prompt computation
     (the CPU's `share_prompt_forward`) its subclass that runs each pair's prompt once for its chosen and its rejected
     reply (`training.shared_prompt_backbone` over `paired_prompt_width`'s columns): the same scores, loss and
-    gradients up to rounding (tests/test_reward.py), about a third fewer tokens through the model on 06's pairs."""
+    gradients up to rounding (tests/test_reward.py), about a third fewer tokens through the model on 06's pairs. A
+    batch with margins (`preference_dataset(pairs, margins)`) runs whole: TRL passes `margin` on to the model's
+    forward, which `shared_prompt_backbone` does not take."""
     import contextlib
 
     from trl import RewardTrainer

@@ -88,14 +88,25 @@ def test_sampled_replies_are_seeded_and_judged(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     questions = prefs.make_questions(3, 4)
     first = rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, seed=1)
-    assert first == rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, seed=1)
     assert [len(r) for r in first] == [2, 2, 2]
-    greedy = rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, temperature=0)
+    shapes = []  # the rows and columns of each forward call: which path ran
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple((kwargs.get("input_ids") if args == () else args[0]).shape)),
+        with_kwargs=True)
+    try:
+        assert first == rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, seed=1)
+        sampled_shapes, shapes[:] = shapes[:], []
+        greedy = rlhf.sample_replies(model, tokenizer, questions, n=2, max_new_tokens=6, temperature=0)
+    finally:
+        hook.remove()
     assert all(a == b for a, b in greedy)
+    assert sampled_shapes[0][0] == 3  # the 3 distinct prompts prefilled once, not their 6 copies
+    assert shapes[0][0] == 1  # greedy: the prompts' common first tokens run once, in one row
     # greedy replies take evaluation's shared-prefix path: the same replies as one left-padded generate call
     texts = [chat_prompt(tokenizer, q.prompt) for q in questions]
-    tokenizer.padding_side = "left"
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = side
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)
