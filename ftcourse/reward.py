@@ -133,7 +133,8 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
     conversation, so short ones are not padded to the width of long ones; results come back in `texts`' order.
     The tokens every group of a batch starts with (the chat template's system turn, the task's instruction) run
     once for the whole batch, their cache repeated for each group; the conversations' own parts run in length
-    buckets (`evaluation.length_buckets`), so a short chosen reply is not padded to its rejected twin's length.
+    buckets (`evaluation.length_buckets`: the split with the fewest padded tokens, counting a cost per call), so a
+    short chosen reply is rarely padded to its rejected twin's length.
     Returns (scores, features or None).
     """
     import torch
