@@ -458,8 +458,8 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # shorter pass rounds differently, and it is not used there yet). Every logged number is the same as
 # `RLOOTrainer`'s on the same seed up to rounding (rewards, KL, entropy, loss: tests/test_rlhf.py compares them).
 # Measured on the 2-core EPYC without AVX512 (float32), the cell above with its two runs took 227 s before the
-# prompts were shared and 130 s after, with the same judge scores and the KL to 1e-6. On a GPU it is
-# `RLOOTrainer` itself.
+# prompts were shared and 130 s after, with the same judge scores and the KL to 1e-6; 92 s once the held-out
+# replies and the reward model's scoring ran their shared tokens once too. On a GPU it is `RLOOTrainer` itself.
 #
 # ## 5 · RLHF Lab: be the rater
 # Where do a reward model's preferences come from? From whoever clicks. Below, real replies of the three
