@@ -209,13 +209,12 @@ def _summed_logps(model, tokenizer, encoded: list[tuple[list[int], list[int]]], 
                 attention[row, :len(p) + len(r)] = 1
                 reply_mask[row, len(p):len(p) + len(r)] = True
             # at most up to each row's last prompt token, whose state predicts the reply's first token
-            common = min(shared_prefix_length([p + r for p, r in chunk]), min(len(p) for p, _ in chunk) - 1)
+            common = max(0, min(shared_prefix_length([p + r for p, r in chunk]), min(len(p) for p, _ in chunk) - 1))
             cache = None
-            if common > 0:
+            if common:
                 cache = DynamicCache(config=base.config)
                 backbone(input_ids=ids[:1, :common].to(device), past_key_values=cache, use_cache=True)
                 cache.batch_repeat_interleave(len(chunk))
-            common = max(common, 0)
             # the backbone on every other position, the LM head and the log-softmax over the vocabulary only where a
             # reply token is predicted (position t predicts token t + 1): the same numbers as the whole model's logits
             # there, without projecting every prompt position onto 49k words

@@ -140,7 +140,7 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
     import torch
     from transformers import DynamicCache
 
-    from .evaluation import length_buckets
+    from .evaluation import length_buckets, shared_prefix_length
 
     if sorted(i for group in groups for i in group) != list(range(len(texts))):
         raise ValueError(f"groups must hold each of the {len(texts)} conversations' indices exactly once.")
@@ -158,14 +158,9 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
     batches += [current] if current else []
     scores, states = [0.0] * len(texts), [None] * len(texts)
     for batch in batches:
-        shared = []
-        for g in batch:
-            seqs = [encoded[i] for i in groups[g]]
-            n, limit = 0, min(map(len, seqs)) - 1  # each conversation keeps at least one token of its own
-            while n < limit and all(seq[n] == seqs[0][n] for seq in seqs[1:]):
-                n += 1
-            shared.append(n)
-        common = min(min(shared), _common_length([encoded[groups[g][0]] for g in batch]))  # the whole batch's
+        # each group's common start, and the whole batch's; each conversation keeps at least one token of its own
+        shared = [shared_prefix_length([encoded[i] for i in groups[g]]) for g in batch]
+        common = min(min(shared), shared_prefix_length([encoded[groups[g][0]] for g in batch]))
         width = max(shared) - common
         prefix = torch.full((len(batch), width), pad_id, dtype=torch.long)
         prefix_mask = torch.zeros_like(prefix)
@@ -200,9 +195,9 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
                 own, picked = max(len(rests[k]) for k in bucket), torch.tensor(bucket)
                 past = None
                 if common or width:
-                    past = DynamicCache(config=base.config)
+                    past, index = DynamicCache(config=base.config), picked.to(device)
                     for layer, kv in enumerate(cache.layers):
-                        past.update(kv.keys[picked.to(device)], kv.values[picked.to(device)], layer)
+                        past.update(kv.keys[index], kv.values[index], layer)
                 out = model(input_ids=rest[picked, :own].to(device),
                             attention_mask=mask[picked, :mask.shape[1] - rest_width + own].to(device),
                             position_ids=positions[picked, :own].to(device), past_key_values=past, use_cache=False,
@@ -212,15 +207,6 @@ def shared_prompt_outputs(model, tokenizer, texts: Sequence[str], groups: Sequen
                     if features:
                         states[members[k][1]] = out.hidden_states[-1][j, len(rests[k]) - 1].float()
     return scores, (torch.stack(states) if features else None)
-
-
-def _common_length(seqs: Sequence[Sequence[int]]) -> int:
-    """How many first tokens all of `seqs` have in common."""
-    n = min(map(len, seqs))
-    for i in range(n):
-        if any(seq[i] != seqs[0][i] for seq in seqs[1:]):
-            return i
-    return n
 
 
 def pair_scores(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32) -> tuple[list[float], list[float]]:
