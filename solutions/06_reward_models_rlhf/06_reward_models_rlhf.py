@@ -251,8 +251,9 @@ print(f"Trained on padded pairs only, the reward model ranks {', '.join(learned)
 # %% [markdown]
 # An untrained score head is a random direction in the model's features, and it already ranks replies by
 # something: this one (seed 0) prefers the shorter reply, so it gets every padded pair right and every echo
-# pair wrong (the table's first row). Training on padded pairs only confirms that rule and teaches little
-# else: echo pairs, where the right reply is the longer one, stay wrong. A reward model learns the
+# pair wrong (the table's first row). Training on padded pairs only confirms that rule; what it does to the
+# other kinds (no_count in the line above) is a side effect, not a lesson: echo pairs, where the right reply is
+# the longer one, stay wrong. A reward model learns the
 # preferences it is shown, including the accidental ones; which pairs it sees is the main design decision
 # of reward modelling, and the next exercise's.
 #
@@ -443,7 +444,8 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
 # are 6 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
-# three held-out scorings, took 1.8 min under bf16 and 2.2 min in float32): a sketch of the dynamics,
+# three held-out scorings, took 1.8 min under bf16 and 2.2 min in float32 before the prompt sharing described
+# below): a sketch of the dynamics,
 # measured on 48 held-out questions, not a tuned RLHF run. It is also a chaotic one: a reward that differs in
 # its fifth digit changes the next update a little, and with it which replies are sampled later. Runs of this
 # cell that differed that little (the same path before and after a change to how the reward model batches its

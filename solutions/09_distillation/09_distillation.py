@@ -306,7 +306,7 @@ lab = labs.distillation_lab_widget(lab_logits, lab_label, lab_names)
 # | teacher's answers | all 400 prompts, answered by the teacher | cross-entropy ($\alpha$ = 0) |
 #
 # The third is sequence-level distillation (Kim and Rush, 2016): the teacher labels the prompts nobody labelled.
-# Each run takes half a minute (bf16) to a minute (float32) on a 2-core CPU. The soft targets need the teacher's
+# Each run takes about half a minute (bf16) to 40 s (float32) on a 2-core CPU. The soft targets need the teacher's
 # forward pass on each row; the teacher is frozen, so the trainer computes its logits for a row once and reuses them
 # when the row comes back.
 
