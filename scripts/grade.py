@@ -157,6 +157,11 @@ def prepare(paths: dict) -> Setup:
     return Setup(env, True, identity.name, notes)
 
 
+# What a preflight proved in this process: (learner user, grading install and its source hash, learner cache). A
+# second grading run in the same process (the test suite's) checks the paths again but starts no second child.
+_PROVEN: set = set()
+
+
 def preflight(env: dict) -> list:
     """Prove the learner user can run the grader's Python and import the course (or say what blocks it)."""
     from ftcourse.grading import sandbox
@@ -181,6 +186,11 @@ def preflight(env: dict) -> list:
     if writable:
         raise sandbox.IsolationError(f"{', '.join(map(str, writable))} can be written by any user: the learner user "
                                      "could rewrite what the grader imports. Remove o+w first.")
+    stamp = Path(env["FTCOURSE_GRADING_SITE"]) / ".ftcourse-source-hash"
+    proof = (identity.name, env["FTCOURSE_GRADING_SITE"], env["FTCOURSE_LEARNER_CACHE"],
+             stamp.read_text() if stamp.is_file() else None)
+    if proof in _PROVEN:
+        return notes
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -194,6 +204,7 @@ def preflight(env: dict) -> list:
     if not result.ok:
         raise sandbox.IsolationError(f"The learner user {identity.name!r} could not run the grader's Python: "
                                      f"{result.error}\n{result.log_tail[-1500:]}")
+    _PROVEN.add(proof)
     return notes
 
 

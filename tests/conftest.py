@@ -467,8 +467,9 @@ def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
     monkeypatch.setenv("FTCOURSE_GRANT_TRAVERSE", "1")  # CI's checkout may sit in a private home folder
     for name, value in forced_env(slug).items():  # graded on the path its kernel ran (the grader passes it on)
         monkeypatch.setenv(name, value)
-    grade.nbgrader("generate_assignment", slug, "--force", env=env)
-    released = root / "course" / slug / f"{slug}.ipynb"
+    # The submissions start from the committed release (course/, as fresh as tests/test_release.py proves it);
+    # grade() generates the scratch course's own release from the solution, as `make grade` does.
+    released = ROOT / "course" / slug / f"{slug}.ipynb"
     for student, submission in submissions.items():
         folder = tmp_path / "submitted" / student / slug
         folder.mkdir(parents=True)
@@ -479,7 +480,7 @@ def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
         else:
             nbformat.write(submission, folder / f"{slug}.ipynb")
     rows = grade.grade(slug, env=env)
-    rows["_paths"] = env | {"released": str(released)}
+    rows["_paths"] = env | {"released": str(root / "course" / slug / f"{slug}.ipynb")}
     return rows
 
 
