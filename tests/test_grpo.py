@@ -142,6 +142,11 @@ def test_exercise_8_2_refuses_what_it_would_not_train_before_training(change, na
     assert not (tmp_path / "adapter").exists()  # refused before any training
 
 
+GRPO_PROVIDES = ("preset", "SEED", "LoraConfig", "GRPOConfig", "GRPO_ARGS")
+TWO_REPLIES = dict(prompts=[[{"role": "user", "content": "How many pears?"}]] * 2, item=["pears"] * 2, answer=[4, 4],
+                   completions=[[{"role": "assistant", "content": "There are 4 pears."}]] * 2, completion_ids=[[1], [2]])
+
+
 @pytest.mark.parametrize("body,named", [
     ("    from ftcourse.grpo import task_checker\n    from ftcourse.preferences import Question\n"
      "    return [float(task_checker(Question('', i, a), c[-1]['content'])) for c, a, i in zip(completions, answer, item)]\n",
@@ -165,15 +170,20 @@ def test_exercise_8_2_rewards_that_borrow_the_checker_or_are_malformed_are_refus
     assert old in reference
     source = reference.replace(old, f"def correct_count(prompts, completions, answer, item, **kwargs):\n{body}"
                                     "def unused(prompts, completions, answer, **kwargs):")
-    batch = dict(prompts=[[{"role": "user", "content": "How many pears?"}]] * 2, item=["pears"] * 2, answer=[4, 4],
-                 completions=[[{"role": "assistant", "content": "There are 4 pears."}]] * 2, completion_ids=[[1], [2]])
-    provides = ("preset", "SEED", "LoraConfig", "GRPOConfig", "GRPO_ARGS")
-    with session(Cells({"grpo_setup": source}, "cpu", 0), ["grpo_setup"], provides) as ask:
+    with session(Cells({"grpo_setup": source}, "cpu", 0), ["grpo_setup"], GRPO_PROVIDES) as ask:
         first, _ = remote_rewards(ask, ["correct_count", "one_short_answer"])
         with pytest.raises(LearnerCodeError, match=named):
-            first(**batch)
-    with session(Cells({"grpo_setup": reference}, "cpu", 0), ["grpo_setup"], provides) as ask:  # the reference's
-        assert [f(**batch) for f in remote_rewards(ask, ["correct_count", "one_short_answer"])] == [[1.0, 1.0]] * 2
+            first(**TWO_REPLIES)
+
+
+def test_exercise_8_2_the_references_rewards_pass_the_same_path(learner_runtime):
+    """The other side of the test above: on the same batch, through the same path, the reference's reward functions
+    answer (both replies right and short)."""
+    from ftcourse.grading.learner import Cells, session
+    from ftcourse.grading.produce import remote_rewards
+
+    with session(Cells({"grpo_setup": _reference_setup()}, "cpu", 0), ["grpo_setup"], GRPO_PROVIDES) as ask:
+        assert [f(**TWO_REPLIES) for f in remote_rewards(ask, ["correct_count", "one_short_answer"])] == [[1.0, 1.0]] * 2
 
 
 def test_remote_rewards_check_what_the_child_sends():

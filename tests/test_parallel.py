@@ -4,7 +4,7 @@ learner user of its own, and every test that shares a notebook's execution in th
 import os
 
 import pytest
-from conftest import HEAVY_GROUPS, WORKER_THREADS, worker_group
+from conftest import HEAVY_GROUPS, UNIT_GROUPS, WORKER_THREADS, worker_group
 
 from ftcourse.grading import registry
 
@@ -24,6 +24,8 @@ def test_the_tests_that_share_a_notebooks_execution_share_its_group():
 
     assert NotebookScheduling._split_scope(None, "tests/test_tamper.py::test_y") == "03_sft"  # what xdist calls
     assert sorted(HEAVY_GROUPS) == sorted(registry.notebooks())  # every notebook scheduled among the long groups
+    here = os.path.dirname(__file__)  # a renamed module would fall silently to the end of the queue
+    assert len(set(UNIT_GROUPS)) == len(UNIT_GROUPS) and all(os.path.isfile(f"{here}/{m}.py") for m in UNIT_GROUPS)
 
 
 def test_a_worker_runs_on_its_share_of_the_cores_as_its_own_learner_user():
