@@ -157,8 +157,9 @@ def prepare(paths: dict) -> Setup:
     return Setup(env, True, identity.name, notes)
 
 
-# What a preflight proved in this process: (learner user, grading install and its source hash, learner cache). A
-# second grading run in the same process (the test suite's) checks the paths again but starts no second child.
+# What a preflight proved in this process: (learner user and its ids, interpreter, grading install and its source
+# hash, learner cache). A second grading run in the same process (the test suite's) checks the paths again but
+# starts no second child; an install without its source-hash stamp is never taken as proven.
 _PROVEN: set = set()
 
 
@@ -187,9 +188,9 @@ def preflight(env: dict) -> list:
         raise sandbox.IsolationError(f"{', '.join(map(str, writable))} can be written by any user: the learner user "
                                      "could rewrite what the grader imports. Remove o+w first.")
     stamp = Path(env["FTCOURSE_GRADING_SITE"]) / ".ftcourse-source-hash"
-    proof = (identity.name, env["FTCOURSE_GRADING_SITE"], env["FTCOURSE_LEARNER_CACHE"],
-             stamp.read_text() if stamp.is_file() else None)
-    if proof in _PROVEN:
+    proof = (identity.name, identity.uid, identity.gid, sys.executable, env["FTCOURSE_GRADING_SITE"],
+             env["FTCOURSE_LEARNER_CACHE"], stamp.read_text() if stamp.is_file() else None)
+    if proof[-1] is not None and proof in _PROVEN:
         return notes
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -447,9 +447,11 @@ def executed_solution(tmp_path_factory, lab_runs):
 
 
 def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
-    """Release `slug` in a scratch course, put each submission in the class folder and grade it with
-    `make grade`'s code (scripts/grade.py). A submission is a notebook, None (the untouched release), or
-    `write(folder, released_path)` for submissions that are not a plain notebook."""
+    """Put each submission in a scratch course's class folder and grade it with `make grade`'s code
+    (scripts/grade.py), which releases `slug` there from its solution first. A submission is a notebook, None (the
+    untouched release), or `write(folder, released_path)` for submissions that are not a plain notebook; both start
+    from the committed release, `course/<slug>/` (tests/test_release.py proves it fresh), which `write` only reads.
+    """
     import shutil
     import sys
 
@@ -480,7 +482,7 @@ def grade_class(slug: str, submissions: dict, tmp_path, monkeypatch) -> dict:
         else:
             nbformat.write(submission, folder / f"{slug}.ipynb")
     rows = grade.grade(slug, env=env)
-    rows["_paths"] = env | {"released": str(root / "course" / slug / f"{slug}.ipynb")}
+    rows["_paths"] = env
     return rows
 
 

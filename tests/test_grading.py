@@ -326,6 +326,46 @@ def test_under_root_the_child_is_the_learner_user_and_reaches_nothing_of_the_gra
     assert found["site"] == "PermissionError" and found["kill"] == "PermissionError", found
 
 
+
+@ROOT_ONLY
+def test_a_preflight_starts_its_child_once_per_install_user_and_cache(learner_runtime, tmp_path, monkeypatch):
+    """`make grade`'s preflight proves that the learner user can run the grading install's Python by starting a child
+    as that user. A second grading run in the same process with the same install (its source-hash stamp), learner
+    cache and user starts none; another stamp starts one again; a failure is not remembered; an install without a
+    stamp is never taken as proven."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import grade
+
+    from ftcourse.grading import sandbox
+
+    outcomes = []  # what the stand-in child answers, in order
+
+    def child(request, **_):
+        ok = outcomes.pop(0)
+        return sandbox.ChildResult(ok, None, "" if ok else "no torch here", "ok" if ok else "learner_error", 0.0, "")
+
+    monkeypatch.setattr(sandbox, "run_learner_code", child)
+    monkeypatch.setattr(grade, "_PROVEN", set())
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / ".ftcourse-source-hash").write_text("one")
+    env = dict(learner_runtime, FTCOURSE_GRADING_SITE=str(site))
+    outcomes[:] = [True]
+    grade.preflight(env)
+    grade.preflight(env)  # proven: no child (the stand-in would raise IndexError)
+    (site / ".ftcourse-source-hash").write_text("two")
+    outcomes[:] = [False, True]
+    with pytest.raises(sandbox.IsolationError, match="no torch here"):
+        grade.preflight(env)
+    grade.preflight(env)  # the failure was not remembered: a child again, which succeeds
+    (site / ".ftcourse-source-hash").unlink()
+    outcomes[:] = [True, True]
+    grade.preflight(env)
+    grade.preflight(env)
+    assert outcomes == []  # no stamp: a child each time
+
 def _session(source: str, limits: Limits | None = None):
     from ftcourse.grading.sandbox import LearnerSession
 

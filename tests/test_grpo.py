@@ -143,8 +143,9 @@ def test_exercise_8_2_refuses_what_it_would_not_train_before_training(change, na
 
 
 GRPO_PROVIDES = ("preset", "SEED", "LoraConfig", "GRPOConfig", "GRPO_ARGS")
-TWO_REPLIES = dict(prompts=[[{"role": "user", "content": "How many pears?"}]] * 2, item=["pears"] * 2, answer=[4, 4],
-                   completions=[[{"role": "assistant", "content": "There are 4 pears."}]] * 2, completion_ids=[[1], [2]])
+TWO_REPLIES = dict(prompts=[[{"role": "user", "content": "How many pears?"}]] * 2, item=["pears"] * 2,
+                   answer=[4, 4], completions=[[{"role": "assistant", "content": "There are 4 pears."}]] * 2,
+                   completion_ids=[[1], [2]])
 
 
 @pytest.mark.parametrize("body,named", [
@@ -183,7 +184,8 @@ def test_exercise_8_2_the_references_rewards_pass_the_same_path(learner_runtime)
     from ftcourse.grading.produce import remote_rewards
 
     with session(Cells({"grpo_setup": _reference_setup()}, "cpu", 0), ["grpo_setup"], GRPO_PROVIDES) as ask:
-        assert [f(**TWO_REPLIES) for f in remote_rewards(ask, ["correct_count", "one_short_answer"])] == [[1.0, 1.0]] * 2
+        rewards = [f(**TWO_REPLIES) for f in remote_rewards(ask, ["correct_count", "one_short_answer"])]
+    assert rewards == [[1.0, 1.0]] * 2
 
 
 def test_remote_rewards_check_what_the_child_sends():

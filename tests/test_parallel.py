@@ -25,7 +25,10 @@ def test_the_tests_that_share_a_notebooks_execution_share_its_group():
     assert NotebookScheduling._split_scope(None, "tests/test_tamper.py::test_y") == "03_sft"  # what xdist calls
     assert sorted(HEAVY_GROUPS) == sorted(registry.notebooks())  # every notebook scheduled among the long groups
     here = os.path.dirname(__file__)  # a renamed module would fall silently to the end of the queue
-    assert len(set(UNIT_GROUPS)) == len(UNIT_GROUPS) and all(os.path.isfile(f"{here}/{m}.py") for m in UNIT_GROUPS)
+    assert not [m for m in UNIT_GROUPS if not os.path.isfile(f"{here}/{m}.py")], "UNIT_GROUPS names a missing module"
+    assert len(set(UNIT_GROUPS)) == len(UNIT_GROUPS), "a module named twice in UNIT_GROUPS"
+    shared = {"test_tamper", "test_browser", "test_nbgrader_roundtrip"}  # their heavy tests go to a notebook's group
+    assert not shared & set(UNIT_GROUPS), "a module whose heavy tests belong to a notebook's group"
 
 
 def test_a_worker_runs_on_its_share_of_the_cores_as_its_own_learner_user():
