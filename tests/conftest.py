@@ -542,3 +542,37 @@ if LoadScopeScheduling is not None:
             return None  # each, loadfile, worksteal: xdist's own
         config.option.loadscopereorder = False  # by count of tests, the notebooks' small groups would come last
         return NotebookScheduling(config, log)
+
+
+# ---------------------------------------------------------------- where the workers' time went
+
+_TIMELINE: dict = {}  # (worker, group) -> [first start, last stop], epoch seconds
+
+
+def pytest_runtest_logreport(report):
+    """In `make test`'s controlling process: the span of each worker's groups (xdist hands each report its worker)."""
+    worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
+    if worker is None or not getattr(report, "stop", None):
+        return
+    span = _TIMELINE.setdefault((worker, worker_group(report.nodeid)), [report.start, report.stop])
+    span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a parallel run: when each worker ended, the groups of over half a minute it ran (minutes), and how long
+    the first to finish then waited, a core idle (the scheduling in `HEAVY_GROUPS` and `UNIT_GROUPS` keeps it short)."""
+    if not _TIMELINE:
+        return
+    origin = min(start for start, _ in _TIMELINE.values())
+    ends: dict = {}
+    for (worker, _), (_, stop) in _TIMELINE.items():
+        ends[worker] = max(ends.get(worker, 0.0), stop - origin)
+    terminalreporter.write_sep("-", "worker timeline (minutes from the first test)")
+    for worker in sorted(ends):
+        groups = sorted((start, group, stop) for (w, group), (start, stop) in _TIMELINE.items() if w == worker)
+        terminalreporter.write_line(f"{worker} ended at {ends[worker] / 60:.1f}: " + ", ".join(
+            f"{group} {(start - origin) / 60:.1f}+{(stop - start) / 60:.1f}" for start, group, stop in groups
+            if stop - start >= 30))
+    if len(ends) > 1:
+        terminalreporter.write_line(f"the first worker to finish waited {max(ends.values()) - min(ends.values()):.0f} s "
+                                    "for the last")
