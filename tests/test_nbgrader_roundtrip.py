@@ -34,8 +34,10 @@ def _assert_round_trip(slug: str, rows: dict, workdir) -> None:
     outcome = registry.outcome_exercise(slug)
     grader_losses = reference["verdicts"][outcome.grade_id]["metrics"]["train_losses"]
     kernel = json.loads((workdir / "artifacts" / slug / "training.json").read_text())
-    if slug != "04_lora":
-        assert grader_losses == pytest.approx(kernel["losses"], rel=1e-5, abs=1e-6), (slug, grader_losses, kernel["losses"])
+    if slug != "04_lora":  # the same run: at one thread per worker (`make test`) bit for bit; in one process at two
+        # threads (TEST_WORKERS=0) float32 sums may round apart in the last bits (02, 2026-12-07: 5 of 24 losses,
+        # 3.9e-5 relative at most), far below what another seed, batch or recipe moves
+        assert grader_losses == pytest.approx(kernel["losses"], rel=1e-4, abs=1e-6), (slug, grader_losses, kernel["losses"])
     assert len(grader_losses) == kernel["steps"]
 
 
