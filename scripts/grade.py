@@ -38,6 +38,9 @@ STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Closed to the learner user while grading: reference solutions (solutions/, tests/, the history in .git), the
 # gradebook and submissions (autograder/), and what `make course` trained (build/). The course package is public.
 INSTRUCTOR_FOLDERS = ("solutions", "tests", "autograder", "build", ".git")
+# In the grading install: the hash of the source it was built from (`install_for_grading` writes it;
+# `preflight` keys its proof on it)
+SOURCE_STAMP = ".ftcourse-source-hash"
 
 
 def grading_dir() -> Path:
@@ -64,7 +67,7 @@ def _open_tree(folder: Path) -> None:
 def install_for_grading(gdir: Path) -> Path:
     """The course package installed non-editable (built as a wheel from a copy of the source) into `gdir/site`."""
     site = gdir / "site"
-    stamp = site / ".ftcourse-source-hash"
+    stamp = site / SOURCE_STAMP
     wanted = _tree_hash(ROOT / "ftcourse") + hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text() == wanted and (site / "ftcourse" / "grading" / "grader.py").is_file():
         return site
@@ -187,10 +190,11 @@ def preflight(env: dict) -> list:
     if writable:
         raise sandbox.IsolationError(f"{', '.join(map(str, writable))} can be written by any user: the learner user "
                                      "could rewrite what the grader imports. Remove o+w first.")
-    stamp = Path(env["FTCOURSE_GRADING_SITE"]) / ".ftcourse-source-hash"
+    stamp = Path(env["FTCOURSE_GRADING_SITE"]) / SOURCE_STAMP
+    source_hash = stamp.read_text() if stamp.is_file() else None
     proof = (identity.name, identity.uid, identity.gid, sys.executable, env["FTCOURSE_GRADING_SITE"],
-             env["FTCOURSE_LEARNER_CACHE"], stamp.read_text() if stamp.is_file() else None)
-    if proof[-1] is not None and proof in _PROVEN:
+             env["FTCOURSE_LEARNER_CACHE"], source_hash)
+    if source_hash is not None and proof in _PROVEN:
         return notes
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

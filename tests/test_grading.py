@@ -326,7 +326,6 @@ def test_under_root_the_child_is_the_learner_user_and_reaches_nothing_of_the_gra
     assert found["site"] == "PermissionError" and found["kill"] == "PermissionError", found
 
 
-
 @ROOT_ONLY
 def test_a_preflight_starts_its_child_once_per_install_user_and_cache(learner_runtime, tmp_path, monkeypatch):
     """`make grade`'s preflight proves that the learner user can run the grading install's Python by starting a child
@@ -350,21 +349,22 @@ def test_a_preflight_starts_its_child_once_per_install_user_and_cache(learner_ru
     monkeypatch.setattr(grade, "_PROVEN", set())
     site = tmp_path / "site"
     site.mkdir()
-    (site / ".ftcourse-source-hash").write_text("one")
+    (site / grade.SOURCE_STAMP).write_text("one")
     env = dict(learner_runtime, FTCOURSE_GRADING_SITE=str(site))
     outcomes[:] = [True]
     grade.preflight(env)
     grade.preflight(env)  # proven: no child (the stand-in would raise IndexError)
-    (site / ".ftcourse-source-hash").write_text("two")
+    (site / grade.SOURCE_STAMP).write_text("two")
     outcomes[:] = [False, True]
     with pytest.raises(sandbox.IsolationError, match="no torch here"):
         grade.preflight(env)
     grade.preflight(env)  # the failure was not remembered: a child again, which succeeds
-    (site / ".ftcourse-source-hash").unlink()
+    (site / grade.SOURCE_STAMP).unlink()
     outcomes[:] = [True, True]
     grade.preflight(env)
     grade.preflight(env)
     assert outcomes == []  # no stamp: a child each time
+
 
 def _session(source: str, limits: Limits | None = None):
     from ftcourse.grading.sandbox import LearnerSession
