@@ -126,11 +126,9 @@ def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], 
     right-aligned in one cache, the columns left of each bucket zeros; the mask hides them. The same tokens at the same
     positions (the mask's running count), so the same keys and values as one prefill of the padded batch up to
     floating-point rounding, without running most of its padding (a bucket's shorter rows are padded to its longest;
-    every padding column, zeros or a pad token's, is masked). On a CPU, when keys and values share one dtype (the
-    float32 path), the cache has `room` more columns for the reply, written in place (transformers' `StaticCache`,
-    which allocates the values in the keys' dtype, so a mixed-dtype cache stays a growing one): a growing cache copies
-    itself at every new token."""
-    from transformers import DynamicCache, StaticCache
+    every padding column, zeros or a pad token's, is masked). On a CPU the cache has `room` more columns for the reply,
+    written in place (`_in_place_cache`): a growing cache copies itself at every new token."""
+    from transformers import DynamicCache
 
     n, layers, width = len(rest), config.num_hidden_layers, max(map(len, rest))
     own_parts: list[tuple[list[int], int, object]] = []  # (rows, columns, the bucket's cache)
@@ -171,11 +169,34 @@ def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], 
             merged.append(full)
         parts.append(merged)
     static = room and device.type == "cpu" and len({t.dtype for pair in parts for t in pair}) == 1
-    out = (StaticCache(config=config, max_cache_len=shared + width - 1 + room) if static
-           else DynamicCache(config=config))
+    out = (_in_place_cache(config, shared + width - 1 + room) if static else DynamicCache(config=config))
     for layer, (keys, values) in enumerate(parts):
         out.update(keys, values, layer)
     return out
+
+
+def _in_place_cache(config, max_cache_len: int):
+    """transformers' `StaticCache` (room for `max_cache_len` columns, written in place) whose layers store what they
+    are given in their own dtype, as the growing cache does. Under bf16 autocast a layer's new keys come out in
+    float32 (the rotary embedding's tables are float32) and its new values in bf16; the growing `DynamicCache`
+    concatenates the values to its float32 start and so keeps them in float32, but `StaticCache` copies them in
+    without a cast and refuses two dtypes. Casting bf16 to float32 is exact, so the replies are those of the growing
+    cache."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    class CastingStaticLayer(StaticLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if self.is_initialized:
+                key_states, value_states = key_states.to(self.keys.dtype), value_states.to(self.values.dtype)
+            return super().update(key_states, value_states, *args, **kwargs)
+
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    for layer in cache.layers:
+        if type(layer) is not StaticLayer:
+            raise TypeError(f"_in_place_cache expects transformers' StaticLayer, got {type(layer).__name__}.")
+        layer.__class__ = CastingStaticLayer
+    return cache
 
 
 def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:

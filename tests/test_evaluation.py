@@ -139,6 +139,26 @@ def test_bucketed_prefill_answers_as_one_padded_batch(model_and_tokenizer):
             _plain_greedy(model, tokenizer, texts[2:3], 6)
 
 
+def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(model_and_tokenizer):
+    """Under bf16 autocast a layer's new keys are float32 and its new values bf16; the growing cache keeps both in
+    float32, and so must the cache written in place (it refused the bf16 values until 2026-12-07: `make setup` failed
+    on every machine whose preset chose bf16). Same replies both ways, bf16 emulated where the CPU lacks it."""
+    from ftcourse import evaluation
+
+    model, tokenizer = model_and_tokenizer
+    head = "Question: what comes next in the list? Answer with the next number only.\n7, "
+    texts = [head + "8", head + "9, 11,", head + "14, 21, 28, 35, 42,", head + "10, 13, 16,"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        in_place, growing = (evaluation._generate_with_shared_prefix(model, tokenizer, texts, 6, torch.device("cpu"),
+                                                                     flag) for flag in (True, False))
+        assert in_place == growing
+        cache = evaluation._in_place_cache(model.config, 4)
+        keys, values = torch.zeros(1, 3, 2, 64), torch.ones(1, 3, 2, 64)
+        cache.update(keys, values, 0)
+        cache.update(keys[:, :, :1].bfloat16(), values[:, :, :1].bfloat16() * 2, 0)
+        assert cache.layers[0].values.dtype == torch.float32 and cache.layers[0].values[0, 0, 2, 0].item() == 2.0
+
+
 def test_shared_contexts_give_the_same_log_probabilities(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     contexts = ["Question: What colour is the sky?\nAnswer:"] * 3 + ["Question: How many legs has a spider?\nAnswer:"] * 2
