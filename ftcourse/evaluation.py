@@ -126,8 +126,9 @@ def _prefilled_in_buckets(model, config, prefix, rest: Sequence[Sequence[int]], 
     right-aligned in one cache, the columns left of each bucket zeros; the mask hides them. The same tokens at the same
     positions (the mask's running count), so the same keys and values as one prefill of the padded batch up to
     floating-point rounding, without running most of its padding (a bucket's shorter rows are padded to its longest;
-    every padding column, zeros or a pad token's, is masked). On a CPU the cache has `room` more columns for the reply,
-    written in place (`_in_place_cache`): a growing cache copies itself at every new token."""
+    every padding column, zeros or a pad token's, is masked). On a CPU, when the prefilled keys and values share one
+    dtype (`StaticCache` allocates both in the keys' at its first update), the cache has `room` more columns for the
+    reply, written in place (`_in_place_cache`): a growing cache copies itself at every new token."""
     from transformers import DynamicCache
 
     n, layers, width = len(rest), config.num_hidden_layers, max(map(len, rest))
@@ -180,8 +181,10 @@ def _in_place_cache(config, max_cache_len: int):
     are given in their own dtype, as the growing cache does. Under bf16 autocast a layer's new keys come out in
     float32 (the rotary embedding's tables are float32) and its new values in bf16; the growing `DynamicCache`
     concatenates the values to its float32 start and so keeps them in float32, but `StaticCache` copies them in
-    without a cast and refuses two dtypes. Casting bf16 to float32 is exact, so the replies are those of the growing
-    cache."""
+    without a cast and refuses two dtypes. From the second update on, each layer casts what it receives to the dtype
+    it stores (the first update, which allocates, must bring keys and values of one dtype). Casting bf16 to float32
+    is exact, so the cache holds the growing cache's keys and values; the replies are the same up to rounding (the
+    attention runs over the cache's unwritten, masked columns too)."""
     from transformers import StaticCache
     from transformers.cache_utils import StaticLayer
 

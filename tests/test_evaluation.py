@@ -139,7 +139,7 @@ def test_bucketed_prefill_answers_as_one_padded_batch(model_and_tokenizer):
             _plain_greedy(model, tokenizer, texts[2:3], 6)
 
 
-def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(model_and_tokenizer):
+def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(model_and_tokenizer, monkeypatch):
     """Under bf16 autocast a layer's new keys are float32 and its new values bf16; the growing cache keeps both in
     float32, and so must the cache written in place (it refused the bf16 values until 2026-12-07: `make setup` failed
     on every machine whose preset chose bf16). Same replies both ways, bf16 emulated where the CPU lacks it."""
@@ -148,10 +148,15 @@ def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(model
     model, tokenizer = model_and_tokenizer
     head = "Question: what comes next in the list? Answer with the next number only.\n7, "
     texts = [head + "8", head + "9, 11,", head + "14, 21, 28, 35, 42,", head + "10, 13, 16,"]
+    made = []
+    real = evaluation._in_place_cache
+    monkeypatch.setattr(evaluation, "_in_place_cache", lambda *a: made.append(a) or real(*a))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         in_place, growing = (evaluation._generate_with_shared_prefix(model, tokenizer, texts, 6, torch.device("cpu"),
                                                                      flag) for flag in (True, False))
+        assert len(made) == 1, "the in-place path must be the one taken under autocast"
         assert in_place == growing
+        monkeypatch.undo()
         cache = evaluation._in_place_cache(model.config, 4)
         keys, values = torch.zeros(1, 3, 2, 64), torch.ones(1, 3, 2, 64)
         cache.update(keys, values, 0)
