@@ -139,13 +139,17 @@ def test_bucketed_prefill_answers_as_one_padded_batch(model_and_tokenizer):
             _plain_greedy(model, tokenizer, texts[2:3], 6)
 
 
-def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(model_and_tokenizer, monkeypatch):
+def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(tokenizer, monkeypatch):
     """Under bf16 autocast a layer's new keys are float32 and its new values bf16; the growing cache keeps both in
     float32, and so must the cache written in place (it refused the bf16 values until 2026-12-07: `make setup` failed
-    on every machine whose preset chose bf16). Same replies both ways, bf16 emulated where the CPU lacks it."""
+    on every machine whose preset chose bf16). Same replies both ways, bf16 emulated where the CPU lacks it (so on
+    the model cut to 2 layers)."""
+    from conftest import keep_first_layers
     from ftcourse import evaluation
+    from ftcourse.models import load_model
 
-    model, tokenizer = model_and_tokenizer
+    model = load_model()
+    keep_first_layers(model, 2)
     head = "Question: what comes next in the list? Answer with the next number only.\n7, "
     texts = [head + "8", head + "9, 11,", head + "14, 21, 28, 35, 42,", head + "10, 13, 16,"]
     made = []
