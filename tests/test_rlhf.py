@@ -10,6 +10,7 @@ import torch
 from ftcourse import preferences as prefs
 from ftcourse import rlhf
 from ftcourse.evaluation import chat_prompt
+from ftcourse.presets import CPU_BF16_ENV
 
 
 @pytest.fixture(scope="module")
@@ -431,18 +432,15 @@ def test_shared_prompt_forwards_give_the_full_forwards_numbers(model_and_tokeniz
     assert torch.equal(sampled[True], sampled[False]) and "generate" not in vars(model)
 
 
-# The twin-trainer comparisons run on the CPU preset's float32 path on every machine: there the CPU trainers also
-# run each prompt once, and the logs agree to 1e-4. Under bf16 autocast the LM head over fewer rows rounds otherwise
-# (measured 2026-12-07 on a Xeon with AMX, one thread: GRPO's loss 0.006564 against 0.006469, 1.5 % of a loss near 0).
-CPU_FLOAT32 = {"FTCOURSE_CPU_BF16": "0"}
-
-
+# The twin-trainer comparisons run on the CPU preset's float32 path on every machine (`CPU_BF16_ENV` set to "0"):
+# there the CPU trainers also run each prompt once, and the logs agree to 1e-4. Under bf16 autocast the LM head over
+# fewer rows rounds otherwise (measured 2026-12-07 on a Xeon with AMX, one thread: GRPO's loss 0.006564 against
+# 0.006469, 1.5 % of a loss near 0).
 def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path, monkeypatch):
     """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only and, in float32, each prompt run
     once for its replies) against `RLOOTrainer` itself (`_online_trainers_log_the_same`), on the float32 path
-    (`CPU_FLOAT32`); the GPU presets get `RLOOTrainer` unchanged."""
-    for name, value in CPU_FLOAT32.items():
-        monkeypatch.setenv(name, value)
+    (`CPU_BF16_ENV`); the GPU presets get `RLOOTrainer` unchanged."""
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
     from trl import RLOOConfig, RLOOTrainer
 
     from ftcourse.presets import get_preset
@@ -454,10 +452,9 @@ def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tm
 
 def test_the_cpu_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path, monkeypatch):
     """The CPU preset's GRPO trainer (notebook 08: its fused LM head scoring the reply tokens only and, in float32,
-    each distinct prompt run once per batch) against `GRPOTrainer` itself, the same way (float32, `CPU_FLOAT32`); the
+    each distinct prompt run once per batch) against `GRPOTrainer` itself, the same way (float32, `CPU_BF16_ENV`); the
     GPU presets get `GRPOTrainer`, and a trainer whose scoring method is not known is refused."""
-    for name, value in CPU_FLOAT32.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
     from trl import GRPOConfig, GRPOTrainer, SFTTrainer
 
     from ftcourse import grpo
