@@ -315,8 +315,9 @@ def distillation_choices(sft_config, training_data, temperature, alpha, preset, 
 
 
 def labels_only_args(preset, steps: int, output_dir: str | Path):
-    """The `SFTConfig` of the student trained without the teacher (section 5's first run, and the grader's
-    reference): `steps` of 8 rows at learning rate 5e-4, seed 0, what the machine fixes (`preset_student_args`)."""
+    """The `SFTConfig` of the student trained without the teacher, the grader's reference for Exercise 9.2:
+    `steps` of 8 rows at learning rate 5e-4, seed 0, what the machine fixes (`preset_student_args`). (Section 5's
+    labels-only run is the notebook's own cell, 16 steps of 16 rows.)"""
     from trl import SFTConfig
 
     return SFTConfig(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, learning_rate=5e-4,

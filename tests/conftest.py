@@ -273,14 +273,14 @@ STATED_CLAIMS = {
         ("labels only: the training loss falls close to zero (below 0.1) while exact match on new dates stays low "
          "(below a quarter of the teacher's)",
          lambda r: r["demo_labels_only_last_loss"] < 0.1 and r["demo_labels_only_em"] < 0.25 * r["teacher_exact_match"]),
-        ("the teacher's answers give the highest exact match of the three, soft targets on the 16 dates far below it "
-         "and no better than the labels alone; its last loss is well above (over twice) the labels-only run's",
-         lambda r: r["demo_teachers_answers_em"] > max(r["demo_labels_only_em"], r["demo_soft_targets_em"]) + 0.1
-         and r["demo_soft_targets_em"] <= r["demo_labels_only_em"]
+        ("on new dates the answer loss orders the three: the teacher's answers lowest, well below the soft targets "
+         "(under 0.8 of theirs), the soft targets below the labels alone (under 0.9 of theirs)",
+         lambda r: r["demo_teachers_answers_answer_loss"] < 0.8 * r["demo_soft_targets_answer_loss"]
+         and r["demo_soft_targets_answer_loss"] < 0.9 * r["demo_labels_only_answer_loss"]),
+        ("the teacher's answers' exact match far above the labels-only run's (by 0.075, five of the 64 dates, or "
+         "more); its last loss well above (over twice) the labels-only run's",
+         lambda r: r["demo_teachers_answers_em"] >= r["demo_labels_only_em"] + 0.075
          and r["demo_teachers_answers_last_loss"] > 2 * r["demo_labels_only_last_loss"]),
-        ("none of section 5's runs reaches 0.5 of the teacher's exact match",
-         lambda r: max(r["demo_labels_only_em"], r["demo_soft_targets_em"], r["demo_teachers_answers_em"])
-         < 0.5 * r["teacher_exact_match"]),
     ],
     "10_embedding_fine_tuning": [
         ("the base model does poorly: MRR@10 far from 1 (below 0.35), the right page often not in the top 10",
