@@ -77,7 +77,7 @@ def distillation_trainer(teacher, temperature: float, alpha: float, cache_mb: in
     (`training.completion_logits`): the same loss and gradients up to rounding, a step about a third cheaper.
 
     The teacher is frozen, so its logits for a row are computed once and kept (up to `cache_mb` MB, float32): a
-    row seen again (notebook 09's 16 steps of 8 on 16 labelled rows see each row 8 times) costs no teacher forward pass.
+    row seen again (notebook 09's 16 steps of 16 on 16 labelled rows see each row 16 times) costs no teacher forward pass.
     """
     import torch
 

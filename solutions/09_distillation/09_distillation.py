@@ -305,16 +305,19 @@ lab = labs.distillation_lab_widget(lab_logits, lab_label, lab_names)
 # | soft targets | the 16 labelled dates | $T$ = 2, $\alpha$ = 0.5 |
 # | teacher's answers | all 400 prompts, answered by the teacher | cross-entropy ($\alpha$ = 0) |
 #
-# The third is sequence-level distillation (Kim and Rush, 2016): the teacher labels the prompts nobody labelled.
-# Each run takes 30 to 50 s (bf16) to 60 to 80 s (float32) on a 2-core CPU. The soft targets need the teacher's
+# The third is sequence-level distillation (Kim and Rush, 2016): the teacher labels the prompts nobody labelled. Each
+# run takes 30 to 60 s (bf16) to 60 to 80 s (float32) on the 2-core CPUs measured. The soft targets need the teacher's
 # forward pass on each row; the teacher is frozen, so the trainer computes its logits for a row once and reuses them
 # when the row comes back.
 #
 # Each student is scored twice on the 64 validation dates: **exact match** (its greedy answer, whole), and the
-# **answer loss**, the mean cross-entropy of the true answer's tokens given the prompt (`evaluation.answer_loss`).
-# Exact match is what a user sees, but it is coarse: a student that has half-learned the format gets a date wrong by
-# one token, and a run of 16 steps can flip several answers at once. The answer loss moves with every token's
-# probability, so it ranks students that exact match cannot tell apart.
+# **answer loss**, the mean cross-entropy of the true answer's tokens and its end-of-turn token given the prompt, in
+# nats per token (`evaluation.answer_loss`; lower is better: $e^{-\text{loss}}$ is the typical probability the
+# student gives each right token, 0.5 at a loss of 0.69). Exact match is what a user sees, but it is coarse: a
+# student that has half-learned the format gets a date wrong by one token, and another draw of rows, or the other
+# precision, flips a few answers. The answer loss moves with every token's probability, so it ranks the students
+# more steadily from run to run. (The table's first and last loss are the *training* loss on the rows each run
+# trained on: for the soft targets the $T^2$-scaled mix, not comparable with the other two.)
 
 # %%
 STUDENT_ARGS = distill.preset_student_args(preset)  # what the machine fixes: precision, device, row length, rows drawn at random
@@ -372,11 +375,12 @@ fig.tight_layout()
 # the soft targets', and its exact match far above the labels-only run's. Its loss at the last step is well above
 # the labels-only run's: 16 steps of 16 rows show it 256 of the 400 prompts, once each, and it cannot memorise them.
 #
-# Run with other seeds (the rows each step draws) and in the other precision, the answer loss kept this order on
-# every run measured (the README's distillation section), and the teacher's answers kept their lead over the labels
-# alone in exact match; but exact match ranked the soft targets above the teacher's answers on one seed, and below
-# the labels alone on another run: at this budget a few answers flip with the draw. With scarce labels, what the
-# teacher adds most is **more prompts with answers**; its soft targets on the few labelled prompts add less.
+# Run with other seeds (the order and choice of the rows each step draws) and in the other precision, the answer loss
+# kept this order on every run measured (the README's distillation section), and the teacher's answers kept their lead
+# over the labels alone in exact match; but exact match ranked the soft targets above the teacher's answers on one seed,
+# and below the labels alone on another run: at this budget a few answers flip with the seed or the precision. With
+# scarce labels, what the teacher adds most is **more prompts with answers**; its soft targets on the few labelled
+# prompts add less.
 #
 # ## 6 · In the field: distillation and synthetic data
 # DistilBERT (Sanh et al., 2019) built its student the way section 2 does (every other layer of BERT) and trained it
@@ -387,7 +391,7 @@ fig.tight_layout()
 # learns. Gemma 2 (2024) trained its small models on the teacher's token distributions instead of the next token,
 # which needs the teacher's logits at every position, what section 5's soft-target trainer does. On-policy
 # distillation (GKD, Agarwal et al., 2024, TRL's `GKDTrainer`) lets the student generate and the teacher score its
-# tokens. Two cautions carry over from section 5: a student learns the teacher's mistakes with its answers, and a
+# tokens. Two cautions: a student learns the teacher's mistakes with its answers (section 1: about 5 % of them), and a
 # licence may forbid training on a model's outputs.
 #
 # ## 7 · Your student
@@ -396,7 +400,8 @@ fig.tight_layout()
 # that the grader trains from its own teacher and scores on **held-out dates it draws**: exact match at least
 # **0.5 × the teacher's** on the same dates, and at least **0.3 above the same student trained on the 16 labels
 # alone** for the whole budget (32 steps of 8 rows at learning rate 5e-4, `distill.labels_only_args`), within
-# **32 steps**. Section 5 trained half the steps; its table prints each run's share of the teacher's exact match.
+# **32 steps**. Section 5 trained half the steps, of twice the rows (its labels-only run is not this reference);
+# its table prints each run's share of the teacher's exact match.
 # - `training_data`: one of `DATA_CHOICES` (`"labels"`, `"teacher answers"`, `"teacher answers, labels where
 #   known"`: the teacher's answers with the 16 true ones in place of its own);
 # - `temperature` (0.5 to 10) and `alpha` (0 to 1): the loss (alpha 0 is the cross-entropy alone; define
