@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -29,6 +30,37 @@ def render_prompt(tokenizer, prompt: str, prompt_format: str = "chat", shots: Se
     raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS} (no shots with 'plain'), got {prompt_format!r}.")
 
 
+@contextlib.contextmanager
+def frozen_weights_in_autocast_dtype(model):
+    """Under CPU autocast, `model`'s frozen float32 linear weights stored in autocast's dtype until the block ends,
+    then the same float32 tensors put back.
+
+    Autocast keeps its cast of a weight that requires grad for the rest of its block, but casts a frozen weight again
+    at every call: greedy generation cast every frozen weight (a LoRA model's whole base, a teacher, a merged model)
+    once per new token. Cast once here, the numbers are the same (autocast's cast rounds the same way). Only the
+    weights of linear layers, and not one shared with another kind of module (a head tied to the embeddings), whose
+    other use autocast does not cast. A no-op outside CPU autocast.
+    """
+    if not torch.is_autocast_enabled("cpu"):
+        yield
+        return
+    dtype = torch.get_autocast_dtype("cpu")
+    elsewhere = {id(p) for module in model.modules() if not isinstance(module, torch.nn.Linear)
+                 for p in module.parameters(recurse=False)}
+    swapped = []
+    try:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if (isinstance(module, torch.nn.Linear) and type(weight) is torch.nn.Parameter and not weight.requires_grad
+                    and weight.dtype == torch.float32 and weight.device.type == "cpu" and id(weight) not in elsewhere):
+                swapped.append((weight, weight.data))
+                weight.data = weight.data.to(dtype)
+        yield
+    finally:
+        for weight, data in reversed(swapped):
+            weight.data = data
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int = 32, max_new_tokens: int = 12,
                      shots: Sequence[Example] = (), prompt_format: str = "chat", padding_side: str = "left",
@@ -50,16 +82,17 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     tokenizer.padding_side = padding_side
     replies: list[str] = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            texts = [render_prompt(tokenizer, p, prompt_format, shots) for p in chunk]
-            if share_prefix and padding_side == "left":
-                replies += _generate_with_shared_prefix(model, tokenizer, texts, max_new_tokens, device)
-                continue
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        with frozen_weights_in_autocast_dtype(model):  # cast once, not at every new token
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start:start + batch_size]
+                texts = [render_prompt(tokenizer, p, prompt_format, shots) for p in chunk]
+                if share_prefix and padding_side == "left":
+                    replies += _generate_with_shared_prefix(model, tokenizer, texts, max_new_tokens, device)
+                    continue
+                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = old_side
     return replies

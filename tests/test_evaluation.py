@@ -168,6 +168,44 @@ def test_the_in_place_cache_answers_as_the_growing_one_under_bf16_autocast(token
         assert cache.layers[0].values.dtype == torch.float32 and cache.layers[0].values[0, 0, 2, 0].item() == 2.0
 
 
+def test_frozen_weights_are_cast_once_for_generation_and_put_back(tokenizer, monkeypatch):
+    """Under bf16 autocast, greedy generation stores a frozen model's linear weights in bf16 for its duration (autocast
+    would cast them again at every new token): the same replies as casting per call, the head tied to the embeddings
+    left alone, and the same float32 tensors back afterwards. Outside autocast nothing changes. On the model cut to 2
+    layers (bf16 is emulated where the CPU lacks it)."""
+    import contextlib
+
+    from conftest import keep_first_layers
+    from ftcourse import evaluation
+    from ftcourse.models import load_model
+
+    model = load_model()
+    keep_first_layers(model, 2)
+    model.requires_grad_(False)
+    before = {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()}
+    seen = []
+    with evaluation.frozen_weights_in_autocast_dtype(model):
+        seen.append({p.dtype for p in model.parameters()})
+    assert seen == [{torch.float32}], "outside autocast the weights stay as they are"
+    prompts = ["What comes next: 7, 8, 9,", "What comes next: 14, 21, 28, 35,", "Spell 'cat' backwards."]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with evaluation.frozen_weights_in_autocast_dtype(model):
+            q = model.model.layers[0].self_attn.q_proj.weight
+            assert q.dtype == torch.bfloat16
+            assert model.lm_head.weight.dtype == torch.float32 and model.model.embed_tokens.weight.dtype == torch.float32
+        assert q.dtype == torch.float32
+        real, calls = evaluation.frozen_weights_in_autocast_dtype, []
+        monkeypatch.setattr(evaluation, "frozen_weights_in_autocast_dtype", lambda m: calls.append(m) or real(m))
+        cast_once = [evaluation.generate_answers(model, tokenizer, prompts, max_new_tokens=6, share_prefix=share)
+                     for share in (True, False)]
+        assert calls == [model, model], "generation must cast the frozen weights once"
+        monkeypatch.setattr(evaluation, "frozen_weights_in_autocast_dtype", lambda m: contextlib.nullcontext())
+        per_call = [evaluation.generate_answers(model, tokenizer, prompts, max_new_tokens=6, share_prefix=share)
+                    for share in (True, False)]
+    assert cast_once == per_call and all(any(reply.strip() for reply in replies) for replies in cast_once)
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == before
+
+
 def test_shared_contexts_give_the_same_log_probabilities(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     contexts = ["Question: What colour is the sky?\nAnswer:"] * 3 + ["Question: How many legs has a spider?\nAnswer:"] * 2
