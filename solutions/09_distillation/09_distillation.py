@@ -496,7 +496,6 @@ write_results("09_distillation", base_metric=m.get("labels_only_exact_match", fl
               lab_label_only_other_p=label_only_top2[1 - label_rank] if label_rank in (0, 1) else float("nan"),
               lab_entropies=[row["soft-target entropy"] for row in lab_rows[:3]],
               t2_kl=[r["T^2 x KL"] for r in rows],
-              **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_em": v["exact match"] for k, v in by_variant.items()},
-              **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_last_loss": v["last loss"] for k, v in by_variant.items()},
-              **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_answer_loss": v["answer loss"] for k, v in by_variant.items()},
+              **{f"demo_{k.replace(' ', '_').replace(chr(39), '')}_{key}": v[column] for k, v in by_variant.items()
+                 for key, column in (("em", "exact match"), ("last_loss", "last loss"), ("answer_loss", "answer loss"))},
               exercise_seconds=your_result.seconds, exercise_share=m.get("share_of_teacher", float("nan")))
