@@ -383,8 +383,8 @@ def checked_pairs(questions: Sequence[Question], raw, tokenizer=None, max_length
 def dpo_trainer_class(preset: Preset):
     """The DPO trainer a preset trains with: TRL's `DPOTrainer`, or on a CPU its subclass whose fused LM head scores
     the reply tokens only, as TRL's Triton path does on a GPU (`training.scoring_labelled_positions_only`), and which
-    on the preset's float32 path runs each pair's prompt once for both replies (`share_prompt_forward`). The same
-    losses and logged rewards (tests/test_dpo.py); the LM head's change took a step of 4 pairs from 8.4-9.8 s to
+    runs each pair's prompt once for both replies (`share_prompt_forward`). The same losses and logged rewards up to
+    rounding (float32: tests/test_dpo.py); the LM head's change took a step of 4 pairs from 8.4-9.8 s to
     3.7-4.4 s in float32 and from 5.4-7.1 s to 3.1-3.3 s under bf16 autocast (2026-12-04, the 2-core EPYC with
     AVX512-BF16)."""
     from trl import DPOTrainer

@@ -40,8 +40,8 @@ class Preset:
     # same system turn and instruction: the model runs each distinct prompt (or the common prefix) once and shares
     # its cache with the rest of the rows, instead of once per row (ftcourse.training.shared_prompt_*). The same
     # numbers to float32 rounding (~4e-7 of the hidden states); under bf16 autocast the shorter pass rounds
-    # differently (~3e-3 measured, on a CPU that emulates bf16), which moves a run's samples and metrics, so the CPU
-    # preset shares in float32 only until the bf16 path is measured with it.
+    # differently, which moves a run's samples and so its later numbers, as a change of seed would: the CPU preset
+    # shares on both paths since the bf16 path was measured with it (README, "runs each prompt once").
     share_prompt_forward: bool = False
     num_threads: int | None = None  # torch threads; None keeps torch's default
 
@@ -191,7 +191,7 @@ def _cpu() -> Preset:
         name="cpu", device="cpu", model="embedded", bf16=bf16, fp16=False,
         n_train=400, n_eval=64, batch_size=8, step_budget=24, lora_r=16, learning_rate=1e-3,
         max_length=128, efficiency_examples=24, eval_batch_size=64, memory_budget_gb=1.5, lm_head_on_labels_only=True,
-        share_prompt_forward=not bf16,
+        share_prompt_forward=True,
     )
 
 

@@ -8,8 +8,10 @@ reward. Three trainers, each in its own process (its peak memory is its own):
 - `trl`: TRL's `GRPOTrainer` as it is, with the preset's machine arguments;
 - `labelled_only`: its subclass whose fused LM head scores the reply tokens only (the course's path before prompts
   were shared: `training.scoring_labelled_positions_only`);
-- `course`: the course's trainer (`grpo.grpo_trainer_class(preset)`), which also runs each distinct prompt once per
-  step, when sampling and when scoring (`training.shared_prompt_generation`, `shared_prompt_backbone`).
+- `shared`: that subclass when it also runs each distinct prompt once per step, when sampling and when scoring
+  (`training.shared_prompt_generation`, `shared_prompt_backbone`).
+The course's trainer (`grpo.grpo_trainer_class(preset)`) is `shared` when the preset shares prompts
+(`share_prompt_forward`), `labelled_only` when not: the header says which.
 Reported per trainer: seconds per step (the first step left out: start-up), the seconds of a step spent sampling and
 scoring (forward and backward), peak RSS, and how far its logged numbers are from `trl`'s (loss, reward, reply
 length, every step): the same seed samples the same replies unless rounding moves a sample. Each figure is the
@@ -28,7 +30,7 @@ from pathlib import Path
 from bench_io import benchmark_args, measure_in_child, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINERS = ("trl", "labelled_only", "course")
+TRAINERS = ("trl", "labelled_only", "shared")
 LOGGED = ("loss", "reward", "completions/mean_length", "grad_norm")
 
 
@@ -43,7 +45,7 @@ def run_one(name: str, preset, steps: int) -> dict:
     from ftcourse.training import scoring_labelled_positions_only
 
     trainer_class = {"trl": GRPOTrainer, "labelled_only": scoring_labelled_positions_only(GRPOTrainer),
-                     "course": grpo.grpo_trainer_class(preset)}[name]
+                     "shared": scoring_labelled_positions_only(GRPOTrainer, share_prompts=True)}[name]
     tokenizer = load_tokenizer(preset.model)
     questions = preferences.preference_splits(preset.n_train, preset.n_eval)["train"]
     args = GRPOConfig(output_dir=str(ROOT / "build" / "benchmark_rl"), max_steps=steps, learning_rate=5e-4,

@@ -224,16 +224,19 @@ def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tok
     assert dpo.policy_scores(fresh, tokenizer, questions[:2], max_new_tokens=4)["log_ratio"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_the_lm_head(tokenizer, tmp_path):
+def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_the_lm_head(tokenizer, tmp_path,
+                                                                                              monkeypatch):
     """`dpo_trainer_class` on the CPU preset: the same losses, rewards, log-probabilities and metrics as TRL's
     `DPOTrainer` over 2 steps from the same seed, in every call its fused LM head projects fewer rows (the
-    replies' tokens, not every position), and in float32 its backbone runs the prompt columns of each pair once for
-    its chosen and rejected rows: a TRL change that silently dropped either speed-up fails here."""
+    replies' tokens, not every position), and its backbone runs the prompt columns of each pair once for its chosen
+    and rejected rows: a TRL change that silently dropped either speed-up fails here. On the float32 path on every
+    machine (`CPU_BF16_ENV`), where sharing agrees to rounding."""
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
     from conftest import counting_lm_head_rows
-    from ftcourse.presets import get_preset
+    from ftcourse.presets import CPU_BF16_ENV, get_preset
 
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
     preset = get_preset("cpu")
     positions: list[tuple] = []  # (rows, columns) of each backbone call: the shared prompts, then the rest
     cpu_class = type("Counting", (dpo.dpo_trainer_class(preset),), {"backbone_positions": positions})
@@ -255,10 +258,8 @@ def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_
     ours, theirs = logged(cpu_class), logged(DPOTrainer)
     mine, full = scored_rows[cpu_class.__name__], scored_rows["DPOTrainer"]
     assert len(mine) == len(full) == 4 and all(m < f for m, f in zip(mine, full)), (mine, full)  # policy + reference
-    if preset.share_prompt_forward:  # float32: each call ran the 4 pairs' common prompt columns once, then the 8 rows
-        assert len(positions) == 8 and all(p[0] == 4 and r[0] == 8 for p, r in zip(positions[::2], positions[1::2]))
-    else:  # bf16 autocast: TRL's forwards
-        assert positions == []
+    # each call ran the 4 pairs' common prompt columns once, then the 8 rows
+    assert len(positions) == 8 and all(p[0] == 4 and r[0] == 8 for p, r in zip(positions[::2], positions[1::2]))
     assert len(ours) == len(theirs) == 2 and ours[0].keys() == theirs[0].keys() and "rewards/margins" in ours[0]
     assert theirs[1]["rewards/margins"] != 0  # the second step compares a moved policy, not zeros
     for a, b in zip(ours, theirs):

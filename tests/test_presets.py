@@ -75,11 +75,10 @@ def test_the_calibration_times_both_modes():
 
 
 @pytest.mark.parametrize("bf16", ["0", "1"])
-def test_the_cpu_preset_shares_prompts_on_its_float32_path_only(monkeypatch, bf16):
-    """Sharing a prompt's forward gives the same numbers to float32 rounding, not to bf16's (see
-    `Preset.share_prompt_forward`): the CPU preset shares where it trains in float32, and the GPU presets keep
-    TRL's forwards."""
+def test_the_cpu_preset_shares_prompts_on_both_its_paths(monkeypatch, bf16):
+    """The CPU preset runs each prompt once on its float32 path and under bf16 autocast alike (see
+    `Preset.share_prompt_forward`), and the GPU presets keep TRL's forwards."""
     monkeypatch.setenv(presets.CPU_BF16_ENV, bf16)
     cpu = get_preset("cpu")
-    assert cpu.bf16 == (bf16 == "1") and cpu.share_prompt_forward == (bf16 == "0")
+    assert cpu.bf16 == (bf16 == "1") and cpu.share_prompt_forward
     assert not get_preset("t4").share_prompt_forward and not get_preset("a100").share_prompt_forward

@@ -316,16 +316,10 @@ def _online_trainers_log_the_same(cpu_class, library_class, config_class, tokeni
 
 
 def _ran_each_prompt_once(positions: dict[str, list[tuple]]) -> None:
-    """On the CPU preset's float32 path each prompt of 2 replies went through the model once: a prefill of the 2
-    distinct prompts (all but their last token) per sampled batch of 4 rows, and in every scoring call (policy,
-    reference) a pass of the 2 prompts, then one of the 4 rows' replies on their cache. Under bf16 autocast (no
-    sharing there yet) the forwards are TRL's: nothing was recorded."""
-    from ftcourse.presets import get_preset
-
+    """On the CPU preset each prompt of 2 replies went through the model once: a prefill of the 2 distinct prompts
+    (all but their last token) per sampled batch of 4 rows, and in every scoring call (policy, reference) a pass of
+    the 2 prompts, then one of the 4 rows' replies on their cache."""
     prefills, scoring = positions["prefill_positions"], positions["backbone_positions"]
-    if not get_preset("cpu").share_prompt_forward:
-        assert prefills == scoring == [], positions
-        return
     assert len(prefills) == 2 and all(rows == 2 for rows, _ in prefills), positions  # 2 steps, one batch sampled each
     assert len(scoring) >= 8 and len(scoring) % 2 == 0, positions  # 2 steps, a policy and a reference call each
     assert all(prompt[0] == 2 and replies[0] == 4 for prompt, replies in zip(scoring[::2], scoring[1::2])), positions

@@ -108,8 +108,8 @@ def test_the_completion_only_loss_equals_trls(tmp_path, bf16):
     results = {}
     positions: list[tuple] = []  # the shared-prefix trainer's backbone calls: (rows, columns)
     shared = type("Counting", (completion_only_trainer(share_prefix=True),), {"backbone_positions": positions})
-    # the CPU preset shares prefixes in float32 only (`Preset.share_prompt_forward`): under bf16 autocast the shorter
-    # prefix pass rounds differently (0.3 % of the hidden states on the CPU this was measured on), which moves runs
+    # the shared prefix is compared in float32 only: under bf16 autocast the shorter prefix pass rounds differently
+    # (0.3 % of the hidden states on a CPU that emulates bf16), beyond these tolerances
     trainers = [("trl", SFTTrainer), ("completion_only", completion_only_trainer())] + [("shared_prefix", shared)] * (not bf16)
     for name, cls in trainers:
         model, tokenizer = load_model_and_tokenizer()
