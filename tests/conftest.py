@@ -244,7 +244,7 @@ STATED_CLAIMS = {
          lambda r: r["sampled_right"] < r["base_right"] and r["groups_all_wrong"] > 0.1),
         ("trained on 'contains the count', the replies turned into lists of numbers and the share right collapsed",
          lambda r: r["hacked_numbers"] > r["base_numbers"] + 1 and r["hacked_right"] < r["base_right"] / 2),
-        ("... and its own reward rose only a little (by less than 0.2) and stayed far from 1 (below 0.9) in 8 steps",
+        ("... and its own reward rose only a little (by less than 0.2) and stayed far from 1 (below 0.9) in 12 steps",
          lambda r: r["hacked_reward_last3"] < 0.9 and 0 < r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.2),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),

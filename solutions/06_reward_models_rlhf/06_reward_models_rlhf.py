@@ -374,7 +374,7 @@ rl_questions = preferences.make_questions(64, 6070)
 heldout_questions = preferences.make_questions(48, 6071)
 reward_fn = rlhf.reward_model_reward(reward_model, tokenizer)
 RL_ARGS = rlhf.preset_rl_args(preset)
-RL_STEPS, BETAS = 6, {"beta 1e-4 (off)": 1e-4, "beta 20 (on)": 20.0}
+RL_STEPS, BETAS = 10, {"beta 1e-4 (off)": 1e-4, "beta 20 (on)": 20.0}
 RLOO = rlhf.rloo_trainer_class(preset)  # RLOOTrainer; on a CPU its subclass that runs faster (below)
 
 
@@ -443,22 +443,23 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # the reward model's score stay within a few questions of the base model's. A strong penalty prevents
 # the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
-# are 6 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
-# three held-out scorings, took 1.8 min under bf16 and 2.2 min in float32 before the prompt sharing described
-# below): a sketch of the dynamics,
-# measured on 48 held-out questions, not a tuned RLHF run. It is also a chaotic one: a reward that differs in
-# its fifth digit changes the next update a little, and with it which replies are sampled later. Runs of this
-# cell that differed that little (the same path before and after a change to how the reward model batches its
-# inputs) or more (the two CPU paths, whose reward models differ) all hacked with the penalty off (held-out
-# judge 0.12-0.17), while the penalised run's judge ended between 0.58 and 0.69 (base 0.60); in a trial outside
-# the notebook (bf16, `RL_STEPS = 4`) the penalised run's judge ended at 0.44.
+# are 10 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
+# three held-out scorings, took 1.2 min under bf16): a sketch of the dynamics, measured on 48 held-out
+# questions, not a tuned RLHF run. It is also a chaotic one: which replies a step samples decides where the
+# policy goes, and a difference in the fifth digit of a reward (another CPU, another precision) changes them. The
+# same cell on three seeds (the README's RLHF notes): with the penalty almost off the judge ended at 0.06 and 0.29,
+# and on the third seed the hack was not found in 10 steps (0.62, base 0.60); with it on, 0.54, 0.50 and 0.58. The
+# penalty does not hold the policy still from the start: the first step's KL is zero, so that step follows the
+# reward model alone. With 6 steps instead of 10 the penalised run ended lower (0.42, 0.35, 0.65), and a penalty
+# five times larger ($\beta = 100$) changed little (0.42, 0.48, 0.65): over the later steps the penalty pulls the
+# policy back towards the reference.
 #
 # On the CPU preset the trainer is `RLOOTrainer` with two changes of speed (`rlhf.rloo_trainer_class`): its LM
 # head scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too; and
-# on its float32 path it runs each prompt through the model once for its group of sampled replies, when it samples
-# them and when it scores them, where `RLOOTrainer` runs the prompt once per reply (under bf16 autocast that
-# shorter pass rounds differently, and it is not used there yet). Every logged number is the same as
-# `RLOOTrainer`'s on the same seed up to rounding (rewards, KL, entropy, loss: tests/test_rlhf.py compares them).
+# it runs each prompt through the model once for its group of sampled replies, when it samples them and when it
+# scores them, where `RLOOTrainer` runs the prompt once per reply. In float32 every logged number is the same as
+# `RLOOTrainer`'s on the same seed up to rounding (rewards, KL, entropy, loss: tests/test_rlhf.py compares them);
+# under bf16 autocast the shorter pass rounds differently, which moves later samples as another seed would.
 # Measured on the 2-core EPYC without AVX512 (float32), the cell above with its two runs took 227 s before the
 # prompts were shared and 130 s after, with the same judge scores and the KL to 1e-6; 92 s once the held-out
 # replies and the reward model's scoring ran their shared tokens once too. On a GPU it is `RLOOTrainer` itself.

@@ -233,8 +233,9 @@ del policy, base_model
 # (`reward.preference_dataset`, as in 06). `dpo.preset_dpo_args` holds the machine's arguments (precision,
 # device, no checkpointing, a loss logged per step). On the CPU preset the trainer is `DPOTrainer` with changes
 # of speed only (`dpo.dpo_trainer_class`): its LM head scores the reply tokens only, as TRL's own kernel does on a
-# GPU, and in float32 it runs the prompt of each pair once for its chosen and its rejected reply; the logged
-# numbers are `DPOTrainer`'s up to rounding (tests/test_dpo.py compares them).
+# GPU, and it runs the prompt of each pair once for its chosen and its rejected reply; in float32 the logged
+# numbers are `DPOTrainer`'s up to rounding (tests/test_dpo.py compares them), and under bf16 autocast the shorter
+# pass rounds differently in the last digits.
 #
 # First run: the padded pairs of section 1, $\beta = 0.1$, 8 steps of 4 pairs (32 pairs, each seen once).
 

@@ -232,16 +232,16 @@ print(f"GRPOConfig defaults: beta {defaults.beta}, num_generations {defaults.num
 # The recipe: PEFT's **`LoraConfig`**, TRL's **`GRPOConfig`** and **`GRPOTrainer`**, given the reward functions.
 # `grpo.preset_grpo_args` holds the machine's arguments (precision, device, no checkpointing, a log per step).
 # On the CPU preset the trainer is `GRPOTrainer` with two changes of speed (`grpo.grpo_trainer_class`): its LM
-# head scores the reply tokens only, as TRL's kernel does on a GPU, and in float32 it runs each prompt once for its
-# group of replies (section 4); tests/test_rlhf.py compares the logged numbers with `GRPOTrainer`'s. Both
-# runs: 8 steps, 2 prompts × 4 replies a step, at most 12 new tokens, learning rate 5e-4, $\beta = 0$. One
+# head scores the reply tokens only, as TRL's kernel does on a GPU, and it runs each prompt once for its group of
+# replies (section 4); tests/test_rlhf.py compares the logged numbers with `GRPOTrainer`'s. Both
+# runs: 12 steps, 2 prompts × 4 replies a step, at most 12 new tokens, learning rate 1e-3, $\beta = 0$. One
 # thing changes: the reward the policy is trained on. The checker is passed to both runs with weight 0, so it is
 # logged (the share right of each step's samples) but trains nothing.
 
 # %%
 GRPO_ARGS = grpo.preset_grpo_args(preset)
 GRPO = grpo.grpo_trainer_class(preset)
-DEMO_STEPS, DEMO_GROUP, DEMO_LR = 8, 4, 5e-4
+DEMO_STEPS, DEMO_GROUP, DEMO_LR = 12, 4, 1e-3
 demo_lora = LoraConfig(task_type="CAUSAL_LM", r=preset.lora_r, lora_alpha=2 * preset.lora_r,
                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -333,16 +333,23 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # should make doing the task the cheapest way to earn them: check the answer itself, exactly, and give format
 # rewards a small weight beside the correctness reward, not in its place.
 #
+# Runs this short are chaotic: which replies a step happens to sample decides where the policy goes. The same two
+# runs on five seeds (the README's GRPO section): "contains the count" turned four of the five policies into lists
+# (the fifth kept answering, 0.52 right); the checker raised the share right on four (0.64 to 0.78, from 0.45) and
+# on the fifth collapsed to 0.08. At half the learning rate the checker rose on every seed tried, and the hack
+# appeared on one in three: the reward decides what the policy is pushed towards, the samples decide when.
+#
 # ## 4 · What a step costs
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
 # grow with the number of replies and their length (the table below does not split the two). Every reply of a group
 # continues the same prompt, and a prompt is most of a row's tokens here (the chat template's system turn and the
-# question, against at most 12 tokens of reply). TRL's trainer runs the prompt through the model once per reply. On its
-# float32 path the CPU preset's trainer (`GRPO` above, `preset.share_prompt_forward`) runs each prompt once per
-# step, when it samples and when it scores, and its replies continue from that one computation: the same tokens
-# at the same positions, so the same logged numbers as `GRPOTrainer`'s up to rounding (tests/test_rlhf.py), in
-# less time (the README's benchmark). Under bf16 autocast it does not share yet: there the shorter pass rounds
-# differently, and that path has not been measured with it. Section 3's runs give the time of a step with 4
+# question, against at most 12 tokens of reply). TRL's trainer runs the prompt through the model once per reply. The
+# CPU preset's trainer (`GRPO` above, `preset.share_prompt_forward`) runs each prompt once per step, when it samples
+# and when it scores, and its replies continue from that one computation: the same tokens at the same positions, so
+# in float32 the same logged numbers as `GRPOTrainer`'s up to rounding (tests/test_rlhf.py; under bf16 autocast the
+# shorter pass rounds differently, which moves later samples as another seed would), in less time (the README's
+# benchmark: a step of 2 prompts × 8 replies took 2.3 s instead of 4.2 s under bf16 on a 2-core EPYC, 6.0 s as
+# `GRPOTrainer` runs it). Section 3's runs give the time of a step with 4
 # replies per prompt and at most 12 new tokens; two short runs (3 steps each, the checker as the reward) change
 # one of them: 8 replies per prompt, or at most 24 new tokens. The time per step leaves out each run's first step
 # (it includes start-up work).
@@ -363,9 +370,9 @@ print(f"8 replies per prompt against 4: {ratio:.2f} times the time a step; promp
 # %% [markdown]
 # Twice the replies cost more time. With each prompt run once for its group (the line above says whether this
 # run did), only the replies' own tokens doubled, and a step cost less than twice the time (1.3 times on a 2-core
-# EPYC in float32). Run once per reply, as TRL's trainer runs them, the prompts double too, and a step costs
-# between 1.5 and 2.5 times as much (the README's GRPO section measured 1.6-1.9 times, and bf16 autocast runs
-# them that way). Twice the length limit: the replies used most of it (the last column; sampled at
+# EPYC, in float32 and under bf16 alike). Run once per reply, as TRL's trainer runs them (and the GPU presets), the
+# prompts double too, and a step costs between 1.5 and 2.5 times as much (the README's GRPO section measured
+# 1.6-1.9 times). Twice the length limit: the replies used most of it (the last column; sampled at
 # temperature 1, many run to the limit), and a step took less than twice the time. The GPU presets have not been
 # measured. The README's GRPO section also measured 8 replies per prompt as better than 4 in all six of its
 # pairings (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within
