@@ -214,8 +214,9 @@ STATED_CLAIMS = {
         ("on wrong pairs it is far from reliable: it does not check the count", lambda r: r["wrong_accuracy"] < 0.8),
         ("with the penalty almost off, the proxy rose while the judge's score fell",
          lambda r: r["rl_reward_off"] > r["rl_reward_base"] and r["rl_judge_off"] < r["rl_judge_base"]),
-        ("with the penalty on, the KL stayed small and the judge's score near the base model's",
-         lambda r: r["rl_kl_on"] < r["rl_kl_off"] / 3 and r["rl_judge_on"] >= r["rl_judge_base"] - 0.1),
+        ("with the penalty on, the KL stayed small and the judge's score lost much less (ended 0.2 or more above the "
+         "run without it)",
+         lambda r: r["rl_kl_on"] < r["rl_kl_off"] / 3 and r["rl_judge_on"] >= r["rl_judge_off"] + 0.2),
         *LAB_STATEMENTS,  # ftcourse.rlhf: the notebook prints each one's outcome on its own run
     ],
     "07_dpo": [
@@ -244,8 +245,9 @@ STATED_CLAIMS = {
          lambda r: r["sampled_right"] < r["base_right"] and r["groups_all_wrong"] > 0.1),
         ("trained on 'contains the count', the replies turned into lists of numbers and the share right collapsed",
          lambda r: r["hacked_numbers"] > r["base_numbers"] + 1 and r["hacked_right"] < r["base_right"] / 2),
-        ("... and its own reward rose only a little (by less than 0.2) and stayed far from 1 (below 0.9) in 12 steps",
-         lambda r: r["hacked_reward_last3"] < 0.9 and 0 < r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.2),
+        ("... and its own reward rose by less than 0.3 and stayed far from 1 (the last three steps' mean below 0.8) in "
+         "12 steps",
+         lambda r: r["hacked_reward_last3"] < 0.8 and 0 < r["hacked_reward_last3"] - r["hacked_reward_first3"] < 0.3),
         ("trained on the checker (one change), the share right rose",
          lambda r: r["checked_right"] > r["base_right"] and r["checked_right"] > r["hacked_right"]),
         ("twice the replies cost more time: below 1.8 times with each prompt run once a group, else 1.5-2.5 times",

@@ -374,7 +374,7 @@ rl_questions = preferences.make_questions(64, 6070)
 heldout_questions = preferences.make_questions(48, 6071)
 reward_fn = rlhf.reward_model_reward(reward_model, tokenizer)
 RL_ARGS = rlhf.preset_rl_args(preset)
-RL_STEPS, BETAS = 10, {"beta 1e-4 (off)": 1e-4, "beta 20 (on)": 20.0}
+RL_STEPS, BETAS = 6, {"beta 1e-4 (off)": 1e-4, "beta 20 (on)": 20.0}
 RLOO = rlhf.rloo_trainer_class(preset)  # RLOOTrainer; on a CPU its subclass that runs faster (below)
 
 
@@ -431,28 +431,29 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
       f"the KL per token at the last step: off {off['kl_last_step']:.3f}, on {on['kl_last_step']:.3f}.")
 
 # %% [markdown]
-# With the penalty almost off, the reward model's score climbs within a few steps while the judge's falls
-# (printed above): the policy found what the proxy rewards, a brief reply with a number in it ("There are
+# With the penalty almost off, the reward model's score climbs within a few steps while the held-out judge's score
+# falls (printed above; the judge's score of each step's 8 samples, in the middle panel, is noisy): the policy found what the proxy rewards, a brief reply with a number in it ("There are
 # 8."), without the part the proxy never checked, the number being right. On held-out questions the share
 # of right answers fell, the replies got shorter, and the KL to the reference grew: the policy moved away
 # from the model it started from to get there. That is **reward hacking**, and it needed no adversary: a
 # proxy that is blind to one property, and an optimiser.
 #
 # With $\beta = 20$ the penalty dominates the reward model's differences: the KL stays small (RLOO's per-token
-# estimate is the plain log-ratio, which can come out slightly below zero), and the held-out judge's score and
-# the reward model's score stay within a few questions of the base model's. A strong penalty prevents
-# the hack by preventing most of the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
+# estimate is the plain log-ratio, which can come out slightly below zero), the reward model's score rises much less
+# than without the penalty, and the held-out judge's score loses much less (printed above). A strong penalty
+# limits the hack by limiting the change; real RLHF runs tune $\beta$, stop early, and refresh the reward
 # model with new comparisons of the policy's own replies, to keep the improvement and lose the hack. These
-# are 10 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
-# three held-out scorings, took 1.2 min under bf16): a sketch of the dynamics, measured on 48 held-out
+# are 6 steps on 2 prompts each (8 sampled replies a step; on a 2-core AVX512 CPU this cell, both runs and
+# three held-out scorings, took under a minute under bf16): a sketch of the dynamics, measured on 48 held-out
 # questions, not a tuned RLHF run. It is also a chaotic one: which replies a step samples decides where the
-# policy goes, and a difference in the fifth digit of a reward (another CPU, another precision) changes them. The
-# same cell on three seeds (the README's RLHF notes): with the penalty almost off the judge ended at 0.06 and 0.29,
-# and on the third seed the hack was not found in 10 steps (0.62, base 0.60); with it on, 0.54, 0.50 and 0.58. The
-# penalty does not hold the policy still from the start: the first step's KL is zero, so that step follows the
-# reward model alone. With 6 steps instead of 10 the penalised run ended lower (0.42, 0.35, 0.65), and a penalty
-# five times larger ($\beta = 100$) changed little (0.42, 0.48, 0.65): over the later steps the penalty pulls the
-# policy back towards the reference.
+# policy goes, and a difference in the fifth digit of a reward (another CPU, another precision) changes them.
+# The penalised run's judge ended between 0.58 and 0.69 on the float32 path (base 0.60) and at 0.42 under bf16
+# with the prompts shared; on two other seeds under bf16 at 0.35 and 0.65 (the README's benchmark notes,
+# 2026-12-07, session 52). The penalty does not hold the policy still from the start: the first step's KL is
+# zero, so that step follows the reward model alone, and the later steps pull back. With 10 steps the penalised
+# runs of those three seeds ended nearer the base (0.54, 0.50, 0.58), but then the Lab below, which is built on
+# these runs' replies, no longer showed two of its five statements on the float32 path; a penalty five times
+# larger ($\beta = 100$, 6 steps: 0.42, 0.48, 0.65) held the policy no nearer.
 #
 # On the CPU preset the trainer is `RLOOTrainer` with two changes of speed (`rlhf.rloo_trainer_class`): its LM
 # head scores the reply tokens only, as TRL's own kernel does on a GPU, instead of every prompt position too; and
@@ -460,9 +461,10 @@ print(f"With the penalty almost off, the proxy gained {gain_reward:+.2f} while t
 # scores them, where `RLOOTrainer` runs the prompt once per reply. In float32 every logged number is the same as
 # `RLOOTrainer`'s on the same seed up to rounding (rewards, KL, entropy, loss: tests/test_rlhf.py compares them);
 # under bf16 autocast the shorter pass rounds differently, which moves later samples as another seed would.
-# Measured on the 2-core EPYC without AVX512 (float32), the cell above with its two runs took 227 s before the
-# prompts were shared and 130 s after, with the same judge scores and the KL to 1e-6; 92 s once the held-out
-# replies and the reward model's scoring ran their shared tokens once too. On a GPU it is `RLOOTrainer` itself.
+# Measured on the 2-core EPYC without AVX512 (float32), the cell above with its two runs (then of 6 steps each)
+# took 227 s before the prompts were shared and 130 s after, with the same judge scores and the KL to 1e-6; 92 s
+# once the held-out replies and the reward model's scoring ran their shared tokens once too. On a GPU it is
+# `RLOOTrainer` itself.
 #
 # ## 5 · RLHF Lab: be the rater
 # Where do a reward model's preferences come from? From whoever clicks. Below, real replies of the three

@@ -323,8 +323,9 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # %% [markdown]
 # Trained on "contains the count", the policy stopped answering: its replies turned into lists of items and numbers,
 # sums and sequences (the replies printed above, and the numbers a reply in the table), and the share right
-# collapsed (printed above). Its own reward rose only a little and stayed far from 1 (first and last three steps,
-# printed above: the lists, cut at 12 tokens, often miss the asked count). What moved the policy is the comparison
+# collapsed (printed above). Its own reward rose by less (0.1-0.2 in the runs measured, first and last three steps
+# printed above), its mean over the last three steps far from 1 (single steps in the figure reach higher: the lists,
+# cut at 12 tokens, often miss the asked count). What moved the policy is the comparison
 # within each group: a sampled reply with several numbers is more likely to hold the count than a single sampled
 # answer, which section 1 found wrong most of the time, so it tends to beat its siblings, and GRPO pushes it up. A
 # reward is **hackable** when a reply can earn it without solving the task, and GRPO finds such replies because they
@@ -334,10 +335,12 @@ print(f"trained on the checker: greedy right {base['right']:.3f} -> {checked['ri
 # rewards a small weight beside the correctness reward, not in its place.
 #
 # Runs this short are chaotic: which replies a step happens to sample decides where the policy goes. The same two
-# runs on five seeds (the README's GRPO section): "contains the count" turned four of the five policies into lists
-# (the fifth kept answering, 0.52 right); the checker raised the share right on four (0.64 to 0.78, from 0.45) and
-# on the fifth collapsed to 0.08. At half the learning rate the checker rose on every seed tried, and the hack
-# appeared on one in three: the reward decides what the policy is pushed towards, the samples decide when.
+# runs on five seeds, outside the notebook (the README's benchmark notes, 2026-12-07, session 52; the run above is
+# one more draw): "contains the count" turned four of the five policies into lists (the fifth kept answering, 0.52
+# right); the checker raised the share right on four (0.64 to 0.78, from 0.45) and on the fifth collapsed to 0.08.
+# At half the learning rate (12 steps at 5e-4, three seeds) the checker rose on every seed (0.55 to 0.66), and the
+# hack appeared clearly on one (0.16 right) and partly on another (0.34): the reward decides what the policy is
+# pushed towards, the samples decide when.
 #
 # ## 4 · What a step costs
 # A GRPO step samples every reply token by token, then scores them in one pass for the gradient; on a CPU both
@@ -369,10 +372,10 @@ print(f"8 replies per prompt against 4: {ratio:.2f} times the time a step; promp
 
 # %% [markdown]
 # Twice the replies cost more time. With each prompt run once for its group (the line above says whether this
-# run did), only the replies' own tokens doubled, and a step cost less than twice the time (1.3 times on a 2-core
-# EPYC, in float32 and under bf16 alike). Run once per reply, as TRL's trainer runs them (and the GPU presets), the
+# run did), only the replies' own tokens doubled, and a step cost less than twice the time (on a 2-core EPYC 1.3
+# times in float32, 1.2-1.3 under bf16). Run once per reply, as TRL's trainer runs them (and the GPU presets), the
 # prompts double too, and a step costs between 1.5 and 2.5 times as much (the README's GRPO section measured
-# 1.6-1.9 times). Twice the length limit: the replies used most of it (the last column; sampled at
+# 1.6-1.8 times). Twice the length limit: the replies used most of it (the last column; sampled at
 # temperature 1, many run to the limit), and a step took less than twice the time. The GPU presets have not been
 # measured. The README's GRPO section also measured 8 replies per prompt as better than 4 in all six of its
 # pairings (0.79 against 0.71 at temperature 1 on one seed, for example), though several of those gaps were within
