@@ -63,6 +63,17 @@ def tokenizer(model_and_tokenizer):
     return model_and_tokenizer[1]
 
 
+@pytest.fixture
+def float32_cpu_preset(monkeypatch):
+    """The CPU preset on its float32 path on any machine (`CPU_BF16_ENV` set to "0", for the test and whatever it calls
+    `get_preset` from): where the shared-prompt forwards agree with TRL's to rounding, so the twin comparisons hold to
+    tight tolerances (under bf16 autocast the shorter pass rounds otherwise)."""
+    from ftcourse.presets import CPU_BF16_ENV, get_preset
+
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    return get_preset("cpu")
+
+
 def solution_sources(slug: str) -> dict[str, str]:
     """{grade_id: source} of a notebook's solution cells, from its jupytext source."""
     from pathlib import Path

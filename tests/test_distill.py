@@ -76,16 +76,14 @@ def test_a_layer_pruned_student_keeps_the_teachers_weights_and_is_smaller(teache
 
 
 def test_the_distillation_trainer_at_alpha_0_is_the_sft_loss_and_at_alpha_1_is_zero_against_itself(teacher, tmp_path,
-                                                                                                   monkeypatch):
+                                                                                                   float32_cpu_preset):
     """The first step's loss (before any update): alpha 0 equals the course's SFT trainer on the same batch; a student
     that is the whole teacher has zero soft loss."""
     from ftcourse.models import load_tokenizer
-    from ftcourse.presets import CPU_BF16_ENV, get_preset
     from ftcourse.tasks import date_task_splits
     from ftcourse.training import SFTSetup, completion_only_trainer, sft_config, to_prompt_completion
 
-    monkeypatch.setenv(CPU_BF16_ENV, "0")  # float32 on every machine: the shared prefix's losses agree to rounding
-    preset = get_preset("cpu")
+    preset = float32_cpu_preset  # float32 on every machine: the shared prefix's losses agree to rounding
     tokenizer = load_tokenizer("embedded")
     data = to_prompt_completion(date_task_splits(16, 4)["train"])
     setup = SFTSetup(method="full", max_steps=1, learning_rate=1e-5, batch_size=4, warmup_steps=0, seed=0)

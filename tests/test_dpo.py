@@ -225,19 +225,17 @@ def test_train_dpo_records_each_step_and_moves_the_policy_from_its_reference(tok
 
 
 def test_the_cpu_dpo_trainer_logs_what_dpo_trainer_logs_with_fewer_rows_through_the_lm_head(tokenizer, tmp_path,
-                                                                                              monkeypatch):
+                                                                                              float32_cpu_preset):
     """`dpo_trainer_class` on the CPU preset: the same losses, rewards, log-probabilities and metrics as TRL's
     `DPOTrainer` over 2 steps from the same seed, in every call its fused LM head projects fewer rows (the
     replies' tokens, not every position), and its backbone runs the prompt columns of each pair once for its chosen
     and rejected rows: a TRL change that silently dropped either speed-up fails here. On the float32 path on every
-    machine (`CPU_BF16_ENV`), where sharing agrees to rounding."""
+    machine (`float32_cpu_preset`), where sharing agrees to rounding."""
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
     from conftest import counting_lm_head_rows
-    from ftcourse.presets import CPU_BF16_ENV, get_preset
 
-    monkeypatch.setenv(CPU_BF16_ENV, "0")
-    preset = get_preset("cpu")
+    preset = float32_cpu_preset
     positions: list[tuple] = []  # (rows, columns) of each backbone call: the shared prompts, then the rest
     cpu_class = type("Counting", (dpo.dpo_trainer_class(preset),), {"backbone_positions": positions})
     assert preset.lm_head_on_labels_only and issubclass(cpu_class, DPOTrainer) and cpu_class is not DPOTrainer

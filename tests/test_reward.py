@@ -4,7 +4,6 @@ import pytest
 
 from ftcourse import preferences as prefs
 from ftcourse import reward
-from ftcourse import presets
 from ftcourse.presets import get_preset
 
 
@@ -179,7 +178,7 @@ def test_exercise_6_2_padded_pairs_only_fail_on_held_out_kinds(learner_runtime, 
     assert verdict.metrics["padded_accuracy"] >= 0.9
     assert min(verdict.metrics["no_count_accuracy"], verdict.metrics["echo_accuracy"]) < 0.9
 
-def test_the_cpu_reward_trainer_runs_each_pairs_prompt_once_with_rewardtrainers_losses(tmp_path, monkeypatch):
+def test_the_cpu_reward_trainer_runs_each_pairs_prompt_once_with_rewardtrainers_losses(tmp_path, float32_cpu_preset):
     """`reward_trainer_class` on the float32 CPU preset: each pair's prompt goes through the backbone once (half the
     rows, the pairs' common columns), the rest of each row on its cache; three steps log `RewardTrainer`'s losses
     and leave the same adapter and score head, up to rounding. A batch that is not pairs, or pairs whose replies
@@ -191,8 +190,7 @@ def test_the_cpu_reward_trainer_runs_each_pairs_prompt_once_with_rewardtrainers_
     from ftcourse.models import load_tokenizer
     from ftcourse.training import train_pairs
 
-    monkeypatch.setenv(presets.CPU_BF16_ENV, "0")  # float32 on every machine: the losses agree to rounding
-    preset = get_preset("cpu")
+    preset = float32_cpu_preset  # float32 on every machine: the losses agree to rounding
     trainer_cls = reward.reward_trainer_class(preset)
     assert trainer_cls is not RewardTrainer and issubclass(trainer_cls, RewardTrainer)
     tokenizer = load_tokenizer()

@@ -10,7 +10,6 @@ import torch
 from ftcourse import preferences as prefs
 from ftcourse import rlhf
 from ftcourse.evaluation import chat_prompt
-from ftcourse.presets import CPU_BF16_ENV
 
 
 @pytest.fixture(scope="module")
@@ -426,36 +425,34 @@ def test_shared_prompt_forwards_give_the_full_forwards_numbers(model_and_tokeniz
     assert torch.equal(sampled[True], sampled[False]) and "generate" not in vars(model)
 
 
-# The twin-trainer comparisons run on the CPU preset's float32 path on every machine (`CPU_BF16_ENV` set to "0"):
+# The twin-trainer comparisons run on the CPU preset's float32 path on every machine (`float32_cpu_preset`):
 # there the CPU trainers also run each prompt once, and the logs agree to 1e-4. Under bf16 autocast the LM head over
 # fewer rows rounds otherwise (measured 2026-12-07 on a Xeon with AMX, one thread: GRPO's loss 0.006564 against
 # 0.006469, 1.5 % of a loss near 0).
-def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path, monkeypatch):
-    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only and, in float32, each prompt run
-    once for its replies) against `RLOOTrainer` itself (`_online_trainers_log_the_same`), on the float32 path
-    (`CPU_BF16_ENV`); the GPU presets get `RLOOTrainer` unchanged."""
-    monkeypatch.setenv(CPU_BF16_ENV, "0")
+def test_the_cpu_rloo_trainer_logs_what_rlootrainer_logs(model_and_tokenizer, tmp_path, float32_cpu_preset):
+    """The CPU preset's RLOO trainer (its fused LM head scoring the reply tokens only, and each prompt run once for
+    its replies) against `RLOOTrainer` itself (`_online_trainers_log_the_same`), on the float32 path
+    (`float32_cpu_preset`); the GPU presets get `RLOOTrainer` unchanged."""
     from trl import RLOOConfig, RLOOTrainer
 
     from ftcourse.presets import get_preset
 
     assert rlhf.rloo_trainer_class(get_preset("t4")) is RLOOTrainer
-    _ran_each_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(get_preset("cpu")), RLOOTrainer,
+    _ran_each_prompt_once(_online_trainers_log_the_same(rlhf.rloo_trainer_class(float32_cpu_preset), RLOOTrainer,
                                                         RLOOConfig, model_and_tokenizer[1], tmp_path))
 
 
-def test_the_cpu_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path, monkeypatch):
-    """The CPU preset's GRPO trainer (notebook 08: its fused LM head scoring the reply tokens only and, in float32,
-    each distinct prompt run once per batch) against `GRPOTrainer` itself, the same way (float32, `CPU_BF16_ENV`); the
+def test_the_cpu_grpo_trainer_logs_what_grpotrainer_logs(model_and_tokenizer, tmp_path, float32_cpu_preset):
+    """The CPU preset's GRPO trainer (notebook 08: its fused LM head scoring the reply tokens only, and each distinct
+    prompt run once per batch) against `GRPOTrainer` itself, the same way (float32, `float32_cpu_preset`); the
     GPU presets get `GRPOTrainer`, and a trainer whose scoring method is not known is refused."""
-    monkeypatch.setenv(CPU_BF16_ENV, "0")
     from trl import GRPOConfig, GRPOTrainer, SFTTrainer
 
     from ftcourse import grpo
     from ftcourse.presets import get_preset
     from ftcourse.training import scoring_labelled_positions_only
 
-    _ran_each_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(get_preset("cpu")), GRPOTrainer,
+    _ran_each_prompt_once(_online_trainers_log_the_same(grpo.grpo_trainer_class(float32_cpu_preset), GRPOTrainer,
                                                         GRPOConfig, model_and_tokenizer[1], tmp_path))
     assert grpo.grpo_trainer_class(get_preset("t4")) is GRPOTrainer
     with pytest.raises(ValueError, match="SFTTrainer is none of"):
